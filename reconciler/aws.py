@@ -1,0 +1,273 @@
+"""The only module that talks to AWS: clients, typed calls, waiters and retries.
+
+Missing things come back as None, not exceptions; every other AWS error becomes an
+AwsError naming what was being attempted. Retries (throttling, 5xx, "update in
+progress") are botocore's own retry modes and waiters, not hand-made loops.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from collections import Counter
+from typing import Any, Iterable
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, WaiterError
+
+from reconciler.errors import AwsError
+
+RETRY = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10, read_timeout=70)
+NOT_FOUND = ("ResourceNotFoundException", "NoSuchKey", "404", "NotFound", "NoSuchBucket", "RepositoryNotFoundException", "ImageNotFoundException")
+MUTATING_PREFIXES = ("Create", "Update", "Delete", "Publish", "Put", "Tag", "Untag")
+
+
+def _code(exc: ClientError) -> str:
+    return exc.response.get("Error", {}).get("Code", "")
+
+
+class Aws:
+    """Clients per (service, region, role), shared by threads; counts calls by operation."""
+
+    def __init__(self) -> None:
+        self._session = boto3.session.Session()
+        self._clients: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+
+    def client(self, service: str, region: str, connector: dict | None = None):
+        role = (connector or {}).get("role_arn")
+        key = (service, region, role)
+        with self._lock:
+            if key not in self._clients:
+                session = self._session if not role else self._assumed(connector, region)
+                c = session.client(service, region_name=region, config=RETRY)
+                c.meta.events.register("before-call", self._count)
+                self._clients[key] = c
+            return self._clients[key]
+
+    def _count(self, model, **_: Any) -> None:
+        with self._lock:
+            self.calls[f"{model.service_model.service_name}.{model.name}"] += 1
+
+    def _assumed(self, connector: dict, region: str):
+        sts = self.client("sts", region)
+        kwargs = {"RoleArn": connector["role_arn"], "RoleSessionName": "reconciler"}
+        if connector.get("external_id"):
+            kwargs["ExternalId"] = connector["external_id"]
+        try:
+            creds = sts.assume_role(**kwargs)["Credentials"]
+        except (ClientError, BotoCoreError) as exc:
+            raise AwsError(f"cannot assume role {connector['role_arn']} of connector '{connector.get('identifier')}': {exc}") from None
+        return boto3.session.Session(
+            aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["SessionToken"],
+        )
+
+    def mutating_calls(self) -> int:
+        return sum(n for op, n in self.calls.items() if op.split(".", 1)[1].startswith(MUTATING_PREFIXES))
+
+
+def call(what: str, fn, *args, not_found_none: bool = False, **kwargs):
+    """Run one AWS call; missing → None when asked, anything else → one clear AwsError."""
+    try:
+        return fn(*args, **kwargs)
+    except ClientError as exc:
+        if not_found_none and (_code(exc) in NOT_FOUND or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404):
+            return None
+        msg = exc.response.get("Error", {}).get("Message") or str(exc)
+        raise AwsError(f"{what}: {_code(exc)}: {msg}") from None
+    except WaiterError as exc:
+        raise AwsError(f"{what}: {exc}") from None
+    except BotoCoreError as exc:
+        raise AwsError(f"{what}: {exc}") from None
+
+
+# ---------------------------------------------------------------- Lambda reads
+
+
+class Lambda:
+    def __init__(self, aws: Aws, region: str, connector: dict | None = None):
+        self.aws = aws
+        self.region = region
+        self.c = aws.client("lambda", region, connector)
+
+    def get_function(self, name: str, qualifier: str | None = None) -> dict | None:
+        kwargs = {"FunctionName": name}
+        if qualifier:
+            kwargs["Qualifier"] = qualifier
+        return call(f"reading function {name}", self.c.get_function, not_found_none=True, **kwargs)
+
+    def list_aliases(self, name: str) -> dict[str, dict]:
+        out = {}
+        pages = call(f"listing aliases of {name}", lambda: list(self.c.get_paginator("list_aliases").paginate(FunctionName=name)))
+        for page in pages:
+            for a in page.get("Aliases", []):
+                out[a["Name"]] = a
+        return out
+
+    def list_versions(self, name: str) -> list[dict]:
+        pages = call(f"listing versions of {name}", lambda: list(self.c.get_paginator("list_versions_by_function").paginate(FunctionName=name)))
+        return [v for p in pages for v in p.get("Versions", []) if v.get("Version") != "$LATEST"]
+
+    # ------------------------------------------------------------ writes
+
+    def wait_updated(self, name: str) -> None:
+        call(f"waiting for {name} to finish updating", self.c.get_waiter("function_updated_v2").wait, FunctionName=name,
+             WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+
+    def wait_active(self, name: str) -> None:
+        call(f"waiting for {name} to become active", self.c.get_waiter("function_active_v2").wait, FunctionName=name,
+             WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+
+    def create_function(self, params: dict) -> dict:
+        out = call(f"creating function {params['FunctionName']}", self.c.create_function, **params)
+        self.wait_active(params["FunctionName"])
+        return out
+
+    def update_code(self, name: str, code: dict, architectures: list[str] | None) -> dict:
+        kwargs = {"FunctionName": name, **code}
+        if architectures:
+            kwargs["Architectures"] = architectures
+        out = call(f"updating the code of {name}", self.c.update_function_code, **kwargs)
+        self.wait_updated(name)
+        return out
+
+    def update_configuration(self, name: str, config: dict) -> dict:
+        out = call(f"updating the configuration of {name}", self.c.update_function_configuration, FunctionName=name, **config)
+        self.wait_updated(name)
+        return out
+
+    def publish_version(self, name: str, code_sha256: str | None, revision_id: str | None, description: str = "") -> dict:
+        kwargs: dict[str, Any] = {"FunctionName": name, "Description": description}
+        if code_sha256:
+            kwargs["CodeSha256"] = code_sha256
+        if revision_id:
+            kwargs["RevisionId"] = revision_id
+        out = call(f"publishing a version of {name}", self.c.publish_version, **kwargs)
+        call(f"waiting for version {out.get('Version')} of {name}", self.c.get_waiter("published_version_active").wait,
+             FunctionName=name, Qualifier=out["Version"], WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+        return out
+
+    def put_alias(self, name: str, alias: dict, version: str, exists: bool) -> dict:
+        kwargs = {"FunctionName": name, "Name": alias["Name"], "FunctionVersion": version,
+                  "Description": alias.get("Description", ""), "RoutingConfig": alias.get("RoutingConfig") or {"AdditionalVersionWeights": {}}}
+        if exists:
+            return call(f"moving alias {alias['Name']} of {name} to version {version}", self.c.update_alias, **kwargs)
+        kwargs.pop("RoutingConfig") if not alias.get("RoutingConfig") else None
+        return call(f"creating alias {alias['Name']} of {name}", self.c.create_alias, **kwargs)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        call(f"deleting alias {alias} of {name}", self.c.delete_alias, FunctionName=name, Name=alias)
+
+    def tag(self, arn: str, tags: dict) -> None:
+        if tags:
+            call(f"tagging {arn}", self.c.tag_resource, Resource=arn, Tags=tags)
+
+    def untag(self, arn: str, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        if keys:
+            call(f"untagging {arn}", self.c.untag_resource, Resource=arn, TagKeys=keys)
+
+    def delete_function(self, name: str) -> None:
+        call(f"deleting function {name}", self.c.delete_function, not_found_none=True, FunctionName=name)
+
+
+# ---------------------------------------------------------------- artifacts
+
+
+def s3_sha256(aws: Aws, art: dict, cache: dict) -> dict:
+    """The SHA-256 (base64, as Lambda's CodeSha256) of an S3 zip: its S3 checksum when it
+    has a full-object one, else the object streamed and hashed once, cached by ETag/VersionId."""
+    s3 = aws.client("s3", art["region"], art.get("connector"))
+    where = f"s3://{art['bucket']}/{art['key']}"
+    head = call(f"reading artifact {where}", s3.head_object, not_found_none=True, Bucket=art["bucket"], Key=art["key"], ChecksumMode="ENABLED")
+    if head is None:
+        raise AwsError(f"artifact {where} does not exist (artifact source '{art.get('id')}')")
+    etag = head.get("ETag", "").strip('"')
+    version = head.get("VersionId")
+    out = {"sha256": None, "etag": etag, "version_id": version, "uri": where}
+    checksum = head.get("ChecksumSHA256")
+    if checksum and "-" not in checksum and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
+        out["sha256"] = checksum
+        out["how"] = "s3-checksum"
+        return out
+    key = f"{where}#{version or etag}"
+    if key in cache:
+        out["sha256"] = cache[key]
+        out["how"] = "cached"
+        return out
+    kwargs = {"Bucket": art["bucket"], "Key": art["key"]}
+    if version:
+        kwargs["VersionId"] = version
+    body = call(f"reading artifact {where}", s3.get_object, **kwargs)["Body"]
+    h = hashlib.sha256()
+    for chunk in iter(lambda: body.read(1 << 20), b""):
+        h.update(chunk)
+    out["sha256"] = base64.b64encode(h.digest()).decode()
+    out["how"] = "hashed"
+    cache[key] = out["sha256"]
+    return out
+
+
+def ecr_image(aws: Aws, art: dict) -> dict:
+    """The digest and by-digest URI of an ECR image from its tag, tagRegex or digest."""
+    ecr = aws.client("ecr", art["region"], art.get("connector"))
+    repo = art["repository"]
+    reg = {"registryId": art["registry_id"]} if art.get("registry_id") else {}
+    repos = call(f"reading ECR repository {repo}", ecr.describe_repositories, not_found_none=True, repositoryNames=[repo], **reg)
+    if not repos or not repos.get("repositories"):
+        raise AwsError(f"ECR repository '{repo}' does not exist in {art['region']} (artifact source '{art.get('id')}')")
+    uri = repos["repositories"][0]["repositoryUri"]
+    if art.get("digest"):
+        ids = [{"imageDigest": art["digest"]}]
+        pinned = art["digest"]
+    elif art.get("tag"):
+        ids = [{"imageTag": art["tag"]}]
+        pinned = f"tag {art['tag']}"
+    else:
+        ids = None
+        pinned = f"tagRegex {art['tag_regex']}"
+    if ids:
+        got = call(f"reading ECR image {repo} {pinned}", ecr.describe_images, not_found_none=True, repositoryName=repo, imageIds=ids, **reg)
+        details = (got or {}).get("imageDetails") or []
+        if not details:
+            raise AwsError(f"ECR image {repo} {pinned} does not exist (artifact source '{art.get('id')}')")
+        image = details[0]
+        tag = art.get("tag")
+    else:
+        import re
+
+        rx = re.compile(art["tag_regex"])
+        pages = call(f"listing ECR images of {repo}", lambda: list(ecr.get_paginator("describe_images").paginate(repositoryName=repo, **reg)))
+        best = None
+        tag = None
+        for p in pages:
+            for d in p.get("imageDetails", []):
+                for t in d.get("imageTags", []) or []:
+                    if rx.fullmatch(t) and (best is None or d.get("imagePushedAt") > best.get("imagePushedAt")):
+                        best, tag = d, t
+        if best is None:
+            raise AwsError(f"no image in ECR repository {repo} has a tag matching {art['tag_regex']!r}")
+        image = best
+    digest = image["imageDigest"]
+    return {"sha256": digest.split(":", 1)[1], "digest": digest, "image_uri": f"{uri}@{digest}", "tag": tag, "uri": f"{uri}:{tag}" if tag else f"{uri}@{digest}"}
+
+
+def caller_account(aws: Aws, region: str, connector: dict | None) -> str:
+    sts = aws.client("sts", region, connector)
+    return call("reading the caller identity", sts.get_caller_identity)["Account"]
+
+
+def download(url: str) -> bytes:
+    """Fetch a presigned URL (a published version's code package)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=120) as r:  # noqa: S310 - a presigned AWS URL
+            return r.read()
+    except OSError as exc:
+        raise AwsError(f"downloading code package: {exc}") from None

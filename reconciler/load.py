@@ -1,0 +1,274 @@
+"""Workspace discovery: every Harness entity in the workspace's YAML files. No AWS."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
+from reconciler.yamlsrc import Doc, PathT, load_data_file, load_yaml_documents
+
+KINDS = ("service", "environment", "infrastructureDefinition", "pipeline", "connector", "overrides")
+OVERRIDE_TYPES = ("ENV_GLOBAL_OVERRIDE", "ENV_SERVICE_OVERRIDE", "INFRA_GLOBAL_OVERRIDE", "INFRA_SERVICE_OVERRIDE")
+SKIP_DIRS = {"node_modules", "__pycache__"}
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass
+class Entity:
+    """One Harness entity: its kind, identifier and body (the mapping under the kind key)."""
+
+    kind: str
+    identifier: str
+    name: str
+    body: dict
+    doc: Doc
+
+    @property
+    def file(self) -> str:
+        return self.doc.file
+
+    def line(self, *path: Any) -> int | None:
+        return self.doc.line((self.kind,) + tuple(path))
+
+    def error(self, path: PathT, message: str, hint: str | None = None) -> ConfigError:
+        return ConfigError(message, self.doc.file, self.line(*path), hint)
+
+    def where(self) -> str:
+        return f"{self.file}:{self.line()}"
+
+
+@dataclass
+class Workspace:
+    root: Path
+    services: dict[str, Entity] = field(default_factory=dict)
+    environments: dict[str, Entity] = field(default_factory=dict)
+    # keyed by (environmentRef, identifier): Harness scopes infrastructures to an environment
+    infrastructures: dict[tuple[str, str], Entity] = field(default_factory=dict)
+    pipelines: dict[str, Entity] = field(default_factory=dict)
+    connectors: dict[str, Entity] = field(default_factory=dict)
+    overrides: list[Entity] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    def shown(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+    def read_file(self, ref: str, entity: Entity, path: PathT) -> Doc:
+        """A manifest file named in `entity` at `path`, resolved inside the workspace."""
+        target = self.resolve(ref, entity, path)
+        return load_data_file(target, self.shown(target))
+
+    def resolve(self, ref: str, entity: Entity, path: PathT) -> Path:
+        rel = str(ref).strip()
+        if not rel:
+            raise entity.error(path, "empty file path")
+        # Harness file-store and Git paths are relative to the workspace root, even with a leading '/'
+        candidate = (self.root / rel.lstrip("/")).resolve()
+        root = self.root.resolve()
+        if candidate != root and root not in candidate.parents:
+            raise entity.error(path, f"path '{rel}' leaves the workspace", "manifest files must live inside the workspace")
+        if not candidate.is_file():
+            raise entity.error(path, f"manifest file '{rel}' not found in the workspace ({root})")
+        return candidate
+
+
+def discover(root: Path, state_dir: Path | None = None) -> list[Path]:
+    """Every YAML file below `root`: skips the state directory, node_modules and
+    dot-directories other than `.harness`."""
+    root = root.resolve()
+    skip_state = state_dir.resolve() if state_dir else None
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            if d in SKIP_DIRS or (d.startswith(".") and d != ".harness"):
+                continue
+            if skip_state is not None and (here / d).resolve() == skip_state:
+                continue
+            keep.append(d)
+        dirnames[:] = keep
+        for f in sorted(filenames):
+            if f.endswith(YAML_SUFFIXES):
+                found.append(here / f)
+    return found
+
+
+def load_workspace(root: Path, state_dir: Path | None = None) -> Workspace:
+    """Load every entity; collect all errors and raise them together."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"workspace '{root}' is not a directory")
+    ws = Workspace(root=root.resolve())
+    errors: list[ReconcilerError] = []
+    seen: dict[tuple[str, Any], Entity] = {}
+    for path in discover(root, state_dir):
+        shown = ws.shown(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            docs = load_yaml_documents(text, shown)
+        except UnicodeDecodeError:
+            errors.append(ConfigError("not UTF-8 text", shown))
+            continue
+        except ReconcilerError as exc:
+            errors.append(exc)
+            continue
+        ws.files.append(shown)
+        for doc in docs:
+            if not isinstance(doc.data, dict) or len(doc.data) == 0:
+                continue
+            kinds = [k for k in doc.data if k in KINDS]
+            if not kinds:
+                continue  # a CI workflow, a CloudFormation template, ...
+            if len(doc.data) > 1:
+                errors.append(doc.error((), f"a Harness entity document has exactly one top-level key, found {', '.join(map(str, doc.data))}"))
+                continue
+            kind = kinds[0]
+            try:
+                ent = _entity(kind, doc)
+            except ReconcilerError as exc:
+                errors.append(exc)
+                continue
+            key: Any = ent.identifier
+            if kind == "infrastructureDefinition":
+                key = (str(ent.body.get("environmentRef", "")), ent.identifier)
+            if kind == "overrides":
+                ws.overrides.append(ent)
+                continue
+            if (kind, key) in seen:
+                first = seen[(kind, key)]
+                errors.append(ent.error((), f"duplicate {kind} identifier '{ent.identifier}' (first defined at {first.where()})"))
+                continue
+            seen[(kind, key)] = ent
+            {
+                "service": ws.services,
+                "environment": ws.environments,
+                "infrastructureDefinition": ws.infrastructures,
+                "pipeline": ws.pipelines,
+                "connector": ws.connectors,
+            }[kind][key] = ent
+    errors.extend(_check_references(ws))
+    if errors:
+        raise errors[0] if len(errors) == 1 else ErrorList(errors)
+    return ws
+
+
+def _entity(kind: str, doc: Doc) -> Entity:
+    body = doc.data[kind]
+    if not isinstance(body, dict):
+        raise doc.error((kind,), f"'{kind}' must be a mapping")
+    ident = body.get("identifier")
+    if kind == "overrides" and ident is None:
+        ident = f"{body.get('type', '')}:{body.get('environmentRef', '')}:{body.get('serviceRef', '')}:{body.get('infraIdentifier', '')}"
+    if not isinstance(ident, str) or not ident:
+        raise doc.error((kind,), f"{kind} has no 'identifier'")
+    name = body.get("name", ident)
+    ent = Entity(kind=kind, identifier=ident, name=str(name), body=body, doc=doc)
+    if kind == "service":
+        sd = body.get("serviceDefinition")
+        if not isinstance(sd, dict):
+            raise ent.error((), f"service '{ident}' has no serviceDefinition")
+        if sd.get("type") != "AwsLambda":
+            raise ent.error(("serviceDefinition", "type"), f"service '{ident}' has serviceDefinition.type '{sd.get('type')}'; reconciler deploys only 'AwsLambda'")
+    if kind == "environment" and body.get("type") not in (None, "PreProduction", "Production"):
+        raise ent.error(("type",), f"environment type '{body.get('type')}' is not PreProduction or Production")
+    if kind == "infrastructureDefinition":
+        if not body.get("environmentRef"):
+            raise ent.error((), f"infrastructureDefinition '{ident}' has no environmentRef")
+        spec = body.get("spec")
+        if not isinstance(spec, dict) or not spec.get("region"):
+            raise ent.error(("spec",), f"infrastructureDefinition '{ident}' needs spec.region")
+        t = body.get("type") or body.get("deploymentType")
+        if t not in (None, "AwsLambda"):
+            raise ent.error(("type",), f"infrastructureDefinition type '{t}' is not AwsLambda")
+    if kind == "overrides":
+        t = body.get("type")
+        if t not in OVERRIDE_TYPES:
+            raise ent.error(("type",), f"overrides type '{t}' is not one of {', '.join(OVERRIDE_TYPES)}", did_you_mean(str(t), OVERRIDE_TYPES))
+        need = {"ENV_GLOBAL_OVERRIDE": ("environmentRef",), "ENV_SERVICE_OVERRIDE": ("environmentRef", "serviceRef"),
+                "INFRA_GLOBAL_OVERRIDE": ("environmentRef", "infraIdentifier"),
+                "INFRA_SERVICE_OVERRIDE": ("environmentRef", "infraIdentifier", "serviceRef")}[t]
+        for k in need:
+            if not body.get(k):
+                raise ent.error((), f"{t} needs '{k}'")
+    return ent
+
+
+def _check_references(ws: Workspace) -> list[ReconcilerError]:
+    errs: list[ReconcilerError] = []
+    for (env_ref, ident), infra in ws.infrastructures.items():
+        if env_ref not in ws.environments:
+            errs.append(infra.error(("environmentRef",), f"infrastructureDefinition '{ident}' references environment '{env_ref}', which is not defined",
+                                    did_you_mean(env_ref, ws.environments)))
+    for ov in ws.overrides:
+        env_ref = ov.body.get("environmentRef")
+        if env_ref and env_ref not in ws.environments:
+            errs.append(ov.error(("environmentRef",), f"overrides reference environment '{env_ref}', which is not defined", did_you_mean(str(env_ref), ws.environments)))
+        svc = ov.body.get("serviceRef")
+        if svc and svc not in ws.services:
+            errs.append(ov.error(("serviceRef",), f"overrides reference service '{svc}', which is not defined", did_you_mean(str(svc), ws.services)))
+        infra = ov.body.get("infraIdentifier")
+        if infra and env_ref and (env_ref, infra) not in ws.infrastructures:
+            errs.append(ov.error(("infraIdentifier",), f"overrides reference infrastructure '{infra}' of environment '{env_ref}', which is not defined",
+                                 did_you_mean(str(infra), [i for (e, i) in ws.infrastructures if e == env_ref])))
+    for pipe in ws.pipelines.values():
+        for path, stage in pipeline_stages(pipe):
+            errs.extend(_check_stage(ws, pipe, path, stage))
+    return errs
+
+
+def pipeline_stages(pipe: Entity) -> list[tuple[PathT, dict]]:
+    """The Deployment stages of a pipeline (parallel groups flattened), with their paths."""
+    out = []
+    stages = pipe.body.get("stages") or []
+    if not isinstance(stages, list):
+        return out
+    for i, item in enumerate(stages):
+        if not isinstance(item, dict):
+            continue
+        if "parallel" in item and isinstance(item["parallel"], list):
+            for j, sub in enumerate(item["parallel"]):
+                if isinstance(sub, dict) and isinstance(sub.get("stage"), dict):
+                    out.append((("stages", i, "parallel", j, "stage"), sub["stage"]))
+        elif isinstance(item.get("stage"), dict):
+            out.append((("stages", i, "stage"), item["stage"]))
+    return [(p, s) for p, s in out if s.get("type") == "Deployment"]
+
+
+def _check_stage(ws: Workspace, pipe: Entity, path: PathT, stage: dict) -> list[ReconcilerError]:
+    errs: list[ReconcilerError] = []
+    spec = stage.get("spec") or {}
+    dtype = spec.get("deploymentType")
+    if dtype not in (None, "AwsLambda"):
+        return errs  # stages for other deployment types are not ours
+    svc = (spec.get("service") or {}).get("serviceRef")
+    if svc is None:
+        errs.append(pipe.error(path + ("spec",), f"stage '{stage.get('identifier')}' has no spec.service.serviceRef"))
+    elif svc not in ws.services and not _is_runtime(svc):
+        errs.append(pipe.error(path + ("spec", "service", "serviceRef"),
+                               f"stage '{stage.get('identifier')}' references service '{svc}', which is not defined", did_you_mean(str(svc), ws.services)))
+    env = spec.get("environment") or {}
+    env_ref = env.get("environmentRef")
+    if env_ref is None:
+        errs.append(pipe.error(path + ("spec",), f"stage '{stage.get('identifier')}' has no spec.environment.environmentRef"))
+        return errs
+    if env_ref not in ws.environments and not _is_runtime(env_ref):
+        errs.append(pipe.error(path + ("spec", "environment", "environmentRef"),
+                               f"stage '{stage.get('identifier')}' references environment '{env_ref}', which is not defined", did_you_mean(str(env_ref), ws.environments)))
+        return errs
+    for k, ref in enumerate(env.get("infrastructureDefinitions") or []):
+        ident = ref.get("identifier") if isinstance(ref, dict) else None
+        if ident and not _is_runtime(ident) and (env_ref, ident) not in ws.infrastructures:
+            errs.append(pipe.error(path + ("spec", "environment", "infrastructureDefinitions", k, "identifier"),
+                                   f"stage '{stage.get('identifier')}' references infrastructure '{ident}' of environment '{env_ref}', which is not defined",
+                                   did_you_mean(ident, [i for (e, i) in ws.infrastructures if e == env_ref])))
+    return errs
+
+
+def _is_runtime(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().startswith("<+input>")

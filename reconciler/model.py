@@ -1,0 +1,159 @@
+"""Plain data: what is desired, what is live, and the plan between them.
+
+Everything here is a dataclass of JSON-able values with to_dict/from_dict, so a plan
+can be saved to a file, rendered in several formats and executed later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+PLAN_FORMAT_VERSION = 1
+
+
+def _from_dict(cls, data: dict):
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True, order=True)
+class Target:
+    service: str
+    environment: str
+    infrastructure: str
+
+    def __str__(self) -> str:
+        return f"{self.service} → {self.environment}/{self.infrastructure}"
+
+
+@dataclass
+class FunctionSpec:
+    """One function as the workspace wants it, fully rendered (no expressions left)."""
+
+    name: str
+    service: str
+    environment: str
+    infrastructure: str
+    region: str
+    package_type: str  # Zip | Image
+    config: dict  # updatable CreateFunction fields, PascalCase, as AWS takes them
+    tags: dict
+    artifact: dict  # {"type": "S3", bucket, key, region, connector} | {"type": "ECR", ...}
+    aliases: list[dict] = field(default_factory=list)  # CreateAlias shape without FunctionName/FunctionVersion
+    architectures: list[str] | None = None
+    create_only: dict = field(default_factory=dict)  # CreateFunction-only fields (CodeSigningConfigArn, ...)
+    connector: dict | None = None  # {"identifier", "role_arn", "external_id"} or None for the default chain
+    account: str | None = None  # from a FunctionName ARN, checked against the caller
+    source: str = ""  # file:line of the function definition
+
+    @property
+    def target(self) -> Target:
+        return Target(self.service, self.environment, self.infrastructure)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FunctionSpec":
+        return _from_dict(cls, data)
+
+
+@dataclass
+class Change:
+    """One difference. kind: config | code | tag | alias | function."""
+
+    kind: str
+    path: str
+    old: Any = None
+    new: Any = None
+    action: str = "update"  # create | update | delete
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Change":
+        return _from_dict(cls, data)
+
+
+@dataclass
+class FunctionPlan:
+    """What will happen to one function."""
+
+    name: str
+    service: str
+    environment: str
+    infrastructure: str
+    region: str
+    action: str  # create | update | noop | delete | orphan
+    changes: list[Change] = field(default_factory=list)
+    drift: list[Change] = field(default_factory=list)  # changed outside reconciler since the last apply
+    publish: bool = False
+    next_version: str | None = None
+    code: dict = field(default_factory=dict)  # {"sha256", "source", "image_uri"?, "s3"?}
+    desired: dict | None = None  # FunctionSpec.to_dict()
+    live_fingerprint: str = ""  # what was live when planned; a saved plan is refused if it moved
+    state_file: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def has_changes(self) -> bool:
+        return self.action in ("create", "update", "delete")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["changes"] = [c.to_dict() for c in self.changes]
+        d["drift"] = [c.to_dict() for c in self.drift]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FunctionPlan":
+        fp = _from_dict(cls, data)
+        fp.changes = [Change.from_dict(c) for c in data.get("changes", [])]
+        fp.drift = [Change.from_dict(c) for c in data.get("drift", [])]
+        return fp
+
+
+@dataclass
+class Plan:
+    functions: list[FunctionPlan]
+    # state file → {"lineage", "serial"} as read when planning; apply refuses a plan if these moved
+    state_refs: dict[str, dict] = field(default_factory=dict)
+    workspace: str = ""
+    created_at: str = ""
+    prune: bool = False
+    format_version: int = PLAN_FORMAT_VERSION
+
+    def counts(self) -> dict[str, int]:
+        out = {"create": 0, "update": 0, "delete": 0, "noop": 0, "orphan": 0}
+        for f in self.functions:
+            out[f.action] = out.get(f.action, 0) + 1
+        out["drift"] = sum(1 for f in self.functions if f.drift)
+        return out
+
+    @property
+    def has_changes(self) -> bool:
+        return any(f.has_changes for f in self.functions)
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": self.format_version,
+            "created_at": self.created_at,
+            "workspace": self.workspace,
+            "prune": self.prune,
+            "state_refs": self.state_refs,
+            "summary": self.counts(),
+            "functions": [f.to_dict() for f in self.functions],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        return cls(
+            functions=[FunctionPlan.from_dict(f) for f in data.get("functions", [])],
+            state_refs=data.get("state_refs", {}),
+            workspace=data.get("workspace", ""),
+            created_at=data.get("created_at", ""),
+            prune=bool(data.get("prune", False)),
+            format_version=int(data.get("format_version", 0)),
+        )

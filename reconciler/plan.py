@@ -1,0 +1,172 @@
+"""The planner: (desired, recorded, live) → Plan. Pure: no I/O, no AWS.
+
+Terraform's rules, for Lambda: what differs between the desired function and the live
+one is a planned change; what differs between the last apply (the state) and the live
+function is drift — "changed outside reconciler" — shown apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deepdiff import DeepDiff
+
+from reconciler.errors import ReconcilerError
+from reconciler.live import DEFAULTS, RESET, alias_view, canonical, fingerprint, project, user_tags
+from reconciler.model import Change, FunctionPlan, FunctionSpec
+
+ABSENT = None
+
+
+def diff_values(kind: str, old: Any, new: Any, prefix: str = "") -> list[Change]:
+    """Leaf-level changes between two JSON values (lists change as a whole)."""
+    if old == new:
+        return []
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return [Change(kind, prefix, old, new)]
+    dd = DeepDiff(old, new, view="tree", ignore_order=False, verbose_level=2)
+    out: dict[str, Change] = {}
+    for report in dd.values():
+        for item in report:
+            parts = item.path(output_format="list")
+            cut = next((i for i, p in enumerate(parts) if isinstance(p, int)), None)
+            if cut is not None:
+                parts = parts[:cut]
+            o, n = _get(old, parts), _get(new, parts)
+            path = ".".join([prefix] + [str(p) for p in parts] if prefix else [str(p) for p in parts])
+            action = "create" if o is ABSENT else "delete" if n is ABSENT else "update"
+            out[path] = Change(kind, path, o, n, action)
+    return [out[k] for k in sorted(out)]
+
+
+def _get(data: Any, parts: list) -> Any:
+    for p in parts:
+        if not isinstance(data, dict) or p not in data:
+            return ABSENT
+        data = data[p]
+    return data
+
+
+def desired_config(spec: FunctionSpec, recorded: dict | None) -> tuple[dict, list[str]]:
+    """The configuration to converge to: Lambda's defaults for the common fields, the
+    definition's fields over them, and a reset to the default for each other field the
+    last apply set and the definition no longer gives."""
+    config = canonical({**DEFAULTS, **spec.config})
+    notes = []
+    for key in sorted((recorded or {}).get("configuration", {})):
+        if key not in config:
+            if key in RESET:
+                config[key] = RESET[key]
+            else:
+                notes.append(f"{key} is no longer in the definition; it is left as it is in Lambda")
+    return config, notes
+
+
+def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: dict, state_file: str) -> FunctionPlan:
+    """One function's plan. `recorded` is its entry in state (or None), `live` a
+    live.snapshot(), `code` the resolved artifact ({"sha256", "source", ...})."""
+    fp = FunctionPlan(
+        name=spec.name, service=spec.service, environment=spec.environment, infrastructure=spec.infrastructure,
+        region=spec.region, action="noop", desired=spec.to_dict(), code=code, live_fingerprint=fingerprint(live),
+        state_file=state_file,
+    )
+    config, fp.notes = desired_config(spec, recorded)
+    if recorded and live.get("exists"):
+        fp.drift = drift(recorded, live)
+    elif recorded and not live.get("exists"):
+        fp.drift = [Change("function", spec.name, "exists", None, "delete")]
+
+    if not live.get("exists"):
+        fp.action = "create"
+        fp.changes.append(Change("function", spec.name, None, "create", "create"))
+        fp.changes.extend(diff_values("config", {}, config))
+        fp.changes.append(Change("code", "CodeSha256", None, code["sha256"], "create"))
+        fp.changes.extend(diff_values("tag", {}, spec.tags, "Tags"))
+        fp.publish = True
+        fp.next_version = "1"
+        for alias in spec.aliases:
+            fp.changes.append(Change("alias", alias["Name"], None, "1", "create"))
+        return fp
+
+    if live.get("package_type", "Zip") != spec.package_type:
+        raise ReconcilerError(
+            f"function {spec.name} is a {live.get('package_type')} function in Lambda but the definition makes it {spec.package_type}; "
+            "Lambda cannot change a function's package type (delete it first)", spec.source.rsplit(":", 1)[0])
+
+    changes: list[Change] = []
+    if live.get("code_sha256") != code["sha256"]:
+        changes.append(Change("code", "CodeSha256", live.get("code_sha256"), code["sha256"]))
+    if spec.architectures and list(spec.architectures) != list(live.get("architectures") or []):
+        changes.append(Change("code", "Architectures", live.get("architectures"), spec.architectures))
+    changes.extend(diff_values("config", project(live["configuration"], config), config))
+    fp.publish = bool(changes)
+    if recorded is None:
+        fp.notes.append("the function exists in Lambda but not in the state: it will be adopted")
+
+    # tags are not versioned: they change without a publish
+    managed = set(spec.tags) | set((recorded or {}).get("tags", {}))
+    live_tags = {k: v for k, v in live.get("tags", {}).items() if k in managed}
+    changes.extend(diff_values("tag", live_tags, spec.tags, "Tags"))
+
+    # aliases follow the version being deployed
+    current = (recorded or {}).get("version")
+    if not fp.publish and spec.aliases and not current:
+        fp.publish = True
+        fp.notes.append("no version of this function is recorded: one is published for its aliases")
+    target_version = "(new)" if fp.publish else current
+    for alias in spec.aliases:
+        want = {"version": target_version, "description": alias.get("Description", "") or "",
+                "weights": alias_view(alias)["weights"]}
+        have = live["aliases"].get(alias["Name"])
+        if have is None:
+            changes.append(Change("alias", alias["Name"], None, target_version, "create"))
+        elif have != want:
+            if have["version"] != want["version"]:
+                changes.append(Change("alias", alias["Name"], have["version"], want["version"]))
+            for k in ("description", "weights"):
+                if have[k] != want[k]:
+                    changes.append(Change("alias", f"{alias['Name']}.{k}", have[k], want[k]))
+    wanted = {a["Name"] for a in spec.aliases}
+    for name in sorted(set((recorded or {}).get("aliases", {})) - wanted):
+        if name in live["aliases"]:
+            changes.append(Change("alias", name, live["aliases"][name]["version"], None, "delete"))
+
+    fp.changes = changes
+    if fp.publish:
+        fp.changes.append(Change("version", "publish", current, "(new)", "create"))
+    fp.action = "update" if changes else "noop"
+    return fp
+
+
+def drift(recorded: dict, live: dict) -> list[Change]:
+    """What changed in Lambda since reconciler last recorded this function."""
+    out: list[Change] = []
+    applied = recorded.get("configuration", {})
+    out.extend(diff_values("config", applied, project(live["configuration"], applied)))
+    if recorded.get("code_sha256") and recorded["code_sha256"] != live.get("code_sha256"):
+        out.append(Change("code", "CodeSha256", recorded["code_sha256"], live.get("code_sha256")))
+    out.extend(diff_values("tag", user_tags(recorded.get("tags")), user_tags(live.get("tags")), "Tags"))
+    rec_aliases = recorded.get("aliases", {})
+    for name in sorted(set(rec_aliases) | set(live.get("aliases", {}))):
+        a, b = rec_aliases.get(name), live["aliases"].get(name)
+        if name not in rec_aliases:
+            continue  # an alias reconciler never managed
+        if a != b:
+            out.append(Change("alias", name, (a or {}).get("version"), (b or {}).get("version"),
+                              "delete" if b is None else "update"))
+    return out
+
+
+def orphan(name: str, recorded: dict, live: dict, prune: bool, state_file: str, environment: str, infrastructure: str) -> FunctionPlan:
+    fp = FunctionPlan(
+        name=name, service=recorded.get("service", ""), environment=environment, infrastructure=infrastructure,
+        region=recorded.get("region", ""), action="delete" if prune else "orphan", live_fingerprint=fingerprint(live),
+        state_file=state_file,
+    )
+    if not live.get("exists"):
+        fp.notes.append("already gone from Lambda")
+    if prune:
+        fp.changes.append(Change("function", name, "exists", None, "delete"))
+    else:
+        fp.notes.append("no longer in the workspace; delete it with --prune")
+    return fp

@@ -1,0 +1,458 @@
+"""From loaded entities to fully rendered FunctionSpecs, one per target. No AWS."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
+from reconciler.expr import Scope, is_runtime_input, resolve_string, resolve_tree
+from reconciler.load import Entity, Workspace, pipeline_stages
+from reconciler.model import FunctionSpec, Target
+from reconciler.schema import input_shape, normalise, update_config_fields
+from reconciler.yamlsrc import Doc
+
+GIT_STORES = ("Github", "GitLab", "Bitbucket", "Git", "AzureRepo", "CodeCommit")
+LOCAL_STORES = ("Harness", "Local", "InheritFromManifest")
+ARN = re.compile(r"^arn:(?P<partition>aws[a-z-]*):lambda:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):function:(?P<name>[A-Za-z0-9_-]+)(?::(?P<qualifier>[^:]+))?$")
+VARIABLE_TYPES = ("String", "Number", "Secret")
+
+
+@dataclass
+class Options:
+    services: list[str] = field(default_factory=list)
+    environments: list[str] = field(default_factory=list)
+    infrastructures: list[str] = field(default_factory=list)
+    variables: dict[str, str] = field(default_factory=dict)  # --var NAME=VALUE
+    artifact: str | None = None  # --artifact ID
+
+
+@dataclass
+class Rendered:
+    functions: list[FunctionSpec]
+    warnings: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- targets
+
+
+def targets(ws: Workspace, opts: Options) -> list[Target]:
+    """The (service, environment, infrastructure) triples to work on, narrowed by -s/-e/-i."""
+    _check_selectors(ws, opts)
+    found: list[Target] = []
+    if ws.pipelines:
+        for pipe in ws.pipelines.values():
+            for path, stage in pipeline_stages(pipe):
+                spec = stage.get("spec") or {}
+                if spec.get("deploymentType") not in (None, "AwsLambda"):
+                    continue
+                svc = _stage_ref((spec.get("service") or {}).get("serviceRef"), opts.services, pipe, path, "serviceRef")
+                env_spec = spec.get("environment") or {}
+                env = _stage_ref(env_spec.get("environmentRef"), opts.environments, pipe, path, "environmentRef")
+                if env_spec.get("deployToAll"):
+                    infras = [i for (e, i) in ws.infrastructures if e == env]
+                else:
+                    infras = []
+                    for ref in env_spec.get("infrastructureDefinitions") or []:
+                        ident = ref.get("identifier") if isinstance(ref, dict) else None
+                        if ident:
+                            infras.append(_stage_ref(ident, opts.infrastructures, pipe, path, "infrastructureDefinitions"))
+                for infra in infras:
+                    found.append(Target(svc, env, infra))
+    else:
+        for svc in ws.services:
+            for (env, infra) in ws.infrastructures:
+                found.append(Target(svc, env, infra))
+    everything = sorted(set(found))
+    chosen = [
+        t for t in everything
+        if (not opts.services or t.service in opts.services)
+        and (not opts.environments or t.environment in opts.environments)
+        and (not opts.infrastructures or t.infrastructure in opts.infrastructures)
+    ]
+    if not chosen:
+        listing = "; ".join(str(t) for t in everything) or "none (define a service and an infrastructureDefinition)"
+        raise ConfigError(f"the selection matches no target; targets in this workspace: {listing}")
+    return chosen
+
+
+def _check_selectors(ws: Workspace, opts: Options) -> None:
+    pairs = (
+        ("service", opts.services, list(ws.services)),
+        ("environment", opts.environments, list(ws.environments)),
+        ("infrastructure", opts.infrastructures, sorted({i for (_, i) in ws.infrastructures})),
+    )
+    for what, chosen, known in pairs:
+        for c in chosen:
+            if c not in known:
+                raise ConfigError(f"no {what} '{c}' in the workspace; defined: {', '.join(known) or 'none'}", hint=did_you_mean(c, known))
+
+
+def _stage_ref(value: Any, selected: list[str], pipe: Entity, path, what: str) -> str:
+    if is_runtime_input(value):
+        if len(selected) == 1:
+            return selected[0]
+        raise pipe.error(path, f"the stage's {what} is a runtime input (<+input>); choose one with the matching -s/-e/-i option")
+    return str(value)
+
+
+# ---------------------------------------------------------------- variables
+
+
+def _variables(entity: Entity, path: tuple, errors: list) -> dict[str, tuple[Any, Entity, tuple]]:
+    """name → (raw value, entity, path) from a Harness variables list."""
+    out: dict[str, tuple[Any, Entity, tuple]] = {}
+    node: Any = entity.body
+    for p in path:
+        node = node.get(p) if isinstance(node, dict) else None
+    if node is None:
+        return out
+    if not isinstance(node, list):
+        errors.append(entity.error(path, "variables must be a list of {name, type, value}"))
+        return out
+    for i, var in enumerate(node):
+        vp = path + (i,)
+        if not isinstance(var, dict) or "name" not in var:
+            errors.append(entity.error(vp, "a variable needs 'name', 'type' and 'value'"))
+            continue
+        vtype = var.get("type", "String")
+        if vtype not in VARIABLE_TYPES:
+            errors.append(entity.error(vp + ("type",), f"variable type '{vtype}' is not one of {', '.join(VARIABLE_TYPES)}", did_you_mean(str(vtype), VARIABLE_TYPES)))
+            continue
+        value = var.get("value")
+        if vtype == "Number" and isinstance(value, str) and not is_runtime_input(value) and "<+" not in value:
+            try:
+                value = int(value) if re.fullmatch(r"-?\d+", value.strip()) else float(value)
+            except ValueError:
+                errors.append(entity.error(vp + ("value",), f"variable '{var['name']}' is a Number but its value is '{value}'"))
+                continue
+        out[str(var["name"])] = (value, entity, vp + ("value",))
+    return out
+
+
+def _override_layers(ws: Workspace, t: Target) -> list[Entity]:
+    order = {name: i for i, name in enumerate(("ENV_GLOBAL_OVERRIDE", "ENV_SERVICE_OVERRIDE", "INFRA_GLOBAL_OVERRIDE", "INFRA_SERVICE_OVERRIDE"))}
+    hits = []
+    for ov in ws.overrides:
+        b = ov.body
+        if b.get("environmentRef") != t.environment:
+            continue
+        kind = b["type"]
+        if "SERVICE" in kind and b.get("serviceRef") != t.service:
+            continue
+        if kind.startswith("INFRA") and b.get("infraIdentifier") != t.infrastructure:
+            continue
+        hits.append(ov)
+    return sorted(hits, key=lambda o: order[o.body["type"]])
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def render(ws: Workspace, opts: Options) -> Rendered:
+    """Every selected target rendered to a FunctionSpec; all errors reported together."""
+    chosen = targets(ws, opts)
+    errors: list[ReconcilerError] = []
+    warnings: list[str] = []
+    specs: list[FunctionSpec] = []
+    for t in chosen:
+        try:
+            specs.append(render_target(ws, t, opts, warnings))
+        except ErrorList as exc:
+            errors.extend(exc.errors)
+        except ReconcilerError as exc:
+            errors.append(exc)
+    seen: dict[tuple[str, str], FunctionSpec] = {}
+    for s in specs:
+        key = (s.region, s.name)
+        if key in seen:
+            errors.append(ConfigError(f"function '{s.name}' in {s.region} is defined by two targets: {seen[key].target} ({seen[key].source}) and {s.target} ({s.source})"))
+        seen[key] = s
+    if errors:
+        uniq = list({str(e): e for e in errors}.values())
+        raise uniq[0] if len(uniq) == 1 else ErrorList(uniq)
+    # identical warnings from several targets are said once
+    return Rendered(functions=specs, warnings=list(dict.fromkeys(warnings)))
+
+
+def render_target(ws: Workspace, t: Target, opts: Options, warnings: list[str]) -> FunctionSpec:
+    svc = ws.services[t.service]
+    env = ws.environments[t.environment]
+    infra = ws.infrastructures[(t.environment, t.infrastructure)]
+    errors: list[ReconcilerError] = []
+
+    # variables, lowest precedence first; a later layer replaces the whole value
+    service_vars = _variables(svc, ("serviceDefinition", "spec", "variables"), errors)
+    env_vars = _variables(env, ("variables",), errors)
+    merged: dict[str, tuple[Any, Entity, tuple]] = dict(service_vars)
+    env_scope: dict[str, tuple[Any, Entity, tuple]] = dict(env_vars)
+    for name, v in env_vars.items():
+        if name in merged:
+            merged[name] = v
+    for ov in _override_layers(ws, t):
+        layer = _variables(ov, ("spec", "variables"), errors)
+        merged.update(layer)
+        if "SERVICE" not in ov.body["type"]:
+            env_scope.update(layer)
+    for name, value in opts.variables.items():
+        merged[name] = (value, None, ())
+        if name in env_scope:
+            env_scope[name] = (value, None, ())
+    if errors:
+        raise ErrorList(errors) if len(errors) > 1 else errors[0]
+
+    region_raw = infra.body["spec"]["region"]
+    fixed = {
+        "service.name": svc.name,
+        "service.identifier": svc.identifier,
+        "service.description": svc.body.get("description", ""),
+        "env.name": env.name,
+        "env.identifier": env.identifier,
+        "env.type": env.body.get("type", ""),
+        "infra.name": infra.name,
+        "infra.identifier": infra.identifier,
+        "infra.connectorRef": infra.body["spec"].get("connectorRef", ""),
+        "infra.connector.name": infra.body["spec"].get("connectorRef", ""),
+    }
+    resolving: list[str] = []
+
+    def resolve_variable(name: str, entry: Any) -> Any:
+        value, ent, path = entry
+        if not isinstance(value, str) or "<+" not in value:
+            return value
+        if name in resolving:
+            raise KeyError(f"variable '{name}' refers to itself ({' → '.join(resolving + [name])})", None)
+        if is_runtime_input(value) and ent is not None:
+            raise ConfigError(f"variable '{name}' is a runtime input", ent.file, ent.line(*path), f"pass --var {name}=VALUE")
+        resolving.append(name)
+        try:
+            where = (lambda: (ent.file, ent.line(*path))) if ent is not None else (lambda: ("--var", None))
+            return resolve_string(value, scope, where)
+        finally:
+            resolving.pop()
+
+    scope = Scope(fixed=fixed, service_variables=merged, env_variables=env_scope, resolve_variable=resolve_variable)
+    region = resolve_string(str(region_raw), scope, lambda: (infra.file, infra.line("spec", "region")))
+    scope.fixed["infra.region"] = region
+
+    sd_spec = svc.body["serviceDefinition"].get("spec") or {}
+    base = ("serviceDefinition", "spec")
+    artifact = _artifact(ws, svc, sd_spec, base, scope, opts, t)
+    fdef_doc, alias_docs = _manifests(ws, svc, sd_spec, base)
+    connector = _connector(ws, infra.body["spec"].get("connectorRef"))
+
+    # the function definition, rendered and checked against CreateFunction
+    fdata = resolve_tree(fdef_doc.data, scope, fdef_doc)
+    if not isinstance(fdata, dict):
+        raise fdef_doc.error((), "a function definition must be a mapping in CreateFunction shape")
+    norm_errors: list[ConfigError] = []
+    fdef = normalise(fdata, input_shape("CreateFunction"), fdef_doc, (), norm_errors)
+    if norm_errors:
+        raise norm_errors[0] if len(norm_errors) == 1 else ErrorList(list(norm_errors))
+    where = f"{fdef_doc.file}:{fdef_doc.line()}"
+
+    for required in ("FunctionName", "Role"):
+        if not fdef.get(required):
+            raise fdef_doc.error((), f"function definition has no '{required}' (required by CreateFunction)")
+    name = fdef.pop("FunctionName")
+    account = None
+    m = ARN.match(name)
+    if m:
+        if m.group("qualifier"):
+            raise fdef_doc.error(_key(fdata, "FunctionName"), f"FunctionName '{name}' has a qualifier; give the unqualified function ARN or name")
+        if m.group("region") != region:
+            raise fdef_doc.error(_key(fdata, "FunctionName"), f"FunctionName ARN is in region {m.group('region')} but infrastructure '{infra.identifier}' deploys to {region}")
+        account = m.group("account")
+        name = m.group("name")
+
+    code = fdef.pop("Code", None)
+    if code:
+        if artifact is None:
+            artifact = _artifact_from_code(code, fdef_doc, fdata, region)
+        else:
+            warnings.append(f"{where}: the function definition's Code is ignored: the service's artifact is deployed instead")
+    if artifact is None:
+        raise svc.error(base, f"service '{svc.identifier}' has no artifact (serviceDefinition.spec.artifacts.primary) and its function definition no Code")
+    fdef.pop("Publish", None)
+    tags = fdef.pop("Tags", None) or {}
+    architectures = fdef.pop("Architectures", None)
+    package_type = fdef.pop("PackageType", None) or ("Image" if artifact["type"] == "ECR" else "Zip")
+    if package_type == "Image" and artifact["type"] != "ECR":
+        raise fdef_doc.error(_key(fdata, "PackageType"), "PackageType is Image but the artifact is an S3 zip")
+    if package_type == "Zip" and artifact["type"] == "ECR":
+        raise fdef_doc.error(_key(fdata, "PackageType"), "the artifact is an ECR image but PackageType is Zip")
+    if package_type == "Zip":
+        for required in ("Runtime", "Handler"):
+            if not fdef.get(required):
+                raise fdef_doc.error((), f"function definition has no '{required}' (required for a Zip function)")
+    updatable = update_config_fields()
+    config = {k: v for k, v in fdef.items() if k in updatable}
+    create_only = {k: v for k, v in fdef.items() if k not in updatable}
+
+    aliases = []
+    seen_alias: dict[str, str] = {}
+    for adoc in alias_docs:
+        adata = resolve_tree(adoc.data, scope, adoc)
+        a_errors: list[ConfigError] = []
+        alias = normalise(adata, input_shape("CreateAlias"), adoc, (), a_errors)
+        if a_errors:
+            raise a_errors[0] if len(a_errors) == 1 else ErrorList(list(a_errors))
+        for filled in ("FunctionName", "FunctionVersion"):
+            if filled in alias:
+                alias.pop(filled)
+                warnings.append(f"{adoc.file}:{adoc.line(_key(adata, filled))}: '{filled}' in an alias definition is ignored; reconciler fills it in")
+        if not alias.get("Name"):
+            raise adoc.error((), "alias definition has no 'name'")
+        if alias["Name"] in seen_alias:
+            raise adoc.error(_key(adata, "Name"), f"alias '{alias['Name']}' is defined twice (also in {seen_alias[alias['Name']]})")
+        seen_alias[alias["Name"]] = f"{adoc.file}:{adoc.line(_key(adata, 'Name'))}"
+        aliases.append(alias)
+
+    return FunctionSpec(
+        name=name,
+        service=t.service,
+        environment=t.environment,
+        infrastructure=t.infrastructure,
+        region=region,
+        package_type=package_type,
+        config=config,
+        tags={str(k): str(v) for k, v in tags.items()},
+        artifact=artifact,
+        aliases=aliases,
+        architectures=architectures,
+        create_only=create_only,
+        connector=connector,
+        account=account,
+        source=where,
+    )
+
+
+def _key(data: dict, canon: str) -> tuple:
+    """The path of a field as the user wrote it (any case)."""
+    for k in data if isinstance(data, dict) else ():
+        if str(k).lower() == canon.lower():
+            return (k,)
+    return ()
+
+
+def _manifests(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple) -> tuple[Doc, list[Doc]]:
+    manifests = sd_spec.get("manifests") or []
+    if not isinstance(manifests, list):
+        raise svc.error(base + ("manifests",), "manifests must be a list")
+    fdefs, aliases = [], []
+    for i, item in enumerate(manifests):
+        mp = base + ("manifests", i, "manifest")
+        m = item.get("manifest") if isinstance(item, dict) else None
+        if not isinstance(m, dict):
+            raise svc.error(base + ("manifests", i), "each manifests entry needs a 'manifest' mapping")
+        mtype = m.get("type")
+        if mtype not in ("AwsLambdaFunctionDefinition", "AwsLambdaFunctionAliasDefinition"):
+            raise svc.error(mp + ("type",), f"manifest type '{mtype}' is not supported for AwsLambda services",
+                            did_you_mean(str(mtype), ["AwsLambdaFunctionDefinition", "AwsLambdaFunctionAliasDefinition"]))
+        docs = [ws.read_file(ref, svc, p) for ref, p in _store_files(svc, m, mp)]
+        (fdefs if mtype == "AwsLambdaFunctionDefinition" else aliases).extend(docs)
+    if len(fdefs) != 1:
+        raise svc.error(base + ("manifests",), f"service '{svc.identifier}' needs exactly one AwsLambdaFunctionDefinition manifest file, found {len(fdefs)}")
+    return fdefs[0], aliases
+
+
+def _store_files(svc: Entity, m: dict, mp: tuple) -> list[tuple[str, tuple]]:
+    store = ((m.get("spec") or {}).get("store")) or {}
+    stype = store.get("type")
+    sspec = store.get("spec") or {}
+    sp = mp + ("spec", "store")
+    if stype in GIT_STORES:
+        key = "paths"
+    elif stype in LOCAL_STORES:
+        key = "files"
+    else:
+        raise svc.error(sp + ("type",), f"manifest store type '{stype}' is not supported", did_you_mean(str(stype), GIT_STORES + LOCAL_STORES))
+    files = sspec.get(key)
+    if not isinstance(files, list) or not files:
+        raise svc.error(sp + ("spec",), f"a {stype} store needs spec.{key}: a list of files")
+    for i, f in enumerate(files):
+        if is_runtime_input(f) or not isinstance(f, str):
+            raise svc.error(sp + ("spec", key, i), f"manifest path must be a file path, got {f!r}")
+    return [(f, sp + ("spec", key, i)) for i, f in enumerate(files)]
+
+
+def _artifact(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Scope, opts: Options, t: Target) -> dict | None:
+    primary = ((sd_spec.get("artifacts") or {}).get("primary"))
+    if not primary:
+        return None
+    pp = base + ("artifacts", "primary")
+    sources = primary.get("sources") or []
+    ids = [s.get("identifier") for s in sources if isinstance(s, dict)]
+    if not ids:
+        raise svc.error(pp, "artifacts.primary has no sources")
+    ref = primary.get("primaryArtifactRef")
+    if opts.artifact is not None:
+        if opts.artifact not in ids:
+            raise svc.error(pp + ("sources",), f"--artifact '{opts.artifact}' names no artifact source of service '{svc.identifier}'", did_you_mean(opts.artifact, ids))
+        ref = opts.artifact
+    elif ref is None or is_runtime_input(ref):
+        if len(ids) != 1:
+            raise svc.error(pp + ("primaryArtifactRef",), f"primaryArtifactRef is a runtime input; choose one of {', '.join(ids)} with --artifact")
+        ref = ids[0]
+    elif ref not in ids:
+        raise svc.error(pp + ("primaryArtifactRef",), f"primaryArtifactRef '{ref}' names no artifact source", did_you_mean(str(ref), ids))
+    idx = ids.index(ref)
+    src = sources[idx]
+    sp = pp + ("sources", idx)
+    spec = resolve_tree(src.get("spec") or {}, scope, svc.doc, ("service",) + sp + ("spec",))
+    stype = src.get("type")
+
+    def need(key: str) -> Any:
+        v = spec.get(key)
+        if v in (None, ""):
+            raise svc.error(sp + ("spec",), f"{stype} artifact '{ref}' needs spec.{key}")
+        return v
+
+    region = spec.get("region") or scope.fixed["infra.region"]
+    connector = _connector(ws, spec.get("connectorRef"))
+    if stype == "AmazonS3":
+        return {"type": "S3", "bucket": str(need("bucketName")), "key": str(need("filePath")).lstrip("/"), "region": str(region), "connector": connector, "id": ref}
+    if stype == "Ecr":
+        out = {"type": "ECR", "repository": str(need("imagePath")), "region": str(region), "connector": connector, "id": ref,
+               "registry_id": str(spec["registryId"]) if spec.get("registryId") else None}
+        pins = [k for k in ("digest", "tag", "tagRegex") if spec.get(k)]
+        if not pins:
+            raise svc.error(sp + ("spec",), f"Ecr artifact '{ref}' needs spec.tag, spec.tagRegex or spec.digest")
+        out["digest"] = spec.get("digest") or None
+        out["tag"] = str(spec["tag"]) if spec.get("tag") else None
+        out["tag_regex"] = str(spec["tagRegex"]) if spec.get("tagRegex") else None
+        if out["tag_regex"]:
+            try:
+                re.compile(out["tag_regex"])
+            except re.error as exc:
+                raise svc.error(sp + ("spec", "tagRegex"), f"tagRegex is not a valid regular expression: {exc}") from None
+        return out
+    raise svc.error(sp + ("type",), f"artifact type '{stype}' is not supported; use AmazonS3 or Ecr", did_you_mean(str(stype), ["AmazonS3", "Ecr"]))
+
+
+def _artifact_from_code(code: dict, doc: Doc, fdata: dict, region: str) -> dict:
+    if code.get("S3Bucket") and code.get("S3Key"):
+        return {"type": "S3", "bucket": code["S3Bucket"], "key": code["S3Key"], "region": region, "connector": None, "id": "Code"}
+    if code.get("ImageUri"):
+        uri = code["ImageUri"]
+        m = re.match(r"^(?P<reg>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<repo>[^:@]+)(?::(?P<tag>[^@]+))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$", uri)
+        if not m:
+            raise doc.error(_key(fdata, "Code"), f"Code.ImageUri '{uri}' is not an ECR image URI")
+        return {"type": "ECR", "repository": m.group("repo"), "region": m.group("region"), "registry_id": m.group("reg"), "connector": None, "id": "Code",
+                "tag": m.group("tag"), "digest": m.group("digest"), "tag_regex": None}
+    raise doc.error(_key(fdata, "Code"), "Code must give S3Bucket and S3Key, or ImageUri")
+
+
+def _connector(ws: Workspace, ref: Any) -> dict | None:
+    """An Aws connector's assumed role; an undefined connector means the default credential chain."""
+    if not ref or ref not in ws.connectors:
+        return None
+    c = ws.connectors[ref]
+    if c.body.get("type") not in (None, "Aws"):
+        raise c.error(("type",), f"connector '{ref}' has type '{c.body.get('type')}'; only Aws connectors are supported")
+    cred = ((c.body.get("spec") or {}).get("credential")) or {}
+    cross = cred.get("crossAccountAccess") or {}
+    if not cross.get("crossAccountRoleArn"):
+        return None
+    return {"identifier": ref, "role_arn": cross["crossAccountRoleArn"], "external_id": cross.get("externalId")}

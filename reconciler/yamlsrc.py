@@ -1,0 +1,182 @@
+"""Read YAML and JSON into plain Python data while remembering the line of every value.
+
+ruamel.yaml's round-trip loader keeps line numbers on its containers; we copy the
+data into plain dicts and lists (so nothing downstream depends on ruamel) and keep
+the line of each value in a side table keyed by its path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import ConfigError
+
+# A document that expands to more values than this is refused (a YAML alias bomb).
+MAX_NODES = 100_000
+
+PathT = tuple  # a path into a document: keys and list indices
+
+
+@dataclass
+class Doc:
+    """One YAML/JSON document: plain data plus the 1-based line of each path."""
+
+    file: str  # as shown to the user (relative to the workspace when possible)
+    data: Any
+    lines: dict[PathT, int] = field(default_factory=dict)
+
+    def line(self, path: PathT = ()) -> int | None:
+        """The line of `path`, or of its nearest ancestor that has one."""
+        path = tuple(path)
+        while True:
+            if path in self.lines:
+                return self.lines[path]
+            if not path:
+                return None
+            path = path[:-1]
+
+    def error(self, path: PathT, message: str, hint: str | None = None) -> ConfigError:
+        return ConfigError(message, self.file, self.line(path), hint)
+
+
+def _yaml():
+    from ruamel.yaml import YAML
+
+    y = YAML(typ="rt", pure=True)
+    y.allow_duplicate_keys = False
+    return y
+
+
+def _plain_scalar(value: Any) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    # ruamel's ScalarBoolean is an int subclass; keep booleans booleans
+    if type(value).__name__ == "ScalarBoolean":
+        return bool(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return str(value)  # dates and timestamps stay as written
+
+
+def _convert(node: Any, file: str, base_line: int) -> tuple[Any, dict[PathT, int]]:
+    """Copy ruamel data into plain data with a path → line table, under a node budget."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    lines: dict[PathT, int] = {(): base_line}
+    budget = [MAX_NODES]
+
+    def spend(path: PathT) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ConfigError(
+                f"document expands to more than {MAX_NODES} values (YAML aliases/anchors used as a bomb?)",
+                file,
+                lines.get(path) or base_line,
+            )
+
+    def walk(n: Any, path: PathT) -> Any:
+        spend(path)
+        if isinstance(n, CommentedMap):
+            out = {}
+            for k in n:
+                try:
+                    ln = n.lc.value(k)[0] + 1 if isinstance(n[k], (str, int, float, bool)) or n[k] is None else None
+                    kl = n.lc.key(k)[0] + 1
+                except Exception:  # pragma: no cover - ruamel always has lc on rt data
+                    ln, kl = None, None
+                key = _plain_scalar(k)
+                sub = path + (key,)
+                lines[sub] = ln or kl or lines.get(path, base_line)
+                child = n[k]
+                if isinstance(child, (CommentedMap, CommentedSeq)) and getattr(child, "lc", None) is not None:
+                    # a nested block starts on the line of its key
+                    lines[sub] = kl or lines[sub]
+                out[key] = walk(child, sub)
+            return out
+        if isinstance(n, CommentedSeq):
+            out_l = []
+            for i, item in enumerate(n):
+                sub = path + (i,)
+                try:
+                    lines[sub] = n.lc.item(i)[0] + 1
+                except Exception:  # pragma: no cover
+                    lines[sub] = lines.get(path, base_line)
+                out_l.append(walk(item, sub))
+            return out_l
+        if isinstance(n, dict):  # pragma: no cover - defensive, plain maps from merges
+            return {_plain_scalar(k): walk(v, path + (_plain_scalar(k),)) for k, v in n.items()}
+        if isinstance(n, list):  # pragma: no cover
+            return [walk(v, path + (i,)) for i, v in enumerate(n)]
+        return _plain_scalar(n)
+
+    data = walk(node, ())
+    return data, lines
+
+
+def _yaml_error(exc: Exception, file: str) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    text = f"invalid YAML: {problem}"
+    if context and "duplicate" in str(context) + str(problem):
+        text = f"invalid YAML: duplicate key ({str(problem).strip()})"
+    return ConfigError(" ".join(text.split()), file, line)
+
+
+def load_yaml_documents(text: str, file: str) -> list[Doc]:
+    """Every document of a YAML stream, each with its line table."""
+    from ruamel.yaml.error import YAMLError, YAMLFutureWarning  # noqa: F401
+
+    y = _yaml()
+    try:
+        raw_docs = list(y.load_all(text))
+    except YAMLError as exc:
+        raise _yaml_error(exc, file) from None
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply", file) from None
+    docs = []
+    for raw in raw_docs:
+        if raw is None:
+            continue
+        base = 1
+        lc = getattr(raw, "lc", None)
+        if lc is not None and lc.line is not None:
+            base = lc.line + 1
+        data, lines = _convert(raw, file, base)
+        docs.append(Doc(file=file, data=data, lines=lines))
+    return docs
+
+
+def load_data_file(path: Path, shown: str) -> Doc:
+    """A manifest file (JSON or YAML) as a single document."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", shown) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read file: {exc}", shown) from None
+    if path.suffix.lower() == ".json":
+        # JSON is YAML: ruamel gives line numbers; json gives the better syntax message.
+        try:
+            docs = load_yaml_documents(text, shown)
+        except ConfigError as yaml_exc:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"invalid JSON: {exc.msg}", shown, exc.lineno) from None
+            if "duplicate" in yaml_exc.message:
+                raise
+            return Doc(file=shown, data=data, lines={(): 1})
+    else:
+        docs = load_yaml_documents(text, shown)
+    if len(docs) != 1:
+        raise ConfigError(f"expected exactly one document, found {len(docs)}", shown, 1)
+    return docs[0]
