@@ -1,0 +1,142 @@
+"""Drift: what changed in Lambda since reconciler last recorded each function.
+
+Compares live AWS with the state files only (no workspace needed), the way a nightly
+job runs it; changes nothing. Also `refresh` (accept what is live into the state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from reconciler import state as st
+from reconciler.model import Change
+from reconciler.plan import drift as drift_changes
+
+DRIFT_FORMAT_VERSION = 1
+
+
+@dataclass
+class FunctionDrift:
+    name: str
+    service: str
+    environment: str
+    infrastructure: str
+    region: str
+    status: str  # in_sync | drifted | deleted
+    changes: list[Change] = field(default_factory=list)
+    live: dict = field(default_factory=dict)  # the live snapshot (for refresh), not rendered
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("live")
+        d["changes"] = [c.to_dict() for c in self.changes]
+        return d
+
+
+@dataclass
+class DriftReport:
+    functions: list[FunctionDrift]
+    checked_at: str = ""
+
+    @property
+    def drifted(self) -> list[FunctionDrift]:
+        return [f for f in self.functions if f.status != "in_sync"]
+
+    def to_dict(self, mask: Callable[[Change], Change] | None = None) -> dict:
+        out = []
+        for f in self.functions:
+            d = f.to_dict()
+            if mask:
+                d["changes"] = [mask(c).to_dict() for c in f.changes]
+            out.append(d)
+        return {
+            "format_version": DRIFT_FORMAT_VERSION,
+            "checked_at": self.checked_at,
+            "summary": {"checked": len(self.functions), "drifted": sum(1 for f in self.functions if f.status == "drifted"),
+                        "deleted": sum(1 for f in self.functions if f.status == "deleted")},
+            "functions": out,
+        }
+
+
+def selected_states(state_dir: Path, environments: list[str], infrastructures: list[str]) -> list[st.State]:
+    return [s for s in st.all_states(state_dir)
+            if (not environments or s.environment in environments) and (not infrastructures or s.infrastructure in infrastructures)]
+
+
+def check(aws, states: list[st.State], services: list[str], functions: list[str] | None = None,
+          log: Callable[[str], None] = lambda m: None) -> DriftReport:
+    from reconciler.aws import Lambda
+    from reconciler.engine import refresh_function
+
+    report = DriftReport(functions=[], checked_at=st.now())
+    for s in states:
+        for name, rec in sorted(s.functions.items()):
+            if services and rec.get("service") not in services:
+                continue
+            if functions and name not in functions:
+                continue
+            region = rec.get("region") or s.region
+            log(f"checking {name} ({region})")
+            live = refresh_function(aws, region, rec.get("connector"), name)
+            fd = FunctionDrift(name=name, service=rec.get("service", ""), environment=s.environment,
+                               infrastructure=s.infrastructure, region=region, status="in_sync", live=live)
+            if not live.get("exists"):
+                fd.status = "deleted"
+                fd.changes.append(Change("function", name, "exists", None, "delete"))
+            else:
+                fd.changes = drift_changes(rec, live)
+                known = {str(h.get("version")) for h in s.history if h.get("function") == name and h.get("version")}
+                if rec.get("version"):
+                    known.add(str(rec["version"]))
+                # versions published by someone else since reconciler's first one
+                first = min((int(v) for v in known if v.isdigit()), default=None)
+                if first is not None:
+                    for v in Lambda(aws, region, rec.get("connector")).list_versions(name):
+                        num = str(v.get("Version"))
+                        if num.isdigit() and num not in known and int(num) > first:
+                            fd.changes.append(Change("version", num, None, num, "create"))
+                if fd.changes:
+                    fd.status = "drifted"
+            report.functions.append(fd)
+    return report
+
+
+def accept(report: DriftReport, states: list[st.State], log: Callable[[str], None]) -> int:
+    """Record what is live as the new truth for every drifted function (`refresh`)."""
+    from reconciler.live import project
+
+    by_key = {(s.environment, s.infrastructure): s for s in states}
+    touched: set[tuple[str, str]] = set()
+    changed = 0
+    for fd in report.drifted:
+        s = by_key[(fd.environment, fd.infrastructure)]
+        rec = s.functions.get(fd.name)
+        if rec is None:
+            continue
+        if fd.status == "deleted":
+            s.functions.pop(fd.name)
+            log(f"{fd.name}: deleted in Lambda; forgotten")
+        else:
+            live = fd.live
+            rec.update(
+                configuration=project(live.get("configuration") or {}, rec.get("configuration") or {}),
+                code_sha256=live.get("code_sha256"),
+                tags=dict(live.get("tags") or {}),
+                aliases={n: a for n, a in (live.get("aliases") or {}).items() if n in (rec.get("aliases") or {})},
+                updated_at=st.now(),
+            )
+            if any(c.kind == "code" for c in fd.changes):
+                # the recorded source no longer produces this code
+                rec.update(code_params=None, code_source=None)
+            log(f"{fd.name}: accepted {len(fd.changes)} difference(s) into the state")
+        s.history.append({"id": st.now(), "function": fd.name, "service": fd.service, "operation": "refresh", "status": "succeeded",
+                          "started_at": st.now(), "finished_at": st.now(), "version": (s.functions.get(fd.name) or {}).get("version"),
+                          "code_sha256": (s.functions.get(fd.name) or {}).get("code_sha256"),
+                          "accepted": [c.to_dict() for c in fd.changes]})
+        touched.add((fd.environment, fd.infrastructure))
+        changed += 1
+    for key in touched:
+        by_key[key].write()
+    return changed
