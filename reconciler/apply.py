@@ -92,6 +92,7 @@ def _apply_function(fp: FunctionPlan, state: st.State, aws, log: Callable[[str],
         "id": str(uuid.uuid4()), "function": spec.name, "service": spec.service, "operation": "apply",
         "status": "in_progress", "started_at": st.now(), "finished_at": None,
         "version": None, "code_sha256": fp.code.get("sha256"), "code_source": fp.code.get("source"),
+        "code_params": fp.code.get("params"),
         "previous": _previous(before, recorded), "steps": [],
     }
     state.history.append(record)
@@ -203,7 +204,10 @@ def _todo(prev: dict) -> str:
     if not prev.get("exists"):
         return "delete the function"
     aliases = ", ".join(f"{n} → {a['version']}" for n, a in prev.get("aliases", {}).items())
-    return f"code {prev.get('code_sha256')}, aliases {aliases or 'none'}"
+    where = [w for w in ((prev.get("code_source") or {}).get("uri"), prev.get("image_uri"),
+                         f"the code of version {prev['version']}" if prev.get("version") else None) if w]
+    return (f"$LATEST code {prev.get('code_sha256')}" + (f" (from {' or '.join(where)})" if where else "")
+            + f", the configuration recorded as `previous` in the state history, aliases {aliases or 'none'}")
 
 
 RESTORABLE_CONFIG = ("Description", "Timeout", "MemorySize", "Environment", "Layers", "Handler", "Runtime", "Role",

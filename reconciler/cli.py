@@ -388,3 +388,7 @@ def main() -> None:
             raise
         print(f"error: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
+
+
+# drift, refresh, import, state rm, force-unlock
+from reconciler import cli_ops  # noqa: E402,F401  (registers its commands on `app`)

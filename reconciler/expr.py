@@ -11,6 +11,8 @@ from reconciler.yamlsrc import Doc, PathT
 
 INNERMOST = re.compile(r"<\+([^<>]*)>")
 DEFAULT_INPUT = re.compile(r"""^input(?:\.[a-zA-Z]+\([^()]*\))*\.default\((?P<q>['"]?)(?P<v>.*?)(?P=q)\)""")
+# Harness writes a runtime input's modifiers after it: `<+input>.default(x).allowedValues(x,y)`
+INPUT_MODIFIERS = re.compile(r"<\+input>((?:\.[a-zA-Z]+\([^()]*\))+)")
 
 
 class NeedsInput(Exception):
@@ -67,7 +69,7 @@ def resolve_string(text: str, scope: Scope, where: Callable[[], tuple[str, int |
     the expression's type (a Number variable stays a number)."""
     if "<+" not in text:
         return text
-    value: Any = text
+    value: Any = _inline_modifiers(text)
     for _ in range(50):  # nested expressions resolve innermost first
         if not isinstance(value, str):
             return value
@@ -93,6 +95,20 @@ def resolve_string(text: str, scope: Scope, where: Callable[[], tuple[str, int |
         file, line = where()
         raise ConfigError(f"cannot resolve expression in '{value}'", file, line)
     return value
+
+
+def _inline_modifiers(text: str) -> str:
+    """`<+input>.default(x)` as `<+input.default(x)>`, so that it is one expression."""
+    return INPUT_MODIFIERS.sub(lambda m: f"<+input{m.group(1)}>", text)
+
+
+def input_default(value: Any) -> tuple[bool, Any]:
+    """(True, default) for a runtime input with a `.default(...)`; else (False, None)."""
+    if not is_runtime_input(value):
+        return False, None
+    m = re.fullmatch(r"<\+(.*)>", _inline_modifiers(value.strip()), re.S)
+    d = DEFAULT_INPUT.match(m.group(1).strip()) if m else None
+    return (True, _typed(d.group("v"))) if d else (False, None)
 
 
 def _text(value: Any) -> str:

@@ -39,6 +39,7 @@ RESET = {
     "FileSystemConfigs": [],
     "ImageConfig": {},
 }
+VOLATILE = ("State", "StateReason", "StateReasonCode", "LastUpdateStatus", "LastUpdateStatusReason", "LastUpdateStatusReasonCode", "ResponseMetadata")
 UNORDERED = {("VpcConfig", "SubnetIds"), ("VpcConfig", "SecurityGroupIds")}
 
 
@@ -127,4 +128,6 @@ def fingerprint(snap: dict) -> str:
     if not snap.get("exists"):
         return "absent"
     keep = {k: snap.get(k) for k in ("code_sha256", "revision_id", "last_modified", "tags", "aliases")}
+    # the configuration itself too: LastModified and RevisionId do not move everywhere
+    keep["configuration"] = {k: v for k, v in (snap.get("configuration") or {}).items() if k not in VOLATILE}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
+from reconciler.expr import input_default
 from reconciler.yamlsrc import Doc, PathT, load_data_file, load_yaml_documents
 
 KINDS = ("service", "environment", "infrastructureDefinition", "pipeline", "connector", "overrides")
 OVERRIDE_TYPES = ("ENV_GLOBAL_OVERRIDE", "ENV_SERVICE_OVERRIDE", "INFRA_GLOBAL_OVERRIDE", "INFRA_SERVICE_OVERRIDE")
 SKIP_DIRS = {"node_modules", "__pycache__"}
+# a file that may hold an entity: one of the kinds as a top-level key (quoted or not)
+ENTITY_LINE = re.compile(r"""^(?:---[ \t]*)?["']?(?:%s)["']?[ \t]*:|^\s*\{\s*["']?(?:%s)["']?\s*:""" % ("|".join(KINDS), "|".join(KINDS)), re.M)
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
@@ -38,6 +42,28 @@ class Entity:
 
     def where(self) -> str:
         return f"{self.file}:{self.line()}"
+
+    def get(self, *path: Any, want: type | tuple = dict, default: Any = None) -> Any:
+        """The value at `path` in the body, checked to be a `want` (mapping by default);
+        `default` when it is absent. A wrong type is an error naming the file and line."""
+        node: Any = self.body
+        for i, p in enumerate(path):
+            if node is None:
+                return default
+            if isinstance(p, int):
+                if not isinstance(node, list):
+                    raise self.error(path[:i], f"'{_dotted(path[:i])}' must be a list, got {_kind(node)}")
+                node = node[p] if p < len(node) else None
+            else:
+                if not isinstance(node, dict):
+                    raise self.error(path[:i], f"'{_dotted(path[:i])}' must be a mapping, got {_kind(node)}")
+                node = node.get(p)
+        if node is None:
+            return default
+        if not isinstance(node, want) or (isinstance(node, bool) and bool not in (want if isinstance(want, tuple) else (want,))):
+            wanted = " or ".join(_KIND_NAMES.get(w, w.__name__) for w in (want if isinstance(want, tuple) else (want,)))
+            raise self.error(path, f"'{_dotted(path)}' must be {wanted}, got {_kind(node)}")
+        return node
 
 
 @dataclass
@@ -77,6 +103,17 @@ class Workspace:
         return candidate
 
 
+_KIND_NAMES = {dict: "a mapping", list: "a list", str: "a string", int: "a number", bool: "true or false"}
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", bool: "a boolean", int: "a number", float: "a number", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def _dotted(path: PathT) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".") or "(document)"
+
+
 def discover(root: Path, state_dir: Path | None = None) -> list[Path]:
     """Every YAML file below `root`: skips the state directory, node_modules and
     dot-directories other than `.harness`."""
@@ -107,16 +144,28 @@ def load_workspace(root: Path, state_dir: Path | None = None) -> Workspace:
     ws = Workspace(root=root.resolve())
     errors: list[ReconcilerError] = []
     seen: dict[tuple[str, Any], Entity] = {}
+    incomplete = False
     for path in discover(root, state_dir):
         shown = ws.shown(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
+        except OSError as exc:
+            errors.append(ConfigError(f"cannot read file: {exc.strerror or exc}", shown))
+            incomplete = True
+            continue
+        if not ENTITY_LINE.search(raw.decode("utf-8", errors="replace")):
+            # not a Harness entity (a Helm template, a CI workflow...): ignored, even if it is not valid YAML
+            continue
+        try:
+            text = raw.decode("utf-8")
             docs = load_yaml_documents(text, shown)
         except UnicodeDecodeError:
             errors.append(ConfigError("not UTF-8 text", shown))
+            incomplete = True
             continue
         except ReconcilerError as exc:
             errors.append(exc)
+            incomplete = True
             continue
         ws.files.append(shown)
         for doc in docs:
@@ -127,12 +176,14 @@ def load_workspace(root: Path, state_dir: Path | None = None) -> Workspace:
                 continue  # a CI workflow, a CloudFormation template, ...
             if len(doc.data) > 1:
                 errors.append(doc.error((), f"a Harness entity document has exactly one top-level key, found {', '.join(map(str, doc.data))}"))
+                incomplete = True
                 continue
             kind = kinds[0]
             try:
                 ent = _entity(kind, doc)
             except ReconcilerError as exc:
                 errors.append(exc)
+                incomplete = True
                 continue
             key: Any = ent.identifier
             if kind == "infrastructureDefinition":
@@ -152,7 +203,8 @@ def load_workspace(root: Path, state_dir: Path | None = None) -> Workspace:
                 "pipeline": ws.pipelines,
                 "connector": ws.connectors,
             }[kind][key] = ent
-    errors.extend(_check_references(ws))
+    if not incomplete:  # else a reference may name an entity of the file that could not be read
+        errors.extend(_check_references(ws))
     if errors:
         raise errors[0] if len(errors) == 1 else ErrorList(errors)
     return ws
@@ -175,14 +227,16 @@ def _entity(kind: str, doc: Doc) -> Entity:
             raise ent.error((), f"service '{ident}' has no serviceDefinition")
         if sd.get("type") != "AwsLambda":
             raise ent.error(("serviceDefinition", "type"), f"service '{ident}' has serviceDefinition.type '{sd.get('type')}'; reconciler deploys only 'AwsLambda'")
+        ent.get("serviceDefinition", "spec")
     if kind == "environment" and body.get("type") not in (None, "PreProduction", "Production"):
         raise ent.error(("type",), f"environment type '{body.get('type')}' is not PreProduction or Production")
     if kind == "infrastructureDefinition":
-        if not body.get("environmentRef"):
+        if not ent.get("environmentRef", want=str):
             raise ent.error((), f"infrastructureDefinition '{ident}' has no environmentRef")
         spec = body.get("spec")
-        if not isinstance(spec, dict) or not spec.get("region"):
+        if not isinstance(spec, dict) or not ent.get("spec", "region", want=str):
             raise ent.error(("spec",), f"infrastructureDefinition '{ident}' needs spec.region")
+        ent.get("spec", "connectorRef", want=str)
         t = body.get("type") or body.get("deploymentType")
         if t not in (None, "AwsLambda"):
             raise ent.error(("type",), f"infrastructureDefinition type '{t}' is not AwsLambda")
@@ -193,6 +247,8 @@ def _entity(kind: str, doc: Doc) -> Entity:
         need = {"ENV_GLOBAL_OVERRIDE": ("environmentRef",), "ENV_SERVICE_OVERRIDE": ("environmentRef", "serviceRef"),
                 "INFRA_GLOBAL_OVERRIDE": ("environmentRef", "infraIdentifier"),
                 "INFRA_SERVICE_OVERRIDE": ("environmentRef", "infraIdentifier", "serviceRef")}[t]
+        for k in ("environmentRef", "serviceRef", "infraIdentifier"):
+            ent.get(k, want=str)
         for k in need:
             if not body.get(k):
                 raise ent.error((), f"{t} needs '{k}'")
@@ -218,7 +274,10 @@ def _check_references(ws: Workspace) -> list[ReconcilerError]:
                                  did_you_mean(str(infra), [i for (e, i) in ws.infrastructures if e == env_ref])))
     for pipe in ws.pipelines.values():
         for path, stage in pipeline_stages(pipe):
-            errs.extend(_check_stage(ws, pipe, path, stage))
+            try:
+                errs.extend(_check_stage(ws, pipe, path, stage))
+            except ConfigError as exc:
+                errs.append(exc)
     return errs
 
 
@@ -242,32 +301,44 @@ def pipeline_stages(pipe: Entity) -> list[tuple[PathT, dict]]:
 
 def _check_stage(ws: Workspace, pipe: Entity, path: PathT, stage: dict) -> list[ReconcilerError]:
     errs: list[ReconcilerError] = []
-    spec = stage.get("spec") or {}
+    spec = pipe.get(*path, "spec", default={})
     dtype = spec.get("deploymentType")
     if dtype not in (None, "AwsLambda"):
         return errs  # stages for other deployment types are not ours
-    svc = (spec.get("service") or {}).get("serviceRef")
+    svc = _ref(pipe.get(*path, "spec", "service", "serviceRef", want=str))
     if svc is None:
         errs.append(pipe.error(path + ("spec",), f"stage '{stage.get('identifier')}' has no spec.service.serviceRef"))
     elif svc not in ws.services and not _is_runtime(svc):
         errs.append(pipe.error(path + ("spec", "service", "serviceRef"),
                                f"stage '{stage.get('identifier')}' references service '{svc}', which is not defined", did_you_mean(str(svc), ws.services)))
-    env = spec.get("environment") or {}
-    env_ref = env.get("environmentRef")
+    env_ref = _ref(pipe.get(*path, "spec", "environment", "environmentRef", want=str))
     if env_ref is None:
         errs.append(pipe.error(path + ("spec",), f"stage '{stage.get('identifier')}' has no spec.environment.environmentRef"))
         return errs
-    if env_ref not in ws.environments and not _is_runtime(env_ref):
+    if _is_runtime(env_ref):
+        return errs  # chosen with -e; its infrastructures are checked then
+    if env_ref not in ws.environments:
         errs.append(pipe.error(path + ("spec", "environment", "environmentRef"),
                                f"stage '{stage.get('identifier')}' references environment '{env_ref}', which is not defined", did_you_mean(str(env_ref), ws.environments)))
         return errs
-    for k, ref in enumerate(env.get("infrastructureDefinitions") or []):
-        ident = ref.get("identifier") if isinstance(ref, dict) else None
+    infras = pipe.get(*path, "spec", "environment", "infrastructureDefinitions", want=(list, str), default=[])
+    if _is_runtime(infras):
+        return errs
+    if isinstance(infras, str):
+        raise pipe.error(path + ("spec", "environment", "infrastructureDefinitions"), "infrastructureDefinitions must be a list of {identifier: ...} or <+input>")
+    for k, ref in enumerate(infras):
+        ident = _ref(pipe.get(*path, "spec", "environment", "infrastructureDefinitions", k, "identifier", want=str))
         if ident and not _is_runtime(ident) and (env_ref, ident) not in ws.infrastructures:
             errs.append(pipe.error(path + ("spec", "environment", "infrastructureDefinitions", k, "identifier"),
                                    f"stage '{stage.get('identifier')}' references infrastructure '{ident}' of environment '{env_ref}', which is not defined",
                                    did_you_mean(ident, [i for (e, i) in ws.infrastructures if e == env_ref])))
     return errs
+
+
+def _ref(value: Any) -> Any:
+    """A stage's reference as written, or the default of a `<+input>.default(x)`."""
+    has_default, default = input_default(value)
+    return str(default) if has_default else value
 
 
 def _is_runtime(value: Any) -> bool:

@@ -18,13 +18,28 @@ from reconciler.model import Change, FunctionPlan, FunctionSpec
 ABSENT = None
 
 
+def _deeper_kwargs() -> dict:
+    import inspect
+
+    try:
+        params = inspect.signature(DeepDiff.__init__).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"threshold_to_diff_deeper": 0} if "threshold_to_diff_deeper" in params else {}
+
+
+_DEEPER = _deeper_kwargs()
+
+
 def diff_values(kind: str, old: Any, new: Any, prefix: str = "") -> list[Change]:
     """Leaf-level changes between two JSON values (lists change as a whole)."""
     if old == new:
         return []
     if not isinstance(old, dict) or not isinstance(new, dict):
         return [Change(kind, prefix, old, new)]
-    dd = DeepDiff(old, new, view="tree", ignore_order=False, verbose_level=2)
+    # leaf by leaf: deepdiff >= 8 otherwise reports two dicts sharing few keys as one
+    # whole-value change at their root (an unreadable, unmaskable "{} → {...}")
+    dd = DeepDiff(old, new, view="tree", ignore_order=False, verbose_level=2, **_DEEPER)
     out: dict[str, Change] = {}
     for report in dd.values():
         for item in report:

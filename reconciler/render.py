@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
-from reconciler.expr import Scope, is_runtime_input, resolve_string, resolve_tree
+from reconciler.expr import Scope, input_default, is_runtime_input, resolve_string, resolve_tree
 from reconciler.load import Entity, Workspace, pipeline_stages
 from reconciler.model import FunctionSpec, Target
 from reconciler.schema import input_shape, normalise, update_config_fields
@@ -52,6 +52,8 @@ def targets(ws: Workspace, opts: Options) -> list[Target]:
                 env = _stage_ref(env_spec.get("environmentRef"), opts.environments, pipe, path, "environmentRef")
                 if env_spec.get("deployToAll"):
                     infras = [i for (e, i) in ws.infrastructures if e == env]
+                elif is_runtime_input(env_spec.get("infrastructureDefinitions")):
+                    infras = [_stage_ref(env_spec["infrastructureDefinitions"], opts.infrastructures, pipe, path, "infrastructureDefinitions")]
                 else:
                     infras = []
                     for ref in env_spec.get("infrastructureDefinitions") or []:
@@ -59,6 +61,9 @@ def targets(ws: Workspace, opts: Options) -> list[Target]:
                         if ident:
                             infras.append(_stage_ref(ident, opts.infrastructures, pipe, path, "infrastructureDefinitions"))
                 for infra in infras:
+                    if (env, infra) not in ws.infrastructures:  # a runtime-input environment, chosen with -e
+                        raise pipe.error(path, f"the stage deploys to infrastructure '{infra}' of environment '{env}', which is not defined",
+                                         did_you_mean(infra, [i for (e, i) in ws.infrastructures if e == env]))
                     found.append(Target(svc, env, infra))
     else:
         for svc in ws.services:
@@ -86,13 +91,18 @@ def _check_selectors(ws: Workspace, opts: Options) -> None:
     for what, chosen, known in pairs:
         for c in chosen:
             if c not in known:
-                raise ConfigError(f"no {what} '{c}' in the workspace; defined: {', '.join(known) or 'none'}", hint=did_you_mean(c, known))
+                hint = did_you_mean(c, known)  # the list of valid names is in the message already
+                raise ConfigError(f"no {what} '{c}' in the workspace; defined: {', '.join(known) or 'none'}",
+                                  hint=hint if hint and hint.startswith("did you mean") else None)
 
 
 def _stage_ref(value: Any, selected: list[str], pipe: Entity, path, what: str) -> str:
     if is_runtime_input(value):
         if len(selected) == 1:
             return selected[0]
+        has_default, default = input_default(value)
+        if has_default:
+            return str(default)
         raise pipe.error(path, f"the stage's {what} is a runtime input (<+input>); choose one with the matching -s/-e/-i option")
     return str(value)
 
@@ -223,7 +233,7 @@ def render_target(ws: Workspace, t: Target, opts: Options, warnings: list[str]) 
             return value
         if name in resolving:
             raise KeyError(f"variable '{name}' refers to itself ({' → '.join(resolving + [name])})", None)
-        if is_runtime_input(value) and ent is not None:
+        if is_runtime_input(value) and ent is not None and not input_default(value)[0]:
             raise ConfigError(f"variable '{name}' is a runtime input", ent.file, ent.line(*path), f"pass --var {name}=VALUE")
         resolving.append(name)
         try:
@@ -239,7 +249,7 @@ def render_target(ws: Workspace, t: Target, opts: Options, warnings: list[str]) 
     sd_spec = svc.body["serviceDefinition"].get("spec") or {}
     base = ("serviceDefinition", "spec")
     artifact = _artifact(ws, svc, sd_spec, base, scope, opts, t)
-    fdef_doc, alias_docs = _manifests(ws, svc, sd_spec, base)
+    fdef_doc, alias_docs = _manifests(ws, svc, sd_spec, base, scope)
     connector = _connector(ws, infra.body["spec"].get("connectorRef"))
 
     # the function definition, rendered and checked against CreateFunction
@@ -336,7 +346,7 @@ def _key(data: dict, canon: str) -> tuple:
     return ()
 
 
-def _manifests(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple) -> tuple[Doc, list[Doc]]:
+def _manifests(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Scope) -> tuple[Doc, list[Doc]]:
     manifests = sd_spec.get("manifests") or []
     if not isinstance(manifests, list):
         raise svc.error(base + ("manifests",), "manifests must be a list")
@@ -350,7 +360,7 @@ def _manifests(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple) -> tuple[
         if mtype not in ("AwsLambdaFunctionDefinition", "AwsLambdaFunctionAliasDefinition"):
             raise svc.error(mp + ("type",), f"manifest type '{mtype}' is not supported for AwsLambda services",
                             did_you_mean(str(mtype), ["AwsLambdaFunctionDefinition", "AwsLambdaFunctionAliasDefinition"]))
-        docs = [ws.read_file(ref, svc, p) for ref, p in _store_files(svc, m, mp)]
+        docs = [ws.read_file(str(resolve_string(ref, scope, lambda p=p: (svc.file, svc.line(*p)))), svc, p) for ref, p in _store_files(svc, m, mp)]
         (fdefs if mtype == "AwsLambdaFunctionDefinition" else aliases).extend(docs)
     if len(fdefs) != 1:
         raise svc.error(base + ("manifests",), f"service '{svc.identifier}' needs exactly one AwsLambdaFunctionDefinition manifest file, found {len(fdefs)}")
@@ -358,10 +368,10 @@ def _manifests(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple) -> tuple[
 
 
 def _store_files(svc: Entity, m: dict, mp: tuple) -> list[tuple[str, tuple]]:
-    store = ((m.get("spec") or {}).get("store")) or {}
-    stype = store.get("type")
-    sspec = store.get("spec") or {}
     sp = mp + ("spec", "store")
+    store = svc.get(*sp, default={})
+    stype = store.get("type")
+    sspec = svc.get(*sp, "spec", default={})
     if stype in GIT_STORES:
         key = "paths"
     elif stype in LOCAL_STORES:
@@ -378,15 +388,23 @@ def _store_files(svc: Entity, m: dict, mp: tuple) -> list[tuple[str, tuple]]:
 
 
 def _artifact(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Scope, opts: Options, t: Target) -> dict | None:
-    primary = ((sd_spec.get("artifacts") or {}).get("primary"))
+    pp = base + ("artifacts", "primary")
+    primary = svc.get(*pp)
     if not primary:
         return None
-    pp = base + ("artifacts", "primary")
-    sources = primary.get("sources") or []
-    ids = [s.get("identifier") for s in sources if isinstance(s, dict)]
+    sources = svc.get(*pp, "sources", want=list, default=[])
+    ids = []
+    for i in range(len(sources)):
+        ident = svc.get(*pp, "sources", i, "identifier", want=str)
+        if not ident:
+            raise svc.error(pp + ("sources", i), "an artifact source needs an 'identifier'")
+        ids.append(ident)
     if not ids:
         raise svc.error(pp, "artifacts.primary has no sources")
     ref = primary.get("primaryArtifactRef")
+    has_default, default = input_default(ref)
+    if has_default and opts.artifact is None:
+        ref = str(default)
     if opts.artifact is not None:
         if opts.artifact not in ids:
             raise svc.error(pp + ("sources",), f"--artifact '{opts.artifact}' names no artifact source of service '{svc.identifier}'", did_you_mean(opts.artifact, ids))
@@ -400,7 +418,7 @@ def _artifact(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Sco
     idx = ids.index(ref)
     src = sources[idx]
     sp = pp + ("sources", idx)
-    spec = resolve_tree(src.get("spec") or {}, scope, svc.doc, ("service",) + sp + ("spec",))
+    spec = resolve_tree(svc.get(*sp, "spec", default={}), scope, svc.doc, ("service",) + sp + ("spec",))
     stype = src.get("type")
 
     def need(key: str) -> Any:
@@ -410,6 +428,7 @@ def _artifact(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Sco
         return v
 
     region = spec.get("region") or scope.fixed["infra.region"]
+    svc.get(*sp, "spec", "connectorRef", want=str)
     connector = _connector(ws, spec.get("connectorRef"))
     if stype == "AmazonS3":
         return {"type": "S3", "bucket": str(need("bucketName")), "key": str(need("filePath")).lstrip("/"), "region": str(region), "connector": connector, "id": ref}
@@ -451,8 +470,7 @@ def _connector(ws: Workspace, ref: Any) -> dict | None:
     c = ws.connectors[ref]
     if c.body.get("type") not in (None, "Aws"):
         raise c.error(("type",), f"connector '{ref}' has type '{c.body.get('type')}'; only Aws connectors are supported")
-    cred = ((c.body.get("spec") or {}).get("credential")) or {}
-    cross = cred.get("crossAccountAccess") or {}
+    cross = c.get("spec", "credential", "crossAccountAccess", default={})
     if not cross.get("crossAccountRoleArn"):
         return None
     return {"identifier": ref, "role_arn": cross["crossAccountRoleArn"], "external_id": cross.get("externalId")}

@@ -187,3 +187,31 @@ def locked(path: Path, operation: str, timeout: float = 0) -> Iterator[str]:
 
 def describe(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def force_unlock(state_dir: Path, lock_id: str) -> Path:
+    """Remove the lock record with this ID. A local lock is an OS file lock that dies with
+    its process, so only a record left behind by a dead runner can be removed; a lock
+    still held by a live process is refused with its details."""
+    from filelock import FileLock, Timeout
+
+    root = Path(state_dir)
+    for info_path in sorted(root.glob("*/*.json.lock.info")) if root.is_dir() else []:
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if info.get("id") != lock_id:
+            continue
+        lock = FileLock(str(info_path.with_name(info_path.name[: -len(".info")])))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise LockError(f"lock {lock_id} is held by a running process ({info.get('who')}, pid {info.get('pid')}, {info.get('operation')}); "
+                            "stop it first", str(info_path)) from None
+        try:
+            info_path.unlink()
+        finally:
+            lock.release()
+        return info_path.with_name(info_path.name[: -len(".lock.info")])
+    raise LockError(f"no lock with ID {lock_id} in {root}")

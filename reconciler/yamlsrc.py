@@ -173,6 +173,7 @@ def load_data_file(path: Path, shown: str) -> Doc:
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"invalid JSON: {exc.msg}", shown, exc.lineno) from None
             if "duplicate" in yaml_exc.message:
+                yaml_exc.message = yaml_exc.message.replace("invalid YAML", "invalid JSON", 1)
                 raise
             return Doc(file=shown, data=data, lines={(): 1})
     else:

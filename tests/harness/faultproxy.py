@@ -70,9 +70,13 @@ requests it matches (1-based); it applies to matches number
 ``nth .. nth+times-1`` (``times=None``: from ``nth`` on, forever).  When
 several rules apply to one request, the first added wins.  Actions:
 * ``'fail'``: status ``status`` (default 500), ``x-amzn-ErrorType:
-  ServiceException``, body ``{"message": "injected fault"}``; not forwarded.
-* ``'throttle'``: 429, ``x-amzn-ErrorType: TooManyRequestsException``,
-  body ``{"message":"Rate exceeded","Type":"User"}``; not forwarded.
+  error_type`` (default ``ServiceException``), body ``{"message": "injected
+  fault"}``; not forwarded.  botocore retries 500s (and throttling codes);
+  for a failure it does not retry use e.g. ``status=400,
+  error_type="InvalidParameterValueException"``.
+* ``'throttle'``: 429, ``x-amzn-ErrorType: error_type`` (default
+  ``TooManyRequestsException``), body ``{"message":"Rate exceeded",
+  "Type":"User"}``; not forwarded.
 * ``'hang'``: wait ``hang_seconds`` (default 30; ends early on ``stop()``),
   then close without a response.  Not forwarded unless ``forward=True``.
 * ``'cut'``: forward upstream, read the response, then close the
@@ -303,13 +307,15 @@ class Rule:
 
     def __init__(self, match: Match, action: str, nth: int = 1,
                  times: Optional[int] = 1, status: Optional[int] = None,
-                 hang_seconds: float = 30.0, forward: bool = False):
+                 hang_seconds: float = 30.0, forward: bool = False,
+                 error_type: Optional[str] = None):
         if action not in self.ACTIONS:
             raise ValueError(f"unknown action {action!r}; one of {self.ACTIONS}")
         if nth < 1:
             raise ValueError("nth is 1-based")
         self.match, self.action, self.nth, self.times = match, action, nth, times
         self.status = status
+        self.error_type = error_type
         self.hang_seconds = hang_seconds
         self.forward = forward
         self.matched = 0   # requests matched so far
@@ -451,7 +457,7 @@ class _Handler(BaseHTTPRequestHandler):
                 entry["status"] = status
                 self._send(status, [
                     ("Content-Type", "application/json"),
-                    ("x-amzn-ErrorType", "ServiceException"),
+                    ("x-amzn-ErrorType", rule.error_type or "ServiceException"),
                     ("x-amzn-RequestId", "faultproxy-%d" % entry["seq"]),
                     ("Content-Length", str(len(p.FAIL_BODY)))], p.FAIL_BODY, head)
                 return
@@ -460,7 +466,8 @@ class _Handler(BaseHTTPRequestHandler):
                 entry["status"] = status
                 self._send(status, [
                     ("Content-Type", "application/json"),
-                    ("x-amzn-ErrorType", "TooManyRequestsException"),
+                    ("x-amzn-ErrorType",
+                     rule.error_type or "TooManyRequestsException"),
                     ("x-amzn-RequestId", "faultproxy-%d" % entry["seq"]),
                     ("Content-Length", str(len(p.THROTTLE_BODY)))],
                     p.THROTTLE_BODY, head)
@@ -609,8 +616,10 @@ class FaultProxy:
     # -- configuration ---------------------------------------------------
     def add_rule(self, match: Match, action: str = "fail", nth: int = 1,
                  times: Optional[int] = 1, status: Optional[int] = None,
-                 hang_seconds: float = 30.0, forward: bool = False) -> Rule:
-        rule = Rule(match, action, nth, times, status, hang_seconds, forward)
+                 hang_seconds: float = 30.0, forward: bool = False,
+                 error_type: Optional[str] = None) -> Rule:
+        rule = Rule(match, action, nth, times, status, hang_seconds, forward,
+                    error_type)
         with self._lock:
             self.rules.append(rule)
         return rule
