@@ -11,6 +11,7 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
+from reconciler.adopt import owner_conflict
 from reconciler.errors import ReconcilerError
 from reconciler.live import DEFAULTS, RESET, alias_view, canonical, fingerprint, project, user_tags
 from reconciler.model import Change, FunctionPlan, FunctionSpec
@@ -103,6 +104,10 @@ def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: d
             fp.changes.append(Change("alias", alias["Name"], None, "1", "create"))
         return fp
 
+    why = owner_conflict(spec.service, spec.environment, live.get("tags", {}))
+    if why:
+        raise ReconcilerError(f"function {spec.name} exists in Lambda but {why}; reconciler will not take it over for "
+                              f"service '{spec.service}' in '{spec.environment}'", *_source(spec))
     if live.get("package_type", "Zip") != spec.package_type:
         raise ReconcilerError(
             f"function {spec.name} is a {live.get('package_type')} function in Lambda but the definition makes it {spec.package_type}; "
@@ -151,6 +156,11 @@ def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: d
         fp.changes.append(Change("version", "publish", current, "(new)", "create"))
     fp.action = "update" if changes else "noop"
     return fp
+
+
+def _source(spec: FunctionSpec) -> tuple:
+    f, _, line = spec.source.rpartition(":")
+    return (f, int(line)) if line.isdigit() else (spec.source or None, None)
 
 
 def drift(recorded: dict, live: dict) -> list[Change]:

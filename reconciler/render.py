@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.adopt import OWNER_ENVIRONMENT, OWNER_SERVICE
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
 from reconciler.expr import Scope, input_default, is_runtime_input, resolve_string, resolve_tree
 from reconciler.load import Entity, Workspace, pipeline_stages
@@ -327,7 +328,9 @@ def render_target(ws: Workspace, t: Target, opts: Options, warnings: list[str]) 
         region=region,
         package_type=package_type,
         config=config,
-        tags={str(k): str(v) for k, v in tags.items()},
+        # ownership tags: a lost state can be rebuilt with `import`, and another service's
+        # function is never taken over silently
+        tags={**{str(k): str(v) for k, v in tags.items()}, OWNER_SERVICE: t.service, OWNER_ENVIRONMENT: t.environment},
         artifact=artifact,
         aliases=aliases,
         architectures=architectures,

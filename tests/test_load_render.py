@@ -155,7 +155,7 @@ def test_keys_normalised_to_pascal_case_at_every_level(tmp_path):
         "LoggingConfig": {"LogFormat": "JSON", "ApplicationLogLevel": "INFO"},
         "DeadLetterConfig": {"TargetArn": "arn:aws:sqs:us-east-1:123456789012:dlq"},
     }
-    assert spec.tags == {"camelTag": "x", "Owner": "me"}
+    assert spec.tags == {"camelTag": "x", "Owner": "me", "reconciler:service": "svc", "reconciler:environment": "dev"}
 
 
 def test_string_numbers_coerced_to_integers(tmp_path):
@@ -599,8 +599,9 @@ def test_sample_two_environments(tmp_path):
         assert f.config["Role"] == "arn:aws:iam::123456789012:role/greeter-lambda-role"
         assert (f.artifact["bucket"], f.artifact["key"]) == ("reconciler-artifacts", "greeter/greeter-1.0.0.zip")
         assert [a["Name"] for a in f.aliases] == ["live"]
-    assert st.tags == {"service": "greeter", "environment": "staging", "environment-type": "PreProduction"}
-    assert pr.tags == {"service": "greeter", "environment": "production", "environment-type": "Production"}
+    owner = {"reconciler:service": "greeter"}
+    assert st.tags == {"service": "greeter", "environment": "staging", "environment-type": "PreProduction", **owner, "reconciler:environment": "staging"}
+    assert pr.tags == {"service": "greeter", "environment": "production", "environment-type": "Production", **owner, "reconciler:environment": "production"}
     # --var beats every override
     assert {f.config["MemorySize"] for f in render_ws(tmp_path / "two-environments", variables={"memorySize": "256"})} == {256}
 
@@ -615,7 +616,8 @@ def test_sample_ecr_image(tmp_path):
     assert "Runtime" not in spec.config and "Handler" not in spec.config
     assert spec.config["Description"] == "hello-image deployed to aws-lambda-us-east-1 (us-east-1)"
     assert spec.config["Environment"]["Variables"] == {"SERVICE": "helloimage", "DEPLOY_ENV": "dev", "DEPLOY_REGION": "us-east-1"}
-    assert spec.tags == {"service": "hello-image", "environment-type": "PreProduction"}
+    assert spec.tags == {"service": "hello-image", "environment-type": "PreProduction",
+                         "reconciler:service": "helloimage", "reconciler:environment": "dev"}
     assert [a["Name"] for a in spec.aliases] == ["live"]
 
 

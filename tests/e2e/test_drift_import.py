@@ -183,3 +183,21 @@ def test_ci_samples_are_valid_yaml_using_documented_exit_codes():
         assert "reconciler" in text
         for cmd in ("state pull", "state push"):
             assert cmd not in text, f"{f} uses an undocumented command"
+
+
+def test_plan_refuses_to_take_over_another_services_function(deployed, aws, run_cli, tmp_path):
+    """A function tagged as another service's is an error in plan, not a silent takeover."""
+    ws, _ = deployed
+    lam = aws.client("lambda")
+    arn = lam.get_function(FunctionName=FN)["Configuration"]["FunctionArn"]
+    lam.tag_resource(Resource=arn, Tags={"reconciler:service": "billing"})
+    r = run_cli("plan", "-e", "staging", "-w", str(ws), "--state-dir", str(tmp_path / "lost-state"))
+    assert r.returncode == 1
+    assert "billing" in r.stderr and "take it over" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_deployed_functions_carry_ownership_tags(deployed, aws):
+    """Deployed functions are tagged with their service and environment, so a lost state can be rebuilt with import."""
+    lam = aws.client("lambda")
+    tags = lam.list_tags(Resource=lam.get_function(FunctionName=FN)["Configuration"]["FunctionArn"])["Tags"]
+    assert tags["reconciler:service"] == "greeter" and tags["reconciler:environment"] == "staging"

@@ -217,7 +217,8 @@ def test_tag_change_applies_without_publishing(hello):
     # the create plan that apply prints masks the values too
     assert "(sensitive)" in r.stdout and SECRET not in r.stdout + r.stderr
     assert 'Tags.team: (none) → "payments"' in r.stdout
-    assert hello.tags(HELLO_FN) == {"team": "payments", "owner": "ops"}
+    owner = {"reconciler:service": "helloworld", "reconciler:environment": "aws"}
+    assert hello.tags(HELLO_FN) == {"team": "payments", "owner": "ops", **owner}
     assert hello.config(HELLO_FN)["Environment"]["Variables"] == {"API_TOKEN": SECRET}
     assert hello.versions(HELLO_FN) == ["1"]
 
@@ -227,10 +228,10 @@ def test_tag_change_applies_without_publishing(hello):
     assert "publish" not in r.stdout and "owner" not in r.stdout
 
     hello.cli("apply", "--auto-approve")
-    assert hello.tags(HELLO_FN) == {"team": "billing", "owner": "ops"}
+    assert hello.tags(HELLO_FN) == {"team": "billing", "owner": "ops", **owner}
     assert hello.versions(HELLO_FN) == ["1"], "tags are not versioned: nothing may be published"
     rec = hello.state()["functions"][HELLO_FN]
-    assert rec["tags"] == {"team": "billing", "owner": "ops"} and rec["version"] == "1"
+    assert rec["tags"] == {"team": "billing", "owner": "ops", **owner} and rec["version"] == "1"
     assert hello.state()["history"][-1]["status"] == "succeeded"
 
 
