@@ -111,7 +111,7 @@ def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: d
     if live.get("package_type", "Zip") != spec.package_type:
         raise ReconcilerError(
             f"function {spec.name} is a {live.get('package_type')} function in Lambda but the definition makes it {spec.package_type}; "
-            "Lambda cannot change a function's package type (delete it first)", spec.source.rsplit(":", 1)[0])
+            "Lambda cannot change a function's package type (delete it first)", *_source(spec))
 
     changes: list[Change] = []
     if live.get("code_sha256") != code["sha256"]:
