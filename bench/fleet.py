@@ -112,8 +112,12 @@ def cli(env: dict, *args: str) -> tuple[float, dict, subprocess.CompletedProcess
     return wall, stats, r
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 def baseline_env(endpoint: str) -> dict:
-    return {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+    pp = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + pp if pp else ""), "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
             "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION, "NO_COLOR": "1"}
 
 

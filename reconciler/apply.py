@@ -1,52 +1,239 @@
 """Execute a Plan: snapshot, change, publish, move aliases, record after every step,
-and put the function back as it was if anything fails (SPEC §5)."""
+and put the function back as it was if anything fails (SPEC §5).
+
+Crash safety: the in-flight record (status in_progress) is in the state before the
+first change, and every step is recorded after it happens, so a killed apply is known
+to the next plan (plan.interrupted_deployment) which converges it; the next apply or
+rollback of that function marks the record "interrupted".
+
+Locking: with allowSimultaneousDeployments false (the default), the state file's lock
+is held for the whole apply of that infrastructure. With it true, each function is
+deployed under its own lock (`<state>.<function>.lock` beside the state file) and the
+state file's lock is taken only around each read-modify-write of the state, which is
+re-loaded under it: two processes deploying different functions never lose each
+other's updates, and one function is never deployed twice at once.
+"""
 
 from __future__ import annotations
 
+import getpass
+import json
+import os
+import re
+import socket
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from reconciler import state as st
-from reconciler.errors import AwsError, ReconcilerError, StaleError
+from reconciler.errors import AwsError, LockError, ReconcilerError, StaleError
 from reconciler.live import alias_view, fingerprint, project, snapshot
 from reconciler.model import FunctionPlan, FunctionSpec, Plan
-from reconciler.plan import desired_config
+from reconciler.plan import IN_FLIGHT, desired_config, publish_description
+
+# how long a simultaneous deployment waits for another one's state write (they are short)
+STATE_WRITE_WAIT = 60.0
 
 
 class ApplyFailed(ReconcilerError):
     """An apply step failed; `rolled_back` says whether the function was restored."""
 
 
+class Interrupted(BaseException):
+    """Raised in a worker between steps when the apply was interrupted (Ctrl-C) or another
+    function of a parallel apply failed: the function is rolled back like on a failure."""
+
+
+# ---------------------------------------------------------------- state writes
+
+
+def _upsert(state: st.State, record: dict) -> None:
+    """Put this deployment record in the history (replacing its earlier copy)."""
+    for i, h in enumerate(state.history):
+        if h.get("id") == record["id"]:
+            state.history[i] = record
+            return
+    state.history.append(record)
+
+
+class StateWriter:
+    """Every change of one state file goes through update(fn): fn(state) changes it and
+    the file is written; a threading.Lock serialises them within this process.
+
+    shared=False: the caller holds the state file's lock for the whole apply; the state
+    is loaded once and kept. shared=True (allowSimultaneousDeployments): the state file's
+    lock is taken around each read-modify-write and the state re-loaded under it, so
+    what other processes wrote in between is kept (each writer only touches its own
+    function's entry and its own history records)."""
+
+    def __init__(self, state_dir: Path, environment: str, infrastructure: str, shared: bool, lock_timeout: float = 0):
+        self.state_dir, self.environment, self.infrastructure = state_dir, environment, infrastructure
+        self.path = st.state_path(state_dir, environment, infrastructure)
+        self.shared = shared
+        self.lock_timeout = lock_timeout
+        self._mutex = threading.Lock()
+        self.state = None if shared else st.load(state_dir, environment, infrastructure)
+
+    def read(self) -> st.State:
+        """The state to read from: the kept one, or (shared) the file as it is now."""
+        if not self.shared:
+            return self.state
+        with self._mutex:
+            return st.load(self.state_dir, self.environment, self.infrastructure)
+
+    def update(self, change: Callable[[st.State], None]) -> None:
+        with self._mutex:
+            if not self.shared:
+                change(self.state)
+                self.state.write()
+                return
+            with st.locked(self.path, "apply", timeout=max(self.lock_timeout, STATE_WRITE_WAIT)):
+                state = st.load(self.state_dir, self.environment, self.infrastructure)
+                change(state)
+                state.write()
+
+
+# ---------------------------------------------------------------- per-function locks
+
+
+def function_lock_path(state_path: Path, name: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    return state_path.with_name(f"{state_path.name}.{safe}.lock")
+
+
+@contextmanager
+def function_lock(state_path: Path, name: str, operation: str, timeout: float = 0) -> Iterator[str]:
+    """Hold one function's deployment lock (filelock, released by the OS if the process
+    dies); `<lock>.info` says who holds it."""
+    from filelock import FileLock, Timeout
+
+    if not isinstance(state_path, Path):
+        # a remote backend: its state lock, held for the whole deployment, serialises them
+        yield ""
+        return
+    path = function_lock_path(state_path, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info_path = path.with_name(path.name + ".info")
+    lock = FileLock(str(path), thread_local=False)
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        try:
+            holder = json.loads(info_path.read_text())
+        except (OSError, ValueError):
+            holder = {}
+        who = ", ".join(f"{k}={holder[k]}" for k in ("id", "who", "pid", "operation", "created") if k in holder) or "unknown holder"
+        raise LockError(f"function {name} is being deployed by another reconciler process ({who})", str(state_path),
+                        hint="wait with --lock-timeout") from None
+    lock_id = str(uuid.uuid4())
+    try:
+        info_path.write_text(json.dumps({"id": lock_id, "who": f"{getpass.getuser()}@{socket.gethostname()}", "pid": os.getpid(),
+                                         "operation": operation, "function": name, "created": st.now()}))
+        yield lock_id
+    finally:
+        try:
+            info_path.unlink()
+        except OSError:
+            pass
+        lock.release()
+
+
+# ---------------------------------------------------------------- apply
+
+
 def apply_plan(plan: Plan, aws, state_dir: Path, log: Callable[[str], None], *, saved: bool = False,
-               rollback_on_failure: bool = True, lock_timeout: float = 0) -> dict:
-    """Apply every function with changes, one state file (infrastructure) at a time, under its lock."""
+               rollback_on_failure: bool = True, lock_timeout: float = 0, parallelism: int = 1) -> dict:
+    """Apply every function with changes, one state file (infrastructure) at a time.
+
+    Functions of one state file are applied `parallelism` at a time (each function's
+    steps in order). The first failure stops functions not yet started; the ones running
+    finish (or roll back) and the failure is raised."""
     results = {"applied": [], "failed": [], "deleted": []}
-    by_state: dict[str, list[FunctionPlan]] = {}
+    by_state: dict[tuple[str, str], list[FunctionPlan]] = {}
     for fp in plan.functions:
         if fp.has_changes:
-            by_state.setdefault(fp.state_file, []).append(fp)
-    for path, fps in sorted(by_state.items()):
-        env, infra = fps[0].environment, fps[0].infrastructure
-        with st.locked(Path(path), "apply", timeout=lock_timeout):
-            state = st.load(state_dir, env, infra)
+            by_state.setdefault((fp.environment, fp.infrastructure), []).append(fp)
+    for (env, infra), fps in sorted(by_state.items()):
+        desired = [fp.desired for fp in fps if fp.desired]
+        path = st.state_path(state_dir, env, infra)
+        # per-function locks are local file locks: a remote state backend keeps one
+        # deployment per infrastructure at a time (its own lock, held throughout)
+        shared = bool(desired) and all(d.get("allow_simultaneous") for d in desired) and isinstance(path, Path)
+        with ExitStack() as stack:
+            if not shared:
+                stack.enter_context(st.locked(path, "apply", timeout=lock_timeout))
+            writer = StateWriter(state_dir, env, infra, shared, lock_timeout)
             if saved:
-                _check_fresh(plan, state, fps, aws)
-            for fp in fps:
-                if fp.action == "delete":
-                    _delete(fp, state, aws, log)
-                    results["deleted"].append(fp.name)
-                    continue
-                _apply_function(fp, state, aws, log, rollback_on_failure)
-                results["applied"].append(fp.name)
+                _check_fresh(plan, writer, fps, aws)
+            _apply_group(fps, writer, aws, log, rollback_on_failure, lock_timeout, parallelism, results)
     return results
 
 
-def _check_fresh(plan: Plan, state: st.State, fps: list[FunctionPlan], aws) -> None:
+def _apply_group(fps: list[FunctionPlan], writer: StateWriter, aws, log, rollback_on_failure: bool, lock_timeout: float,
+                 parallelism: int, results: dict) -> None:
+    abort = threading.Event()
+    done_lock = threading.Lock()
+
+    def one(fp: FunctionPlan) -> None:
+        if abort.is_set():
+            raise Interrupted()
+        with function_lock(writer.path, fp.name, "delete" if fp.action == "delete" else "apply", timeout=lock_timeout):
+            if fp.action == "delete":
+                _delete(fp, writer, aws, log)
+            else:
+                _apply_function(fp, writer, aws, log, rollback_on_failure, abort)
+        with done_lock:
+            results["deleted" if fp.action == "delete" else "applied"].append(fp.name)
+
+    if parallelism <= 1 or len(fps) == 1:
+        for fp in fps:
+            one(fp)
+        return
+
+    errors: list[BaseException] = []
+    with ThreadPoolExecutor(max_workers=min(parallelism, len(fps)), thread_name_prefix="apply") as pool:
+        futures = {pool.submit(one, fp): fp for fp in fps}
+        try:
+            for fut in as_completed(futures):
+                exc = fut.exception()
+                if exc is None or isinstance(exc, Interrupted) and errors:
+                    continue
+                errors.append(exc)
+                results["failed"].append(futures[fut].name)
+                for other in futures:
+                    other.cancel()  # not started yet: never started
+        except BaseException:
+            # Ctrl-C in the main thread: the running functions stop at their next step and
+            # roll back; wait for them so nothing is left half deployed
+            abort.set()
+            for other in futures:
+                other.cancel()
+            for other in futures:
+                try:
+                    other.exception()
+                except BaseException:  # noqa: BLE001 - cancelled, or a second Ctrl-C
+                    pass
+            raise
+    if errors:
+        first = next((e for e in errors if not isinstance(e, ReconcilerError)), None)
+        if first is not None:
+            raise first
+        if len(errors) == 1:
+            raise errors[0]
+        raise ApplyFailed("; ".join(str(e) for e in errors))
+
+
+def _check_fresh(plan: Plan, writer: StateWriter, fps: list[FunctionPlan], aws) -> None:
     from reconciler.engine import refresh_function
 
+    state = writer.read()
     ref = plan.state_refs.get(str(state.path))
-    if ref is not None and (ref.get("lineage"), ref.get("serial")) != (state.ref["lineage"], state.ref["serial"]):
+    # with simultaneous deployments other functions' deployments move the serial: only
+    # what is live for this plan's functions decides then
+    if not writer.shared and ref is not None and (ref.get("lineage"), ref.get("serial")) != (state.ref["lineage"], state.ref["serial"]):
         raise StaleError("saved plan is stale: the state changed since it was made (serial "
                          f"{ref.get('serial')} → {state.ref['serial']})", str(state.path), hint="run plan again")
     for fp in fps:
@@ -77,28 +264,72 @@ def _record(state: st.State, fp: FunctionPlan, spec: FunctionSpec, snap: dict, v
     }
 
 
-def _apply_function(fp: FunctionPlan, state: st.State, aws, log: Callable[[str], None], rollback_on_failure: bool) -> None:
+def close_interrupted(state: st.State, name: str, by: dict) -> list[dict]:
+    """Mark the in-flight records of this function that no process finishes any more
+    (their apply or rollback was killed) as interrupted. Called under the function's lock."""
+    closed = []
+    for h in state.history:
+        if h.get("function") == name and h.get("status") in IN_FLIGHT and h.get("id") != by["id"]:
+            steps = h.get("steps") or []
+            where = ("while rolling back" if h["status"] == "rolling_back" else
+                     f"after step {steps[-1]['step']!r}" if steps else "before its first recorded step")
+            h.update(status="interrupted", finished_at=None, interrupted_noticed_at=st.now(), converged_by=by["id"],
+                     error=(f"{h['error']}; " if h.get("error") else "") + f"interrupted {where}; converged by {by.get('operation')} {by['id']}")
+            closed.append(h)
+    return closed
+
+
+def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[str], None], rollback_on_failure: bool,
+                    abort: threading.Event | None = None) -> None:
     from reconciler.aws import Lambda
     from reconciler.engine import refresh_function
 
     spec = FunctionSpec.from_dict(fp.desired)
     lam = Lambda(aws, spec.region, spec.connector)
-    recorded = state.functions.get(spec.name)
+    current = writer.read()
+    recorded = current.functions.get(spec.name)
     config, _ = desired_config(spec, recorded)
+    stale = [h for h in current.history if h.get("function") == spec.name and h.get("status") in IN_FLIGHT]
+    reuse = next((c.new for c in fp.changes if c.kind == "version" and c.path == "reuse"), None)
 
-    # 1. what runs now, recorded before anything changes: the rollback data
+    # 1. what runs now, recorded before anything changes: the rollback data. Converging a
+    # killed apply, what ran before that apply is what a rollback must bring back.
     before = refresh_function(aws, spec.region, spec.connector, spec.name)
+    if fp.live_fingerprint and fingerprint(before) != fp.live_fingerprint:
+        # e.g. another apply deployed it while this one waited for the lock
+        raise StaleError(f"function {spec.name} changed in Lambda since this plan was made (another apply, or a hand change)",
+                         hint="run plan or apply again")
+    killed = next((h for h in reversed(stale) if h.get("operation") == "apply" and isinstance(h.get("previous"), dict)), None)
     record = {
         "id": str(uuid.uuid4()), "function": spec.name, "service": spec.service, "operation": "apply",
         "status": "in_progress", "started_at": st.now(), "finished_at": None,
         "version": None, "code_sha256": fp.code.get("sha256"), "code_source": fp.code.get("source"),
-        "code_params": fp.code.get("params"),
-        "previous": _previous(before, recorded), "steps": [],
+        "code_params": fp.code.get("params"), "publish": bool(fp.publish or reuse),
+        "previous": killed["previous"] if killed else _previous(before, recorded), "steps": [],
     }
-    state.history.append(record)
-    state.write()
+    if stale:
+        record["converges"] = [h["id"] for h in stale]
+
+    def begin(state: st.State) -> None:
+        state.region = state.region or spec.region
+        for h in close_interrupted(state, spec.name, record):
+            log(f"{spec.name}: converging the {h.get('operation')} started at {h.get('started_at')}, which was interrupted")
+        _upsert(state, record)
+
+    def step(what: str, **fields) -> None:
+        def change(state: st.State) -> None:
+            record.update(fields)
+            record["steps"].append({"at": st.now(), "step": what})
+            _upsert(state, record)
+        writer.update(change)
+        if abort is not None and abort.is_set():
+            raise Interrupted()
+
+    writer.update(begin)
     created = False
     try:
+        if abort is not None and abort.is_set():
+            raise Interrupted()
         # 2-3. create, or update code then configuration, waiting for Lambda between steps
         if not before.get("exists"):
             params = {"FunctionName": spec.name, "Code": fp.code["params"], "PackageType": spec.package_type,
@@ -108,78 +339,133 @@ def _apply_function(fp: FunctionPlan, state: st.State, aws, log: Callable[[str],
             log(f"{spec.name}: creating function")
             lam.create_function(params)
             created = True
-            _step(state, record, "created")
+            step("created")
         else:
             if any(c.kind == "code" for c in fp.changes):
                 log(f"{spec.name}: updating code → {fp.code.get('sha256')} ({fp.code['source'].get('uri')})")
                 lam.update_code(spec.name, fp.code["params"], spec.architectures)
-                _step(state, record, "code updated")
+                step("code updated")
             if any(c.kind == "config" for c in fp.changes):
                 log(f"{spec.name}: updating configuration ({', '.join(sorted({c.path.split('.')[0] for c in fp.changes if c.kind == 'config'}))})")
                 lam.update_configuration(spec.name, config)
-                _step(state, record, "configuration updated")
+                step("configuration updated")
             tag_changes = [c for c in fp.changes if c.kind == "tag"]
             if tag_changes:
                 arn = before["arn"]
                 lam.tag(arn, {c.path.split(".", 1)[1]: c.new for c in tag_changes if c.action != "delete"})
                 lam.untag(arn, [c.path.split(".", 1)[1] for c in tag_changes if c.action == "delete"])
                 log(f"{spec.name}: tags updated")
-                _step(state, record, "tags updated")
+                step("tags updated")
 
-        # 4. publish exactly one version per real change, guarded by the expected code
+        # 4. publish exactly one version per real change, guarded by the expected code; a
+        # version that a killed apply published (and nothing changed since) is reused
         version = (recorded or {}).get("version")
-        if fp.publish:
+        publish = fp.publish
+        if reuse:
+            got = lam.get_function(spec.name, reuse)
+            if got and got["Configuration"].get("CodeSha256") == fp.code.get("sha256"):
+                version = reuse
+                log(f"{spec.name}: version {reuse}, published by the interrupted apply, is used (nothing new to publish)")
+                step(f"reused version {reuse}", version=reuse)
+            else:
+                publish = True
+        if publish:
             now = refresh_function(aws, spec.region, spec.connector, spec.name)
             if now.get("code_sha256") != fp.code.get("sha256"):
                 raise AwsError(f"{spec.name}: Lambda reports code {now.get('code_sha256')} after the update, expected {fp.code.get('sha256')}")
-            out = lam.publish_version(spec.name, fp.code.get("sha256"), now.get("revision_id"), description=f"reconciler {record['id']}")
+            out = lam.publish_version(spec.name, fp.code.get("sha256"), now.get("revision_id"), description=publish_description(record["id"]))
             version = out["Version"]
-            record["version"] = version
             log(f"{spec.name}: published version {version}")
-            _step(state, record, f"published version {version}")
+            step(f"published version {version}", version=version)
 
         # 5. aliases to the new version
         live_aliases = (before.get("aliases") or {}) if not created else {}
         for alias in spec.aliases:
             lam.put_alias(spec.name, alias, version, exists=alias["Name"] in live_aliases)
             log(f"{spec.name}: alias {alias['Name']} → {version}")
-            _step(state, record, f"alias {alias['Name']} → {version}")
+            step(f"alias {alias['Name']} → {version}")
         for c in fp.changes:
             if c.kind == "alias" and c.action == "delete":
                 lam.delete_alias(spec.name, c.path)
                 log(f"{spec.name}: alias {c.path} deleted")
-                _step(state, record, f"alias {c.path} deleted")
+                step(f"alias {c.path} deleted")
 
         # 6. record the result
         after = refresh_function(aws, spec.region, spec.connector, spec.name)
-        _record(state, fp, spec, after, version, config)
-        record.update(status="succeeded", finished_at=st.now(), version=version)
-        state.write()
-    except ReconcilerError as exc:
-        record.update(status="failed", finished_at=st.now(), error=str(exc))
-        state.write()
-        if not rollback_on_failure:
+
+        def finish(state: st.State) -> None:
+            _record(state, fp, spec, after, version, config)
+            record.update(status="succeeded", finished_at=st.now(), version=version)
+            _upsert(state, record)
+        writer.update(finish)
+    except BaseException as exc:  # noqa: BLE001 - Ctrl-C or a bug mid-apply rolls back too, then re-raises
+        _failed(exc, fp, spec, config, recorded, record, writer, aws, log, rollback_on_failure)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ReconcilerError):
+        return str(exc)
+    if isinstance(exc, (KeyboardInterrupt, Interrupted)):
+        return "interrupted"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _failed(exc: BaseException, fp: FunctionPlan, spec: FunctionSpec, config: dict, recorded: dict | None, record: dict,
+            writer: StateWriter, aws, log: Callable[[str], None], rollback_on_failure: bool) -> None:
+    """Record the failure, put the function back as it was (unless --no-rollback), record
+    that, and raise: ApplyFailed for an AWS/reconciler error, else the exception itself."""
+    from reconciler.engine import refresh_function
+
+    reason = _reason(exc)
+    domain = isinstance(exc, ReconcilerError)
+
+    def failed(state: st.State) -> None:
+        # "rolling_back" until the rollback is over: a process killed meanwhile leaves it
+        # in flight, for the next plan to report and the next apply to converge
+        record.update(status="rolling_back" if rollback_on_failure else "failed", finished_at=st.now(), error=reason)
+        _upsert(state, record)
+    writer.update(failed)
+    if not rollback_on_failure:
+        if domain:
             raise ApplyFailed(f"{spec.name}: {exc}; left as it is for inspection (--no-rollback)") from None
-        log(f"{spec.name}: FAILED: {exc}; rolling back")
+        raise exc
+    log(f"{spec.name}: FAILED: {reason}; rolling back")
+    try:
+        restore(aws, spec.name, spec.region, spec.connector, record["previous"], log)
+    except BaseException as rb_exc:  # noqa: BLE001 - reported loudly below, with what is left to do
         try:
-            restore(aws, spec.name, spec.region, spec.connector, record["previous"], log)
-        except ReconcilerError as rb_exc:
-            record.update(status="rollback_failed", rollback_error=str(rb_exc))
-            state.write()
-            raise ApplyFailed(f"{spec.name}: {exc}; ROLLBACK FAILED: {rb_exc}; restore it by hand: {_todo(record['previous'])}") from None
+            after = refresh_function(aws, spec.region, spec.connector, spec.name)
+        except BaseException:  # noqa: BLE001
+            after = {"exists": True, "arn": None} if recorded is None else {"exists": False}
+
+        def rollback_failed(state: st.State) -> None:
+            record.update(status="rollback_failed", rollback_error=_reason(rb_exc))
+            _upsert(state, record)
+            if after.get("exists") and spec.name not in state.functions:
+                # a function this apply created and could not delete: keep it in the state,
+                # so that plan, drift and the next apply know it exists
+                _record(state, fp, spec, after, record.get("version"), config)
+                state.functions[spec.name]["rollback_failed"] = record["id"]
+        writer.update(rollback_failed)
+        todo = _todo(record["previous"])
+        log(f"{spec.name}: ROLLBACK FAILED: {_reason(rb_exc)}; restore it by hand: {todo}")
+        if domain:
+            raise ApplyFailed(f"{spec.name}: {exc}; ROLLBACK FAILED: {_reason(rb_exc)}; restore it by hand: {todo}") from None
+        raise exc
+    after = refresh_function(aws, spec.region, spec.connector, spec.name)
+
+    def rolled_back(state: st.State) -> None:
         record.update(status="rolled_back")
-        after = refresh_function(aws, spec.region, spec.connector, spec.name)
+        _upsert(state, record)
         if after.get("exists") and recorded is not None:
             state.functions[spec.name] = {**recorded, "aliases": after.get("aliases", {}), "updated_at": st.now()}
         elif not after.get("exists"):
             state.functions.pop(spec.name, None)
-        state.write()
+    writer.update(rolled_back)
+    log(f"{spec.name}: rolled back to what ran before")
+    if domain:
         raise ApplyFailed(f"{spec.name}: {exc}; rolled back to what ran before") from None
-
-
-def _step(state: st.State, record: dict, what: str) -> None:
-    record["steps"].append({"at": st.now(), "step": what})
-    state.write()
+    raise exc
 
 
 def _previous(live: dict, recorded: dict | None) -> dict:
@@ -289,17 +575,22 @@ def _code_params_for(prev: dict, lam, name: str) -> dict:
     raise AwsError(f"{name}: no way to bring back code {prev.get('code_sha256')} (no recorded source, no published version carrying it)")
 
 
-def _delete(fp: FunctionPlan, state: st.State, aws, log: Callable[[str], None]) -> None:
+def _delete(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[str], None]) -> None:
     from reconciler.aws import Lambda
 
-    rec = state.functions.get(fp.name, {})
-    lam = Lambda(aws, fp.region or rec.get("region") or state.region, rec.get("connector"))
+    rec = writer.read().functions.get(fp.name, {})
+    lam = Lambda(aws, fp.region or rec.get("region") or writer.read().region, rec.get("connector"))
     log(f"{fp.name}: deleting (pruned)")
     lam.delete_function(fp.name)
-    state.history.append({"id": str(uuid.uuid4()), "function": fp.name, "service": rec.get("service"), "operation": "delete",
-                          "status": "succeeded", "started_at": st.now(), "finished_at": st.now(), "previous": {"exists": True, **{k: rec.get(k) for k in ("version", "code_sha256")}}})
-    state.functions.pop(fp.name, None)
-    state.write()
+
+    def change(state: st.State) -> None:
+        record = {"id": str(uuid.uuid4()), "function": fp.name, "service": rec.get("service"), "operation": "delete",
+                  "status": "succeeded", "started_at": st.now(), "finished_at": st.now(),
+                  "previous": {"exists": True, **{k: rec.get(k) for k in ("version", "code_sha256")}}}
+        close_interrupted(state, fp.name, record)
+        state.history.append(record)
+        state.functions.pop(fp.name, None)
+    writer.update(change)
 
 
-__all__ = ["apply_plan", "restore", "ApplyFailed", "alias_view", "snapshot"]
+__all__ = ["apply_plan", "restore", "ApplyFailed", "StateWriter", "function_lock", "close_interrupted", "alias_view", "snapshot"]

@@ -86,6 +86,17 @@ def call(what: str, fn, *args, not_found_none: bool = False, **kwargs):
         raise AwsError(f"{what}: {exc}") from None
 
 
+def pages(what: str, client, operation: str, **kwargs):
+    """The pages of a paginated call, one at a time (the caller may stop early), errors
+    mapped as by call()."""
+    it = iter(client.get_paginator(operation).paginate(**kwargs))
+    while True:
+        page = call(what, next, it, None)
+        if page is None:
+            return
+        yield page
+
+
 # ---------------------------------------------------------------- Lambda reads
 
 
@@ -108,6 +119,14 @@ class Lambda:
             for a in page.get("Aliases", []):
                 out[a["Name"]] = a
         return out
+
+    def function_pages(self, all_versions: bool = False):
+        """ListFunctions, page by page ($LATEST only, or every version with all_versions)."""
+        kwargs = {"FunctionVersion": "ALL"} if all_versions else {}
+        return pages(f"listing the functions of {self.region}", self.c, "list_functions", **kwargs)
+
+    def list_tags(self, arn: str) -> dict:
+        return (call(f"reading the tags of {arn}", self.c.list_tags, Resource=arn) or {}).get("Tags") or {}
 
     def list_versions(self, name: str) -> list[dict]:
         pages = call(f"listing versions of {name}", lambda: list(self.c.get_paginator("list_versions_by_function").paginate(FunctionName=name)))
@@ -176,6 +195,13 @@ class Lambda:
         call(f"deleting function {name}", self.c.delete_function, not_found_none=True, FunctionName=name)
 
 
+def lambda_tag_pages(aws: Aws, region: str, connector: dict | None = None):
+    """The tags of every function of a region through the Resource Groups Tagging API,
+    page by page: [{ResourceARN, Tags: [{Key, Value}]}]."""
+    c = aws.client("resourcegroupstaggingapi", region, connector)
+    return pages(f"reading the tags of the functions of {region}", c, "get_resources", ResourceTypeFilters=["lambda:function"])
+
+
 # ---------------------------------------------------------------- artifacts
 
 
@@ -213,15 +239,21 @@ def s3_sha256(aws: Aws, art: dict, cache: dict) -> dict:
     return out
 
 
-def ecr_image(aws: Aws, art: dict) -> dict:
-    """The digest and by-digest URI of an ECR image from its tag, tagRegex or digest."""
+def ecr_image(aws: Aws, art: dict, repos_cache: dict | None = None) -> dict:
+    """The digest and by-digest URI of an ECR image from its tag, tagRegex or digest.
+    `repos_cache` keeps each repository's URI, so a repository is read once per run."""
     ecr = aws.client("ecr", art["region"], art.get("connector"))
     repo = art["repository"]
     reg = {"registryId": art["registry_id"]} if art.get("registry_id") else {}
-    repos = call(f"reading ECR repository {repo}", ecr.describe_repositories, not_found_none=True, repositoryNames=[repo], **reg)
-    if not repos or not repos.get("repositories"):
-        raise AwsError(f"ECR repository '{repo}' does not exist in {art['region']} (artifact source '{art.get('id')}')")
-    uri = repos["repositories"][0]["repositoryUri"]
+    repo_key = (art["region"], (art.get("connector") or {}).get("role_arn"), art.get("registry_id"), repo)
+    uri = (repos_cache or {}).get(repo_key)
+    if uri is None:
+        repos = call(f"reading ECR repository {repo}", ecr.describe_repositories, not_found_none=True, repositoryNames=[repo], **reg)
+        if not repos or not repos.get("repositories"):
+            raise AwsError(f"ECR repository '{repo}' does not exist in {art['region']} (artifact source '{art.get('id')}')")
+        uri = repos["repositories"][0]["repositoryUri"]
+        if repos_cache is not None:
+            repos_cache[repo_key] = uri
     if art.get("digest"):
         ids = [{"imageDigest": art["digest"]}]
         pinned = art["digest"]

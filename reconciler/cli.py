@@ -42,6 +42,8 @@ ShowValues = Annotated[bool, typer.Option("--show-values", help="Show environmen
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log each step on stderr.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
 LockTimeout = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for the state lock (default: fail at once).")]
+Parallelism = Annotated[int, typer.Option("--parallelism", min=1, help="How many functions are read or changed at once (as Terraform's -parallelism).")]
+ShowStats = Annotated[bool, typer.Option("--stats", help="Print API calls by operation, wall time per phase and peak memory on stderr.")]
 
 
 class Out:
@@ -79,8 +81,9 @@ def _fail(exc: BaseException, debug: bool) -> None:
     raise typer.Exit(1)
 
 
-def _context(workspace: Path, service, env, infra, var, artifact, state_dir, out: Out):
+def _context(workspace: Path, service, env, infra, var, artifact, state_dir, out: Out, parallelism: int = 10):
     from reconciler.engine import Context
+    from reconciler.stats import Progress
     from reconciler.errors import ConfigError
     from reconciler.render import Options
     from reconciler.state import state_dir_default
@@ -94,9 +97,25 @@ def _context(workspace: Path, service, env, infra, var, artifact, state_dir, out
     sd = Path(state_dir) if state_dir else state_dir_default()
     if not sd.is_absolute():
         sd = Path.cwd() / sd
+    from reconciler.backend import configure  # the state backend: reconciler.yaml, RECONCILER_BACKEND_*
+
+    configure(workspace)
     opts = Options(services=list(service or []), environments=list(env or []), infrastructures=list(infra or []),
                    variables=variables, artifact=artifact)
-    return Context(workspace=workspace, state_dir=sd, options=opts, log=out.debug)
+    return Context(workspace=workspace, state_dir=sd, options=opts, log=out.debug, parallelism=parallelism,
+                   progress=Progress(out.verbose, color=out.color))
+
+
+def _finish(ctx, aws, show_stats: bool, functions: int | None = None) -> None:
+    """End the progress display; with --stats, the table and the `stats: {json}` line on stderr."""
+    if ctx is None:
+        return
+    close = getattr(ctx.progress, "close", None)
+    if close:
+        close()
+    if show_stats:
+        sys.stderr.write(ctx.stats.render(dict(aws.calls) if aws is not None else {}, functions))
+        sys.stderr.flush()
 
 
 def _check_format(fmt: str, allowed=("text", "json", "markdown")) -> str:
@@ -159,9 +178,11 @@ def plan(workspace: Workspace = Path("."), service: Services = None, env: Envs =
          format: Format = "text", out_file: Annotated[Optional[Path], typer.Option("--out", help="Save the plan to this file for `apply FILE`.")] = None,
          detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode", help="Exit 0 no changes, 2 changes, 1 error.")] = False,
          prune: Annotated[bool, typer.Option("--prune", help="Plan to delete functions in state that the workspace no longer defines.")] = False,
+         parallelism: Parallelism = 10, stats: ShowStats = False,
          show_values: ShowValues = False, verbose: Verbose = False, debug: Debug = False, no_color: NoColor = False) -> None:
     """Refresh what is live, diff it, and print the plan. Read-only."""
     out = Out(verbose, no_color)
+    ctx = aws = the_plan = None
     try:
         import json
 
@@ -169,15 +190,19 @@ def plan(workspace: Workspace = Path("."), service: Services = None, env: Envs =
         from reconciler.views import render_plan
 
         _check_format(format)
-        ctx = _context(workspace, service, env, infra, var, artifact, state_dir, out)
-        the_plan = make_plan(ctx, _aws(), prune=prune)
+        ctx = _context(workspace, service, env, infra, var, artifact, state_dir, out, parallelism)
+        aws = _aws()
+        the_plan = make_plan(ctx, aws, prune=prune)
+        _finish(ctx, None, False)
         _warn_all(ctx, out)
         if out_file:
             out_file.write_text(json.dumps(the_plan.to_dict(), indent=2) + "\n", encoding="utf-8")
             out.log(f"Saved the plan to {out_file}; apply it with: reconciler apply {out_file}")
         out.result(render_plan(the_plan, format, show_values))
     except ReconcilerError as exc:
+        _finish(ctx, aws, stats, len(the_plan.functions) if the_plan else None)
         _fail(exc, debug)
+    _finish(ctx, aws, stats, len(the_plan.functions))
     if detailed_exitcode and the_plan.has_changes:
         raise typer.Exit(2)
 
@@ -189,10 +214,12 @@ def apply(planfile: Annotated[Optional[Path], typer.Argument(help="A plan saved 
           auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Apply without asking.")] = False,
           prune: Annotated[bool, typer.Option("--prune", help="Delete functions in state that the workspace no longer defines.")] = False,
           no_rollback: Annotated[bool, typer.Option("--no-rollback", help="On failure, leave things as they are for inspection.")] = False,
-          lock_timeout: LockTimeout = 0, show_values: ShowValues = False, verbose: Verbose = False, debug: Debug = False,
+          lock_timeout: LockTimeout = 0, parallelism: Parallelism = 10, stats: ShowStats = False,
+          show_values: ShowValues = False, verbose: Verbose = False, debug: Debug = False,
           no_color: NoColor = False) -> None:
     """Create or update functions, publish a version, move aliases, and record the result."""
     out = Out(verbose, no_color)
+    ctx = aws = the_plan = None
     try:
         import json
 
@@ -201,7 +228,7 @@ def apply(planfile: Annotated[Optional[Path], typer.Argument(help="A plan saved 
         from reconciler.model import PLAN_FORMAT_VERSION, Plan
         from reconciler.views import render_text
 
-        ctx = _context(workspace, service, env, infra, var, artifact, state_dir, out)
+        ctx = _context(workspace, service, env, infra, var, artifact, state_dir, out, parallelism)
         aws = _aws()
         if planfile is not None:
             try:
@@ -214,10 +241,12 @@ def apply(planfile: Annotated[Optional[Path], typer.Argument(help="A plan saved 
             saved = True
         else:
             the_plan = make_plan(ctx, aws, prune=prune)
+            _finish(ctx, None, False)
             _warn_all(ctx, out)
             saved = False
             out.result(render_text(the_plan, show_values))
             if not the_plan.has_changes:
+                _finish(ctx, aws, stats, len(the_plan.functions))
                 return
             if not auto_approve:
                 if not sys.stdin.isatty():
@@ -226,12 +255,15 @@ def apply(planfile: Annotated[Optional[Path], typer.Argument(help="A plan saved 
                 if answer.strip() != "yes":
                     out.log("Apply cancelled.")
                     raise typer.Exit(1)
-        results = apply_plan(the_plan, aws, ctx.state_dir, out.log, saved=saved, rollback_on_failure=not no_rollback,
-                             lock_timeout=lock_timeout)
+        with ctx.stats.phase("apply"):
+            results = apply_plan(the_plan, aws, ctx.state_dir, out.log, saved=saved, rollback_on_failure=not no_rollback,
+                                 lock_timeout=lock_timeout, parallelism=parallelism)
         n = len(results["applied"]) + len(results["deleted"])
         out.result(f"\nApply complete: {len(results['applied'])} applied, {len(results['deleted'])} deleted.\n" if n else "\nNothing to apply.\n")
     except ReconcilerError as exc:
+        _finish(ctx, aws, stats, len(the_plan.functions) if the_plan else None)
         _fail(exc, debug)
+    _finish(ctx, aws, stats, len(the_plan.functions))
 
 
 @app.command()
@@ -392,3 +424,6 @@ def main() -> None:
 
 # drift, refresh, import, state rm, force-unlock
 from reconciler import cli_ops  # noqa: E402,F401  (registers its commands on `app`)
+from reconciler import cli_state  # noqa: E402,F401  (state pull / push, on `state_app`)
+# run, plan --pipeline, --provisioner-outputs
+from reconciler import cli_run  # noqa: E402,F401  (registers `run` and the pipeline options on `app`)

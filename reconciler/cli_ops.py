@@ -9,8 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from reconciler.cli import (Debug, Envs, Infras, LockTimeout, NoColor, Out, Services, ShowValues, StateDir, Vars, Verbose,
-                            Workspace, Artifact, _aws, _check_format, _context, _fail, _table, _warn_all, app, state_app)
+from reconciler.cli import (Debug, Envs, Infras, LockTimeout, NoColor, Out, Parallelism, Services, ShowStats, ShowValues, StateDir,
+                            Vars, Verbose, Workspace, Artifact, _aws, _check_format, _context, _fail, _finish, _table, _warn_all, app,
+                            state_app)
 from reconciler.errors import ReconcilerError
 
 Functions = Annotated[Optional[list[str]], typer.Option("--function", "-f", help="Only this function (repeatable).")]
@@ -60,9 +61,11 @@ def _drift_markdown(report, show_values: bool) -> str:
 def drift(workspace: Workspace = Path("."), service: Services = None, env: Envs = None, infra: Infras = None,
           function: Functions = None, state_dir: StateDir = None,
           format: Annotated[str, typer.Option("--format", help="Output format: text, json or markdown.")] = "text",
+          parallelism: Parallelism = 10, stats: ShowStats = False,
           show_values: ShowValues = False, verbose: Verbose = False, debug: Debug = False, no_color: NoColor = False) -> None:
     """Compare live AWS with the state file; change nothing. Exit 0 no drift, 2 drift, 1 error."""
     out = Out(verbose, no_color)
+    ctx = aws = report = None
     try:
         import json
 
@@ -70,9 +73,13 @@ def drift(workspace: Workspace = Path("."), service: Services = None, env: Envs 
         from reconciler.views import masked
 
         _check_format(format)
-        ctx = _context(workspace, service, env, infra, None, None, state_dir, out)
-        states = selected_states(ctx.state_dir, ctx.options.environments, ctx.options.infrastructures)
-        report = check(_aws(), states, ctx.options.services, list(function or []), out.debug)
+        ctx = _context(workspace, service, env, infra, None, None, state_dir, out, parallelism)
+        aws = _aws()
+        with ctx.stats.phase("load/render"):
+            states = selected_states(ctx.state_dir, ctx.options.environments, ctx.options.infrastructures)
+        with ctx.stats.phase("refresh"):
+            report = check(aws, states, ctx.options.services, list(function or []), out.debug, parallelism, ctx.progress)
+        _finish(ctx, None, False)
         if format == "json":
             out.result(json.dumps(report.to_dict(lambda c: masked(c, show_values)), indent=2) + "\n")
         elif format == "markdown":
@@ -80,7 +87,9 @@ def drift(workspace: Workspace = Path("."), service: Services = None, env: Envs 
         else:
             out.result(_drift_text(report, show_values))
     except ReconcilerError as exc:
+        _finish(ctx, aws, stats, len(report.functions) if report else None)
         _fail(exc, debug)
+    _finish(ctx, aws, stats, len(report.functions))
     if report.drifted:
         raise typer.Exit(2)
 
@@ -89,25 +98,32 @@ def drift(workspace: Workspace = Path("."), service: Services = None, env: Envs 
 def refresh(workspace: Workspace = Path("."), service: Services = None, env: Envs = None, infra: Infras = None,
             function: Functions = None, state_dir: StateDir = None,
             auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Accept without asking.")] = False,
-            lock_timeout: LockTimeout = 0, show_values: ShowValues = False, verbose: Verbose = False, debug: Debug = False,
+            lock_timeout: LockTimeout = 0, parallelism: Parallelism = 10, stats: ShowStats = False,
+            show_values: ShowValues = False, verbose: Verbose = False, debug: Debug = False,
             no_color: NoColor = False) -> None:
     """Accept what is live into the state (for a hand change that was intended)."""
     out = Out(verbose, no_color)
+    ctx = aws = report = None
     try:
         from contextlib import ExitStack
 
         from reconciler import state as st
         from reconciler.drift import accept, check, selected_states
 
-        ctx = _context(workspace, service, env, infra, None, None, state_dir, out)
+        ctx = _context(workspace, service, env, infra, None, None, state_dir, out, parallelism)
+        aws = _aws()
         with ExitStack() as stack:
             for s in selected_states(ctx.state_dir, ctx.options.environments, ctx.options.infrastructures):
                 stack.enter_context(st.locked(s.path, "refresh", timeout=lock_timeout))
-            states = selected_states(ctx.state_dir, ctx.options.environments, ctx.options.infrastructures)
-            report = check(_aws(), states, ctx.options.services, list(function or []), out.debug)
+            with ctx.stats.phase("load/render"):
+                states = selected_states(ctx.state_dir, ctx.options.environments, ctx.options.infrastructures)
+            with ctx.stats.phase("refresh"):
+                report = check(aws, states, ctx.options.services, list(function or []), out.debug, parallelism, ctx.progress)
+            _finish(ctx, None, False)
             out.result(_drift_text(report, show_values))
             if not report.drifted:
                 out.result("Nothing to accept: the state matches what is live.\n")
+                _finish(ctx, aws, stats, len(report.functions))
                 return
             if not auto_approve:
                 if not sys.stdin.isatty():
@@ -118,7 +134,9 @@ def refresh(workspace: Workspace = Path("."), service: Services = None, env: Env
             n = accept(report, states, out.log)
             out.result(f"\nRefresh complete: {n} function(s) updated in the state.\n")
     except ReconcilerError as exc:
+        _finish(ctx, aws, stats, len(report.functions) if report else None)
         _fail(exc, debug)
+    _finish(ctx, aws, stats, len(report.functions))
 
 
 @app.command("import")

@@ -66,40 +66,60 @@ def selected_states(state_dir: Path, environments: list[str], infrastructures: l
 
 
 def check(aws, states: list[st.State], services: list[str], functions: list[str] | None = None,
-          log: Callable[[str], None] = lambda m: None) -> DriftReport:
+          log: Callable[[str], None] = lambda m: None, parallelism: int = 10,
+          progress: Callable[[str, int, int, str], None] | None = None) -> DriftReport:
     from reconciler.aws import Lambda
-    from reconciler.engine import refresh_function
+    from reconciler.engine import Want, parallel_map, refresh_all
 
     report = DriftReport(functions=[], checked_at=st.now())
+    picked: list[tuple[st.State, str, dict, str]] = []
     for s in states:
         for name, rec in sorted(s.functions.items()):
             if services and rec.get("service") not in services:
                 continue
             if functions and name not in functions:
                 continue
-            region = rec.get("region") or s.region
-            log(f"checking {name} ({region})")
-            live = refresh_function(aws, region, rec.get("connector"), name)
-            fd = FunctionDrift(name=name, service=rec.get("service", ""), environment=s.environment,
-                               infrastructure=s.infrastructure, region=region, status="in_sync", live=live)
-            if not live.get("exists"):
-                fd.status = "deleted"
-                fd.changes.append(Change("function", name, "exists", None, "delete"))
-            else:
-                fd.changes = drift_changes(rec, live)
-                known = {str(h.get("version")) for h in s.history if h.get("function") == name and h.get("version")}
-                if rec.get("version"):
-                    known.add(str(rec["version"]))
-                # versions published by someone else since reconciler's first one
-                first = min((int(v) for v in known if v.isdigit()), default=None)
-                if first is not None:
-                    for v in Lambda(aws, region, rec.get("connector")).list_versions(name):
-                        num = str(v.get("Version"))
-                        if num.isdigit() and num not in known and int(num) > first:
-                            fd.changes.append(Change("version", num, None, num, "create"))
-                if fd.changes:
-                    fd.status = "drifted"
-            report.functions.append(fd)
+            picked.append((s, name, rec, rec.get("region") or s.region))
+    log(f"checking {len(picked)} function(s)")
+    wants = [Want(region, rec.get("connector"), name) for _, name, rec, region in picked]
+    kwargs = {"progress": progress} if progress else {}
+    lives, listed = refresh_all(aws, wants, parallelism, with_versions=True, **kwargs)
+
+    def known_versions(item) -> tuple[set[str], int | None]:
+        s, name, rec, _ = item
+        known = {str(h.get("version")) for h in s.history if h.get("function") == name and h.get("version")}
+        if rec.get("version"):
+            known.add(str(rec["version"]))
+        return known, min((int(v) for v in known if v.isdigit()), default=None)
+
+    # versions published by someone else since reconciler's first one: from the bulk
+    # listing, else one ListVersionsByFunction per function that has a recorded version
+    def versions_of(k: int) -> list[dict]:
+        s, name, rec, region = picked[k]
+        if not lives[k].get("exists") or known_versions(picked[k])[1] is None:
+            return []
+        if listed[k] is not None:
+            return listed[k]
+        return Lambda(aws, region, rec.get("connector")).list_versions(name)
+
+    all_versions = parallel_map(versions_of, list(range(len(picked))), parallelism)
+    for (s, name, rec, region), live, versions in zip(picked, lives, all_versions):
+        fd = FunctionDrift(name=name, service=rec.get("service", ""), environment=s.environment,
+                           infrastructure=s.infrastructure, region=region, status="in_sync", live=live)
+        if not live.get("exists"):
+            fd.status = "deleted"
+            fd.changes.append(Change("function", name, "exists", None, "delete"))
+        else:
+            fd.changes = drift_changes(rec, live)
+            known, first = known_versions((s, name, rec, region))
+            if first is not None:
+                for v in sorted(versions, key=lambda v: int(v["Version"]) if str(v.get("Version")).isdigit() else -1):
+                    num = str(v.get("Version"))
+                    if num.isdigit() and num not in known and int(num) > first:
+                        fd.changes.append(Change("version", num, None, num, "create"))
+            if fd.changes:
+                fd.status = "drifted"
+        report.functions.append(fd)
     return report
 
 

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import datetime as _dt
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from reconciler import state as st
 from reconciler.errors import AwsError, ConfigError
 from reconciler.load import Workspace, load_workspace
 from reconciler.model import FunctionSpec, Plan
 from reconciler.render import Options, Rendered, render, targets
+from reconciler.stats import NO_PROGRESS, Stats
+
+# Below this many selected functions in a region, one GetFunction each is cheaper than
+# listing every function of the region (and its tags).
+BULK_MIN = 10
 
 
 @dataclass
@@ -21,16 +28,20 @@ class Context:
     options: Options
     log: Callable[[str], None] = lambda msg: None
     warnings: list[str] = field(default_factory=list)
+    parallelism: int = 10
+    progress: Callable[[str, int, int, str], None] = NO_PROGRESS
+    stats: Stats = field(default_factory=Stats)
 
 
 def load_and_render(ctx: Context) -> tuple[Workspace, Rendered]:
-    ws = load_workspace(ctx.workspace, ctx.state_dir)
-    rendered = render(ws, ctx.options)
+    with ctx.stats.phase("load/render"):
+        ws = load_workspace(ctx.workspace, ctx.state_dir)
+        rendered = render(ws, ctx.options)
     ctx.warnings.extend(rendered.warnings)
     return ws, rendered
 
 
-def resolve_artifact(aws, spec: FunctionSpec, cache: dict) -> dict:
+def resolve_artifact(aws, spec: FunctionSpec, cache: dict, ecr_repos: dict | None = None) -> dict:
     """The code to deploy: its SHA-256 as Lambda reports it, where it comes from, and the
     Code parameters for Lambda."""
     from reconciler.aws import ecr_image, s3_sha256
@@ -43,12 +54,13 @@ def resolve_artifact(aws, spec: FunctionSpec, cache: dict) -> dict:
             params["S3ObjectVersion"] = got["version_id"]
         return {"sha256": got["sha256"], "source": {"type": "S3", "uri": got["uri"], "etag": got["etag"], "version_id": got.get("version_id")},
                 "params": params}
-    got = ecr_image(aws, art)
+    got = ecr_image(aws, art, ecr_repos)
     return {"sha256": got["sha256"], "source": {"type": "ECR", "uri": got["uri"], "digest": got["digest"], "tag": got.get("tag")},
             "params": {"ImageUri": got["image_uri"]}}
 
 
 def refresh_function(aws, region: str, connector: dict | None, name: str) -> dict:
+    """One function as it is now: GetFunction (configuration, code, tags) and its aliases."""
     from reconciler.aws import Lambda
     from reconciler.live import snapshot
 
@@ -58,69 +70,230 @@ def refresh_function(aws, region: str, connector: dict | None, name: str) -> dic
     return snapshot(got, aliases)
 
 
+class Want(NamedTuple):
+    """A function to refresh."""
+
+    region: str
+    connector: dict | None
+    name: str
+
+
+_UNKNOWN = object()
+
+
+def refresh_all(aws, wants: list[Want], parallelism: int = 10,
+                progress: Callable[[str, int, int, str], None] = NO_PROGRESS,
+                with_versions: bool = False) -> tuple[list[dict], list[list[dict] | None]]:
+    """live.snapshot() of many functions at the API floor, in the order asked.
+
+    Per region with at least BULK_MIN functions: configurations from ListFunctions pages
+    (50 a page in AWS) and tags from the Resource Groups Tagging API, then one ListAliases
+    per existing function. Listing stops as soon as every function asked for is found,
+    and gives up (falling back to GetFunction / ListTags for the rest) once it has read
+    as many pages as there are functions to find, so it never costs more than twice
+    reading them one by one (a region with many functions not selected). Smaller regions: GetFunction + ListAliases per function.
+    Per-function reads run on `parallelism` threads.
+
+    With `with_versions`, the published versions of each function too (ListFunctions
+    with FunctionVersion=ALL in bulk); a None entry means "not read" (ask per function).
+    """
+    from reconciler.aws import Lambda, lambda_tag_pages
+    from reconciler.live import snapshot
+
+    n = len(wants)
+    confs: list = [_UNKNOWN] * n           # a FunctionConfiguration, None (absent) or _UNKNOWN
+    tags: list[dict | None] = [None] * n   # None: not known (GetFunction or ListTags)
+    versions: list[list[dict] | None] = [None] * n
+    groups: dict[tuple, list[int]] = {}
+    for i, w in enumerate(wants):
+        groups.setdefault((w.region, (w.connector or {}).get("role_arn")), []).append(i)
+
+    for (region, _role), idx in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        if len(idx) < BULK_MIN:
+            continue
+        connector = wants[idx[0]].connector
+        lam = Lambda(aws, region, connector)
+        by_name: dict[str, list[int]] = {}
+        for i in idx:
+            by_name.setdefault(wants[i].name, []).append(i)
+        found: dict[str, dict] = {}
+        found_versions: dict[str, list[dict]] = {}
+        read = 0
+        exhausted = True
+        for page in lam.function_pages(all_versions=with_versions):
+            read += 1
+            for f in page.get("Functions") or []:
+                name = f.get("FunctionName")
+                if name not in by_name:
+                    continue
+                version = f.get("Version", "$LATEST")
+                if version == "$LATEST":
+                    arn = f.get("FunctionArn") or ""
+                    if arn.endswith(":$LATEST"):
+                        f = {**f, "FunctionArn": arn[: -len(":$LATEST")]}
+                    found[name] = f
+                else:
+                    found_versions.setdefault(name, []).append(f)
+            missing = len(by_name) - len(found)
+            if missing == 0 and not with_versions:
+                exhausted = False  # not needed: everything was found
+                break
+            if not with_versions and read >= len(by_name):
+                exhausted = False  # listing has cost as much as reading each one: read the rest one by one
+                break
+        for name, ii in by_name.items():
+            for i in ii:
+                if name in found:
+                    confs[i] = found[name]
+                    if with_versions:
+                        versions[i] = found_versions.get(name, [])
+                elif exhausted:
+                    confs[i] = None
+                    if with_versions:
+                        versions[i] = []
+
+        # tags of the functions found, in bulk
+        arns: dict[str, list[int]] = {}
+        for i in idx:
+            if confs[i] is not _UNKNOWN and confs[i] is not None:
+                arns.setdefault(confs[i]["FunctionArn"], []).append(i)
+        if not arns:
+            continue
+        got: dict[str, dict] = {}
+        read = 0
+        exhausted = True
+        for page in lambda_tag_pages(aws, region, connector):
+            read += 1
+            for r in page.get("ResourceTagMappingList") or []:
+                if r.get("ResourceARN") in arns:
+                    got[r["ResourceARN"]] = {t["Key"]: t["Value"] for t in r.get("Tags") or []}
+            missing = len(arns) - len(got)
+            if missing == 0 or read >= len(arns):
+                exhausted = missing == 0
+                break
+        for arn, ii in arns.items():
+            for i in ii:
+                if arn in got:
+                    tags[i] = got[arn]
+                elif exhausted:
+                    tags[i] = {}  # a function without tags is not listed
+
+    done = 0
+    lock = threading.Lock()
+
+    def one(i: int) -> dict:
+        nonlocal done
+        w = wants[i]
+        conf = confs[i]
+        if conf is _UNKNOWN:
+            snap = refresh_function(aws, w.region, w.connector, w.name)
+        elif conf is None:
+            snap = {"exists": False}
+        else:
+            lam = Lambda(aws, w.region, w.connector)
+            tag = tags[i] if tags[i] is not None else lam.list_tags(conf["FunctionArn"])
+            snap = snapshot({"Configuration": conf, "Tags": tag}, lam.list_aliases(w.name))
+        with lock:
+            done += 1
+            progress("refresh", done, n, w.name)
+        return snap
+
+    if n == 0:
+        return [], []
+    with ThreadPoolExecutor(max_workers=max(1, min(parallelism, n))) as ex:
+        snaps = list(ex.map(one, range(n)))
+    return snaps, versions
+
+
+def parallel_map(fn: Callable, items: list, parallelism: int) -> list:
+    """fn over items on up to `parallelism` threads; results in the order of items."""
+    if len(items) <= 1 or parallelism <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=min(parallelism, len(items))) as ex:
+        return list(ex.map(fn, items))
+
+
 def make_plan(ctx: Context, aws, prune: bool = False) -> Plan:
     from reconciler.aws import Lambda, caller_account
-    from reconciler.plan import orphan, plan_function
+    from reconciler.plan import interrupted_deployment, number_versions, orphan, plan_function
 
     ws, rendered = load_and_render(ctx)
     specs = rendered.functions
-    states: dict[tuple[str, str], st.State] = {}
-    for s in specs:
-        key = (s.environment, s.infrastructure)
-        if key not in states:
-            states[key] = st.load(ctx.state_dir, *key)
+    with ctx.stats.phase("refresh"):
+        states: dict[tuple[str, str], st.State] = {}
+        for s in specs:
+            key = (s.environment, s.infrastructure)
+            if key not in states:
+                states[key] = st.load(ctx.state_dir, *key)
 
-    # artifacts: once per distinct artifact, whatever number of functions deploy it
-    cache: dict[str, str] = {}
-    for s_ in states.values():
-        cache.update(s_.artifacts)
-    code_by_artifact: dict[str, dict] = {}
-    for s in specs:
-        key = _artifact_key(s.artifact)
-        if key not in code_by_artifact:
-            ctx.log(f"artifact {s.artifact.get('id')}: resolving {key}")
-            code_by_artifact[key] = resolve_artifact(aws, s, cache)
+        # artifacts: once per distinct artifact, whatever number of functions deploy it;
+        # an ECR repository once whatever number of tags are read from it
+        cache: dict[str, str] = {}
+        for s_ in states.values():
+            cache.update(s_.artifacts)
+        code_by_artifact: dict[str, dict] = {}
+        ecr_repos: dict = {}
+        for s in specs:
+            key = _artifact_key(s.artifact)
+            if key not in code_by_artifact:
+                ctx.log(f"artifact {s.artifact.get('id')}: resolving {key}")
+                code_by_artifact[key] = resolve_artifact(aws, s, cache, ecr_repos)
 
-    accounts: dict[tuple, str] = {}
-    for s in specs:
-        if s.account:
-            k = (s.region, (s.connector or {}).get("role_arn"))
-            if k not in accounts:
-                accounts[k] = caller_account(aws, s.region, s.connector)
-            if accounts[k] != s.account:
-                raise ConfigError(f"FunctionName ARN is in account {s.account} but the credentials for {s.target} are for account {accounts[k]}",
-                                  *_split_source(s.source))
+        accounts: dict[tuple, str] = {}
+        for s in specs:
+            if s.account:
+                k = (s.region, (s.connector or {}).get("role_arn"))
+                if k not in accounts:
+                    accounts[k] = caller_account(aws, s.region, s.connector)
+                if accounts[k] != s.account:
+                    raise ConfigError(f"FunctionName ARN is in account {s.account} but the credentials for {s.target} are for account {accounts[k]}",
+                                      *_split_source(s.source))
 
-    plan = Plan(functions=[], created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                workspace=str(ctx.workspace), prune=prune)
-    for key, s_ in sorted(states.items()):
-        plan.state_refs[str(s_.path)] = s_.ref
-    for s in sorted(specs, key=lambda x: (x.environment, x.infrastructure, x.name)):
-        state = states[(s.environment, s.infrastructure)]
-        ctx.log(f"refreshing {s.name} ({s.region})")
-        live = refresh_function(aws, s.region, s.connector, s.name)
-        code = code_by_artifact[_artifact_key(s.artifact)]
-        fp = plan_function(s, state.functions.get(s.name), live, code, str(state.path))
-        if fp.publish and fp.action == "update":
-            versions = Lambda(aws, s.region, s.connector).list_versions(s.name)
-            numbers = [int(v["Version"]) for v in versions if str(v.get("Version", "")).isdigit()]
-            fp.next_version = str(max(numbers, default=0) + 1)
-            for c in fp.changes:
-                if c.new == "(new)":
-                    c.new = fp.next_version
-        plan.functions.append(fp)
+        ordered = sorted(specs, key=lambda x: (x.environment, x.infrastructure, x.name))
+        # functions recorded in state that no target of the workspace deploys any more
+        orphans: list[tuple[str, dict, st.State, str, str]] = []
+        every = set(targets(ws, Options()))
+        for (env, infra), state in sorted(states.items()):
+            desired_names = {s.name for s in specs if (s.environment, s.infrastructure) == (env, infra)}
+            for name, rec in sorted(state.functions.items()):
+                if name in desired_names:
+                    continue
+                still = any(t.service == rec.get("service") and t.environment == env and t.infrastructure == infra for t in every)
+                if still:
+                    continue  # another service's function, or one outside the selection
+                orphans.append((name, rec, state, env, infra))
 
-    # functions recorded in state that no target of the workspace deploys any more
-    every = set(targets(ws, Options()))
-    for (env, infra), state in sorted(states.items()):
-        desired_names = {s.name for s in specs if (s.environment, s.infrastructure) == (env, infra)}
-        for name, rec in sorted(state.functions.items()):
-            if name in desired_names:
-                continue
-            still = any(t.service == rec.get("service") and t.environment == env and t.infrastructure == infra for t in every)
-            if still:
-                continue  # another service's function, or one outside the selection
-            live = refresh_function(aws, rec.get("region") or state.region, rec.get("connector"), name)
+        wants = [Want(s.region, s.connector, s.name) for s in ordered]
+        wants += [Want(rec.get("region") or state.region, rec.get("connector"), name) for name, rec, state, _, _ in orphans]
+        ctx.log(f"refreshing {len(wants)} function(s)")
+        lives, _ = refresh_all(aws, wants, ctx.parallelism, ctx.progress)
+
+    with ctx.stats.phase("plan"):
+        plan = Plan(functions=[], created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    workspace=str(ctx.workspace), prune=prune)
+        for key, s_ in sorted(states.items()):
+            plan.state_refs[str(s_.path)] = s_.ref
+        for s, live in zip(ordered, lives):
+            state = states[(s.environment, s.infrastructure)]
+            code = code_by_artifact[_artifact_key(s.artifact)]
+            plan.functions.append(plan_function(s, state.functions.get(s.name), live, code, str(state.path),
+                                                interrupted=interrupted_deployment(state.history, s.name)))
+
+        # the next version number, read only for the functions that publish (published
+        # versions are immutable: for the others what the state records is trusted)
+        publishing = [(fp, s) for fp, s in zip(plan.functions, ordered) if fp.publish and fp.action == "update"]
+
+        def versions_of(item) -> list[dict]:
+            fp, s = item
+            return Lambda(aws, s.region, s.connector).list_versions(s.name)
+
+        # the next version number; or, converging an apply that was killed after it
+        # published, that version (reused, not published again)
+        for (fp, s), versions in zip(publishing, parallel_map(versions_of, publishing, ctx.parallelism)):
+            history = states[(s.environment, s.infrastructure)].history
+            number_versions(fp, versions, interrupted_deployment(history, s.name))
+
+        for (name, rec, state, env, infra), live in zip(orphans, lives[len(ordered):]):
             plan.functions.append(orphan(name, rec, live, prune, str(state.path), env, infra))
     return plan
 

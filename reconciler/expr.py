@@ -28,6 +28,8 @@ class Scope:
     env_variables: dict[str, Any] = field(default_factory=dict)
     # variable values may hold expressions themselves; resolve them lazily
     resolve_variable: Callable[[str, Any], Any] | None = None
+    # `<+provisioner.NAME>`: the infrastructure's provisioner outputs (reconciler.provision)
+    provisioner: Callable[[str], Any] | None = None
 
     def names(self) -> list[str]:
         return (
@@ -53,6 +55,10 @@ class Scope:
                     raise KeyError(f"<+{e}> names no variable", did_you_mean(name, table))
                 value = table[name]
                 return self.resolve_variable(name, value) if self.resolve_variable else value
+        if e.startswith("provisioner."):
+            if self.provisioner is None:
+                raise KeyError(f"<+{e}>: no provisioner outputs here", "give them with --provisioner-outputs FILE or the infrastructure's spec.provisioner")
+            return self.provisioner(e[len("provisioner."):])
         if e.startswith("secrets.getValue"):
             raise KeyError(f"<+{e}>: secrets are not supported by this version; pass the value with --var", None)
         raise KeyError(f"unknown expression <+{e}>", did_you_mean(e, self.names()))

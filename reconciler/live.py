@@ -40,6 +40,9 @@ RESET = {
     "ImageConfig": {},
 }
 VOLATILE = ("State", "StateReason", "StateReasonCode", "LastUpdateStatus", "LastUpdateStatusReason", "LastUpdateStatusReasonCode", "ResponseMetadata")
+# What GetFunction gives and ListFunctions does not (AWS: "ListFunctions returns a subset
+# of the FunctionConfiguration fields"): a snapshot made from either compares equal.
+GET_ONLY = VOLATILE + ("RuntimeVersionConfig",)
 UNORDERED = {("VpcConfig", "SubnetIds"), ("VpcConfig", "SecurityGroupIds")}
 
 
@@ -101,7 +104,10 @@ def user_tags(tags: dict | None) -> dict:
 
 
 def snapshot(get_function: dict | None, aliases: dict[str, dict]) -> dict:
-    """Everything about a live function that a plan or a rollback needs."""
+    """Everything about a live function that a plan or a rollback needs: from a
+    GetFunction response, or {"Configuration": <a ListFunctions entry>, "Tags": ...}
+    (then without image_uri, which only apply and rollback use; they read the function
+    with GetFunction before changing it)."""
     if get_function is None:
         return {"exists": False}
     conf = get_function["Configuration"]
@@ -129,5 +135,5 @@ def fingerprint(snap: dict) -> str:
         return "absent"
     keep = {k: snap.get(k) for k in ("code_sha256", "revision_id", "last_modified", "tags", "aliases")}
     # the configuration itself too: LastModified and RevisionId do not move everywhere
-    keep["configuration"] = {k: v for k, v in (snap.get("configuration") or {}).items() if k not in VOLATILE}
+    keep["configuration"] = {k: v for k, v in (snap.get("configuration") or {}).items() if k not in GET_ONLY}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -46,6 +46,7 @@ class FunctionSpec:
     connector: dict | None = None  # {"identifier", "role_arn", "external_id"} or None for the default chain
     account: str | None = None  # from a FunctionName ARN, checked against the caller
     source: str = ""  # file:line of the function definition
+    allow_simultaneous: bool = False  # infrastructureDefinition.allowSimultaneousDeployments
 
     @property
     def target(self) -> Target:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from deepdiff import DeepDiff
-
 from reconciler.adopt import owner_conflict
 from reconciler.errors import ReconcilerError
 from reconciler.live import DEFAULTS, RESET, alias_view, canonical, fingerprint, project, user_tags
@@ -22,6 +20,8 @@ ABSENT = None
 def _deeper_kwargs() -> dict:
     import inspect
 
+    from deepdiff import DeepDiff
+
     try:
         params = inspect.signature(DeepDiff.__init__).parameters
     except (TypeError, ValueError):
@@ -29,7 +29,7 @@ def _deeper_kwargs() -> dict:
     return {"threshold_to_diff_deeper": 0} if "threshold_to_diff_deeper" in params else {}
 
 
-_DEEPER = _deeper_kwargs()
+_DEEPER: dict | None = None  # computed on first use: deepdiff (and numpy) load only when something differs
 
 
 def diff_values(kind: str, old: Any, new: Any, prefix: str = "") -> list[Change]:
@@ -40,6 +40,11 @@ def diff_values(kind: str, old: Any, new: Any, prefix: str = "") -> list[Change]
         return [Change(kind, prefix, old, new)]
     # leaf by leaf: deepdiff >= 8 otherwise reports two dicts sharing few keys as one
     # whole-value change at their root (an unreadable, unmaskable "{} → {...}")
+    global _DEEPER
+    from deepdiff import DeepDiff
+
+    if _DEEPER is None:
+        _DEEPER = _deeper_kwargs()
     dd = DeepDiff(old, new, view="tree", ignore_order=False, verbose_level=2, **_DEEPER)
     out: dict[str, Change] = {}
     for report in dd.values():
@@ -78,16 +83,48 @@ def desired_config(spec: FunctionSpec, recorded: dict | None) -> tuple[dict, lis
     return config, notes
 
 
-def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: dict, state_file: str) -> FunctionPlan:
+# a deployment record in one of these states has no process finishing it once its
+# process is gone: "rolling_back" is an apply that failed and was putting things back
+IN_FLIGHT = ("in_progress", "rolling_back")
+
+
+def publish_description(deployment_id: str) -> str:
+    """The description of a version an apply publishes: it names the deployment, so a
+    version published by an apply that was then killed is recognised and reused."""
+    return f"reconciler {deployment_id}"
+
+
+def interrupted_deployment(history: list[dict], name: str) -> dict | None:
+    """The deployment of this function that started and never recorded an outcome (its
+    process was killed), if the last one recorded for it is such."""
+    last = next((h for h in reversed(history or []) if h.get("function") == name and h.get("operation") in ("apply", "rollback")), None)
+    return last if last is not None and last.get("status") in IN_FLIGHT else None
+
+
+def interrupted_note(record: dict) -> str:
+    steps = record.get("steps") or []
+    after = f"after step '{steps[-1]['step']}'" if steps else "before it recorded any step"
+    if record.get("status") == "rolling_back":
+        after = f"while rolling back (it failed: {record.get('error')})"
+    return f"an {record.get('operation', 'apply')} started at {record.get('started_at')} was interrupted {after}; this plan converges it"
+
+
+def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: dict, state_file: str,
+                  interrupted: dict | None = None) -> FunctionPlan:
     """One function's plan. `recorded` is its entry in state (or None), `live` a
-    live.snapshot(), `code` the resolved artifact ({"sha256", "source", ...})."""
+    live.snapshot(), `code` the resolved artifact ({"sha256", "source", ...}),
+    `interrupted` the in-flight record of a deployment that was killed (see
+    interrupted_deployment): the plan then converges what it left half done."""
     fp = FunctionPlan(
         name=spec.name, service=spec.service, environment=spec.environment, infrastructure=spec.infrastructure,
         region=spec.region, action="noop", desired=spec.to_dict(), code=code, live_fingerprint=fingerprint(live),
         state_file=state_file,
     )
     config, fp.notes = desired_config(spec, recorded)
-    if recorded and live.get("exists"):
+    if interrupted:
+        fp.notes.insert(0, interrupted_note(interrupted))
+    if recorded and live.get("exists") and not interrupted:
+        # (after a killed apply, Lambda differs from the state by what that apply did: not drift)
         fp.drift = drift(recorded, live)
     elif recorded and not live.get("exists"):
         fp.drift = [Change("function", spec.name, "exists", None, "delete")]
@@ -120,8 +157,13 @@ def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: d
         changes.append(Change("code", "Architectures", live.get("architectures"), spec.architectures))
     changes.extend(diff_values("config", project(live["configuration"], config), config))
     fp.publish = bool(changes)
-    if recorded is None:
+    if recorded is None and not interrupted:
         fp.notes.append("the function exists in Lambda but not in the state: it will be adopted")
+    if interrupted and interrupted.get("operation") == "apply" and interrupted.get("publish", True):
+        # the killed apply was to publish a version: $LATEST may hold changes no version has
+        # yet, or the version may be published and the aliases not moved. number_versions()
+        # reuses a version the killed apply published; otherwise exactly one is published.
+        fp.publish = True
 
     # tags are not versioned: they change without a publish
     managed = set(spec.tags) | set((recorded or {}).get("tags", {}))
@@ -154,8 +196,43 @@ def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: d
     fp.changes = changes
     if fp.publish:
         fp.changes.append(Change("version", "publish", current, "(new)", "create"))
-    fp.action = "update" if changes else "noop"
+    # a killed deployment is converged even when Lambda already holds everything: the
+    # apply records the outcome (and closes the interrupted record)
+    fp.action = "update" if changes or interrupted else "noop"
     return fp
+
+
+def number_versions(fp: FunctionPlan, versions: list[dict], interrupted: dict | None = None) -> None:
+    """Fill in the version a publishing update will get, from the function's published
+    versions (ListVersionsByFunction). When converging an interrupted apply that already
+    published its version (its description names that deployment, its code is the desired
+    code) and nothing changed since, that version is reused instead of publishing another."""
+    published = [v for v in versions if str(v.get("Version", "")).isdigit()]
+    newest = max(published, key=lambda v: int(v["Version"]), default=None)
+    fp.next_version = str(int(newest["Version"]) + 1) if newest else "1"
+    reuse = None
+    if (interrupted and newest is not None and newest.get("Description") == publish_description(interrupted.get("id", ""))
+            and newest.get("CodeSha256") == (fp.code or {}).get("sha256")
+            and not any(c.kind in ("code", "config") for c in fp.changes)):
+        reuse = str(newest["Version"])
+    if reuse is None:
+        for c in fp.changes:
+            if c.new == "(new)":
+                c.new = fp.next_version
+        return
+    fp.publish = False
+    fp.next_version = reuse
+    changes = []
+    for c in fp.changes:
+        if c.kind == "version" and c.path == "publish":
+            changes.append(Change("version", "reuse", c.old, reuse, "update"))
+            continue
+        if c.new == "(new)":
+            if c.kind == "alias" and c.old == reuse:
+                continue  # the killed apply already moved it
+            c.new = reuse
+        changes.append(c)
+    fp.changes = changes
 
 
 def _source(spec: FunctionSpec) -> tuple:

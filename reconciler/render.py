@@ -27,6 +27,14 @@ class Options:
     infrastructures: list[str] = field(default_factory=list)
     variables: dict[str, str] = field(default_factory=dict)  # --var NAME=VALUE
     artifact: str | None = None  # --artifact ID
+    # <+provisioner.NAME>: {"outputs", "source", "live"} (reconciler.provision); the CLI sets the defaults
+    provisioner: dict = field(default_factory=lambda: _provisioner_defaults())
+
+
+def _provisioner_defaults() -> dict:
+    from reconciler.provision import defaults
+
+    return defaults()
 
 
 @dataclass
@@ -45,27 +53,7 @@ def targets(ws: Workspace, opts: Options) -> list[Target]:
     if ws.pipelines:
         for pipe in ws.pipelines.values():
             for path, stage in pipeline_stages(pipe):
-                spec = stage.get("spec") or {}
-                if spec.get("deploymentType") not in (None, "AwsLambda"):
-                    continue
-                svc = _stage_ref((spec.get("service") or {}).get("serviceRef"), opts.services, pipe, path, "serviceRef")
-                env_spec = spec.get("environment") or {}
-                env = _stage_ref(env_spec.get("environmentRef"), opts.environments, pipe, path, "environmentRef")
-                if env_spec.get("deployToAll"):
-                    infras = [i for (e, i) in ws.infrastructures if e == env]
-                elif is_runtime_input(env_spec.get("infrastructureDefinitions")):
-                    infras = [_stage_ref(env_spec["infrastructureDefinitions"], opts.infrastructures, pipe, path, "infrastructureDefinitions")]
-                else:
-                    infras = []
-                    for ref in env_spec.get("infrastructureDefinitions") or []:
-                        ident = ref.get("identifier") if isinstance(ref, dict) else None
-                        if ident:
-                            infras.append(_stage_ref(ident, opts.infrastructures, pipe, path, "infrastructureDefinitions"))
-                for infra in infras:
-                    if (env, infra) not in ws.infrastructures:  # a runtime-input environment, chosen with -e
-                        raise pipe.error(path, f"the stage deploys to infrastructure '{infra}' of environment '{env}', which is not defined",
-                                         did_you_mean(infra, [i for (e, i) in ws.infrastructures if e == env]))
-                    found.append(Target(svc, env, infra))
+                found.extend(stage_targets(ws, pipe, path, stage, opts))
     else:
         for svc in ws.services:
             for (env, infra) in ws.infrastructures:
@@ -81,6 +69,34 @@ def targets(ws: Workspace, opts: Options) -> list[Target]:
         listing = "; ".join(str(t) for t in everything) or "none (define a service and an infrastructureDefinition)"
         raise ConfigError(f"the selection matches no target; targets in this workspace: {listing}")
     return chosen
+
+
+def stage_targets(ws: Workspace, pipe: Entity, path, stage: dict, opts: Options) -> list[Target]:
+    """The targets one Deployment stage deploys to (every infrastructure of the environment
+    with deployToAll: true), before -s/-e/-i narrow them."""
+    spec = stage.get("spec") or {}
+    if spec.get("deploymentType") not in (None, "AwsLambda"):
+        return []
+    svc = _stage_ref((spec.get("service") or {}).get("serviceRef"), opts.services, pipe, path, "serviceRef")
+    env_spec = spec.get("environment") or {}
+    env = _stage_ref(env_spec.get("environmentRef"), opts.environments, pipe, path, "environmentRef")
+    if env_spec.get("deployToAll") is True or str(env_spec.get("deployToAll")).lower() == "true":
+        infras = sorted(i for (e, i) in ws.infrastructures if e == env)
+    elif is_runtime_input(env_spec.get("infrastructureDefinitions")):
+        infras = [_stage_ref(env_spec["infrastructureDefinitions"], opts.infrastructures, pipe, path, "infrastructureDefinitions")]
+    else:
+        infras = []
+        for ref in env_spec.get("infrastructureDefinitions") or []:
+            ident = ref.get("identifier") if isinstance(ref, dict) else None
+            if ident:
+                infras.append(_stage_ref(ident, opts.infrastructures, pipe, path, "infrastructureDefinitions"))
+    found = []
+    for infra in infras:
+        if (env, infra) not in ws.infrastructures:  # a runtime-input environment, chosen with -e
+            raise pipe.error(path, f"the stage deploys to infrastructure '{infra}' of environment '{env}', which is not defined",
+                             did_you_mean(infra, [i for (e, i) in ws.infrastructures if e == env]))
+        found.append(Target(svc, env, infra))
+    return found
 
 
 def _check_selectors(ws: Workspace, opts: Options) -> None:
@@ -189,6 +205,24 @@ def render(ws: Workspace, opts: Options) -> Rendered:
 
 def render_target(ws: Workspace, t: Target, opts: Options, warnings: list[str]) -> FunctionSpec:
     svc = ws.services[t.service]
+    infra = ws.infrastructures[(t.environment, t.infrastructure)]
+    scope = target_scope(ws, t, opts)
+    region = scope.fixed["infra.region"]
+
+    sd_spec = svc.body["serviceDefinition"].get("spec") or {}
+    base = ("serviceDefinition", "spec")
+    artifact = _artifact(ws, svc, sd_spec, base, scope, opts, t)
+    fdef_doc, alias_docs = _manifests(ws, svc, sd_spec, base, scope)
+    connector = _connector(ws, infra.body["spec"].get("connectorRef"))
+    return _function_spec(t, svc, infra, scope, region, artifact, fdef_doc, alias_docs, connector, warnings)
+
+
+def target_scope(ws: Workspace, t: Target, opts: Options) -> Scope:
+    """What expressions see for one target: variables by precedence, entity fields,
+    provisioner outputs and the resolved `infra.region`."""
+    from reconciler.provision import resolver
+
+    svc = ws.services[t.service]
     env = ws.environments[t.environment]
     infra = ws.infrastructures[(t.environment, t.infrastructure)]
     errors: list[ReconcilerError] = []
@@ -243,16 +277,15 @@ def render_target(ws: Workspace, t: Target, opts: Options, warnings: list[str]) 
         finally:
             resolving.pop()
 
-    scope = Scope(fixed=fixed, service_variables=merged, env_variables=env_scope, resolve_variable=resolve_variable)
+    scope = Scope(fixed=fixed, service_variables=merged, env_variables=env_scope, resolve_variable=resolve_variable,
+                  provisioner=resolver(ws, infra, opts.provisioner))
     region = resolve_string(str(region_raw), scope, lambda: (infra.file, infra.line("spec", "region")))
     scope.fixed["infra.region"] = region
+    return scope
 
-    sd_spec = svc.body["serviceDefinition"].get("spec") or {}
-    base = ("serviceDefinition", "spec")
-    artifact = _artifact(ws, svc, sd_spec, base, scope, opts, t)
-    fdef_doc, alias_docs = _manifests(ws, svc, sd_spec, base, scope)
-    connector = _connector(ws, infra.body["spec"].get("connectorRef"))
 
+def _function_spec(t: Target, svc: Entity, infra: Entity, scope: Scope, region: str, artifact: dict | None, fdef_doc: Doc,
+                   alias_docs: list[Doc], connector: dict | None, warnings: list[str]) -> FunctionSpec:
     # the function definition, rendered and checked against CreateFunction
     fdata = resolve_tree(fdef_doc.data, scope, fdef_doc)
     if not isinstance(fdata, dict):
@@ -337,6 +370,7 @@ def render_target(ws: Workspace, t: Target, opts: Options, warnings: list[str]) 
         create_only=create_only,
         connector=connector,
         account=account,
+        allow_simultaneous=str(infra.body.get("allowSimultaneousDeployments", False)).strip().lower() == "true",
         source=where,
     )
 

@@ -77,25 +77,34 @@ def prepare(ctx, aws, to_version: str | None = None, functions: list[str] | None
 
 
 def execute(ctx, aws, steps: list[Step], log: Callable[[str], None], lock_timeout: float = 0) -> None:
-    from pathlib import Path
+    from contextlib import ExitStack
 
-    from reconciler.apply import restore
+    from reconciler.apply import close_interrupted, function_lock, restore
     from reconciler.engine import refresh_function
     from reconciler.live import project
 
     for step in steps:
-        with st.locked(Path(step.state_path), "rollback", timeout=lock_timeout):
+        with ExitStack() as stack:
+            path = st.state_path(ctx.state_dir, step.environment, step.infrastructure)
+            stack.enter_context(st.locked(path, "rollback", timeout=lock_timeout))
+            # also the function's own lock: an apply with allowSimultaneousDeployments holds
+            # only that one while it deploys
+            stack.enter_context(function_lock(path, step.function, "rollback", timeout=lock_timeout))
             state = st.load(ctx.state_dir, step.environment, step.infrastructure)
             rec = state.functions.get(step.function, {})
             record = {"id": str(uuid.uuid4()), "function": step.function, "service": rec.get("service"), "operation": "rollback",
                       "status": "in_progress", "started_at": st.now(), "finished_at": None, "version": step.target.get("version"),
-                      "code_sha256": step.target.get("code_sha256"), "previous": {"exists": True, **{k: rec.get(k) for k in ("version", "code_sha256", "aliases")}}}
+                      "code_sha256": step.target.get("code_sha256"), "previous": {"exists": True, **{k: rec.get(k) for k in ("version", "code_sha256", "aliases")}},
+                      "steps": []}
+            for h in close_interrupted(state, step.function, record):
+                log(f"{step.function}: the {h.get('operation')} started at {h.get('started_at')} was interrupted; rolling back over it")
             state.history.append(record)
             state.write()
             try:
                 restore(aws, step.function, step.region, step.connector, step.target, log)
-            except ReconcilerError as exc:
-                record.update(status="failed", finished_at=st.now(), error=str(exc))
+            except BaseException as exc:  # noqa: BLE001 - Ctrl-C too: never leave the record in_progress
+                reason = str(exc) if isinstance(exc, ReconcilerError) else "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+                record.update(status="failed", finished_at=st.now(), error=reason)
                 state.write()
                 raise
             live = refresh_function(aws, step.region, step.connector, step.function)

@@ -86,6 +86,8 @@ def _change_line(c: Change) -> str:
             return f"alias {c.path}: {fmt(c.old)} → {fmt(c.new)}"
         return f"alias {c.path}: version {c.old} → {c.new}"
     if c.kind == "version":
+        if c.path == "reuse":
+            return f"use version {c.new}, already published by the interrupted apply" + (f" (current {c.old})" if c.old else "")
         return f"publish version {c.new}" + (f" (current {c.old})" if c.old else "")
     if c.action == "create":
         return f"{c.path}: {fmt(c.new)}" if c.kind == "config" and c.old is None else f"{c.path}: (none) → {fmt(c.new)}"

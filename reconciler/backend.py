@@ -1,0 +1,736 @@
+"""State backends: where the state of each infrastructure definition lives and how it is locked.
+
+- `local` (the default): `<state-dir>/<environment>/<infrastructure>.json`, written
+  atomically with a `.backup` copy, locked with filelock (`.lock` + `.lock.info`).
+- `s3`: `s3://<bucket>/<key_prefix>/<environment>/<infrastructure>.json`, the same JSON.
+  Writes are conditional on the version read (`If-Match: <ETag>`, or `If-None-Match: *`
+  for a new object), so a concurrent writer is detected, never overwritten. Locked with
+  an S3 lock object `<key>.lock` created with `If-None-Match: *` (as Terraform >= 1.10),
+  or with a DynamoDB table (hash key `LockID`, conditional put `attribute_not_exists`).
+
+The backend is configured from `reconciler.yaml` at the workspace root, then the
+`RECONCILER_BACKEND_*` environment variables, then `--backend-config KEY=VALUE`
+(highest). `configure()` is called once per command by the CLI; reconciler.state
+routes every read, write and lock through `current()`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterator
+
+from reconciler.errors import ConfigError, LockError, ReconcilerError
+
+CONFIG_FILE = "reconciler.yaml"
+ENV_PREFIX = "RECONCILER_BACKEND_"
+KEYS = ("type", "bucket", "key_prefix", "region", "lock", "table")
+TYPES = ("local", "s3")
+LOCKS = ("s3", "dynamodb")
+LOCK_POLL_SECONDS = 0.5
+
+
+class StateConflictError(ReconcilerError):
+    """The state changed between this run's read and its write: another writer, not holding
+    the lock, wrote it. Nothing was overwritten."""
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    type: str = "local"
+    bucket: str | None = None
+    key_prefix: str = "reconciler"
+    region: str | None = None
+    lock: str = "s3"
+    table: str | None = None
+    sources: dict = field(default_factory=dict, compare=False, repr=False)  # key → where its value came from
+
+
+def read_config(workspace: Path | str = ".", overrides: list[str] | tuple = (), environ: dict | None = None) -> BackendConfig:
+    """The backend configuration: defaults < reconciler.yaml < RECONCILER_BACKEND_* < --backend-config."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    path = Path(workspace) / CONFIG_FILE
+    if path.is_file():
+        from reconciler.errors import did_you_mean
+        from reconciler.yamlsrc import load_yaml_documents
+
+        shown = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read file: {exc}", shown) from None
+        docs = load_yaml_documents(text, shown)
+        if len(docs) > 1:
+            raise ConfigError(f"expected one document, found {len(docs)}", shown, 1)
+        doc = docs[0] if docs else None
+        if doc is not None:
+            if not isinstance(doc.data, dict):
+                raise doc.error((), "expected a mapping with a 'backend' key")
+            for k in doc.data:
+                if k != "backend":
+                    raise doc.error((k,), f"unknown key '{k}'", did_you_mean(str(k), ["backend"]))
+            be = doc.data.get("backend")
+            if be is not None and not isinstance(be, dict):
+                raise doc.error(("backend",), "'backend' must be a mapping (type, bucket, key_prefix, region, lock, table)")
+            for k, v in (be or {}).items():
+                if k not in KEYS:
+                    raise doc.error(("backend", k), f"unknown backend key '{k}'", did_you_mean(str(k), KEYS))
+                if v is None:
+                    continue
+                if isinstance(v, (dict, list)):
+                    raise doc.error(("backend", k), f"backend.{k} must be a string")
+                values[k] = str(v)
+                line = doc.line(("backend", k))
+                sources[k] = f"{shown}:{line}" if line else shown
+    for k in KEYS:
+        v = environ.get(ENV_PREFIX + k.upper())
+        if v:
+            values[k] = v
+            sources[k] = ENV_PREFIX + k.upper()
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"--backend-config '{item}' is not KEY=VALUE (keys: {', '.join(KEYS)})")
+        k, v = item.split("=", 1)
+        k = k.strip().replace("-", "_")
+        if k not in KEYS:
+            from reconciler.errors import did_you_mean
+
+            raise ConfigError(f"--backend-config: unknown key '{k}'", hint=did_you_mean(k, KEYS))
+        values[k] = v.strip()
+        sources[k] = "--backend-config"
+    cfg = BackendConfig(**{k: v for k, v in values.items()}, sources=sources)
+    return _validated(cfg)
+
+
+def _validated(cfg: BackendConfig) -> BackendConfig:
+    def bad(key: str, message: str) -> ConfigError:
+        src = cfg.sources.get(key)
+        if not src:
+            return ConfigError(message)
+        if src == "--backend-config" or src.startswith(ENV_PREFIX):
+            return ConfigError(f"{src}: {message}")
+        file, _, line = src.rpartition(":")
+        return ConfigError(message, file, int(line)) if line.isdigit() else ConfigError(message, src)
+
+    if cfg.type not in TYPES:
+        raise bad("type", f"backend type must be one of {', '.join(TYPES)}, not '{cfg.type}'")
+    if cfg.type == "s3":
+        if not cfg.bucket:
+            raise ConfigError("the s3 backend needs a bucket: backend.bucket in reconciler.yaml, RECONCILER_BACKEND_BUCKET "
+                              "or --backend-config bucket=NAME")
+        if cfg.lock not in LOCKS:
+            raise bad("lock", f"backend lock must be one of {', '.join(LOCKS)}, not '{cfg.lock}'")
+        if cfg.lock == "dynamodb" and not cfg.table:
+            raise bad("lock", "lock: dynamodb needs a table (backend.table, RECONCILER_BACKEND_TABLE or --backend-config table=NAME)")
+    return cfg
+
+
+# ---------------------------------------------------------------- the current backend
+
+_current: "Backend | None" = None
+
+
+def current() -> "Backend":
+    """The backend configured for this command (the local backend unless configured)."""
+    global _current
+    if _current is None:
+        _current = LocalBackend()
+    return _current
+
+
+def use(backend: "Backend | None") -> "Backend | None":
+    """Make `backend` current (None: back to the default); returns the previous one."""
+    global _current
+    previous, _current = _current, backend
+    return previous
+
+
+def make(cfg: BackendConfig) -> "Backend":
+    return S3Backend(cfg) if cfg.type == "s3" else LocalBackend()
+
+
+def configure(workspace: Path | str = ".", overrides: list[str] | tuple = ()) -> "Backend":
+    """Read the configuration for this workspace and make its backend current."""
+    backend = make(read_config(workspace, overrides))
+    use(backend)
+    return backend
+
+
+# ---------------------------------------------------------------- lock records
+
+log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _where() -> str:
+    """The CI job holding the lock when there is one, else host:working directory."""
+    e = os.environ
+    if e.get("GITHUB_RUN_ID") and e.get("GITHUB_REPOSITORY"):
+        return f"{e.get('GITHUB_SERVER_URL', 'https://github.com')}/{e['GITHUB_REPOSITORY']}/actions/runs/{e['GITHUB_RUN_ID']}"
+    for var in ("CI_JOB_URL", "BUILD_URL", "CIRCLE_BUILD_URL"):
+        if e.get(var):
+            return e[var]
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = "?"
+    return f"{socket.gethostname()}:{cwd}"
+
+
+def lock_info(operation: str, path: str) -> dict:
+    """What a lock records: never a credential."""
+    return {"id": str(uuid.uuid4()), "who": _who(), "where": _where(), "pid": os.getpid(), "operation": operation,
+            "created": _now(), "path": path}
+
+
+def describe_holder(holder: dict) -> str:
+    return ", ".join(f"{k}={holder[k]}" for k in ("id", "who", "where", "operation", "created") if holder.get(k)) or "unknown holder"
+
+
+def _now() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+LOCK_HINT = "wait with --lock-timeout, or if its runner died: reconciler force-unlock ID"
+
+
+def _target_of(path: Any) -> tuple[str, str]:
+    """(environment, infrastructure) of a state path, local or remote."""
+    p = PurePosixPath(str(path).replace("\\", "/"))
+    name = p.name
+    return p.parent.name, name[: -len(".json")] if name.endswith(".json") else p.stem
+
+
+# ---------------------------------------------------------------- backends
+
+
+class Backend:
+    """What reconciler.state needs from a backend."""
+
+    type = "?"
+
+    def describe(self, state_dir: Path | None = None) -> str:
+        raise NotImplementedError
+
+    def state_path(self, state_dir: Path, environment: str, infrastructure: str):
+        raise NotImplementedError
+
+    def read(self, path) -> tuple[str | None, Any]:
+        """(text, version token) of one state, (None, None) when there is none."""
+        raise NotImplementedError
+
+    def write(self, path, text: str, expected: Any, unbumped: tuple[str, int] | None) -> Any:
+        """Replace the state if it is still at `expected` (None: must not exist); returns the new token."""
+        raise NotImplementedError
+
+    def targets(self, state_dir: Path) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+    def lock(self, path, operation: str, timeout: float = 0):
+        raise NotImplementedError
+
+    def force_unlock(self, state_dir: Path, lock_id: str):
+        raise NotImplementedError
+
+    def unreadable_hint(self, path) -> str | None:
+        return None
+
+
+class LocalBackend(Backend):
+    """One JSON file per infrastructure below the state directory."""
+
+    type = "local"
+
+    def describe(self, state_dir: Path | None = None) -> str:
+        return f"local ({state_dir})" if state_dir else "local"
+
+    def state_path(self, state_dir: Path, environment: str, infrastructure: str) -> Path:
+        return Path(state_dir) / environment / f"{infrastructure}.json"
+
+    def read(self, path) -> tuple[str | None, Any]:
+        path = Path(path)
+        try:
+            return path.read_text(encoding="utf-8"), None
+        except FileNotFoundError:
+            return None, None
+
+    def unreadable_hint(self, path) -> str | None:
+        path = Path(path)
+        return f"restore it from {path.name}.backup" if path.with_name(path.name + ".backup").exists() else None
+
+    @staticmethod
+    def peek(path: Path) -> tuple[str, int] | None:
+        """(lineage, serial) of the file on disk, None if there is none: the head of the file
+        is enough (to_dict writes them first); a hand-formatted file is parsed whole."""
+        try:
+            with open(path, "rb") as f:
+                head = f.read(512).decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+        m = re.match(r'\{\s*"format_version":\s*\d+,\s*"lineage":\s*"([^"]*)",\s*"serial":\s*(\d+)\s*,', head)
+        if m:
+            return m.group(1), int(m.group(2))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return str(data.get("lineage")), int(data.get("serial"))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return ("?", -1)
+
+    def write(self, path, text: str, expected: Any, unbumped: tuple[str, int] | None) -> Any:
+        """Atomic replace (temp file, fsync, rename) keeping the previous copy as .backup,
+        after checking that the file is still the one this run read (lineage + serial)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        on_disk = self.peek(path)
+        if on_disk != expected:
+            raise StateConflictError(_conflict_message(expected, on_disk), str(path), hint=CONFLICT_HINT)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if on_disk is not None:
+            _copy_atomic(path, path.with_name(path.name + ".backup"))
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        return None  # the caller records (lineage, serial) as the new version
+
+    def targets(self, state_dir: Path) -> list[tuple[str, str]]:
+        root = Path(state_dir)
+        if not root.is_dir():
+            return []
+        return [(env_dir.name, f.stem) for env_dir in sorted(p for p in root.iterdir() if p.is_dir())
+                for f in sorted(env_dir.glob("*.json"))]
+
+    @contextmanager
+    def lock(self, path, operation: str, timeout: float = 0) -> Iterator[str]:
+        """Hold the state file's lock (filelock) for one operation; say who holds it otherwise."""
+        from filelock import FileLock, Timeout
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path.with_name(path.name + ".lock")))
+        info_path = path.with_name(path.name + ".lock.info")
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            holder = {}
+            try:
+                holder = json.loads(info_path.read_text())
+            except (OSError, ValueError):
+                pass
+            raise LockError(f"state is locked ({describe_holder(holder)})", str(path), hint=LOCK_HINT) from None
+        info = lock_info(operation, str(path))
+        try:
+            info_path.write_text(json.dumps(info))
+            yield info["id"]
+        finally:
+            try:
+                info_path.unlink()
+            except OSError:
+                pass
+            lock.release()
+
+    def force_unlock(self, state_dir: Path, lock_id: str) -> Path:
+        """Remove the lock record with this ID. A local lock is an OS file lock that dies with
+        its process, so only a record left behind by a dead runner can be removed; a lock
+        still held by a live process is refused with its details."""
+        from filelock import FileLock, Timeout
+
+        root = Path(state_dir)
+        for info_path in sorted(root.glob("*/*.json.lock.info")) if root.is_dir() else []:
+            try:
+                info = json.loads(info_path.read_text())
+            except (OSError, ValueError):
+                continue
+            if info.get("id") != lock_id:
+                continue
+            lock = FileLock(str(info_path.with_name(info_path.name[: -len(".info")])))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                raise LockError(f"lock {lock_id} is held by a running process ({info.get('who')}, pid {info.get('pid')}, "
+                                f"{info.get('operation')}); stop it first", str(info_path)) from None
+            try:
+                info_path.unlink()
+            finally:
+                lock.release()
+            return info_path.with_name(info_path.name[: -len(".lock.info")])
+        raise LockError(f"no lock with ID {lock_id} in {root}")
+
+
+CONFLICT_HINT = "another writer changed it without holding the lock; look at `reconciler history` and run again"
+
+
+def _conflict_message(expected: Any, found: Any) -> str:
+    def fmt(v):
+        if v is None:
+            return "no state"
+        if isinstance(v, tuple):
+            return f"lineage {v[0]} serial {v[1]}"
+        return f"version {v}"
+
+    return f"state changed since this run read it (read {fmt(expected)}, now {fmt(found)}); not overwritten"
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    with open(src, "rb") as r, open(tmp, "wb") as w:
+        w.write(r.read())
+        w.flush()
+        os.fsync(w.fileno())
+    os.replace(tmp, dst)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- S3
+
+
+class RemotePath(PurePosixPath):
+    """`s3://bucket/key` as a path: str() gives the URL; .parent.name / .stem give the
+    environment and infrastructure like a local state path."""
+
+    @classmethod
+    def of(cls, bucket: str, key: str) -> "RemotePath":
+        return cls("s3:", bucket, *key.split("/"))
+
+    def __str__(self) -> str:
+        parts = self.parts
+        return "s3://" + "/".join(parts[1:]) if parts and parts[0] == "s3:" else super().__str__()
+
+    def __fspath__(self) -> str:
+        return str(self)
+
+
+class S3Backend(Backend):
+    """One object per infrastructure: s3://bucket/key_prefix/environment/infrastructure.json."""
+
+    type = "s3"
+
+    def __init__(self, cfg: BackendConfig, session=None):
+        self.cfg = cfg
+        self.bucket = cfg.bucket
+        self.prefix = (cfg.key_prefix or "").strip("/")
+        self._session = session
+        self._clients: dict[str, Any] = {}
+        self._clients_lock = threading.Lock()
+
+    # -- AWS: the default credential chain, as deployments without a connector
+    def client(self, service: str):
+        with self._clients_lock:
+            return self._client(service)
+
+    def _client(self, service: str):
+        if service not in self._clients:
+            import boto3
+            from botocore.config import Config
+
+            session = self._session or boto3.session.Session()
+            region = self.cfg.region or session.region_name or os.environ.get("AWS_REGION")
+            if not region:
+                raise ConfigError("the s3 backend needs a region: backend.region in reconciler.yaml, RECONCILER_BACKEND_REGION "
+                                  "or AWS_REGION / AWS_DEFAULT_REGION")
+            self._clients[service] = session.client(service, region_name=region, config=Config(
+                retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10, read_timeout=60))
+        return self._clients[service]
+
+    @property
+    def s3(self):
+        return self.client("s3")
+
+    def _aws_error(self, what: str, exc: Exception) -> ReconcilerError:
+        from reconciler.errors import AwsError
+
+        code = _code(exc)
+        if code == "NoSuchBucket":
+            return AwsError(f"{what}: the state bucket '{self.bucket}' does not exist", hint="create it, with versioning enabled")
+        if code == "ResourceNotFoundException" and self.cfg.lock == "dynamodb":
+            return AwsError(f"{what}: the lock table '{self.cfg.table}' does not exist",
+                            hint="create it with the string hash key LockID")
+        return AwsError(f"{what}: {exc}")
+
+    def describe(self, state_dir: Path | None = None) -> str:
+        lock = f"DynamoDB table {self.cfg.table}" if self.cfg.lock == "dynamodb" else "S3 lock objects"
+        return f"s3://{self.bucket}/{self.prefix + '/' if self.prefix else ''} (lock: {lock})"
+
+    def key(self, environment: str, infrastructure: str) -> str:
+        return "/".join(p for p in (self.prefix, environment, f"{infrastructure}.json") if p)
+
+    def state_path(self, state_dir: Path, environment: str, infrastructure: str) -> RemotePath:
+        return RemotePath.of(self.bucket, self.key(environment, infrastructure))
+
+    def _key_of(self, path) -> str:
+        return self.key(*_target_of(path))
+
+    def unreadable_hint(self, path) -> str | None:
+        return "restore an earlier version of the object (keep versioning enabled on the bucket)"
+
+    def read(self, path) -> tuple[str | None, Any]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self._key_of(path)
+        try:
+            r = self.s3.get_object(Bucket=self.bucket, Key=key)
+            return r["Body"].read().decode("utf-8"), r["ETag"]
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return None, None
+            raise self._aws_error(f"cannot read the state s3://{self.bucket}/{key}", exc) from None
+        except BotoCoreError as exc:
+            raise self._aws_error(f"cannot read the state s3://{self.bucket}/{key}", exc) from None
+
+    def write(self, path, text: str, expected: Any, unbumped: tuple[str, int] | None) -> Any:
+        """PutObject conditional on the ETag read (If-Match), or on there being no object
+        (If-None-Match: *): a concurrent writer makes S3 refuse the put."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self._key_of(path)
+        cond = {"IfMatch": expected} if expected else {"IfNoneMatch": "*"}
+        try:
+            r = self.s3.put_object(Bucket=self.bucket, Key=key, Body=text.encode("utf-8"), ContentType="application/json", **cond)
+        except ClientError as exc:
+            if _code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "ConditionalRequestConflict", "409"):
+                now = None
+                try:
+                    now_text, _ = self.read(path)
+                    if now_text:
+                        d = json.loads(now_text)
+                        now = (d.get("lineage"), d.get("serial"))
+                except (ReconcilerError, ValueError):
+                    pass
+                raise StateConflictError(_conflict_message(unbumped, now), f"s3://{self.bucket}/{key}", hint=CONFLICT_HINT) from None
+            raise self._aws_error(f"cannot write the state s3://{self.bucket}/{key}", exc) from None
+        except BotoCoreError as exc:
+            raise self._aws_error(f"cannot write the state s3://{self.bucket}/{key}", exc) from None
+        return r["ETag"]
+
+    def targets(self, state_dir: Path) -> list[tuple[str, str]]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        rx = re.compile(re.escape(prefix) + r"([^/]+)/([^/]+)\.json$")
+        out = []
+        try:
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    m = rx.fullmatch(obj["Key"])
+                    if m:
+                        out.append((m.group(1), m.group(2)))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._aws_error(f"cannot list the states in s3://{self.bucket}/{prefix}", exc) from None
+        return sorted(out)
+
+    # -- locking
+    @contextmanager
+    def lock(self, path, operation: str, timeout: float = 0) -> Iterator[str]:
+        key = self._key_of(path)
+        where = f"s3://{self.bucket}/{key}"
+        info = lock_info(operation, where)
+        locker = _DynamoLock(self, key) if self.cfg.lock == "dynamodb" else _S3Lock(self, key)
+        deadline = time.monotonic() + max(0.0, timeout or 0)
+        announced = False
+        while True:
+            holder = locker.acquire(info)
+            if holder is None:
+                break
+            if time.monotonic() >= deadline:
+                raise LockError(f"state is locked ({describe_holder(holder)})", where, hint=LOCK_HINT)
+            if not announced:
+                log(f"State {where} is locked ({describe_holder(holder)}); waiting up to {timeout:g} s for it.")
+                announced = True
+            time.sleep(min(LOCK_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        try:
+            yield info["id"]
+        finally:
+            locker.release(info)
+
+    def force_unlock(self, state_dir: Path, lock_id: str) -> RemotePath:
+        locker_cls = _DynamoLock if self.cfg.lock == "dynamodb" else _S3Lock
+        key = locker_cls.remove(self, lock_id)
+        if key is None:
+            raise LockError(f"no lock with ID {lock_id} in {self.describe()}")
+        return RemotePath.of(self.bucket, key)
+
+
+def _code(exc: Exception) -> str:
+    resp = getattr(exc, "response", None) or {}
+    return str(resp.get("Error", {}).get("Code", ""))
+
+
+class _S3Lock:
+    """`<key>.lock` created with If-None-Match: * (fails if it exists); removed with
+    If-Match on its own ETag, so a lock taken over after a force-unlock is never removed."""
+
+    def __init__(self, backend: S3Backend, key: str):
+        self.b = backend
+        self.key = key + ".lock"
+        self.etag = None
+
+    def acquire(self, info: dict) -> dict | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        s3 = self.b.s3
+        try:
+            r = s3.put_object(Bucket=self.b.bucket, Key=self.key, Body=json.dumps(info).encode(), ContentType="application/json",
+                              IfNoneMatch="*")
+            self.etag = r["ETag"]
+            return None
+        except ClientError as exc:
+            if _code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                raise self.b._aws_error(f"cannot lock the state s3://{self.b.bucket}/{self.key}", exc) from None
+        except BotoCoreError as exc:
+            raise self.b._aws_error(f"cannot lock the state s3://{self.b.bucket}/{self.key}", exc) from None
+        try:
+            return json.loads(s3.get_object(Bucket=self.b.bucket, Key=self.key)["Body"].read())
+        except (ClientError, BotoCoreError, ValueError):
+            return {"id": "?"}  # released meanwhile, or unreadable: poll again
+
+    def release(self, info: dict) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.b.s3.delete_object(Bucket=self.b.bucket, Key=self.key, IfMatch=self.etag)
+        except ClientError as exc:
+            if _code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+                log(f"warning: the state lock {info['id']} on s3://{self.b.bucket}/{self.key} was removed by someone else "
+                    "(force-unlock) while this run held it")
+                return
+            log(f"warning: could not release the state lock s3://{self.b.bucket}/{self.key}: {exc} "
+                f"(remove it with: reconciler force-unlock {info['id']})")
+        except BotoCoreError as exc:
+            log(f"warning: could not release the state lock s3://{self.b.bucket}/{self.key}: {exc} "
+                f"(remove it with: reconciler force-unlock {info['id']})")
+
+    @staticmethod
+    def remove(b: S3Backend, lock_id: str) -> str | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        prefix = f"{b.prefix}/" if b.prefix else ""
+        try:
+            for page in b.s3.get_paginator("list_objects_v2").paginate(Bucket=b.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    if not obj["Key"].endswith(".json.lock"):
+                        continue
+                    try:
+                        r = b.s3.get_object(Bucket=b.bucket, Key=obj["Key"])
+                        holder = json.loads(r["Body"].read())
+                    except (ClientError, ValueError):
+                        continue
+                    if holder.get("id") != lock_id:
+                        continue
+                    try:  # only the lock object read: not one that replaced it meanwhile
+                        b.s3.delete_object(Bucket=b.bucket, Key=obj["Key"], IfMatch=r["ETag"])
+                    except ClientError as exc:
+                        if _code(exc) in ("PreconditionFailed", "412", "NoSuchKey"):
+                            return None
+                        raise
+                    return obj["Key"][: -len(".lock")]
+        except (ClientError, BotoCoreError) as exc:
+            raise b._aws_error("cannot remove the lock", exc) from None
+        return None
+
+
+class _DynamoLock:
+    """An item LockID = "<bucket>/<key>" (Terraform's convention) put with
+    attribute_not_exists(LockID); deleted only if its ID is ours."""
+
+    def __init__(self, backend: S3Backend, key: str):
+        self.b = backend
+        self.lock_key = f"{backend.bucket}/{key}"
+
+    def acquire(self, info: dict) -> dict | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        ddb = self.b.client("dynamodb")
+        item = {"LockID": {"S": self.lock_key}, "ID": {"S": info["id"]}, "Operation": {"S": info["operation"]},
+                "Who": {"S": info["who"]}, "Created": {"S": info["created"]}, "Info": {"S": json.dumps(info)}}
+        try:
+            ddb.put_item(TableName=self.b.cfg.table, Item=item, ConditionExpression="attribute_not_exists(LockID)",
+                         ReturnValuesOnConditionCheckFailure="ALL_OLD")
+            return None
+        except ClientError as exc:
+            if _code(exc) != "ConditionalCheckFailedException":
+                raise self.b._aws_error(f"cannot lock the state in DynamoDB table {self.b.cfg.table}", exc) from None
+            old = exc.response.get("Item") or {}
+        except BotoCoreError as exc:
+            raise self.b._aws_error(f"cannot lock the state in DynamoDB table {self.b.cfg.table}", exc) from None
+        try:
+            return json.loads(old.get("Info", {}).get("S", "")) if old.get("Info") else {"id": old.get("ID", {}).get("S", "?")}
+        except ValueError:
+            return {"id": old.get("ID", {}).get("S", "?")}
+
+    def release(self, info: dict) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.b.client("dynamodb").delete_item(TableName=self.b.cfg.table, Key={"LockID": {"S": self.lock_key}},
+                                                  ConditionExpression="ID = :id", ExpressionAttributeValues={":id": {"S": info["id"]}})
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                log(f"warning: the state lock {info['id']} ({self.lock_key}) was removed by someone else (force-unlock) "
+                    "while this run held it")
+                return
+            log(f"warning: could not release the state lock {self.lock_key}: {exc} (remove it with: reconciler force-unlock {info['id']})")
+        except BotoCoreError as exc:
+            log(f"warning: could not release the state lock {self.lock_key}: {exc} (remove it with: reconciler force-unlock {info['id']})")
+
+    @staticmethod
+    def remove(b: S3Backend, lock_id: str) -> str | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        ddb = b.client("dynamodb")
+        mine = f"{b.bucket}/{b.prefix + '/' if b.prefix else ''}"
+        try:
+            for page in ddb.get_paginator("scan").paginate(TableName=b.cfg.table, FilterExpression="ID = :id",
+                                                           ExpressionAttributeValues={":id": {"S": lock_id}}):
+                for item in page.get("Items", []):
+                    lock_key = item["LockID"]["S"]
+                    if not lock_key.startswith(mine):
+                        continue
+                    try:
+                        ddb.delete_item(TableName=b.cfg.table, Key={"LockID": {"S": lock_key}}, ConditionExpression="ID = :id",
+                                        ExpressionAttributeValues={":id": {"S": lock_id}})
+                    except ClientError as exc:
+                        if _code(exc) == "ConditionalCheckFailedException":
+                            return None
+                        raise
+                    return lock_key[len(b.bucket) + 1:]
+        except (ClientError, BotoCoreError) as exc:
+            raise b._aws_error("cannot remove the lock", exc) from None
+        return None
