@@ -398,7 +398,18 @@ def _conflict_message(expected: Any, found: Any) -> str:
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
+    """dst becomes the current content of src, atomically. A hard link shares the file
+    without copying it (src is then replaced by a new file, never written in place);
+    filesystems without links get a copy."""
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        if tmp.exists():
+            tmp.unlink()
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+        return
+    except OSError:
+        pass
     with open(src, "rb") as r, open(tmp, "wb") as w:
         w.write(r.read())
         w.flush()

@@ -409,7 +409,15 @@ def demo(keep: Annotated[Optional[Path], typer.Option("--keep", help="Keep the d
         _fail(exc, debug)
 
 
+def _terminated(signum, frame) -> None:
+    # a cancelled CI job sends SIGTERM: treat it as Ctrl-C, so a running apply rolls back
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app()
     except KeyboardInterrupt:

@@ -34,14 +34,16 @@ def _apply(run_cli, ws, state_dir, *extra, proxy=None):
                    env_extra={"AWS_ENDPOINT_URL": proxy.endpoint} if proxy else None)
 
 
-def test_ctrl_c_mid_apply_rolls_back(aws, ws, tmp_path, run_cli, fault_proxy):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_mid_apply_rolls_back(aws, ws, tmp_path, run_cli, fault_proxy, sig):
+    """Ctrl-C, or the SIGTERM of a cancelled CI job, mid-apply: the function is put back as it was."""
     state_dir = tmp_path / "state"
     check(_apply(run_cli, ws, state_dir))
     svc = ws / ".harness" / "service.yaml"
     svc.write_text(svc.read_text().replace(KEY1, KEY2))
     holder = {}
-    # SIGINT right after the configuration update was answered (the next request waits)
-    fault_proxy.after("UpdateFunctionConfiguration", 1, lambda: holder["p"].send_signal(signal.SIGINT))
+    # the signal right after the configuration update was answered (the next request waits)
+    fault_proxy.after("UpdateFunctionConfiguration", 1, lambda: holder["p"].send_signal(sig))
     holder["p"] = p = run_cli.popen("apply", "--auto-approve", "-w", ws, "--state-dir", state_dir, "-e", "staging",
                                     "--var", "memorySize=256", cwd=ws, env_extra={"AWS_ENDPOINT_URL": fault_proxy.endpoint})
     out, err = p.communicate(timeout=120)

@@ -146,7 +146,10 @@ def test_two_applies_at_once_wait_for_each_other_no_lost_update(team):
     for e in errs:
         assert any("id=runner-c" in line and "waiting up to 60 s" in line for line in e), e
     team.ddb().delete_item(TableName=TABLE, Key=lock_key)
-    outs = [p.communicate(timeout=60)[0] for p in procs]
+    # stderr belongs to the reader threads: communicate() would race them for its last lines
+    for p in procs:
+        p.wait(timeout=60)
+    outs = [p.stdout.read() for p in procs]
     for t in readers:
         t.join(5)
     ok = 0
