@@ -111,7 +111,8 @@ def _story(ws: Path, endpoint: str, env: dict) -> int:
     _say("5. Someone changes the function by hand in the console")
     lam.update_function_configuration(FunctionName="Hello_World", MemorySize=512, Environment={"Variables": {"DEBUG": "1"}})
     print("aws lambda update-function-configuration --function-name Hello_World --memory-size 512 --environment Variables={DEBUG=1}")
-    _say("6. Plan detects the drift (changed outside reconciler) and plans to undo it")
+    _say("6. The nightly drift check finds it (exit 2), and plan shows it apart and plans to undo it")
+    _cli(ws, env, "drift", expect=(2,))
     _cli(ws, env, "plan", "--detailed-exitcode", expect=(2,))
 
     _say("7. Roll back to the previous deployment (version 1)")
