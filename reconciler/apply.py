@@ -370,28 +370,32 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             else:
                 publish = True
         if publish:
-            now = refresh_function(aws, spec.region, spec.connector, spec.name)
-            if now.get("code_sha256") != fp.code.get("sha256"):
-                raise AwsError(f"{spec.name}: Lambda reports code {now.get('code_sha256')} after the update, expected {fp.code.get('sha256')}")
-            out = lam.publish_version(spec.name, fp.code.get("sha256"), now.get("revision_id"), description=publish_description(record["id"]))
+            now = lam.get_configuration(spec.name) or {}
+            if now.get("CodeSha256") != fp.code.get("sha256"):
+                raise AwsError(f"{spec.name}: Lambda reports code {now.get('CodeSha256')} after the update, expected {fp.code.get('sha256')}")
+            out = lam.publish_version(spec.name, fp.code.get("sha256"), now.get("RevisionId"), description=publish_description(record["id"]))
             version = out["Version"]
             log(f"{spec.name}: published version {version}")
             step(f"published version {version}", version=version)
 
         # 5. aliases to the new version
         live_aliases = (before.get("aliases") or {}) if not created else {}
+        aliases_now = dict(live_aliases)
         for alias in spec.aliases:
-            lam.put_alias(spec.name, alias, version, exists=alias["Name"] in live_aliases)
+            aliases_now[alias["Name"]] = alias_view(lam.put_alias(spec.name, alias, version, exists=alias["Name"] in live_aliases))
             log(f"{spec.name}: alias {alias['Name']} → {version}")
             step(f"alias {alias['Name']} → {version}")
         for c in fp.changes:
             if c.kind == "alias" and c.action == "delete":
                 lam.delete_alias(spec.name, c.path)
+                aliases_now.pop(c.path, None)
                 log(f"{spec.name}: alias {c.path} deleted")
                 step(f"alias {c.path} deleted")
 
-        # 6. record the result
-        after = refresh_function(aws, spec.region, spec.connector, spec.name)
+        # 6. record the result: the function as Lambda reports it now, and the aliases as
+        # Lambda answered when they were set
+        after = snapshot(lam.get_function(spec.name), {})
+        after["aliases"] = dict(sorted(aliases_now.items()))
 
         def finish(state: st.State) -> None:
             _record(state, fp, spec, after, version, config)

@@ -112,6 +112,9 @@ class Lambda:
             kwargs["Qualifier"] = qualifier
         return call(f"reading function {name}", self.c.get_function, not_found_none=True, **kwargs)
 
+    def get_configuration(self, name: str) -> dict | None:
+        return call(f"reading the configuration of {name}", self.c.get_function_configuration, not_found_none=True, FunctionName=name)
+
     def list_aliases(self, name: str) -> dict[str, dict]:
         out = {}
         pages = call(f"listing aliases of {name}", lambda: list(self.c.get_paginator("list_aliases").paginate(FunctionName=name)))
