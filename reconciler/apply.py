@@ -437,13 +437,14 @@ def _failed(exc: BaseException, fp: FunctionPlan, spec: FunctionSpec, config: di
     try:
         restore(aws, spec.name, spec.region, spec.connector, record["previous"], log)
     except BaseException as rb_exc:  # noqa: BLE001 - reported loudly below, with what is left to do
+        rb_reason = _reason(rb_exc)
         try:
             after = refresh_function(aws, spec.region, spec.connector, spec.name)
         except BaseException:  # noqa: BLE001
             after = {"exists": True, "arn": None} if recorded is None else {"exists": False}
 
         def rollback_failed(state: st.State) -> None:
-            record.update(status="rollback_failed", rollback_error=_reason(rb_exc))
+            record.update(status="rollback_failed", rollback_error=rb_reason)
             _upsert(state, record)
             if after.get("exists") and spec.name not in state.functions:
                 # a function this apply created and could not delete: keep it in the state,

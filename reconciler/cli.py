@@ -68,6 +68,15 @@ class Out:
         sys.stdout.flush()
 
 
+def confirm(out: Out, command: str, question: str, other_way: str = "") -> None:
+    """Ask on a terminal, refuse without one; anything but 'yes' cancels (exit 1)."""
+    if not sys.stdin.isatty():
+        raise ReconcilerError(f"{command} needs confirmation: run it on a terminal or pass --auto-approve{other_way}")
+    if input(f"\n{question} Only 'yes' will be accepted: ").strip() != "yes":
+        out.log(f"{command.capitalize()} cancelled.")
+        raise typer.Exit(1)
+
+
 def _fail(exc: BaseException, debug: bool) -> None:
     if debug:
         import traceback
@@ -249,12 +258,7 @@ def apply(planfile: Annotated[Optional[Path], typer.Argument(help="A plan saved 
                 _finish(ctx, aws, stats, len(the_plan.functions))
                 return
             if not auto_approve:
-                if not sys.stdin.isatty():
-                    raise ReconcilerError("apply needs confirmation: run it on a terminal, pass --auto-approve, or apply a saved plan (plan --out FILE)")
-                answer = input("\nDo you want to perform these actions? Only 'yes' will be accepted: ")
-                if answer.strip() != "yes":
-                    out.log("Apply cancelled.")
-                    raise typer.Exit(1)
+                confirm(out, "apply", "Do you want to perform these actions?", ", or apply a saved plan (plan --out FILE)")
         with ctx.stats.phase("apply"):
             results = apply_plan(the_plan, aws, ctx.state_dir, out.log, saved=saved, rollback_on_failure=not no_rollback,
                                  lock_timeout=lock_timeout, parallelism=parallelism)
@@ -283,11 +287,7 @@ def rollback(workspace: Workspace = Path("."), service: Services = None, env: En
         for s in steps:
             out.result(s.describe() + "\n")
         if not auto_approve:
-            if not sys.stdin.isatty():
-                raise ReconcilerError("rollback needs confirmation: run it on a terminal or pass --auto-approve")
-            if input("\nRoll back? Only 'yes' will be accepted: ").strip() != "yes":
-                out.log("Rollback cancelled.")
-                raise typer.Exit(1)
+            confirm(out, "rollback", "Roll back?")
         execute(ctx, _aws(), steps, out.log, lock_timeout=lock_timeout)
         out.result(f"\nRollback complete: {len(steps)} function(s).\n")
     except ReconcilerError as exc:

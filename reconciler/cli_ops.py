@@ -3,13 +3,12 @@ force-unlock. Registered on the app of cli.py."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from reconciler.cli import (Debug, Envs, Infras, LockTimeout, NoColor, Out, Parallelism, Services, ShowStats, ShowValues, StateDir,
+from reconciler.cli import (confirm, Debug, Envs, Infras, LockTimeout, NoColor, Out, Parallelism, Services, ShowStats, ShowValues, StateDir,
                             Vars, Verbose, Workspace, Artifact, _aws, _check_format, _context, _fail, _finish, _table, _warn_all, app,
                             state_app)
 from reconciler.errors import ReconcilerError
@@ -126,11 +125,7 @@ def refresh(workspace: Workspace = Path("."), service: Services = None, env: Env
                 _finish(ctx, aws, stats, len(report.functions))
                 return
             if not auto_approve:
-                if not sys.stdin.isatty():
-                    raise ReconcilerError("refresh needs confirmation: run it on a terminal or pass --auto-approve")
-                if input("\nAccept what is live into the state? Only 'yes' will be accepted: ").strip() != "yes":
-                    out.log("Refresh cancelled.")
-                    raise typer.Exit(1)
+                confirm(out, "refresh", "Accept what is live into the state?")
             n = accept(report, states, out.log)
             out.result(f"\nRefresh complete: {n} function(s) updated in the state.\n")
     except ReconcilerError as exc:

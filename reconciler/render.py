@@ -317,7 +317,7 @@ def _function_spec(t: Target, svc: Entity, infra: Entity, scope: Scope, region: 
         else:
             warnings.append(f"{where}: the function definition's Code is ignored: the service's artifact is deployed instead")
     if artifact is None:
-        raise svc.error(base, f"service '{svc.identifier}' has no artifact (serviceDefinition.spec.artifacts.primary) and its function definition no Code")
+        raise svc.error(("serviceDefinition", "spec"), f"service '{svc.identifier}' has no artifact (serviceDefinition.spec.artifacts.primary) and its function definition no Code")
     fdef.pop("Publish", None)
     tags = fdef.pop("Tags", None) or {}
     architectures = fdef.pop("Architectures", None)

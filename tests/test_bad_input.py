@@ -400,3 +400,19 @@ def test_help_and_version_do_not_import_aws_libraries(args):
     assert imported, r.stderr[:500]  # the import log was produced
     heavy = sorted(m for m in imported if m.split(".")[0] in ("boto3", "botocore", "moto"))
     assert heavy == []
+
+
+def test_service_without_artifact_or_code(tmp_path, run_cli):
+    """A service with neither an artifact nor Code in its definition: one clear line, not a crash."""
+    h = tmp_path / ".harness"
+    h.mkdir()
+    (h / "s.yaml").write_text("service:\n  name: s\n  identifier: s\n  serviceDefinition:\n    type: AwsLambda\n    spec:\n      manifests:\n"
+                              "        - manifest: {identifier: d, type: AwsLambdaFunctionDefinition, spec: {store: {type: Harness, spec: {files: [/f.json]}}}}\n")
+    (h / "e.yaml").write_text("environment:\n  name: e\n  identifier: e\n  type: PreProduction\n---\ninfrastructureDefinition:\n"
+                              "  name: i\n  identifier: i\n  environmentRef: e\n  spec:\n    region: us-east-1\n")
+    (tmp_path / "f.json").write_text('{"functionName": "x", "role": "arn:aws:iam::123456789012:role/r", "runtime": "python3.12", "handler": "a.b"}')
+    r = run_cli("validate", "-w", str(tmp_path))
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: .harness/s.yaml:6:") and "no artifact" in lines[0]
+    assert "Traceback" not in r.stderr
