@@ -26,8 +26,10 @@ def _drift_text(report, show_values: bool) -> str:
         for c in f.changes:
             lines.append(f"      {_drift_line(c, show_values, _change_line, masked)}")
     s = report.to_dict()["summary"]
+    if not report.functions:
+        return "No functions recorded in the selected state.\n"
     lines += ["", f"Drift: {s['drifted']} drifted, {s['deleted']} deleted, {s['checked'] - s['drifted'] - s['deleted']} in sync "
-                  f"({s['checked']} checked)." if report.functions else "No functions recorded in the selected state."]
+                  f"({s['checked']} checked)."]
     return "\n".join(lines) + "\n"
 
 
