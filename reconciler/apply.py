@@ -52,11 +52,12 @@ class Interrupted(BaseException):
 
 def _upsert(state: st.State, record: dict) -> None:
     """Put this deployment record in the history (replacing its earlier copy)."""
-    for i, h in enumerate(state.history):
-        if h.get("id") == record["id"]:
-            state.history[i] = record
+    history = state.history
+    for i in range(len(history) - 1, -1, -1):  # it is one of the newest
+        if history[i].get("id") == record["id"]:
+            history[i] = record
             return
-    state.history.append(record)
+    history.append(record)
 
 
 class StateWriter:
@@ -162,18 +163,25 @@ def apply_plan(plan: Plan, aws, state_dir: Path, log: Callable[[str], None], *, 
         # per-function locks are local file locks: a remote state backend keeps one
         # deployment per infrastructure at a time (its own lock, held throughout)
         shared = bool(desired) and all(d.get("allow_simultaneous") for d in desired) and isinstance(path, Path)
+        held = not shared and str(path) in plan.locked  # taken by make_plan before it read what is live
         with ExitStack() as stack:
-            if not shared:
+            if not shared and not held:
                 stack.enter_context(st.locked(path, "apply", timeout=lock_timeout))
             writer = StateWriter(state_dir, env, infra, shared, lock_timeout)
+            # what is live now, as the rollback data: a saved plan is checked against a fresh
+            # read (which is then that data); a plan made under the lock still held is current
             if saved:
-                _check_fresh(plan, writer, fps, aws)
-            _apply_group(fps, writer, aws, log, rollback_on_failure, lock_timeout, parallelism, results)
+                befores = _check_fresh(plan, writer, fps, aws, parallelism)
+            elif held:
+                befores = {fp.name: fp.live for fp in fps if fp.live is not None}
+            else:
+                befores = {}
+            _apply_group(fps, writer, aws, log, rollback_on_failure, lock_timeout, parallelism, results, befores)
     return results
 
 
 def _apply_group(fps: list[FunctionPlan], writer: StateWriter, aws, log, rollback_on_failure: bool, lock_timeout: float,
-                 parallelism: int, results: dict) -> None:
+                 parallelism: int, results: dict, befores: dict[str, dict] | None = None) -> None:
     abort = threading.Event()
     done_lock = threading.Lock()
 
@@ -184,7 +192,7 @@ def _apply_group(fps: list[FunctionPlan], writer: StateWriter, aws, log, rollbac
             if fp.action == "delete":
                 _delete(fp, writer, aws, log)
             else:
-                _apply_function(fp, writer, aws, log, rollback_on_failure, abort)
+                _apply_function(fp, writer, aws, log, rollback_on_failure, abort, (befores or {}).get(fp.name))
         with done_lock:
             results["deleted" if fp.action == "delete" else "applied"].append(fp.name)
 
@@ -226,8 +234,10 @@ def _apply_group(fps: list[FunctionPlan], writer: StateWriter, aws, log, rollbac
         raise ApplyFailed("; ".join(str(e) for e in errors))
 
 
-def _check_fresh(plan: Plan, writer: StateWriter, fps: list[FunctionPlan], aws) -> None:
-    from reconciler.engine import refresh_function
+def _check_fresh(plan: Plan, writer: StateWriter, fps: list[FunctionPlan], aws, parallelism: int = 10) -> dict[str, dict]:
+    """Refuse a saved plan if the state or a function changed since it was made; returns
+    what is live now, by function."""
+    from reconciler.engine import parallel_map, refresh_function
 
     state = writer.read()
     ref = plan.state_refs.get(str(state.path))
@@ -236,11 +246,17 @@ def _check_fresh(plan: Plan, writer: StateWriter, fps: list[FunctionPlan], aws) 
     if not writer.shared and ref is not None and (ref.get("lineage"), ref.get("serial")) != (state.ref["lineage"], state.ref["serial"]):
         raise StaleError("saved plan is stale: the state changed since it was made (serial "
                          f"{ref.get('serial')} → {state.ref['serial']})", str(state.path), hint="run plan again")
-    for fp in fps:
+
+    def read(fp: FunctionPlan) -> dict:
         desired = FunctionSpec.from_dict(fp.desired) if fp.desired else None
-        live = refresh_function(aws, fp.region, desired.connector if desired else None, fp.name)
+        return refresh_function(aws, fp.region, desired.connector if desired else None, fp.name)
+
+    lives = parallel_map(read, fps, parallelism)
+    for fp, live in zip(fps, lives):
         if fingerprint(live) != fp.live_fingerprint:
             raise StaleError(f"saved plan is stale: function {fp.name} changed in Lambda since it was made", hint="run plan again")
+    # in simultaneous mode a function's lock is only taken later: it is read again then
+    return {} if writer.shared else {fp.name: live for fp, live in zip(fps, lives)}
 
 
 def _record(state: st.State, fp: FunctionPlan, spec: FunctionSpec, snap: dict, version: str | None, config: dict) -> None:
@@ -280,7 +296,10 @@ def close_interrupted(state: st.State, name: str, by: dict) -> list[dict]:
 
 
 def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[str], None], rollback_on_failure: bool,
-                    abort: threading.Event | None = None) -> None:
+                    abort: threading.Event | None = None, before: dict | None = None) -> None:
+    """Deploy one function. `before` is what is live now when the caller knows it (the
+    plan's snapshot, read under the state lock this apply still holds, or a saved plan's
+    freshness check); otherwise it is read here."""
     from reconciler.aws import Lambda
     from reconciler.engine import refresh_function
 
@@ -289,12 +308,13 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
     current = writer.read()
     recorded = current.functions.get(spec.name)
     config, _ = desired_config(spec, recorded)
-    stale = [h for h in current.history if h.get("function") == spec.name and h.get("status") in IN_FLIGHT]
+    stale = [h for h in current.history if h.get("function") == spec.name and h.get("status") in IN_FLIGHT] if _has_in_flight(current, spec.name) else []
     reuse = next((c.new for c in fp.changes if c.kind == "version" and c.path == "reuse"), None)
 
     # 1. what runs now, recorded before anything changes: the rollback data. Converging a
     # killed apply, what ran before that apply is what a rollback must bring back.
-    before = refresh_function(aws, spec.region, spec.connector, spec.name)
+    if before is None:
+        before = refresh_function(aws, spec.region, spec.connector, spec.name)
     if fp.live_fingerprint and fingerprint(before) != fp.live_fingerprint:
         # e.g. another apply deployed it while this one waited for the lock
         raise StaleError(f"function {spec.name} changed in Lambda since this plan was made (another apply, or a hand change)",
@@ -327,6 +347,19 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
 
     writer.update(begin)
     created = False
+    # what Lambda answered last: its FunctionConfiguration after our latest change, and
+    # the RevisionId the next change is guarded by (Lambda refuses a change to a function
+    # that moved since; an answer that had to be waited for carries no usable RevisionId)
+    conf = dict(before.get("configuration") or {})
+    revision = before.get("revision_id")
+    image_uri = before.get("image_uri")
+    tags_now = dict(before.get("tags") or {})
+
+    def answered(out: dict) -> None:
+        nonlocal conf, revision
+        conf = {k: v for k, v in out.items() if k != "ResponseMetadata"}
+        revision = out.get("RevisionId") if out.get("LastUpdateStatus", "Successful") == "Successful" else None
+
     try:
         if abort is not None and abort.is_set():
             raise Interrupted()
@@ -337,23 +370,32 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             if spec.architectures:
                 params["Architectures"] = spec.architectures
             log(f"{spec.name}: creating function")
-            lam.create_function(params)
+            answered(lam.create_function(params))
             created = True
+            image_uri = fp.code["params"].get("ImageUri")
+            tags_now = dict(spec.tags or {})
             step("created")
         else:
             if any(c.kind == "code" for c in fp.changes):
                 log(f"{spec.name}: updating code → {fp.code.get('sha256')} ({fp.code['source'].get('uri')})")
-                lam.update_code(spec.name, fp.code["params"], spec.architectures)
+                answered(lam.update_code(spec.name, fp.code["params"], spec.architectures, revision))
+                image_uri = fp.code["params"].get("ImageUri") or image_uri
                 step("code updated")
             if any(c.kind == "config" for c in fp.changes):
                 log(f"{spec.name}: updating configuration ({', '.join(sorted({c.path.split('.')[0] for c in fp.changes if c.kind == 'config'}))})")
-                lam.update_configuration(spec.name, config)
+                answered(lam.update_configuration(spec.name, config, revision))
                 step("configuration updated")
             tag_changes = [c for c in fp.changes if c.kind == "tag"]
             if tag_changes:
                 arn = before["arn"]
                 lam.tag(arn, {c.path.split(".", 1)[1]: c.new for c in tag_changes if c.action != "delete"})
                 lam.untag(arn, [c.path.split(".", 1)[1] for c in tag_changes if c.action == "delete"])
+                for c in tag_changes:
+                    key = c.path.split(".", 1)[1]
+                    if c.action == "delete":
+                        tags_now.pop(key, None)
+                    else:
+                        tags_now[key] = c.new
                 log(f"{spec.name}: tags updated")
                 step("tags updated")
 
@@ -370,21 +412,24 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             else:
                 publish = True
         if publish:
-            now = lam.get_configuration(spec.name) or {}
-            if now.get("CodeSha256") != fp.code.get("sha256"):
-                raise AwsError(f"{spec.name}: Lambda reports code {now.get('CodeSha256')} after the update, expected {fp.code.get('sha256')}")
-            out = lam.publish_version(spec.name, fp.code.get("sha256"), now.get("RevisionId"), description=publish_description(record["id"]))
+            # what Lambda answered for the last change is the code it now holds (AWS also
+            # refuses the publish itself if $LATEST is not that code)
+            if conf.get("CodeSha256") != fp.code.get("sha256"):
+                raise AwsError(f"{spec.name}: Lambda reports code {conf.get('CodeSha256')} after the update, expected {fp.code.get('sha256')}")
+            out = lam.publish_version(spec.name, fp.code.get("sha256"), revision, description=publish_description(record["id"]))
             version = out["Version"]
             log(f"{spec.name}: published version {version}")
             step(f"published version {version}", version=version)
 
         # 5. aliases to the new version
         live_aliases = (before.get("aliases") or {}) if not created else {}
+        revisions = (before.get("alias_revisions") or {}) if not created else {}
         aliases_now = dict(live_aliases)
         for alias in spec.aliases:
-            aliases_now[alias["Name"]] = alias_view(lam.put_alias(spec.name, alias, version, exists=alias["Name"] in live_aliases))
-            log(f"{spec.name}: alias {alias['Name']} → {version}")
-            step(f"alias {alias['Name']} → {version}")
+            name = alias["Name"]
+            aliases_now[name] = alias_view(lam.put_alias(spec.name, alias, version, exists=name in live_aliases, revision_id=revisions.get(name)))
+            log(f"{spec.name}: alias {name} → {version}")
+            step(f"alias {name} → {version}")
         for c in fp.changes:
             if c.kind == "alias" and c.action == "delete":
                 lam.delete_alias(spec.name, c.path)
@@ -392,18 +437,55 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
                 log(f"{spec.name}: alias {c.path} deleted")
                 step(f"alias {c.path} deleted")
 
-        # 6. record the result: the function as Lambda reports it now, and the aliases as
-        # Lambda answered when they were set
-        after = snapshot(lam.get_function(spec.name), {})
-        after["aliases"] = dict(sorted(aliases_now.items()))
+        # 6. record the result: $LATEST as Lambda answered its last change (not the published
+        # version's answer: that has the version's own description), the tags as set, and
+        # the aliases as Lambda answered when they were set
+        arn = before.get("arn") if before.get("exists") else conf.get("FunctionArn")
+        after = {"exists": True, "arn": _unqualified(arn or conf.get("FunctionArn") or ""), "configuration": conf,
+                 "code_sha256": conf.get("CodeSha256"), "image_uri": image_uri,
+                 "architectures": conf.get("Architectures") or before.get("architectures") or ["x86_64"],
+                 "tags": tags_now, "aliases": dict(sorted(aliases_now.items()))}
 
         def finish(state: st.State) -> None:
             _record(state, fp, spec, after, version, config)
             record.update(status="succeeded", finished_at=st.now(), version=version)
             _upsert(state, record)
         writer.update(finish)
+    except AwsError as exc:
+        if exc.code == "PreconditionFailedException" and not record["steps"] and not created:
+            # Lambda refused the first change: the function moved since it was read, and
+            # nothing was changed; there is nothing to roll back
+            def refused(state: st.State) -> None:
+                record.update(status="failed", finished_at=st.now(), error=str(exc))
+                _upsert(state, record)
+            writer.update(refused)
+            raise StaleError(f"function {spec.name} changed in Lambda since this plan was made; nothing was changed",
+                             hint="run plan or apply again") from None
+        _failed(exc, fp, spec, config, recorded, record, writer, aws, log, rollback_on_failure)
     except BaseException as exc:  # noqa: BLE001 - Ctrl-C or a bug mid-apply rolls back too, then re-raises
         _failed(exc, fp, spec, config, recorded, record, writer, aws, log, rollback_on_failure)
+
+
+def _unqualified(arn: str) -> str:
+    """A function ARN without a version qualifier (a published version answers with one)."""
+    parts = arn.split(":")
+    return ":".join(parts[:7]) if len(parts) > 7 else arn
+
+
+def _has_in_flight(state: st.State, name: str) -> bool:
+    return name in _in_flight_names(state)
+
+
+def _in_flight_names(state: st.State) -> set[str]:
+    """The functions with an in-flight record when the state was read, computed once per
+    history list: during an apply it only grows by this apply's own records, one function
+    each, which are never looked up here."""
+    key = id(state.history)
+    cached = getattr(state, "_in_flight_cache", None)
+    if cached is None or cached[0] != key:
+        cached = (key, {h.get("function") for h in state.history if h.get("status") in IN_FLIGHT})
+        state._in_flight_cache = cached
+    return cached[1]
 
 
 def _reason(exc: BaseException) -> str:

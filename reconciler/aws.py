@@ -79,7 +79,9 @@ def call(what: str, fn, *args, not_found_none: bool = False, **kwargs):
         if not_found_none and (_code(exc) in NOT_FOUND or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404):
             return None
         msg = exc.response.get("Error", {}).get("Message") or str(exc)
-        raise AwsError(f"{what}: {_code(exc)}: {msg}") from None
+        err = AwsError(f"{what}: {_code(exc)}: {msg}")
+        err.code = _code(exc)
+        raise err from None
     except WaiterError as exc:
         raise AwsError(f"{what}: {exc}") from None
     except BotoCoreError as exc:
@@ -147,20 +149,30 @@ class Lambda:
 
     def create_function(self, params: dict) -> dict:
         out = call(f"creating function {params['FunctionName']}", self.c.create_function, **params)
-        self.wait_active(params["FunctionName"])
+        if out.get("State") != "Active":  # Pending while Lambda prepares it
+            self.wait_active(params["FunctionName"])
         return out
 
-    def update_code(self, name: str, code: dict, architectures: list[str] | None) -> dict:
+    def update_code(self, name: str, code: dict, architectures: list[str] | None, revision_id: str | None = None) -> dict:
+        """UpdateFunctionCode, refused by Lambda if the function is no longer at `revision_id`;
+        waits until Lambda has finished unless the answer already says so."""
         kwargs = {"FunctionName": name, **code}
         if architectures:
             kwargs["Architectures"] = architectures
+        if revision_id:
+            kwargs["RevisionId"] = revision_id
         out = call(f"updating the code of {name}", self.c.update_function_code, **kwargs)
-        self.wait_updated(name)
+        if out.get("LastUpdateStatus") != "Successful":
+            self.wait_updated(name)
         return out
 
-    def update_configuration(self, name: str, config: dict) -> dict:
-        out = call(f"updating the configuration of {name}", self.c.update_function_configuration, FunctionName=name, **config)
-        self.wait_updated(name)
+    def update_configuration(self, name: str, config: dict, revision_id: str | None = None) -> dict:
+        kwargs = {"FunctionName": name, **config}
+        if revision_id:
+            kwargs["RevisionId"] = revision_id
+        out = call(f"updating the configuration of {name}", self.c.update_function_configuration, **kwargs)
+        if out.get("LastUpdateStatus") != "Successful":
+            self.wait_updated(name)
         return out
 
     def publish_version(self, name: str, code_sha256: str | None, revision_id: str | None, description: str = "") -> dict:
@@ -170,14 +182,17 @@ class Lambda:
         if revision_id:
             kwargs["RevisionId"] = revision_id
         out = call(f"publishing a version of {name}", self.c.publish_version, **kwargs)
-        call(f"waiting for version {out.get('Version')} of {name}", self.c.get_waiter("published_version_active").wait,
-             FunctionName=name, Qualifier=out["Version"], WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+        if out.get("State") != "Active":
+            call(f"waiting for version {out.get('Version')} of {name}", self.c.get_waiter("published_version_active").wait,
+                 FunctionName=name, Qualifier=out["Version"], WaiterConfig={"Delay": 1, "MaxAttempts": 300})
         return out
 
-    def put_alias(self, name: str, alias: dict, version: str, exists: bool) -> dict:
+    def put_alias(self, name: str, alias: dict, version: str, exists: bool, revision_id: str | None = None) -> dict:
         kwargs = {"FunctionName": name, "Name": alias["Name"], "FunctionVersion": version,
                   "Description": alias.get("Description", ""), "RoutingConfig": alias.get("RoutingConfig") or {"AdditionalVersionWeights": {}}}
         if exists:
+            if revision_id:
+                kwargs["RevisionId"] = revision_id
             return call(f"moving alias {alias['Name']} of {name} to version {version}", self.c.update_alias, **kwargs)
         kwargs.pop("RoutingConfig") if not alias.get("RoutingConfig") else None
         return call(f"creating alias {alias['Name']} of {name}", self.c.create_alias, **kwargs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -239,29 +240,33 @@ def apply(planfile: Annotated[Optional[Path], typer.Argument(help="A plan saved 
 
         ctx = _context(workspace, service, env, infra, var, artifact, state_dir, out, parallelism)
         aws = _aws()
-        if planfile is not None:
-            try:
-                data = json.loads(planfile.read_text(encoding="utf-8"))
-                the_plan = Plan.from_dict(data)
-            except (OSError, ValueError, TypeError, KeyError) as exc:
-                raise ReconcilerError(f"not a saved plan: {exc}", str(planfile)) from None
-            if the_plan.format_version != PLAN_FORMAT_VERSION:
-                raise ReconcilerError(f"saved plan has format_version {the_plan.format_version}; expected {PLAN_FORMAT_VERSION}", str(planfile))
-            saved = True
-        else:
-            the_plan = make_plan(ctx, aws, prune=prune)
-            _finish(ctx, None, False)
-            _warn_all(ctx, out)
-            saved = False
-            out.result(render_text(the_plan, show_values))
-            if not the_plan.has_changes:
-                _finish(ctx, aws, stats, len(the_plan.functions))
-                return
-            if not auto_approve:
-                confirm(out, "apply", "Do you want to perform these actions?", ", or apply a saved plan (plan --out FILE)")
-        with ctx.stats.phase("apply"):
-            results = apply_plan(the_plan, aws, ctx.state_dir, out.log, saved=saved, rollback_on_failure=not no_rollback,
-                                 lock_timeout=lock_timeout, parallelism=parallelism)
+        # the locks of the state files the plan reads are taken before it reads them and
+        # held until the apply is over (through the confirmation, as Terraform does)
+        with ExitStack() as hold:
+            if planfile is not None:
+                try:
+                    data = json.loads(planfile.read_text(encoding="utf-8"))
+                    the_plan = Plan.from_dict(data)
+                except (OSError, ValueError, TypeError, KeyError) as exc:
+                    raise ReconcilerError(f"not a saved plan: {exc}", str(planfile)) from None
+                if the_plan.format_version != PLAN_FORMAT_VERSION:
+                    raise ReconcilerError(f"saved plan has format_version {the_plan.format_version}; expected {PLAN_FORMAT_VERSION}", str(planfile))
+                saved = True
+            else:
+                the_plan = make_plan(ctx, aws, prune=prune, hold=hold, lock_timeout=lock_timeout)
+                _finish(ctx, None, False)
+                _warn_all(ctx, out)
+                saved = False
+                out.result(render_text(the_plan, show_values))
+                if not the_plan.has_changes:
+                    hold.close()
+                    _finish(ctx, aws, stats, len(the_plan.functions))
+                    return
+                if not auto_approve:
+                    confirm(out, "apply", "Do you want to perform these actions?", ", or apply a saved plan (plan --out FILE)")
+            with ctx.stats.phase("apply"):
+                results = apply_plan(the_plan, aws, ctx.state_dir, out.log, saved=saved, rollback_on_failure=not no_rollback,
+                                     lock_timeout=lock_timeout, parallelism=parallelism)
         n = len(results["applied"]) + len(results["deleted"])
         out.result(f"\nApply complete: {len(results['applied'])} applied, {len(results['deleted'])} deleted.\n" if n else "\nNothing to apply.\n")
     except ReconcilerError as exc:

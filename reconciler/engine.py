@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -213,18 +214,30 @@ def parallel_map(fn: Callable, items: list, parallelism: int) -> list:
         return list(ex.map(fn, items))
 
 
-def make_plan(ctx: Context, aws, prune: bool = False) -> Plan:
+def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = None, lock_timeout: float = 0) -> Plan:
+    """The plan for the selected targets. With `hold` (an apply), the lock of each state
+    file whose functions are deployed under it (allowSimultaneousDeployments false) is
+    taken before its state is read and what is live refreshed, and kept in `hold`: no
+    other reconciler can change these functions between this read and the apply, which
+    then uses the plan's snapshots as its rollback data."""
     from reconciler.aws import Lambda, caller_account
     from reconciler.plan import interrupted_deployment, number_versions, orphan, plan_function
 
     ws, rendered = load_and_render(ctx)
     specs = rendered.functions
+    locked: set[str] = set()
     with ctx.stats.phase("refresh"):
         states: dict[tuple[str, str], st.State] = {}
+        by_key: dict[tuple[str, str], list[FunctionSpec]] = {}
         for s in specs:
-            key = (s.environment, s.infrastructure)
-            if key not in states:
-                states[key] = st.load(ctx.state_dir, *key)
+            by_key.setdefault((s.environment, s.infrastructure), []).append(s)
+        for key in sorted(by_key):
+            path = st.state_path(ctx.state_dir, *key)
+            shared = all(s.allow_simultaneous for s in by_key[key]) and isinstance(path, Path)
+            if hold is not None and not shared:
+                hold.enter_context(st.locked(path, "apply", timeout=lock_timeout))
+                locked.add(str(path))
+            states[key] = st.load(ctx.state_dir, *key)
 
         # artifacts: once per distinct artifact, whatever number of functions deploy it;
         # an ECR repository once whatever number of tags are read from it
@@ -270,18 +283,37 @@ def make_plan(ctx: Context, aws, prune: bool = False) -> Plan:
 
     with ctx.stats.phase("plan"):
         plan = Plan(functions=[], created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    workspace=str(ctx.workspace), prune=prune)
+                    workspace=str(ctx.workspace), prune=prune, locked=locked)
         for key, s_ in sorted(states.items()):
             plan.state_refs[str(s_.path)] = s_.ref
         for s, live in zip(ordered, lives):
             state = states[(s.environment, s.infrastructure)]
             code = code_by_artifact[_artifact_key(s.artifact)]
-            plan.functions.append(plan_function(s, state.functions.get(s.name), live, code, str(state.path),
-                                                interrupted=interrupted_deployment(state.history, s.name)))
+            fp = plan_function(s, state.functions.get(s.name), live, code, str(state.path),
+                               interrupted=interrupted_deployment(state.history, s.name))
+            fp.live = live
+            plan.functions.append(fp)
 
-        # the next version number, read only for the functions that publish (published
-        # versions are immutable: for the others what the state records is trusted)
-        publishing = [(fp, s) for fp, s in zip(plan.functions, ordered) if fp.publish and fp.action == "update"]
+        # The number the next version gets: the one after the version this state records
+        # (published versions are immutable and reconciler publishes them). Lambda's list of
+        # versions is read only where the state cannot say: no version recorded, an alias
+        # already on a newer version (published outside reconciler), or an interrupted
+        # apply to converge (which may have published one already, to be reused).
+        publishing = []
+        newest_by_state: dict[tuple[str, str], dict[str, int]] = {}
+        for fp, s in zip(plan.functions, ordered):
+            if not (fp.publish and fp.action == "update"):
+                continue
+            key = (s.environment, s.infrastructure)
+            state = states[key]
+            if key not in newest_by_state:
+                newest_by_state[key] = _newest_versions(state)
+            newest = newest_by_state[key].get(s.name)
+            seen = [int(a["version"]) for a in (fp.live or {}).get("aliases", {}).values() if str(a.get("version")).isdigit()]
+            if newest is not None and all(v <= newest for v in seen) and not interrupted_deployment(state.history, s.name):
+                number_versions(fp, [{"Version": str(newest)}])
+            else:
+                publishing.append((fp, s))
 
         def versions_of(item) -> list[dict]:
             fp, s = item
@@ -296,6 +328,23 @@ def make_plan(ctx: Context, aws, prune: bool = False) -> Plan:
         for (name, rec, state, env, infra), live in zip(orphans, lives[len(ordered):]):
             plan.functions.append(orphan(name, rec, live, prune, str(state.path), env, infra))
     return plan
+
+
+def _newest_versions(state: st.State) -> dict[str, int]:
+    """Per function, the newest version number this state knows was published: the one
+    recorded, or one a deployment published (a rolled-back apply leaves the older one
+    recorded, but its version exists)."""
+    out: dict[str, int] = {}
+
+    def see(name, v) -> None:
+        if name and str(v or "").isdigit() and int(v) > out.get(name, 0):
+            out[name] = int(v)
+
+    for name, rec in state.functions.items():
+        see(name, rec.get("version"))
+    for h in state.history:
+        see(h.get("function"), h.get("version"))
+    return out
 
 
 def _artifact_key(art: dict) -> str:

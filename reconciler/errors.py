@@ -39,7 +39,9 @@ class ErrorList(ReconcilerError):
 
 
 class AwsError(ReconcilerError):
-    """An AWS call failed in a way that retries did not fix."""
+    """An AWS call failed in a way that retries did not fix; `code` is AWS's error code."""
+
+    code: str = ""
 
 
 class StaleError(ReconcilerError):

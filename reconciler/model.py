@@ -97,13 +97,16 @@ class FunctionPlan:
     live_fingerprint: str = ""  # what was live when planned; a saved plan is refused if it moved
     state_file: str = ""
     notes: list[str] = field(default_factory=list)
+    # the live snapshot the plan was made from (in memory only, never saved): an apply that
+    # held the state's lock since that read uses it as its rollback data instead of reading again
+    live: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def has_changes(self) -> bool:
         return self.action in ("create", "update", "delete")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "live"}
         d["changes"] = [c.to_dict() for c in self.changes]
         d["drift"] = [c.to_dict() for c in self.drift]
         return d
@@ -125,6 +128,9 @@ class Plan:
     created_at: str = ""
     prune: bool = False
     format_version: int = PLAN_FORMAT_VERSION
+    # state files whose lock this process has held since the plan read what is live (in
+    # memory only): their functions' `live` snapshots are current
+    locked: set[str] = field(default_factory=set, repr=False, compare=False)
 
     def counts(self) -> dict[str, int]:
         out = {"create": 0, "update": 0, "delete": 0, "noop": 0, "orphan": 0}

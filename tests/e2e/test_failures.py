@@ -192,25 +192,34 @@ def test_failed_alias_update_rolls_back(d):
 
 
 def test_failure_after_alias_moved_moves_it_back(d):
-    """The alias already points at the new version when a later step fails
-    (the final read): rollback moves it back to version 1."""
-    d.deploy_v1()
+    """Two aliases: `live` already points at the new version when moving `canary`
+    fails: rollback moves `live` back to version 1 (and leaves `canary` there)."""
+    svc = d.ws / ".harness" / "service.yaml"
+    svc.write_text(svc.read_text().replace("- /lambda-alias.json\n", "- /lambda-alias.json\n                    - /lambda-canary.json\n"))
+    (d.ws / "lambda-canary.json").write_text('{"name": "canary", "description": "canary"}')
+    r = d.apply()
+    assert r.returncode == 0, r.stderr
+    assert d.aws.aliases(FN) == {"live": "1", "canary": "1"}
+    d.proxy.clear()
     moved = threading.Event()
     d.proxy.after("UpdateAlias", 1, moved.set)
-    d.proxy.add_rule(lambda e: e["operation"] == "GetFunction" and moved.is_set(), "fail", times=1, **NO_RETRY)
+    d.proxy.add_rule(lambda e: e["operation"] == "UpdateAlias" and moved.is_set(), "fail", times=1, **NO_RETRY)
     r = d.apply(*d.to_v2())
     assert r.returncode == 1, r.stderr
     assert moved.is_set()
     assert "rolled back" in r.stderr
-    d.assert_back_to_v1(versions=("1", "2"))
-    assert d.proxy.count("UpdateAlias") == 2   # forward, then back
+    conf = d.config()
+    assert (conf["CodeSha256"], conf["MemorySize"]) == (SHA1, 128)
+    assert d.aws.aliases(FN) == {"live": "1", "canary": "1"}
+    assert d.aws.versions(FN) == ["1", "2"]
+    assert d.proxy.count("UpdateAlias") == 3   # live forward, canary refused, live back
     assert d.last()["status"] == "rolled_back"
     assert d.state()["functions"][FN]["aliases"]["live"]["version"] == "1"
 
 
 def test_rollback_removes_alias_and_tags_the_apply_added(d):
-    """v1 has no alias; v2 adds the alias `live` and a tag, then fails at the very
-    end: rollback deletes the alias it created and removes the tag."""
+    """v1 has no alias; v2 adds the alias `live` and a tag, then fails creating its
+    second alias: rollback deletes the alias it created and removes the tag."""
     svc = d.ws / ".harness" / "service.yaml"
     text = svc.read_text()
     start = text.index("        - manifest:\n            identifier: lambdaAliasDefinition")
@@ -222,7 +231,9 @@ def test_rollback_removes_alias_and_tags_the_apply_added(d):
     tags_v1 = d.lam.list_tags(Resource=d.config()["FunctionArn"])["Tags"]
     assert "release" not in tags_v1
 
-    svc.write_text(text)   # the alias is back in the service
+    # the alias is back in the service, with a second one, whose creation fails
+    svc.write_text(text.replace("- /lambda-alias.json\n", "- /lambda-alias.json\n                    - /lambda-canary.json\n"))
+    (d.ws / "lambda-canary.json").write_text('{"name": "canary"}')
     defn = d.ws / "lambda-definition.json"
     fdef = json.loads(defn.read_text())
     fdef["tags"]["release"] = "2"
@@ -230,7 +241,7 @@ def test_rollback_removes_alias_and_tags_the_apply_added(d):
     d.proxy.clear()
     created = threading.Event()
     d.proxy.after("CreateAlias", 1, created.set)
-    d.proxy.add_rule(lambda e: e["operation"] == "GetFunction" and created.is_set(), "fail", times=1, **NO_RETRY)
+    d.proxy.add_rule(lambda e: e["operation"] == "CreateAlias" and created.is_set(), "fail", times=1, **NO_RETRY)
     r = d.apply(*d.to_v2())
     assert r.returncode == 1, r.stderr
     assert created.is_set() and "rolled back" in r.stderr
@@ -388,25 +399,28 @@ def test_locked_state_refuses_apply(d):
 
 
 def test_lock_timeout_waits_for_the_lock(d):
+    """The lock is held by somebody else when the apply starts: it waits (--lock-timeout),
+    reads nothing from AWS before it has the lock, then plans and applies."""
     d.deploy_v1()
     lock = _hold_lock(d.state_path, str(uuid.uuid4()))
-    started, released = threading.Event(), threading.Event()
-    d.proxy.after(None, 1, started.set)   # the CLI is running (planning)
+    released = threading.Event()
+    released_at = []
 
     def release_later():
-        started.wait(30)
-        time.sleep(1)
+        time.sleep(3)
+        released_at.append(time.time())
         _release_lock(d.state_path, lock)
         released.set()
 
     t = threading.Thread(target=release_later, daemon=True)
     t.start()
     try:
-        r = d.apply(*d.to_v2(), "--lock-timeout", "3")
+        r = d.apply(*d.to_v2(), "--lock-timeout", "20")
     finally:
-        t.join(5)
+        t.join(10)
         if not released.is_set():
             _release_lock(d.state_path, lock)
+    assert released_at and all(e["time"] >= released_at[0] for e in d.proxy.entries())
     assert r.returncode == 0, r.stderr
     assert d.code() == SHA2
     assert d.aws.aliases(FN) == {"live": "2"}
