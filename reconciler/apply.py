@@ -24,7 +24,7 @@ import socket
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -188,7 +188,9 @@ def _apply_group(fps: list[FunctionPlan], writer: StateWriter, aws, log, rollbac
     def one(fp: FunctionPlan) -> None:
         if abort.is_set():
             raise Interrupted()
-        with function_lock(writer.path, fp.name, "delete" if fp.action == "delete" else "apply", timeout=lock_timeout):
+        # the state file's lock, held for the whole apply, already keeps other deployments
+        # out unless deployments are simultaneous
+        with function_lock(writer.path, fp.name, "delete" if fp.action == "delete" else "apply", timeout=lock_timeout) if writer.shared else nullcontext():
             if fp.action == "delete":
                 _delete(fp, writer, aws, log)
             else:
