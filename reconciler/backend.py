@@ -419,13 +419,15 @@ class LocalBackend(Backend):
     def _journal_unchanged(self, fd: int | None, expected: LocalVersion) -> bool:
         """The cheap half of a check: the journal (open as fd, None: absent) is the one this
         run read or left, to the byte count, with the same last line. False: not sure."""
-        size = os.fstat(fd).st_size if fd is not None else 0
+        stat = os.fstat(fd) if fd is not None else None
+        size = stat.st_size if stat is not None else 0
         if size == 0 or expected.journal_size == 0:
             return size == expected.journal_size
-        if (os.fstat(fd).st_ino != expected.journal_ino or size != expected.journal_size
+        if (stat.st_ino != expected.journal_ino or size != expected.journal_size
                 or size != expected.journal_end or expected.last_at < 0):
             return False
-        return os.pread(fd, len(expected.last_head), expected.last_at) == expected.last_head
+        os.lseek(fd, expected.last_at, os.SEEK_SET)  # (appends go to the end whatever the offset)
+        return os.read(fd, len(expected.last_head)) == expected.last_head
 
     def _check(self, path: Path, expected: Any, fd: int | None) -> LocalVersion | None:
         """The stored state is still the version `expected` (None: no state): checked by the

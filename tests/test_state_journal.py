@@ -301,3 +301,20 @@ def test_s3_backend_append_falls_back_to_full_writes(mocked, tmp_path):
     with pytest.raises(st.StateConflictError):
         s.append(["f"])
     assert not list(tmp_path.rglob("*.journal"))
+
+
+def test_cli_state_commands_see_journaled_steps(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from reconciler.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    s = _new(tmp_path / "st")
+    s.functions["f"]["version"] = "2"
+    s.append(["f"])
+    r = CliRunner().invoke(app, ["state", "pull", "--state-dir", "st", "-e", "dev", "-i", "i"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["serial"] == 2 and doc["functions"]["f"]["version"] == "2"
+    r = CliRunner().invoke(app, ["state", "list", "--state-dir", "st"])
+    assert r.exit_code == 0 and "dev/i" in r.output and " 2 " in r.output, r.output
