@@ -36,9 +36,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
 from harness.faultproxy import FaultProxy, is_mutating  # noqa: E402
 from harness.motoserver import MotoServer  # noqa: E402
+
+from reconciler import state as st  # noqa: E402
+from reconciler.errors import ReconcilerError  # noqa: E402
 
 REGION = "us-east-1"
 BUCKET = "reconciler-artifacts"
@@ -177,10 +181,11 @@ def sweep(b: Bench, name: str) -> list[dict]:
         path = state / "staging" / "staging_use1.json"
         valid = "valid"
         try:
-            doc = json.loads(path.read_text())
+            json.loads(path.read_text())
+            doc = st.parse_file(path)  # with the steps the killed apply journaled
             if path.with_name(path.name + ".backup").exists():
                 json.loads(path.with_name(path.name + ".backup").read_text())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, ReconcilerError) as exc:
             valid, doc = f"INVALID ({exc})", {"history": []}
         stuck = [h for h in doc.get("history", []) if h.get("function") == FN and h.get("status") in ("in_progress", "rolling_back")]
         last_step = "-"

@@ -26,7 +26,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from reconciler import state as st
 from reconciler.errors import AwsError, LockError, ReconcilerError, StaleError
@@ -61,8 +61,14 @@ def _upsert(state: st.State, record: dict) -> None:
 
 
 class StateWriter:
-    """Every change of one state file goes through update(fn): fn(state) changes it and
-    the file is written; a threading.Lock serialises them within this process.
+    """Every change of one state file goes through update(fn, ...): fn(state) changes it
+    and the change is recorded; a threading.Lock serialises them within this process.
+
+    A change names what it touched (`functions`: entries of state.functions, `records`:
+    history records, `closing`: a function whose in-flight records fn may mark interrupted),
+    and only that is appended to the state's journal (State.append): one line per step,
+    not the whole state. close() compacts the journal into the state file at the end. A
+    change that names nothing is written whole.
 
     shared=False: the caller holds the state file's lock for the whole apply; the state
     is loaded once and kept. shared=True (allowSimultaneousDeployments): the state file's
@@ -76,6 +82,7 @@ class StateWriter:
         self.shared = shared
         self.lock_timeout = lock_timeout
         self._mutex = threading.Lock()
+        self._appended = False
         self.state = None if shared else st.load(state_dir, environment, infrastructure)
 
     def read(self) -> st.State:
@@ -85,16 +92,43 @@ class StateWriter:
         with self._mutex:
             return st.load(self.state_dir, self.environment, self.infrastructure)
 
-    def update(self, change: Callable[[st.State], None]) -> None:
+    def update(self, change: Callable[[st.State], None], functions: Iterable[str] = (), records: Iterable[dict] = (),
+               closing: str | None = None) -> None:
         with self._mutex:
             if not self.shared:
-                change(self.state)
-                self.state.write()
+                self._record(self.state, change, functions, records, closing)
                 return
             with st.locked(self.path, "apply", timeout=max(self.lock_timeout, STATE_WRITE_WAIT)):
                 state = st.load(self.state_dir, self.environment, self.infrastructure)
-                change(state)
-                state.write()
+                self._record(state, change, functions, records, closing)
+
+    def _record(self, state: st.State, change, functions, records, closing: str | None) -> None:
+        functions, records = list(functions), list(records)
+        if not (functions or records or closing):
+            change(state)
+            state.write()
+            return
+        if closing is not None and _has_in_flight(state, closing):  # the very dicts close_interrupted updates in place
+            records += [h for h in state.history if h.get("function") == closing and h.get("status") in IN_FLIGHT]
+        change(state)
+        state.append(functions, records)
+        self._appended = True
+
+    def close(self, best_effort: bool = False) -> None:
+        """Compact the journaled steps into the state file (a full write), if there are any."""
+        if not self._appended:
+            return
+        try:
+            with self._mutex:
+                if not self.shared:
+                    self.state.compact()
+                else:
+                    with st.locked(self.path, "apply", timeout=max(self.lock_timeout, STATE_WRITE_WAIT)):
+                        st.load(self.state_dir, self.environment, self.infrastructure).compact()
+            self._appended = False
+        except Exception:  # noqa: BLE001 - the journal stays and every read replays it
+            if not best_effort:
+                raise
 
 
 # ---------------------------------------------------------------- per-function locks
@@ -168,15 +202,21 @@ def apply_plan(plan: Plan, aws, state_dir: Path, log: Callable[[str], None], *, 
             if not shared and not held:
                 stack.enter_context(st.locked(path, "apply", timeout=lock_timeout))
             writer = StateWriter(state_dir, env, infra, shared, lock_timeout)
-            # what is live now, as the rollback data: a saved plan is checked against a fresh
-            # read (which is then that data); a plan made under the lock still held is current
-            if saved:
-                befores = _check_fresh(plan, writer, fps, aws, parallelism)
-            elif held:
-                befores = {fp.name: fp.live for fp in fps if fp.live is not None}
-            else:
-                befores = {}
-            _apply_group(fps, writer, aws, log, rollback_on_failure, lock_timeout, parallelism, results, befores)
+            try:
+                # what is live now, as the rollback data: a saved plan is checked against a
+                # fresh read (which is then that data); a plan made under the lock still held
+                # is current
+                if saved:
+                    befores = _check_fresh(plan, writer, fps, aws, parallelism)
+                elif held:
+                    befores = {fp.name: fp.live for fp in fps if fp.live is not None}
+                else:
+                    befores = {}
+                _apply_group(fps, writer, aws, log, rollback_on_failure, lock_timeout, parallelism, results, befores)
+            except BaseException:
+                writer.close(best_effort=True)
+                raise
+            writer.close()
     return results
 
 
@@ -343,11 +383,11 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             record.update(fields)
             record["steps"].append({"at": st.now(), "step": what})
             _upsert(state, record)
-        writer.update(change)
+        writer.update(change, records=[record])
         if abort is not None and abort.is_set():
             raise Interrupted()
 
-    writer.update(begin)
+    writer.update(begin, records=[record], closing=spec.name)
     created = False
     # what Lambda answered last: its FunctionConfiguration after our latest change, and
     # the RevisionId the next change is guarded by (Lambda refuses a change to a function
@@ -452,7 +492,7 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             _record(state, fp, spec, after, version, config)
             record.update(status="succeeded", finished_at=st.now(), version=version)
             _upsert(state, record)
-        writer.update(finish)
+        writer.update(finish, functions=[spec.name], records=[record])
     except AwsError as exc:
         if exc.code == "PreconditionFailedException" and not record["steps"] and not created:
             # Lambda refused the first change: the function moved since it was read, and
@@ -460,7 +500,7 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             def refused(state: st.State) -> None:
                 record.update(status="failed", finished_at=st.now(), error=str(exc))
                 _upsert(state, record)
-            writer.update(refused)
+            writer.update(refused, records=[record])
             raise StaleError(f"function {spec.name} changed in Lambda since this plan was made; nothing was changed",
                              hint="run plan or apply again") from None
         _failed(exc, fp, spec, config, recorded, record, writer, aws, log, rollback_on_failure)
@@ -512,7 +552,7 @@ def _failed(exc: BaseException, fp: FunctionPlan, spec: FunctionSpec, config: di
         # in flight, for the next plan to report and the next apply to converge
         record.update(status="rolling_back" if rollback_on_failure else "failed", finished_at=st.now(), error=reason)
         _upsert(state, record)
-    writer.update(failed)
+    writer.update(failed, records=[record])
     if not rollback_on_failure:
         if domain:
             raise ApplyFailed(f"{spec.name}: {exc}; left as it is for inspection (--no-rollback)") from None
@@ -535,7 +575,7 @@ def _failed(exc: BaseException, fp: FunctionPlan, spec: FunctionSpec, config: di
                 # so that plan, drift and the next apply know it exists
                 _record(state, fp, spec, after, record.get("version"), config)
                 state.functions[spec.name]["rollback_failed"] = record["id"]
-        writer.update(rollback_failed)
+        writer.update(rollback_failed, functions=[spec.name], records=[record])
         todo = _todo(record["previous"])
         log(f"{spec.name}: ROLLBACK FAILED: {_reason(rb_exc)}; restore it by hand: {todo}")
         if domain:
@@ -550,7 +590,7 @@ def _failed(exc: BaseException, fp: FunctionPlan, spec: FunctionSpec, config: di
             state.functions[spec.name] = {**recorded, "aliases": after.get("aliases", {}), "updated_at": st.now()}
         elif not after.get("exists"):
             state.functions.pop(spec.name, None)
-    writer.update(rolled_back)
+    writer.update(rolled_back, functions=[spec.name], records=[record])
     log(f"{spec.name}: rolled back to what ran before")
     if domain:
         raise ApplyFailed(f"{spec.name}: {exc}; rolled back to what ran before") from None
@@ -672,14 +712,15 @@ def _delete(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[str], Non
     log(f"{fp.name}: deleting (pruned)")
     lam.delete_function(fp.name)
 
+    record = {"id": str(uuid.uuid4()), "function": fp.name, "service": rec.get("service"), "operation": "delete",
+              "status": "succeeded", "started_at": st.now(), "finished_at": st.now(),
+              "previous": {"exists": True, **{k: rec.get(k) for k in ("version", "code_sha256")}}}
+
     def change(state: st.State) -> None:
-        record = {"id": str(uuid.uuid4()), "function": fp.name, "service": rec.get("service"), "operation": "delete",
-                  "status": "succeeded", "started_at": st.now(), "finished_at": st.now(),
-                  "previous": {"exists": True, **{k: rec.get(k) for k in ("version", "code_sha256")}}}
         close_interrupted(state, fp.name, record)
         state.history.append(record)
         state.functions.pop(fp.name, None)
-    writer.update(change)
+    writer.update(change, functions=[fp.name], records=[record], closing=fp.name)
 
 
 __all__ = ["apply_plan", "restore", "ApplyFailed", "StateWriter", "function_lock", "close_interrupted", "alias_view", "snapshot"]

@@ -30,6 +30,8 @@ def state_pull(env: Envs = None, infra: Infras = None,
     """Print the state JSON of one infrastructure from the configured backend (or --out DIR: write local files)."""
     out = Out()
     try:
+        from reconciler import state as st
+
         ctx, b = _backend(workspace, state_dir, backend_config, out)
         targets = [(e, i) for e, i in b.targets(ctx.state_dir) if (not env or e in env) and (not infra or i in infra)]
         if not targets:
@@ -39,14 +41,14 @@ def state_pull(env: Envs = None, infra: Infras = None,
             if len(targets) > 1:
                 raise ReconcilerError(f"{len(targets)} states match: choose one with -e ENV -i INFRA, or write them all with --out DIR",
                                       hint="states: " + ", ".join(f"{e}/{i}" for e, i in targets))
-            text, _ = b.read(b.state_path(ctx.state_dir, *targets[0]))
+            text = st.stored_text(b.state_path(ctx.state_dir, *targets[0]), b)
             if text is None:
                 raise ReconcilerError(f"state {targets[0][0]}/{targets[0][1]} disappeared while reading it")
             out.result(text if text.endswith("\n") else text + "\n")
             return
         for e, i in targets:
             src = b.state_path(ctx.state_dir, e, i)
-            text, _ = b.read(src)
+            text = st.stored_text(src, b)
             if text is None:
                 continue
             dst = out_dir / e / f"{i}.json"
@@ -88,11 +90,7 @@ def state_push(files: Annotated[list[Path], typer.Argument(help="State files to 
 
         ctx, b = _backend(workspace, state_dir, backend_config, out)
         for f in _state_files(list(files)):
-            try:
-                text = f.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ReconcilerError(f"cannot read state file: {exc}", str(f)) from None
-            data = st.parse(text, f, "", "")
+            data = st.parse_file(f)  # with the steps journaled beside it, if any
             env, infra = data.get("environment"), data.get("infrastructure")
             if not env or not infra:
                 raise ReconcilerError("state file names no environment/infrastructure", str(f))

@@ -30,6 +30,8 @@ import pytest
 from e2e_util import check
 from harness.faultproxy import is_mutating
 
+from reconciler import state as st
+
 pytestmark = pytest.mark.e2e
 
 BUCKET = "reconciler-artifacts"
@@ -96,16 +98,25 @@ class Sweep:
         return state_dir / STATE[0] / f"{STATE[1]}.json"
 
     def check_state(self, state_dir: Path, killed_pid: int | None = None) -> dict:
+        """The state file and its .backup are valid; returns the state as the product reads
+        it: the file plus the steps a killed apply journaled beside it."""
         path = self.state_path(state_dir)
-        data = json.loads(path.read_text())
-        assert data["format_version"] == 1 and uuid.UUID(data["lineage"]) and data["serial"] >= 1
+        raw = json.loads(path.read_text())
+        assert raw["format_version"] == 1 and uuid.UUID(raw["lineage"]) and raw["serial"] >= 1
         backup = path.with_name(path.name + ".backup")
-        if data["serial"] >= 2:
+        if raw["serial"] >= 2:
             prev = json.loads(backup.read_text())
-            assert prev["lineage"] == data["lineage"] and prev["serial"] == data["serial"] - 1
+            assert prev["lineage"] == raw["lineage"] and prev["serial"] < raw["serial"]
         # a temp file can only be left by the process that was killed mid-write
         for tmp in path.parent.glob(".*.tmp"):
             assert killed_pid is not None and tmp.name.endswith(f".{killed_pid}.tmp"), tmp
+        journal = path.with_name(path.name + ".journal")
+        if killed_pid is None:
+            assert not journal.exists(), "an apply that exits compacts its journal into the state file"
+        else:
+            assert not journal.exists() or journal.read_bytes().endswith(b"\n"), "whole lines only"
+        data = st.parse_file(path)
+        assert data["lineage"] == raw["lineage"] and data["serial"] >= raw["serial"]
         return data
 
     def lambda_versions(self) -> list[str]:

@@ -121,7 +121,8 @@ class Deploy:
 
 def check_state(path: Path) -> dict:
     """State file integrity (SPEC §6): parses, has lineage and serial, and the
-    previous copy is kept as .backup (same lineage, the serial before)."""
+    previous copy is kept as .backup (same lineage, an earlier serial: the steps in
+    between were journaled, then compacted when the apply ended)."""
     data = json.loads(path.read_text())
     assert data["format_version"] == 1
     assert uuid.UUID(data["lineage"])
@@ -131,8 +132,9 @@ def check_state(path: Path) -> dict:
         assert backup.exists()
         prev = json.loads(backup.read_text())
         assert prev["lineage"] == data["lineage"]
-        assert prev["serial"] == data["serial"] - 1
+        assert prev["serial"] < data["serial"]
     assert not list(path.parent.glob(".*.tmp")), "temp files left behind"
+    assert not path.with_name(path.name + ".journal").exists(), "journal not compacted"
     return data
 
 
