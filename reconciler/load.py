@@ -77,6 +77,10 @@ class Workspace:
     connectors: dict[str, Entity] = field(default_factory=dict)
     overrides: list[Entity] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    # manifest files already read, by the path as written: a thousand services naming the
+    # same /fn.json read and parse it once (the Doc is shared; rendering copies its data)
+    _manifests: dict[str, Doc] = field(default_factory=dict, repr=False, compare=False)
+    _real_root: Path | None = field(default=None, repr=False, compare=False)
 
     def shown(self, path: Path) -> str:
         try:
@@ -86,8 +90,11 @@ class Workspace:
 
     def read_file(self, ref: str, entity: Entity, path: PathT) -> Doc:
         """A manifest file named in `entity` at `path`, resolved inside the workspace."""
-        target = self.resolve(ref, entity, path)
-        return load_data_file(target, self.shown(target))
+        doc = self._manifests.get(ref)
+        if doc is None:
+            target = self.resolve(ref, entity, path)
+            doc = self._manifests[ref] = load_data_file(target, self.shown(target))
+        return doc
 
     def resolve(self, ref: str, entity: Entity, path: PathT) -> Path:
         rel = str(ref).strip()
@@ -95,7 +102,9 @@ class Workspace:
             raise entity.error(path, "empty file path")
         # Harness file-store and Git paths are relative to the workspace root, even with a leading '/'
         candidate = (self.root / rel.lstrip("/")).resolve()
-        root = self.root.resolve()
+        root = self._real_root
+        if root is None:
+            root = self._real_root = self.root.resolve()
         if candidate != root and root not in candidate.parents:
             raise entity.error(path, f"path '{rel}' leaves the workspace", "manifest files must live inside the workspace")
         if not candidate.is_file():
