@@ -7,6 +7,7 @@ function is drift — "changed outside reconciler" — shown apart.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from reconciler.adopt import owner_conflict
@@ -141,6 +142,32 @@ def interrupted_note(record: dict) -> str:
     return f"an {record.get('operation', 'apply')} started at {record.get('started_at')} was interrupted {after}; this plan converges it"
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _json_copy(value: Any) -> Any:
+    t = type(value)
+    if t is dict:
+        return {k: _json_copy(v) for k, v in value.items()}
+    if t is list:
+        return [_json_copy(v) for v in value]
+    if t in _SCALARS:
+        return value
+    raise TypeError  # not plain JSON data: dataclasses.asdict copies it
+
+
+def spec_dict(spec: FunctionSpec) -> dict:
+    """spec.to_dict() (dataclasses.asdict) for a spec of plain JSON data, several times
+    faster: a plan of a thousand functions makes one per function."""
+    try:
+        return {f: _json_copy(getattr(spec, f)) for f in _SPEC_FIELDS}
+    except TypeError:
+        return spec.to_dict()
+
+
+_SPEC_FIELDS = tuple(f.name for f in fields(FunctionSpec))
+
+
 def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: dict, state_file: str,
                   interrupted: dict | None = None) -> FunctionPlan:
     """One function's plan. `recorded` is its entry in state (or None), `live` a
@@ -149,7 +176,7 @@ def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: d
     interrupted_deployment): the plan then converges what it left half done."""
     fp = FunctionPlan(
         name=spec.name, service=spec.service, environment=spec.environment, infrastructure=spec.infrastructure,
-        region=spec.region, action="noop", desired=spec.to_dict(), code=code, live_fingerprint=fingerprint(live),
+        region=spec.region, action="noop", desired=spec_dict(spec), code=code, live_fingerprint=fingerprint(live),
         state_file=state_file,
     )
     config, fp.notes = desired_config(spec, recorded)
