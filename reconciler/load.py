@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
 from reconciler.expr import input_default
@@ -145,8 +147,27 @@ def discover(root: Path, state_dir: Path | None = None) -> list[Path]:
     return found
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a workspace loads: the parsed data has no cycles,
+    and the collector, triggered again and again by the thousands of new dicts, lists and
+    tuples of a large workspace, would otherwise scan them all repeatedly (~20% of a load)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def load_workspace(root: Path, state_dir: Path | None = None) -> Workspace:
     """Load every entity; collect all errors and raise them together."""
+    with _gc_paused():
+        return _load_workspace(root, state_dir)
+
+
+def _load_workspace(root: Path, state_dir: Path | None) -> Workspace:
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"workspace '{root}' is not a directory")
