@@ -216,8 +216,42 @@ def _plain(ev) -> Any:
     return out
 
 
-def _fast_docs(text: str, file: str) -> list[Doc] | None:
-    """libyaml's events turned into plain data and line tables, or None: ruamel decides."""
+class _Lines:
+    """The line tables of the documents of one text, made when first asked for: a plan
+    that finds nothing wrong asks for the line of hardly any value, so a fleet's thousand
+    service files are read without building a path → line table for each."""
+
+    __slots__ = ("text", "file", "tables")
+
+    def __init__(self, text: str, file: str) -> None:
+        self.text, self.file, self.tables = text, file, None
+
+    def table(self, index: int) -> dict[PathT, int]:
+        if self.tables is None:
+            docs = _fast_docs(self.text, self.file, track=True) or _load_yaml_documents_rt(self.text, self.file)
+            self.tables = [d.lines for d in docs]
+            self.text = None
+        return self.tables[index]
+
+
+class _FastDoc(Doc):
+    """A Doc of the fast path whose line table is made on first use."""
+
+    def __init__(self, file: str, data: Any, base: int, source: _Lines, index: int) -> None:
+        self.file, self.data = file, data
+        self._base, self._source, self._index = base, source, index
+
+    @property
+    def lines(self) -> dict[PathT, int]:  # type: ignore[override]
+        return self._source.table(self._index)
+
+    def line(self, path: PathT = ()) -> int | None:
+        return self._base if not path else super().line(path)
+
+
+def _fast_docs(text: str, file: str, track: bool = False) -> list[Doc] | None:
+    """libyaml's events turned into plain data, or None: ruamel decides. The line tables
+    are made now with `track`, else when first asked for."""
     parser = _fast_parser()
     if parser is None:
         return None
@@ -250,6 +284,9 @@ def _fast_docs(text: str, file: str) -> list[Doc] | None:
                 if isinstance(key, float) or key in out or (key is not None and not isinstance(key, (str, int))):
                     raise _Fallback
                 v = get()
+                if lines is None:
+                    out[key] = node(v, path, lines, budget)
+                    continue
                 sub = path + (key,)
                 lines[sub] = (v.start_mark.line if v.__class__ is ScalarEvent else k.start_mark.line) + 1
                 out[key] = node(v, sub, lines, budget)
@@ -260,6 +297,9 @@ def _fast_docs(text: str, file: str) -> list[Doc] | None:
                 item = get()
                 if item.__class__ is SequenceEndEvent:
                     return out_l
+                if lines is None:
+                    out_l.append(node(item, path, lines, budget))
+                    continue
                 sub = path + (i,)
                 lines[sub] = item.start_mark.line + 1
                 out_l.append(node(item, sub, lines, budget))
@@ -269,7 +309,8 @@ def _fast_docs(text: str, file: str) -> list[Doc] | None:
     try:
         if get().__class__ is not StreamStartEvent:
             return None  # pragma: no cover
-        docs = []
+        docs: list[Doc] = []
+        source = None if track else _Lines(text, file)
         while True:
             ev = get()
             if ev.__class__ is StreamEndEvent:
@@ -283,6 +324,9 @@ def _fast_docs(text: str, file: str) -> list[Doc] | None:
                 data = _plain(root)
                 if data is not None:
                     docs.append(Doc(file=file, data=data, lines={(): 1}))
+            elif source is not None:
+                data = node(root, (), None, [MAX_NODES])
+                docs.append(_FastDoc(file, data, root.start_mark.line + 1, source, len(docs)))
             else:
                 lines: dict[PathT, int] = {(): root.start_mark.line + 1}
                 data = node(root, (), lines, [MAX_NODES])

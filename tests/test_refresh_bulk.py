@@ -151,6 +151,11 @@ def test_fast_yaml_answers_for_service_files(tmp_path, monkeypatch):
     files = [REPO / "samples" / "hello-world" / ".harness" / "service.yaml", tmp_path / ".harness" / "svc0001.yaml", tmp_path / "fn.json"]
     for f in files:
         assert yamlsrc._fast_docs(f.read_text(), str(f)) is not None, f
+    # the line table is made when first asked for, and is the one ruamel gives
+    text = files[1].read_text()
+    doc = yamlsrc._fast_docs(text, "f")[0]
+    assert doc.line(("service", "serviceDefinition", "spec", "artifacts", "primary", "sources", 0, "spec", "bucketName")) == 16
+    assert doc.lines == yamlsrc._load_yaml_documents_rt(text, "f")[0].lines
 
 
 def _files() -> list[Path]:
