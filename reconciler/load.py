@@ -83,6 +83,25 @@ class Workspace:
     # same /fn.json read and parse it once (the Doc is shared; rendering copies its data)
     _manifests: dict[str, Doc] = field(default_factory=dict, repr=False, compare=False)
     _real_root: Path | None = field(default=None, repr=False, compare=False)
+    _override_index: dict[tuple, list[tuple[int, Entity]]] | None = field(default=None, repr=False, compare=False)
+
+    def overrides_of(self, environment: str, service: str) -> list[Entity]:
+        """The overrides that may apply to a service in an environment (those of the
+        environment naming that service, or no service), in the order they were read. An
+        index made once: a thousand targets each looking through a thousand overrides
+        would be quadratic."""
+        index = self._override_index
+        if index is None or sum(map(len, index.values())) != len(self.overrides):
+            index = {}
+            for i, ov in enumerate(self.overrides):
+                b = ov.body
+                per_service = "SERVICE" in str(b.get("type"))
+                index.setdefault((b.get("environmentRef"), b.get("serviceRef") if per_service else None), []).append((i, ov))
+            self._override_index = index
+        found = index.get((environment, None), [])
+        if service is not None:
+            found = sorted(found + index.get((environment, service), []), key=lambda x: x[0])
+        return [ov for _, ov in found]
 
     def shown(self, path: Path) -> str:
         try:
