@@ -268,8 +268,8 @@ def _fast_docs(text: str, file: str, track: bool = False) -> list[Doc] | None:
         cls = ev.__class__
         if cls is ScalarEvent:
             return _plain(ev)
-        if ev.tag is not None or cls is AliasEvent or ev.anchor is not None:
-            raise _Fallback  # explicit tags, anchors and aliases: ruamel
+        if cls is AliasEvent or ev.tag is not None or ev.anchor is not None:
+            raise _Fallback  # aliases, explicit tags and anchors: ruamel
         if cls is MappingStartEvent:
             out = {}
             while True:

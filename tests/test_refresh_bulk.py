@@ -137,6 +137,7 @@ YAML_CASES = [
     "a: <+input>\nb: <+env.name>-x\n", "a: &a {x: 1}\nb:\n  <<: *a\n  y: 2\n", "on: push\n",
     "a: &x 1\nb: 2\n", "a: &x 1\nb: &x 2\n", "'<<': 1\n", "? [a]\n: 1\n", "a: [1, {b: c}, [d]]\n", "",
     "---\n...\n", "a: !!map {b: 1}\n", "a:\n  - - x\n    - y\n  - z: 1\n",
+    "a: &x 1\nb: *x\n", "- &x 1\n- *x\n", "a: &x 1\n*x : 2\n",
 ]
 
 
