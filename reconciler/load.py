@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
 from reconciler.expr import input_default
@@ -77,6 +79,29 @@ class Workspace:
     connectors: dict[str, Entity] = field(default_factory=dict)
     overrides: list[Entity] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    # manifest files already read, by the path as written: a thousand services naming the
+    # same /fn.json read and parse it once (the Doc is shared; rendering copies its data)
+    _manifests: dict[str, Doc] = field(default_factory=dict, repr=False, compare=False)
+    _real_root: Path | None = field(default=None, repr=False, compare=False)
+    _override_index: dict[tuple, list[tuple[int, Entity]]] | None = field(default=None, repr=False, compare=False)
+
+    def overrides_of(self, environment: str, service: str) -> list[Entity]:
+        """The overrides that may apply to a service in an environment (those of the
+        environment naming that service, or no service), in the order they were read. An
+        index made once: a thousand targets each looking through a thousand overrides
+        would be quadratic."""
+        index = self._override_index
+        if index is None or sum(map(len, index.values())) != len(self.overrides):
+            index = {}
+            for i, ov in enumerate(self.overrides):
+                b = ov.body
+                per_service = "SERVICE" in str(b.get("type"))
+                index.setdefault((b.get("environmentRef"), b.get("serviceRef") if per_service else None), []).append((i, ov))
+            self._override_index = index
+        found = index.get((environment, None), [])
+        if service is not None:
+            found = sorted(found + index.get((environment, service), []), key=lambda x: x[0])
+        return [ov for _, ov in found]
 
     def shown(self, path: Path) -> str:
         try:
@@ -86,8 +111,11 @@ class Workspace:
 
     def read_file(self, ref: str, entity: Entity, path: PathT) -> Doc:
         """A manifest file named in `entity` at `path`, resolved inside the workspace."""
-        target = self.resolve(ref, entity, path)
-        return load_data_file(target, self.shown(target))
+        doc = self._manifests.get(ref)
+        if doc is None:
+            target = self.resolve(ref, entity, path)
+            doc = self._manifests[ref] = load_data_file(target, self.shown(target))
+        return doc
 
     def resolve(self, ref: str, entity: Entity, path: PathT) -> Path:
         rel = str(ref).strip()
@@ -95,7 +123,9 @@ class Workspace:
             raise entity.error(path, "empty file path")
         # Harness file-store and Git paths are relative to the workspace root, even with a leading '/'
         candidate = (self.root / rel.lstrip("/")).resolve()
-        root = self.root.resolve()
+        root = self._real_root
+        if root is None:
+            root = self._real_root = self.root.resolve()
         if candidate != root and root not in candidate.parents:
             raise entity.error(path, f"path '{rel}' leaves the workspace", "manifest files must live inside the workspace")
         if not candidate.is_file():
@@ -136,8 +166,27 @@ def discover(root: Path, state_dir: Path | None = None) -> list[Path]:
     return found
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a workspace loads: the parsed data has no cycles,
+    and the collector, triggered again and again by the thousands of new dicts, lists and
+    tuples of a large workspace, would otherwise scan them all repeatedly (~20% of a load)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def load_workspace(root: Path, state_dir: Path | None = None) -> Workspace:
     """Load every entity; collect all errors and raise them together."""
+    with _gc_paused():
+        return _load_workspace(root, state_dir)
+
+
+def _load_workspace(root: Path, state_dir: Path | None) -> Workspace:
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"workspace '{root}' is not a directory")

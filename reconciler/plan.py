@@ -7,6 +7,7 @@ function is drift — "changed outside reconciler" — shown apart.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from reconciler.adopt import owner_conflict
@@ -97,8 +98,40 @@ def publish_description(deployment_id: str) -> str:
 def interrupted_deployment(history: list[dict], name: str) -> dict | None:
     """The deployment of this function that started and never recorded an outcome (its
     process was killed), if the last one recorded for it is such."""
-    last = next((h for h in reversed(history or []) if h.get("function") == name and h.get("operation") in ("apply", "rollback")), None)
-    return last if last is not None and last.get("status") in IN_FLIGHT else None
+    if not history:
+        return None
+    found = _last_deployment(history, name)
+    if found is None:
+        return None
+    last = found[1]
+    return last if last.get("status") in IN_FLIGHT else None
+
+
+# history list (by id) → (that list, its length, {function: (position, record)}): a plan of
+# a thousand functions looks each up in an index built once instead of scanning the whole
+# history a thousand times. The list itself is held, so its id cannot be reused while cached.
+_HISTORY_INDEX: dict[int, tuple[list, int, dict[str, tuple[int, dict]]]] = {}
+_HISTORY_INDEX_MAX = 16
+_DEPLOYMENTS = ("apply", "rollback")
+
+
+def _last_deployment(history: list[dict], name: str) -> tuple[int, dict] | None:
+    cached = _HISTORY_INDEX.get(id(history))
+    if cached is not None and cached[0] is history and cached[1] == len(history):
+        hit = cached[2].get(name)
+        # a record replaced in place (a deployment record rewritten with its outcome) is
+        # seen by identity; an unchanged position still holds the record found
+        if hit is None or history[hit[0]] is hit[1]:
+            if hit is None or (hit[1].get("function") == name and hit[1].get("operation") in _DEPLOYMENTS):
+                return hit
+    index: dict[str, tuple[int, dict]] = {}
+    for i, h in enumerate(history):
+        if h.get("operation") in _DEPLOYMENTS:
+            index[h.get("function")] = (i, h)
+    if len(_HISTORY_INDEX) >= _HISTORY_INDEX_MAX:
+        _HISTORY_INDEX.clear()
+    _HISTORY_INDEX[id(history)] = (history, len(history), index)
+    return index.get(name)
 
 
 def interrupted_note(record: dict) -> str:
@@ -109,6 +142,32 @@ def interrupted_note(record: dict) -> str:
     return f"an {record.get('operation', 'apply')} started at {record.get('started_at')} was interrupted {after}; this plan converges it"
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _json_copy(value: Any) -> Any:
+    t = type(value)
+    if t is dict:
+        return {k: _json_copy(v) for k, v in value.items()}
+    if t is list:
+        return [_json_copy(v) for v in value]
+    if t in _SCALARS:
+        return value
+    raise TypeError  # not plain JSON data: dataclasses.asdict copies it
+
+
+def spec_dict(spec: FunctionSpec) -> dict:
+    """spec.to_dict() (dataclasses.asdict) for a spec of plain JSON data, several times
+    faster: a plan of a thousand functions makes one per function."""
+    try:
+        return {f: _json_copy(getattr(spec, f)) for f in _SPEC_FIELDS}
+    except TypeError:
+        return spec.to_dict()
+
+
+_SPEC_FIELDS = tuple(f.name for f in fields(FunctionSpec))
+
+
 def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: dict, state_file: str,
                   interrupted: dict | None = None) -> FunctionPlan:
     """One function's plan. `recorded` is its entry in state (or None), `live` a
@@ -117,7 +176,7 @@ def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: d
     interrupted_deployment): the plan then converges what it left half done."""
     fp = FunctionPlan(
         name=spec.name, service=spec.service, environment=spec.environment, infrastructure=spec.infrastructure,
-        region=spec.region, action="noop", desired=spec.to_dict(), code=code, live_fingerprint=fingerprint(live),
+        region=spec.region, action="noop", desired=spec_dict(spec), code=code, live_fingerprint=fingerprint(live),
         state_file=state_file,
     )
     config, fp.notes = desired_config(spec, recorded)

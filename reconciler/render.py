@@ -161,10 +161,8 @@ def _variables(entity: Entity, path: tuple, errors: list) -> dict[str, tuple[Any
 def _override_layers(ws: Workspace, t: Target) -> list[Entity]:
     order = {name: i for i, name in enumerate(("ENV_GLOBAL_OVERRIDE", "ENV_SERVICE_OVERRIDE", "INFRA_GLOBAL_OVERRIDE", "INFRA_SERVICE_OVERRIDE"))}
     hits = []
-    for ov in ws.overrides:
+    for ov in ws.overrides_of(t.environment, t.service):
         b = ov.body
-        if b.get("environmentRef") != t.environment:
-            continue
         kind = b["type"]
         if "SERVICE" in kind and b.get("serviceRef") != t.service:
             continue

@@ -16,15 +16,23 @@ from reconciler.yamlsrc import Doc, PathT
 
 @lru_cache(maxsize=1)
 def lambda_model():
-    import botocore.session
+    """botocore's Lambda service model, read as a botocore session reads it (the data path
+    of AWS_DATA_PATH, then botocore's own data), without the cost of importing a session."""
+    import os
 
-    return botocore.session.get_session().get_service_model("lambda")
+    from botocore.loaders import create_loader
+    from botocore.model import ServiceModel
+
+    loader = create_loader(os.environ.get("AWS_DATA_PATH"))
+    return ServiceModel(loader.load_service_model("lambda", "service-2"), service_name="lambda")
 
 
+@lru_cache(maxsize=None)
 def input_shape(operation: str):
     return lambda_model().operation_model(operation).input_shape
 
 
+@lru_cache(maxsize=1)
 def update_config_fields() -> frozenset[str]:
     """Fields that UpdateFunctionConfiguration can change (minus the addressing ones)."""
     members = set(input_shape("UpdateFunctionConfiguration").members)

@@ -135,12 +135,14 @@ def _yaml_error(exc: Exception, file: str) -> ConfigError:
 # ------------------------------------------------------------------ fast path
 #
 # ruamel's round-trip loader is pure Python (~9 ms for a 20-line service file); at fleet
-# scale (a thousand services) it dominates a plan. libyaml (PyYAML's C composer, present
-# with moto's dependencies) composes the same node tree, with marks, 20x faster. It is used
-# only when its answer is certainly the one ruamel gives: plain scalars are resolved by the
-# YAML 1.2 rules ruamel applies, and any scalar where YAML 1.1 (PyYAML) and 1.2 disagree,
-# any explicit or unusual tag, merge key, duplicate key, error or oversized document sends
-# the text to ruamel, which then produces the data or the error exactly as before.
+# scale (a thousand services) it dominates a plan. libyaml (PyYAML's C parser, present
+# with moto's dependencies) parses the same text, with marks, far faster: its events are
+# turned into plain data directly (no node tree, no per-node Python resolver call). It is
+# used only when its answer is certainly the one ruamel gives: plain scalars are resolved
+# by the YAML 1.2 rules ruamel applies, and any scalar where YAML 1.1 (PyYAML) and 1.2
+# disagree, any explicit tag, anchor, alias, merge key, duplicate key, error or oversized
+# document sends the text to ruamel, which then produces the data or the error exactly as
+# before.
 
 _INT = re.compile(r"[-+]?(0|[1-9][0-9]*)\Z")
 _FLOAT = re.compile(r"[-+]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\Z")
@@ -154,22 +156,34 @@ class _Fallback(Exception):
     """The fast path is not sure: use ruamel."""
 
 
-def _fast_loader():
+_PLAIN_CACHE: dict[str, Any] = {}  # plain scalar text → its value (or _FALLBACK)
+_FALLBACK = object()
+
+
+def _fast_parser():
     try:
-        import yaml
-    except ImportError:  # pragma: no cover - moto brings PyYAML
+        from yaml._yaml import CParser
+    except ImportError:  # pragma: no cover - moto brings PyYAML, with libyaml in its wheels
         return None
-    return getattr(yaml, "CSafeLoader", None)
+    return CParser
 
 
-def _plain(node) -> Any:
-    v, tag = node.value, node.tag
-    if node.style:  # quoted or block (plain is "" or None): a string, unless explicitly tagged
-        if tag != _T + "str":
-            raise _Fallback
-        return v
+def _tag11(v: str) -> str:
+    """The tag PyYAML's (YAML 1.1) resolver gives a plain scalar."""
+    from yaml.resolver import Resolver
+
+    table = Resolver.yaml_implicit_resolvers
+    for tag, regexp in table.get(v[0] if v else "", []) + table.get(None, []):
+        if regexp.match(v):
+            return tag
+    return _T + "str"
+
+
+def _classify(v: str) -> Any:
+    """A plain scalar's value by YAML 1.2's rules, or _FALLBACK where YAML 1.1 reads it
+    otherwise (yes/no, 0o17, 1:30...) or the text needs ruamel (1e3, dates, .inf)."""
     if v == "":
-        raise _Fallback  # an empty value: ruamel places its line differently
+        return _FALLBACK  # an empty value: ruamel places its line differently
     if v in _NULLS:
         want, out = "null", None
     elif v in _TRUE or v in _FALSE:
@@ -179,71 +193,147 @@ def _plain(node) -> Any:
     elif _FLOAT.match(v):
         want, out = "float", float(v)
     elif v[:1] in "0123456789+-.":
-        raise _Fallback  # 1e3, 0o17, 1_000, .inf, dates, times: let ruamel read them
+        return _FALLBACK
     else:
         want, out = "str", v
-    if tag != _T + want:
-        raise _Fallback  # YAML 1.1 reads it otherwise (yes/no, 0o17, 1:30...) or an explicit tag
+    return out if _tag11(v) == _T + want else _FALLBACK
+
+
+def _plain(ev) -> Any:
+    """The value of a scalar event; _Fallback when the fast path is not sure."""
+    if ev.tag is not None:
+        raise _Fallback  # an explicit tag (!!str, !Ref...)
+    v = ev.value
+    if ev.style:  # quoted or block: a string
+        return v
+    out = _PLAIN_CACHE.get(v, _FALLBACK)
+    if out is _FALLBACK:
+        out = _classify(v)
+        if out is _FALLBACK:
+            raise _Fallback
+        if len(_PLAIN_CACHE) < 50_000:
+            _PLAIN_CACHE[v] = out
     return out
 
 
-def _fast_docs(text: str, file: str) -> list[Doc] | None:
-    loader = _fast_loader()
-    if loader is None:
-        return None
-    import yaml
+class _Lines:
+    """The line tables of the documents of one text, made when first asked for: a plan
+    that finds nothing wrong asks for the line of hardly any value, so a fleet's thousand
+    service files are read without building a path → line table for each."""
 
-    try:
-        roots = list(yaml.compose_all(text, Loader=loader))
-    except (yaml.YAMLError, RecursionError, ValueError, TypeError):
-        return None
-    try:
-        docs = []
-        for root in roots:
-            if root is None:
-                continue
-            budget = [MAX_NODES]
-            if isinstance(root, yaml.ScalarNode):
-                data = _plain(root)
-                if data is None:
-                    continue
-                docs.append(Doc(file=file, data=data, lines={(): 1}))
-                continue
-            base = root.start_mark.line + 1
-            lines: dict[PathT, int] = {(): base}
+    __slots__ = ("text", "file", "tables")
 
-            def walk(n, path: PathT) -> Any:
-                budget[0] -= 1
-                if budget[0] < 0:
+    def __init__(self, text: str, file: str) -> None:
+        self.text, self.file, self.tables = text, file, None
+
+    def table(self, index: int) -> dict[PathT, int]:
+        if self.tables is None:
+            docs = _fast_docs(self.text, self.file, track=True) or _load_yaml_documents_rt(self.text, self.file)
+            self.tables = [d.lines for d in docs]
+            self.text = None
+        return self.tables[index]
+
+
+class _FastDoc(Doc):
+    """A Doc of the fast path whose line table is made on first use."""
+
+    def __init__(self, file: str, data: Any, base: int, source: _Lines, index: int) -> None:
+        self.file, self.data = file, data
+        self._base, self._source, self._index = base, source, index
+
+    @property
+    def lines(self) -> dict[PathT, int]:  # type: ignore[override]
+        return self._source.table(self._index)
+
+    def line(self, path: PathT = ()) -> int | None:
+        return self._base if not path else super().line(path)
+
+
+def _fast_docs(text: str, file: str, track: bool = False) -> list[Doc] | None:
+    """libyaml's events turned into plain data, or None: ruamel decides. The line tables
+    are made now with `track`, else when first asked for."""
+    parser = _fast_parser()
+    if parser is None:
+        return None
+    from yaml.events import (AliasEvent, DocumentEndEvent, DocumentStartEvent, MappingEndEvent, MappingStartEvent,
+                             ScalarEvent, SequenceEndEvent, SequenceStartEvent, StreamEndEvent, StreamStartEvent)
+    from yaml.error import YAMLError
+
+    get = parser(text).get_event
+
+    def node(ev, path: PathT, lines: dict, budget: list) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _Fallback
+        cls = ev.__class__
+        if cls is ScalarEvent:
+            return _plain(ev)
+        if cls is AliasEvent or ev.tag is not None or ev.anchor is not None:
+            raise _Fallback  # aliases, explicit tags and anchors: ruamel
+        if cls is MappingStartEvent:
+            out = {}
+            while True:
+                k = get()
+                if k.__class__ is not ScalarEvent:
+                    if k.__class__ is MappingEndEvent:
+                        return out
+                    raise _Fallback  # a complex key or an alias
+                if k.anchor is not None:
                     raise _Fallback
-                if isinstance(n, yaml.MappingNode):
-                    if n.tag != _T + "map":
-                        raise _Fallback
-                    out = {}
-                    for k, v in n.value:
-                        if not isinstance(k, yaml.ScalarNode) or k.tag == _T + "merge":
-                            raise _Fallback
-                        key = _plain(k)
-                        if isinstance(key, float) or key in out or (key is not None and not isinstance(key, (str, int))):
-                            raise _Fallback
-                        sub = path + (key,)
-                        lines[sub] = (v.start_mark.line if isinstance(v, yaml.ScalarNode) else k.start_mark.line) + 1
-                        out[key] = walk(v, sub)
-                    return out
-                if isinstance(n, yaml.SequenceNode):
-                    if n.tag != _T + "seq":
-                        raise _Fallback
-                    out_l = []
-                    for i, item in enumerate(n.value):
-                        sub = path + (i,)
-                        lines[sub] = item.start_mark.line + 1
-                        out_l.append(walk(item, sub))
+                key = _plain(k)
+                if isinstance(key, float) or key in out or (key is not None and not isinstance(key, (str, int))):
+                    raise _Fallback
+                v = get()
+                if lines is None:
+                    out[key] = node(v, path, lines, budget)
+                    continue
+                sub = path + (key,)
+                lines[sub] = (v.start_mark.line if v.__class__ is ScalarEvent else k.start_mark.line) + 1
+                out[key] = node(v, sub, lines, budget)
+        if cls is SequenceStartEvent:
+            out_l = []
+            i = 0
+            while True:
+                item = get()
+                if item.__class__ is SequenceEndEvent:
                     return out_l
-                return _plain(n)
+                if lines is None:
+                    out_l.append(node(item, path, lines, budget))
+                    continue
+                sub = path + (i,)
+                lines[sub] = item.start_mark.line + 1
+                out_l.append(node(item, sub, lines, budget))
+                i += 1
+        raise _Fallback  # pragma: no cover - no other event starts a node
 
-            docs.append(Doc(file=file, data=walk(root, ()), lines=lines))
-        return docs
-    except (_Fallback, RecursionError):
+    try:
+        if get().__class__ is not StreamStartEvent:
+            return None  # pragma: no cover
+        docs: list[Doc] = []
+        source = None if track else _Lines(text, file)
+        while True:
+            ev = get()
+            if ev.__class__ is StreamEndEvent:
+                return docs
+            if ev.__class__ is not DocumentStartEvent:
+                return None  # pragma: no cover
+            root = get()
+            if root.__class__ is ScalarEvent:
+                if root.anchor is not None:
+                    return None
+                data = _plain(root)
+                if data is not None:
+                    docs.append(Doc(file=file, data=data, lines={(): 1}))
+            elif source is not None:
+                data = node(root, (), None, [MAX_NODES])
+                docs.append(_FastDoc(file, data, root.start_mark.line + 1, source, len(docs)))
+            else:
+                lines: dict[PathT, int] = {(): root.start_mark.line + 1}
+                data = node(root, (), lines, [MAX_NODES])
+                docs.append(Doc(file=file, data=data, lines=lines))
+            if get().__class__ is not DocumentEndEvent:
+                return None  # pragma: no cover
+    except (_Fallback, YAMLError, RecursionError, ValueError, TypeError):
         return None
 
 

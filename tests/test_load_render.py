@@ -156,6 +156,12 @@ def test_keys_normalised_to_pascal_case_at_every_level(tmp_path):
         "DeadLetterConfig": {"TargetArn": "arn:aws:sqs:us-east-1:123456789012:dlq"},
     }
     assert spec.tags == {"camelTag": "x", "Owner": "me", "reconciler:service": "svc", "reconciler:environment": "dev"}
+    # the plan's copy of the spec is what dataclasses.asdict gives, and a copy
+    from reconciler.plan import spec_dict
+
+    d = spec_dict(spec)
+    assert d == spec.to_dict() and list(d) == list(spec.to_dict())
+    assert d["config"] is not spec.config and d["config"]["VpcConfig"]["SubnetIds"] is not spec.config["VpcConfig"]["SubnetIds"]
 
 
 def test_string_numbers_coerced_to_integers(tmp_path):

@@ -135,7 +135,28 @@ YAML_CASES = [
     "a: &x {b: 1}\nc: *x\n", "a: \"x\"\nb: 'y'\n", "- 1\n- 2\n", "hello\n", "a: 0x1F\n", "a: True\n", "a: -3\nb: +4\n",
     "'1': a\n2: b\n", "a: !Ref x\n", "a: >\n  folded\n  text\nb: 1\n", '{"a": {"b": [1, "x"]},\n "c": 2.50}\n', "a: 1_000\n",
     "a: <+input>\nb: <+env.name>-x\n", "a: &a {x: 1}\nb:\n  <<: *a\n  y: 2\n", "on: push\n",
+    "a: &x 1\nb: 2\n", "a: &x 1\nb: &x 2\n", "'<<': 1\n", "? [a]\n: 1\n", "a: [1, {b: c}, [d]]\n", "",
+    "---\n...\n", "a: !!map {b: 1}\n", "a:\n  - - x\n    - y\n  - z: 1\n",
+    "a: &x 1\nb: *x\n", "- &x 1\n- *x\n", "a: &x 1\n*x : 2\n",
 ]
+
+
+def test_fast_yaml_answers_for_service_files(tmp_path, monkeypatch):
+    """Service files like the samples' and the fleet benchmark's take the fast path."""
+    from reconciler import yamlsrc
+
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import fleet
+
+    fleet.workspace(tmp_path, 2)
+    files = [REPO / "samples" / "hello-world" / ".harness" / "service.yaml", tmp_path / ".harness" / "svc0001.yaml", tmp_path / "fn.json"]
+    for f in files:
+        assert yamlsrc._fast_docs(f.read_text(), str(f)) is not None, f
+    # the line table is made when first asked for, and is the one ruamel gives
+    text = files[1].read_text()
+    doc = yamlsrc._fast_docs(text, "f")[0]
+    assert doc.line(("service", "serviceDefinition", "spec", "artifacts", "primary", "sources", 0, "spec", "bucketName")) == 16
+    assert doc.lines == yamlsrc._load_yaml_documents_rt(text, "f")[0].lines
 
 
 def _files() -> list[Path]:

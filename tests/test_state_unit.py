@@ -328,3 +328,22 @@ def test_s3_backend_region_from_the_environment_or_a_clear_error(monkeypatch, tm
         b.client("s3")
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
     assert b.client("s3").meta.region_name == "eu-west-1"
+
+
+def test_interrupted_deployment_follows_history_changes():
+    """The per-history index sees appends, records replaced in place and status changes."""
+    from reconciler.plan import interrupted_deployment
+
+    history = [{"id": "1", "function": "a", "operation": "apply", "status": "succeeded"},
+               {"id": "2", "function": "b", "operation": "apply", "status": "in_progress"},
+               {"id": "3", "function": "b", "operation": "delete", "status": "succeeded"}]
+    assert interrupted_deployment(history, "a") is None
+    assert interrupted_deployment(history, "b") is history[1]
+    assert interrupted_deployment(history, "c") is None
+    history[1] = {**history[1], "status": "succeeded"}  # the outcome recorded in place
+    assert interrupted_deployment(history, "b") is None
+    history.append({"id": "4", "function": "a", "operation": "rollback", "status": "rolling_back"})
+    assert interrupted_deployment(history, "a") is history[3]
+    history[3]["status"] = "failed"
+    assert interrupted_deployment(history, "a") is None
+    assert interrupted_deployment([], "a") is None and interrupted_deployment(None, "a") is None
