@@ -108,6 +108,34 @@ def refresh_all(aws, wants: list[Want], parallelism: int = 10,
     groups: dict[tuple, list[int]] = {}
     for i, w in enumerate(wants):
         groups.setdefault((w.region, (w.connector or {}).get("role_arn")), []).append(i)
+    tag_jobs: list[tuple[str, dict | None, list[int]]] = []
+
+    def read_tags(region: str, connector: dict | None, idx: list[int]) -> None:
+        """The tags of the functions found in a region, in bulk (the Tagging API)."""
+        arns: dict[str, list[int]] = {}
+        for i in idx:
+            if confs[i] is not _UNKNOWN and confs[i] is not None:
+                arns.setdefault(confs[i]["FunctionArn"], []).append(i)
+        if not arns:
+            return
+        got: dict[str, dict] = {}
+        read = 0
+        exhausted = True
+        for page in lambda_tag_pages(aws, region, connector):
+            read += 1
+            for r in page.get("ResourceTagMappingList") or []:
+                if r.get("ResourceARN") in arns:
+                    got[r["ResourceARN"]] = {t["Key"]: t["Value"] for t in r.get("Tags") or []}
+            missing = len(arns) - len(got)
+            if missing == 0 or read >= len(arns):
+                exhausted = missing == 0
+                break
+        for arn, ii in arns.items():
+            for i in ii:
+                if arn in got:
+                    tags[i] = got[arn]
+                elif exhausted:
+                    tags[i] = {}  # a function without tags is not listed
 
     for (region, _role), idx in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         if len(idx) < BULK_MIN:
@@ -153,56 +181,48 @@ def refresh_all(aws, wants: list[Want], parallelism: int = 10,
                     if with_versions:
                         versions[i] = []
 
-        # tags of the functions found, in bulk
-        arns: dict[str, list[int]] = {}
-        for i in idx:
-            if confs[i] is not _UNKNOWN and confs[i] is not None:
-                arns.setdefault(confs[i]["FunctionArn"], []).append(i)
-        if not arns:
-            continue
-        got: dict[str, dict] = {}
-        read = 0
-        exhausted = True
-        for page in lambda_tag_pages(aws, region, connector):
-            read += 1
-            for r in page.get("ResourceTagMappingList") or []:
-                if r.get("ResourceARN") in arns:
-                    got[r["ResourceARN"]] = {t["Key"]: t["Value"] for t in r.get("Tags") or []}
-            missing = len(arns) - len(got)
-            if missing == 0 or read >= len(arns):
-                exhausted = missing == 0
-                break
-        for arn, ii in arns.items():
-            for i in ii:
-                if arn in got:
-                    tags[i] = got[arn]
-                elif exhausted:
-                    tags[i] = {}  # a function without tags is not listed
+        tag_jobs.append((region, connector, idx))
 
     done = 0
     lock = threading.Lock()
 
-    def one(i: int) -> dict:
+    def one(i: int):
+        """A function's aliases (its configuration is listed), or the whole function."""
         nonlocal done
         w = wants[i]
         conf = confs[i]
         if conf is _UNKNOWN:
-            snap = refresh_function(aws, w.region, w.connector, w.name)
+            got = refresh_function(aws, w.region, w.connector, w.name)
         elif conf is None:
-            snap = {"exists": False}
+            got = None
         else:
-            lam = Lambda(aws, w.region, w.connector)
-            tag = tags[i] if tags[i] is not None else lam.list_tags(conf["FunctionArn"])
-            snap = snapshot({"Configuration": conf, "Tags": tag}, lam.list_aliases(w.name))
+            got = Lambda(aws, w.region, w.connector).list_aliases(w.name)
         with lock:
             done += 1
             progress("refresh", done, n, w.name)
-        return snap
+        return got
 
     if n == 0:
         return [], []
-    with ThreadPoolExecutor(max_workers=max(1, min(parallelism, n))) as ex:
-        snaps = list(ex.map(one, range(n)))
+    # the tag pages are read alongside the per-function reads, not before them
+    with ThreadPoolExecutor(max_workers=max(1, len(tag_jobs)), thread_name_prefix="tags") as tex:
+        tag_reads = [tex.submit(read_tags, *job) for job in tag_jobs]
+        got = parallel_map(one, list(range(n)), parallelism)
+        for f in tag_reads:
+            f.result()
+    # functions the tag pages did not cover: ListTags each
+    untagged = [i for i in range(n) if confs[i] is not _UNKNOWN and confs[i] is not None and tags[i] is None]
+    for i, t in zip(untagged, parallel_map(lambda i: Lambda(aws, wants[i].region, wants[i].connector).list_tags(confs[i]["FunctionArn"]),
+                                           untagged, parallelism)):
+        tags[i] = t
+    snaps = []
+    for i in range(n):
+        if confs[i] is _UNKNOWN:
+            snaps.append(got[i])
+        elif confs[i] is None:
+            snaps.append({"exists": False})
+        else:
+            snaps.append(snapshot({"Configuration": confs[i], "Tags": tags[i]}, got[i]))
     return snaps, versions
 
 
@@ -244,13 +264,20 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
         cache: dict[str, str] = {}
         for s_ in states.values():
             cache.update(s_.artifacts)
-        code_by_artifact: dict[str, dict] = {}
-        ecr_repos: dict = {}
-        for s in specs:
-            key = _artifact_key(s.artifact)
-            if key not in code_by_artifact:
-                ctx.log(f"artifact {s.artifact.get('id')}: resolving {key}")
-                code_by_artifact[key] = resolve_artifact(aws, s, cache, ecr_repos)
+        def resolve_all() -> dict[str, dict]:
+            code_by_artifact: dict[str, dict] = {}
+            ecr_repos: dict = {}
+            for s in specs:
+                key = _artifact_key(s.artifact)
+                if key not in code_by_artifact:
+                    ctx.log(f"artifact {s.artifact.get('id')}: resolving {key}")
+                    code_by_artifact[key] = resolve_artifact(aws, s, cache, ecr_repos)
+            return code_by_artifact
+
+        # resolved alongside the refresh of the functions
+        artifacts_ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="artifacts")
+        artifacts = artifacts_ex.submit(resolve_all)
+        artifacts_ex.shutdown(wait=False)
 
         accounts: dict[tuple, str] = {}
         for s in specs:
@@ -279,7 +306,10 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
         wants = [Want(s.region, s.connector, s.name) for s in ordered]
         wants += [Want(rec.get("region") or state.region, rec.get("connector"), name) for name, rec, state, _, _ in orphans]
         ctx.log(f"refreshing {len(wants)} function(s)")
-        lives, _ = refresh_all(aws, wants, ctx.parallelism, ctx.progress)
+        try:
+            lives, _ = refresh_all(aws, wants, ctx.parallelism, ctx.progress)
+        finally:
+            code_by_artifact = artifacts.result()
 
     with ctx.stats.phase("plan"):
         plan = Plan(functions=[], created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
