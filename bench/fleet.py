@@ -5,8 +5,11 @@ generated workspace, then runs A B A B in the same run:
 
 - `reconciler plan` (state current, nothing to do) vs a threaded boto3 script that reads
   the same information (list_functions + list_aliases);
-- `reconciler apply` of a code change to 100 functions vs a threaded boto3
-  update_function_code / wait / publish_version / update_alias loop.
+- `reconciler apply` of the workspace where 100 functions have a code change vs a
+  threaded boto3 update_function_code / wait / publish_version / update_alias loop over
+  100 functions of its own (another region, seeded with boto3, so that neither sees the
+  other's versions). The apply reads every function of the workspace to find what
+  changed (at N = 1000: 900 unchanged ones too); the loop is told which to deploy.
 
 Prints a table: median wall time, ratio to the baseline, Lambda API calls per function
 (from `--stats`), and peak RSS.
@@ -36,6 +39,7 @@ from pathlib import Path
 
 REGION = "us-east-1"
 BUCKET = "bench-artifacts"
+BASELINE_BUCKET = "bench-baseline-artifacts"
 ROLE = "bench-role"
 
 
@@ -133,10 +137,12 @@ with ThreadPoolExecutor(10) as ex:
 print(len(fns), sum(map(len, out)))
 """
 
+BASELINE_REGION = "us-west-2"  # its own functions, so that the two never touch each other's
+
 BASELINE_APPLY = r"""
 import boto3, sys
 from concurrent.futures import ThreadPoolExecutor
-lam = boto3.client("lambda")
+lam = boto3.client("lambda", region_name="%s")
 names, key = sys.argv[1].split(","), sys.argv[2]
 def deploy(name):
     lam.update_function_code(FunctionName=name, S3Bucket="%s", S3Key=key)
@@ -145,7 +151,7 @@ def deploy(name):
     lam.update_alias(FunctionName=name, Name="live", FunctionVersion=v)
 with ThreadPoolExecutor(10) as ex:
     list(ex.map(deploy, names))
-""" % BUCKET
+""" % (BASELINE_REGION, BASELINE_BUCKET)
 
 
 def py(env: dict, code: str, *args: str) -> float:
@@ -168,6 +174,22 @@ def run_size(n: int, rounds: int) -> list[list[str]]:
         s3.put_object(Bucket=BUCKET, Key="v1.zip", Body=make_zip("v1"), ChecksumAlgorithm="SHA256")
         s3.put_object(Bucket=BUCKET, Key="v2.zip", Body=make_zip("v2"), ChecksumAlgorithm="SHA256")
         s3.put_object(Bucket=BUCKET, Key="v3.zip", Body=make_zip("v3"), ChecksumAlgorithm="SHA256")
+        # the apply baseline's own 100 functions, in another region, seeded with boto3
+        m = min(100, n)
+        west = boto3.client("s3", region_name=BASELINE_REGION, endpoint_url=endpoint, aws_access_key_id="b", aws_secret_access_key="b")
+        west.create_bucket(Bucket=BASELINE_BUCKET, CreateBucketConfiguration={"LocationConstraint": BASELINE_REGION})
+        for v in ("v1", "v2", "v3"):
+            west.put_object(Bucket=BASELINE_BUCKET, Key=f"{v}.zip", Body=make_zip(v))
+        wl = boto3.client("lambda", region_name=BASELINE_REGION, endpoint_url=endpoint, aws_access_key_id="b", aws_secret_access_key="b")
+
+        def seed_baseline(i: int) -> None:
+            name = f"base{i:04d}"
+            wl.create_function(FunctionName=name, Runtime="python3.12", Handler="handler.handler", Role=f"arn:aws:iam::123456789012:role/{ROLE}",
+                               Code={"S3Bucket": BASELINE_BUCKET, "S3Key": "v1.zip"})
+            wl.create_alias(FunctionName=name, Name="live", FunctionVersion=wl.publish_version(FunctionName=name)["Version"])
+
+        with ThreadPoolExecutor(10) as ex:
+            list(ex.map(seed_baseline, range(m)))
         tmp = Path(tempfile.mkdtemp(prefix="reconciler-bench-"))
         ws, state = tmp / "ws", tmp / "state"
         workspace(ws, n)
@@ -186,8 +208,7 @@ def run_size(n: int, rounds: int) -> list[list[str]]:
                      f"{statistics.median(plan_t) / statistics.median(base_t):.2f}x", f"{calls / n:.2f}",
                      f"{plan_stats.get('peak_rss_mb', 0):.0f} MB"])
 
-        m = min(100, n)
-        names = ",".join(f"fn{i:04d}" for i in range(m))
+        names = ",".join(f"base{i:04d}" for i in range(m))
         apply_t, base_apply_t, apply_stats = [], [], {}
         for r_ in range(rounds):
             key = "v2.zip" if r_ % 2 == 0 else "v1.zip"
@@ -208,7 +229,7 @@ def run_size(n: int, rounds: int) -> list[list[str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100,1000")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     rows = []
     for n in [int(x) for x in args.sizes.split(",")]:

@@ -119,11 +119,15 @@ class Lambda:
 
     def list_aliases(self, name: str) -> dict[str, dict]:
         out = {}
-        pages = call(f"listing aliases of {name}", lambda: list(self.c.get_paginator("list_aliases").paginate(FunctionName=name)))
-        for page in pages:
+        # direct calls, following NextMarker (a paginator costs more CPU than the call itself)
+        kwargs = {"FunctionName": name}
+        while True:
+            page = call(f"listing aliases of {name}", self.c.list_aliases, **kwargs)
             for a in page.get("Aliases", []):
                 out[a["Name"]] = a
-        return out
+            if not page.get("NextMarker"):
+                return out
+            kwargs["Marker"] = page["NextMarker"]
 
     def function_pages(self, all_versions: bool = False):
         """ListFunctions, page by page ($LATEST only, or every version with all_versions)."""

@@ -243,7 +243,16 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
     from reconciler.aws import Lambda, caller_account
     from reconciler.plan import interrupted_deployment, number_versions, orphan, plan_function
 
-    ws, rendered = load_and_render(ctx)
+    # A plan of everything (no selector, no lock to take first) starts reading the functions
+    # its local state files record while the workspace loads and renders: they are nearly
+    # always the functions the plan needs (desired, or orphans to report).
+    early = _early_refresh(ctx, aws) if hold is None else None
+    try:
+        ws, rendered = load_and_render(ctx)
+    except BaseException:
+        if early is not None:
+            early.cancel()
+        raise
     specs = rendered.functions
     locked: set[str] = set()
     with ctx.stats.phase("refresh"):
@@ -257,7 +266,7 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
             if hold is not None and not shared:
                 hold.enter_context(st.locked(path, "apply", timeout=lock_timeout))
                 locked.add(str(path))
-            states[key] = st.load(ctx.state_dir, *key)
+            states[key] = early.states.get(key) if early is not None and key in early.states else st.load(ctx.state_dir, *key)
 
         # artifacts: once per distinct artifact, whatever number of functions deploy it;
         # an ECR repository once whatever number of tags are read from it
@@ -307,7 +316,10 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
         wants += [Want(rec.get("region") or state.region, rec.get("connector"), name) for name, rec, state, _, _ in orphans]
         ctx.log(f"refreshing {len(wants)} function(s)")
         try:
-            lives, _ = refresh_all(aws, wants, ctx.parallelism, ctx.progress)
+            if early is not None:
+                lives = early.complete(wants)
+            else:
+                lives, _ = refresh_all(aws, wants, ctx.parallelism, ctx.progress)
         finally:
             code_by_artifact = artifacts.result()
 
@@ -358,6 +370,59 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
         for (name, rec, state, env, infra), live in zip(orphans, lives[len(ordered):]):
             plan.functions.append(orphan(name, rec, live, prune, str(state.path), env, infra))
     return plan
+
+
+def _want_key(w: Want) -> tuple:
+    return (w.region, (w.connector or {}).get("role_arn"), w.name)
+
+
+class _EarlyRefresh:
+    """refresh_all() of the functions recorded in the local state files, on a thread, while
+    the workspace loads; complete() returns the snapshots of the functions the plan wants,
+    reading the ones the state did not know."""
+
+    def __init__(self, ctx: Context, aws, states: dict[tuple[str, str], st.State], wants: list[Want]):
+        self.ctx, self.aws, self.states, self.wants = ctx, aws, states, wants
+        self.result: list[dict] | None = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.thread = threading.Thread(target=self._run, name="early-refresh", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.result, _ = refresh_all(self.aws, self.wants, self.ctx.parallelism, self.ctx.progress)
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread by complete()
+            self.error = exc
+
+    def cancel(self) -> None:
+        self.cancelled = True  # the thread is a daemon: a failed load does not wait for it
+
+    def complete(self, wants: list[Want]) -> list[dict]:
+        self.thread.join()
+        if self.error is not None:  # read them the usual way: the error is reported if it matters
+            return refresh_all(self.aws, wants, self.ctx.parallelism, self.ctx.progress)[0]
+        got = {_want_key(w): snap for w, snap in zip(self.wants, self.result or [])}
+        rest = [w for w in wants if _want_key(w) not in got]
+        if rest:
+            snaps, _ = refresh_all(self.aws, rest, self.ctx.parallelism, self.ctx.progress)
+            got.update({_want_key(w): snap for w, snap in zip(rest, snaps)})
+        return [got[_want_key(w)] for w in wants]
+
+
+def _early_refresh(ctx: Context, aws) -> _EarlyRefresh | None:
+    o = ctx.options
+    if o.services or o.environments or o.infrastructures or not isinstance(st.state_path(ctx.state_dir, "e", "i"), Path):
+        return None
+    try:
+        states = {key: st.load(ctx.state_dir, *key) for key in st.targets(ctx.state_dir)}
+    except Exception:  # noqa: BLE001 - an unreadable state is reported by the plan itself, later
+        return None
+    wants = [Want(rec.get("region") or s_.region, rec.get("connector"), name)
+             for s_ in states.values() for name, rec in sorted(s_.functions.items()) if rec.get("region") or s_.region]
+    if not wants:
+        return None
+    return _EarlyRefresh(ctx, aws, states, wants)
 
 
 def _newest_versions(state: st.State) -> dict[str, int]:

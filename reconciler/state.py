@@ -235,6 +235,11 @@ def parse_file(path: Path) -> dict:
     return data
 
 
+def targets(state_dir: Path) -> list[tuple[str, str]]:
+    """(environment, infrastructure) of every state below the state directory / key prefix."""
+    return _backend.current().targets(state_dir)
+
+
 def all_states(state_dir: Path) -> list[State]:
     """Every state below the state directory (local) or the key prefix (s3)."""
     return [load(state_dir, env, infra) for env, infra in _backend.current().targets(state_dir)]

@@ -110,3 +110,50 @@ def test_one_s3_head_per_distinct_artifact_and_listing_instead_of_get_function(a
     assert fault_proxy.count("ListFunctions") == 1
     assert fault_proxy.count("GetFunction") == 0
     assert _stats(r.stderr)["calls"]["s3.HeadObject"] == 1
+
+
+def test_an_apply_is_four_lambda_calls_per_function_and_numbers_versions_from_state(aws, bench_aws, run_cli, tmp_path):
+    """A code change to 20 functions: ListAliases (the plan's read), UpdateFunctionCode,
+    PublishVersion, UpdateAlias; no read-back, no waiter poll (moto answers Successful at
+    once), no version listing (the state knows the last version). A version published
+    outside reconciler, seen on an alias, makes the plan list that function's versions."""
+    ws, state = tmp_path / "ws", tmp_path / "state"
+    common = ["-w", ws, "--state-dir", state]
+    fleet.workspace(ws, 20)
+    check(run_cli("apply", "--auto-approve", *common))
+
+    fleet.workspace(ws, 20, changed=20)
+    r = check(run_cli("apply", "--auto-approve", "--stats", *common))
+    calls = {op: n for op, n in _stats(r.stderr)["calls"].items() if op.startswith("lambda.")}
+    assert calls == {"lambda.ListFunctions": 1, "lambda.ListAliases": 20, "lambda.UpdateFunctionCode": 20,
+                     "lambda.PublishVersion": 20, "lambda.UpdateAlias": 20}, calls
+    lam = aws.client("lambda", fleet.REGION)
+    doc = json.loads((state / "bench" / "bench.json").read_text())
+    for i in range(20):
+        name = f"fn{i:04d}"
+        assert aws.aliases(name, fleet.REGION) == {"live": "2"}, name
+        assert lam.get_function_configuration(FunctionName=name)["CodeSha256"] == bench_aws["v2"]
+        assert doc["functions"][name]["version"] == "2" and doc["functions"][name]["code_sha256"] == bench_aws["v2"]
+        assert doc["functions"][name]["aliases"]["live"]["version"] == "2"
+    # the state lock covered the apply: no per-function lock files, and no journal left
+    assert sorted(p.name for p in (state / "bench").iterdir() if p.name.startswith("bench.json")) == ["bench.json", "bench.json.backup", "bench.json.lock"]
+
+    # fn0000 gets a version 3 by hand, and its alias moves to it
+    lam.update_function_configuration(FunctionName="fn0000", Description="by hand")
+    lam.publish_version(FunctionName="fn0000")
+    lam.update_alias(FunctionName="fn0000", Name="live", FunctionVersion="3")
+
+    fleet.workspace(ws, 20, changed=0)  # back to v1 everywhere
+    r = check(run_cli("plan", "--format", "json", "--stats", *common))
+    plan = {f["name"]: f for f in json.loads(r.stdout)["functions"]}
+    assert plan["fn0000"]["next_version"] == "4"
+    assert all(plan[f"fn{i:04d}"]["next_version"] == "3" for i in range(1, 20))
+    assert _stats(r.stderr)["calls"].get("lambda.ListVersionsByFunction") == 1
+
+    check(run_cli("apply", "--auto-approve", *common))
+    doc = json.loads((state / "bench" / "bench.json").read_text())
+    assert aws.aliases("fn0000", fleet.REGION) == {"live": "4"} and doc["functions"]["fn0000"]["version"] == "4"
+    assert lam.get_function_configuration(FunctionName="fn0000")["Description"] == ""   # the hand change is undone
+    for i in range(1, 20):
+        assert aws.aliases(f"fn{i:04d}", fleet.REGION) == {"live": "3"}
+        assert doc["functions"][f"fn{i:04d}"]["version"] == "3"
