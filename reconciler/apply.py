@@ -497,8 +497,10 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
         if exc.code == "PreconditionFailedException" and not record["steps"] and not created:
             # Lambda refused the first change: the function moved since it was read, and
             # nothing was changed; there is nothing to roll back
+            refusal = str(exc)
+
             def refused(state: st.State) -> None:
-                record.update(status="failed", finished_at=st.now(), error=str(exc))
+                record.update(status="failed", finished_at=st.now(), error=refusal)
                 _upsert(state, record)
             writer.update(refused, records=[record])
             raise StaleError(f"function {spec.name} changed in Lambda since this plan was made; nothing was changed",

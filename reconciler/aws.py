@@ -34,22 +34,30 @@ class Aws:
     def __init__(self) -> None:
         self._session = boto3.session.Session()
         self._clients: dict[tuple, Any] = {}
-        self._lock = threading.Lock()
+        # creating a client takes tens of milliseconds and is not thread-safe on one session:
+        # creations are serialised (reentrant: an assumed role creates an STS client first),
+        # while threads using clients that exist never wait
+        self._create_lock = threading.RLock()
+        self._count_lock = threading.Lock()
         self.calls: Counter[str] = Counter()
 
     def client(self, service: str, region: str, connector: dict | None = None):
         role = (connector or {}).get("role_arn")
         key = (service, region, role)
-        with self._lock:
-            if key not in self._clients:
+        c = self._clients.get(key)
+        if c is not None:
+            return c
+        with self._create_lock:
+            c = self._clients.get(key)
+            if c is None:
                 session = self._session if not role else self._assumed(connector, region)
                 c = session.client(service, region_name=region, config=RETRY)
                 c.meta.events.register("before-call", self._count)
                 self._clients[key] = c
-            return self._clients[key]
+            return c
 
     def _count(self, model, **_: Any) -> None:
-        with self._lock:
+        with self._count_lock:
             self.calls[f"{model.service_model.service_name}.{model.name}"] += 1
 
     def _assumed(self, connector: dict, region: str):
@@ -117,12 +125,16 @@ class Lambda:
     def get_configuration(self, name: str) -> dict | None:
         return call(f"reading the configuration of {name}", self.c.get_function_configuration, not_found_none=True, FunctionName=name)
 
-    def list_aliases(self, name: str) -> dict[str, dict]:
+    def list_aliases(self, name: str, missing_ok: bool = False) -> dict[str, dict] | None:
+        """The aliases of a function by name; None for a function that does not exist (with
+        missing_ok, else an AwsError)."""
         out = {}
         # direct calls, following NextMarker (a paginator costs more CPU than the call itself)
         kwargs = {"FunctionName": name}
         while True:
-            page = call(f"listing aliases of {name}", self.c.list_aliases, **kwargs)
+            page = call(f"listing aliases of {name}", self.c.list_aliases, not_found_none=missing_ok, **kwargs)
+            if page is None:
+                return None
             for a in page.get("Aliases", []):
                 out[a["Name"]] = a
             if not page.get("NextMarker"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +84,7 @@ _UNKNOWN = object()
 
 def refresh_all(aws, wants: list[Want], parallelism: int = 10,
                 progress: Callable[[str, int, int, str], None] = NO_PROGRESS,
-                with_versions: bool = False) -> tuple[list[dict], list[list[dict] | None]]:
+                with_versions: bool = False, eager_aliases: bool = False) -> tuple[list[dict], list[list[dict] | None]]:
     """live.snapshot() of many functions at the API floor, in the order asked.
 
     Per region with at least BULK_MIN functions: configurations from ListFunctions pages
@@ -97,6 +97,8 @@ def refresh_all(aws, wants: list[Want], parallelism: int = 10,
 
     With `with_versions`, the published versions of each function too (ListFunctions
     with FunctionVersion=ALL in bulk); a None entry means "not read" (ask per function).
+    With `eager_aliases` (functions that very likely exist: the state records them), the
+    aliases of the functions of a listed region are read alongside the listing, not after.
     """
     from reconciler.aws import Lambda, lambda_tag_pages
     from reconciler.live import snapshot
@@ -136,6 +138,16 @@ def refresh_all(aws, wants: list[Want], parallelism: int = 10,
                     tags[i] = got[arn]
                 elif exhausted:
                     tags[i] = {}  # a function without tags is not listed
+
+    eager: dict[int, Future] = {}
+    early_pool = None
+    if eager_aliases:
+        bulk = [i for idx in groups.values() if len(idx) >= BULK_MIN for i in idx]
+        if bulk:
+            early_pool = ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(bulk))), thread_name_prefix="aliases")
+            for i in bulk:
+                eager[i] = early_pool.submit(lambda w: Lambda(aws, w.region, w.connector).list_aliases(w.name, missing_ok=True), wants[i])
+            early_pool.shutdown(wait=False)
 
     for (region, _role), idx in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         if len(idx) < BULK_MIN:
@@ -191,10 +203,13 @@ def refresh_all(aws, wants: list[Want], parallelism: int = 10,
         nonlocal done
         w = wants[i]
         conf = confs[i]
+        early = eager[i].result() if i in eager else None  # (an absent function: None, not an error)
         if conf is _UNKNOWN:
             got = refresh_function(aws, w.region, w.connector, w.name)
         elif conf is None:
             got = None
+        elif i in eager:
+            got = early or {}
         else:
             got = Lambda(aws, w.region, w.connector).list_aliases(w.name)
         with lock:
@@ -391,7 +406,7 @@ class _EarlyRefresh:
 
     def _run(self) -> None:
         try:
-            self.result, _ = refresh_all(self.aws, self.wants, self.ctx.parallelism, self.ctx.progress)
+            self.result, _ = refresh_all(self.aws, self.wants, self.ctx.parallelism, self.ctx.progress, eager_aliases=True)
         except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread by complete()
             self.error = exc
 

@@ -193,6 +193,24 @@ def test_failed_alias_update_rolls_back(d):
     assert d.state()["functions"][FN]["version"] == "1"
 
 
+def test_a_change_lambda_refuses_as_moved_is_stale_and_nothing_is_rolled_back(d):
+    """Lambda refuses the first change (PreconditionFailed: the function's RevisionId moved
+    since the plan read it, e.g. a hand change in between): nothing was changed, so nothing
+    is "restored" over that change; the apply says it is stale and records the failure."""
+    d.deploy_v1()
+    d.proxy.add_rule("UpdateFunctionCode", "fail", times=1, status=412, error_type="PreconditionFailedException")
+    r = d.apply(*d.to_v2())
+    assert r.returncode == 1, r.stderr
+    assert f"function {FN} changed in Lambda since this plan was made; nothing was changed" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "rolled back" not in r.stderr
+    assert [e["operation"] for e in d.proxy.mutating_requests()] == ["UpdateFunctionCode"]
+    assert d.code() == SHA1 and d.config()["MemorySize"] == 128
+    assert d.aws.aliases(FN) == {"live": "1"} and d.aws.versions(FN) == ["1"]
+    last = d.last()
+    assert last["status"] == "failed" and "PreconditionFailedException" in last["error"]
+    assert d.state()["functions"][FN]["version"] == "1"
+
+
 def test_failure_after_alias_moved_moves_it_back(d):
     """Two aliases: `live` already points at the new version when moving `canary`
     fails: rollback moves `live` back to version 1 (and leaves `canary` there)."""
