@@ -437,6 +437,10 @@ def _early_refresh(ctx: Context, aws) -> _EarlyRefresh | None:
              for s_ in states.values() for name, rec in sorted(s_.functions.items()) if rec.get("region") or s_.region]
     if not wants:
         return None
+    # the clients first, here: importing botocore and building a client is CPU work that,
+    # on the refresh thread, would compete with the loading it is meant to overlap
+    for region, connector in {(w.region, (w.connector or {}).get("role_arn")): (w.region, w.connector) for w in wants}.values():
+        aws.client("lambda", region, connector)
     return _EarlyRefresh(ctx, aws, states, wants)
 
 
