@@ -16,11 +16,7 @@ other's updates, and one function is never deployed twice at once.
 
 from __future__ import annotations
 
-import getpass
-import json
-import os
 import re
-import socket
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -141,39 +137,21 @@ def function_lock_path(state_path: Path, name: str) -> Path:
 
 @contextmanager
 def function_lock(state_path: Path, name: str, operation: str, timeout: float = 0) -> Iterator[str]:
-    """Hold one function's deployment lock (filelock, released by the OS if the process
-    dies); `<lock>.info` says who holds it."""
-    from filelock import FileLock, Timeout
+    """Hold one function's deployment lock (`<state>.<function>.lock`, with `.info` beside it)."""
+    from reconciler.backend import file_lock, lock_info
 
     if not isinstance(state_path, Path):
         # a remote backend: its state lock, held for the whole deployment, serialises them
         yield ""
         return
-    path = function_lock_path(state_path, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info_path = path.with_name(path.name + ".info")
-    lock = FileLock(str(path), thread_local=False)
-    try:
-        lock.acquire(timeout=timeout)
-    except Timeout:
-        try:
-            holder = json.loads(info_path.read_text())
-        except (OSError, ValueError):
-            holder = {}
+
+    def busy(holder: dict) -> LockError:
         who = ", ".join(f"{k}={holder[k]}" for k in ("id", "who", "pid", "operation", "created") if k in holder) or "unknown holder"
-        raise LockError(f"function {name} is being deployed by another reconciler process ({who})", str(state_path),
-                        hint="wait with --lock-timeout") from None
-    lock_id = str(uuid.uuid4())
-    try:
-        info_path.write_text(json.dumps({"id": lock_id, "who": f"{getpass.getuser()}@{socket.gethostname()}", "pid": os.getpid(),
-                                         "operation": operation, "function": name, "created": st.now()}))
+        return LockError(f"function {name} is being deployed by another reconciler process ({who})", str(state_path),
+                         hint="wait with --lock-timeout")
+
+    with file_lock(function_lock_path(state_path, name), {**lock_info(operation, str(state_path)), "function": name}, timeout, busy) as lock_id:
         yield lock_id
-    finally:
-        try:
-            info_path.unlink()
-        except OSError:
-            pass
-        lock.release()
 
 
 # ---------------------------------------------------------------- apply

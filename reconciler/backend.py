@@ -225,6 +225,35 @@ def lock_info(operation: str, path: str) -> dict:
             "created": _now(), "path": path}
 
 
+@contextmanager
+def file_lock(lock_path: Path, info: dict, timeout: float, busy: Callable[[dict], Exception]) -> Iterator[str]:
+    """Hold an OS file lock (filelock: released by the OS if the process dies) with
+    `<lock>.info` saying who holds it; a lock held elsewhere raises busy(its info) after
+    waiting up to `timeout` seconds. Yields the lock's ID."""
+    from filelock import FileLock, Timeout
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    info_path = lock_path.with_name(lock_path.name + ".info")
+    lock = FileLock(str(lock_path), thread_local=False)
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        try:
+            holder = json.loads(info_path.read_text())
+        except (OSError, ValueError):
+            holder = {}
+        raise busy(holder) from None
+    try:
+        info_path.write_text(json.dumps(info))
+        yield info["id"]
+    finally:
+        try:
+            info_path.unlink()
+        except OSError:
+            pass
+        lock.release()
+
+
 def describe_holder(holder: dict) -> str:
     return ", ".join(f"{k}={holder[k]}" for k in ("id", "who", "where", "operation", "created") if holder.get(k)) or "unknown holder"
 
@@ -531,34 +560,11 @@ class LocalBackend(Backend):
         return [(env_dir.name, f.stem) for env_dir in sorted(p for p in root.iterdir() if p.is_dir())
                 for f in sorted(env_dir.glob("*.json"))]
 
-    @contextmanager
-    def lock(self, path, operation: str, timeout: float = 0) -> Iterator[str]:
+    def lock(self, path, operation: str, timeout: float = 0):
         """Hold the state file's lock (filelock) for one operation; say who holds it otherwise."""
-        from filelock import FileLock, Timeout
-
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(path.with_name(path.name + ".lock")))
-        info_path = path.with_name(path.name + ".lock.info")
-        try:
-            lock.acquire(timeout=timeout)
-        except Timeout:
-            holder = {}
-            try:
-                holder = json.loads(info_path.read_text())
-            except (OSError, ValueError):
-                pass
-            raise LockError(f"state is locked ({describe_holder(holder)})", str(path), hint=LOCK_HINT) from None
-        info = lock_info(operation, str(path))
-        try:
-            info_path.write_text(json.dumps(info))
-            yield info["id"]
-        finally:
-            try:
-                info_path.unlink()
-            except OSError:
-                pass
-            lock.release()
+        return file_lock(path.with_name(path.name + ".lock"), lock_info(operation, str(path)), timeout,
+                         lambda holder: LockError(f"state is locked ({describe_holder(holder)})", str(path), hint=LOCK_HINT))
 
     def force_unlock(self, state_dir: Path, lock_id: str) -> Path:
         """Remove the lock record with this ID. A local lock is an OS file lock that dies with

@@ -81,6 +81,19 @@ class Deploy:
         svc.write_text(svc.read_text().replace(KEY1, KEY2))
         return ("--var", "memorySize=256")
 
+    def with_canary(self, service_text: str, alias: str = '{"name": "canary"}') -> None:
+        """The service with a second alias file, `canary`, after `live`."""
+        (self.ws / ".harness" / "service.yaml").write_text(service_text.replace(
+            "- /lambda-alias.json\n", "- /lambda-alias.json\n                    - /lambda-canary.json\n"))
+        (self.ws / "lambda-canary.json").write_text(alias)
+
+    def fail_the_second(self, operation: str) -> threading.Event:
+        """Let the first `operation` through (the returned event is set then) and fail the next."""
+        first = threading.Event()
+        self.proxy.after(operation, 1, first.set)
+        self.proxy.add_rule(lambda e: e["operation"] == operation and first.is_set(), "fail", times=1, **NO_RETRY)
+        return first
+
     def deploy_v1(self):
         r = self.apply()
         assert r.returncode == 0, r.stderr
@@ -214,16 +227,12 @@ def test_a_change_lambda_refuses_as_moved_is_stale_and_nothing_is_rolled_back(d)
 def test_failure_after_alias_moved_moves_it_back(d):
     """Two aliases: `live` already points at the new version when moving `canary`
     fails: rollback moves `live` back to version 1 (and leaves `canary` there)."""
-    svc = d.ws / ".harness" / "service.yaml"
-    svc.write_text(svc.read_text().replace("- /lambda-alias.json\n", "- /lambda-alias.json\n                    - /lambda-canary.json\n"))
-    (d.ws / "lambda-canary.json").write_text('{"name": "canary", "description": "canary"}')
+    d.with_canary((d.ws / ".harness" / "service.yaml").read_text(), '{"name": "canary", "description": "canary"}')
     r = d.apply()
     assert r.returncode == 0, r.stderr
     assert d.aws.aliases(FN) == {"live": "1", "canary": "1"}
     d.proxy.clear()
-    moved = threading.Event()
-    d.proxy.after("UpdateAlias", 1, moved.set)
-    d.proxy.add_rule(lambda e: e["operation"] == "UpdateAlias" and moved.is_set(), "fail", times=1, **NO_RETRY)
+    moved = d.fail_the_second("UpdateAlias")
     r = d.apply(*d.to_v2())
     assert r.returncode == 1, r.stderr
     assert moved.is_set()
@@ -252,16 +261,13 @@ def test_rollback_removes_alias_and_tags_the_apply_added(d):
     assert "release" not in tags_v1
 
     # the alias is back in the service, with a second one, whose creation fails
-    svc.write_text(text.replace("- /lambda-alias.json\n", "- /lambda-alias.json\n                    - /lambda-canary.json\n"))
-    (d.ws / "lambda-canary.json").write_text('{"name": "canary"}')
+    d.with_canary(text)
     defn = d.ws / "lambda-definition.json"
     fdef = json.loads(defn.read_text())
     fdef["tags"]["release"] = "2"
     defn.write_text(json.dumps(fdef))
     d.proxy.clear()
-    created = threading.Event()
-    d.proxy.after("CreateAlias", 1, created.set)
-    d.proxy.add_rule(lambda e: e["operation"] == "CreateAlias" and created.is_set(), "fail", times=1, **NO_RETRY)
+    created = d.fail_the_second("CreateAlias")
     r = d.apply(*d.to_v2())
     assert r.returncode == 1, r.stderr
     assert created.is_set() and "rolled back" in r.stderr
