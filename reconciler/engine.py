@@ -203,13 +203,12 @@ def refresh_all(aws, wants: list[Want], parallelism: int = 10,
         nonlocal done
         w = wants[i]
         conf = confs[i]
-        early = eager[i].result() if i in eager else None  # (an absent function: None, not an error)
         if conf is _UNKNOWN:
             got = refresh_function(aws, w.region, w.connector, w.name)
         elif conf is None:
             got = None
         elif i in eager:
-            got = early or {}
+            got = eager[i].result() or {}  # read while listing (None: it was not there yet)
         else:
             got = Lambda(aws, w.region, w.connector).list_aliases(w.name)
         with lock:
@@ -261,13 +260,9 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
     # A plan of everything (no selector, no lock to take first) starts reading the functions
     # its local state files record while the workspace loads and renders: they are nearly
     # always the functions the plan needs (desired, or orphans to report).
+    # (its thread is a daemon: a workspace that fails to load does not wait for it)
     early = _early_refresh(ctx, aws) if hold is None else None
-    try:
-        ws, rendered = load_and_render(ctx)
-    except BaseException:
-        if early is not None:
-            early.cancel()
-        raise
+    ws, rendered = load_and_render(ctx)
     specs = rendered.functions
     locked: set[str] = set()
     with ctx.stats.phase("refresh"):
@@ -400,7 +395,6 @@ class _EarlyRefresh:
         self.ctx, self.aws, self.states, self.wants = ctx, aws, states, wants
         self.result: list[dict] | None = None
         self.error: BaseException | None = None
-        self.cancelled = False
         self.thread = threading.Thread(target=self._run, name="early-refresh", daemon=True)
         self.thread.start()
 
@@ -409,9 +403,6 @@ class _EarlyRefresh:
             self.result, _ = refresh_all(self.aws, self.wants, self.ctx.parallelism, self.ctx.progress, eager_aliases=True)
         except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread by complete()
             self.error = exc
-
-    def cancel(self) -> None:
-        self.cancelled = True  # the thread is a daemon: a failed load does not wait for it
 
     def complete(self, wants: list[Want]) -> list[dict]:
         self.thread.join()

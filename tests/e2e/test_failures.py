@@ -446,7 +446,7 @@ def test_lock_timeout_waits_for_the_lock(d):
         t.join(10)
         if not released.is_set():
             _release_lock(d.state_path, lock)
-    assert released_at and all(e["time"] >= released_at[0] for e in d.proxy.entries())
+    assert released_at and d.proxy.entries() and all(e["time"] >= released_at[0] for e in d.proxy.entries())
     assert r.returncode == 0, r.stderr
     assert d.code() == SHA2
     assert d.aws.aliases(FN) == {"live": "2"}
