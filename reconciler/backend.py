@@ -34,9 +34,12 @@ from reconciler.errors import ConfigError, LockError, ReconcilerError
 
 CONFIG_FILE = "reconciler.yaml"
 ENV_PREFIX = "RECONCILER_BACKEND_"
-KEYS = ("type", "bucket", "key_prefix", "region", "lock", "table")
+KEYS = ("type", "bucket", "key_prefix", "region", "lock", "table", "encryption", "kms_key_id", "history_limit")
 TYPES = ("local", "s3")
 LOCKS = ("s3", "dynamodb")
+ENCRYPTIONS = ("AES256", "aws:kms")
+HISTORY_LIMIT = 20  # history records kept per function (backend.history_limit)
+PRIVATE = 0o600  # every file reconciler writes: read and written by its owner only
 LOCK_POLL_SECONDS = 0.5
 
 
@@ -76,6 +79,9 @@ class BackendConfig:
     region: str | None = None
     lock: str = "s3"
     table: str | None = None
+    encryption: str = "AES256"  # S3 server-side encryption of the state and lock objects
+    kms_key_id: str | None = None  # with encryption aws:kms (None: the account's aws/s3 key)
+    history_limit: str = str(HISTORY_LIMIT)
     sources: dict = field(default_factory=dict, compare=False, repr=False)  # key → where its value came from
 
 
@@ -157,6 +163,12 @@ def _validated(cfg: BackendConfig) -> BackendConfig:
             raise bad("lock", f"backend lock must be one of {', '.join(LOCKS)}, not '{cfg.lock}'")
         if cfg.lock == "dynamodb" and not cfg.table:
             raise bad("lock", "lock: dynamodb needs a table (backend.table, RECONCILER_BACKEND_TABLE or --backend-config table=NAME)")
+    if cfg.encryption not in ENCRYPTIONS:
+        raise bad("encryption", f"backend encryption must be one of {', '.join(ENCRYPTIONS)}, not '{cfg.encryption}'")
+    if cfg.kms_key_id and cfg.encryption != "aws:kms":
+        raise bad("kms_key_id", "backend.kms_key_id needs encryption: aws:kms")
+    if not str(cfg.history_limit).strip().isdigit() or int(cfg.history_limit) < 1:
+        raise bad("history_limit", f"backend history_limit must be a whole number of records of at least 1, not '{cfg.history_limit}'")
     return cfg
 
 
@@ -181,7 +193,9 @@ def use(backend: "Backend | None") -> "Backend | None":
 
 
 def make(cfg: BackendConfig) -> "Backend":
-    return S3Backend(cfg) if cfg.type == "s3" else LocalBackend()
+    b = S3Backend(cfg) if cfg.type == "s3" else LocalBackend()
+    b.history_limit = int(cfg.history_limit)
+    return b
 
 
 def configure(workspace: Path | str = ".", overrides: list[str] | tuple = ()) -> "Backend":
@@ -189,6 +203,39 @@ def configure(workspace: Path | str = ".", overrides: list[str] | tuple = ()) ->
     backend = make(read_config(workspace, overrides))
     use(backend)
     return backend
+
+
+# ---------------------------------------------------------------- private files
+
+
+def private_open(path: Path | str, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) -> int:
+    """os.open() of a file reconciler writes, created 0600 (the mode is given at creation,
+    never set afterwards). A file that already exists with group or other bits (written by
+    an earlier version) is narrowed to 0600 before anything is written to it."""
+    fd = os.open(path, flags, PRIVATE)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, PRIVATE)
+    except OSError:
+        pass
+    return fd
+
+
+def write_private(path: Path | str, text: str | bytes) -> None:
+    """Replace a file's content, the file created 0600."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    fd = private_open(path)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def private_mkdir(path: Path) -> None:
+    """Create a directory (and its parents) readable by the owner only when it is new."""
+    Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 # ---------------------------------------------------------------- lock records
@@ -232,9 +279,9 @@ def file_lock(lock_path: Path, info: dict, timeout: float, busy: Callable[[dict]
     waiting up to `timeout` seconds. Yields the lock's ID."""
     from filelock import FileLock, Timeout
 
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    private_mkdir(lock_path.parent)
     info_path = lock_path.with_name(lock_path.name + ".info")
-    lock = FileLock(str(lock_path), thread_local=False)
+    lock = FileLock(str(lock_path), thread_local=False, mode=PRIVATE)
     try:
         lock.acquire(timeout=timeout)
     except Timeout:
@@ -244,7 +291,7 @@ def file_lock(lock_path: Path, info: dict, timeout: float, busy: Callable[[dict]
             holder = {}
         raise busy(holder) from None
     try:
-        info_path.write_text(json.dumps(info))
+        write_private(info_path, json.dumps(info))
         yield info["id"]
     finally:
         try:
@@ -281,6 +328,7 @@ class Backend:
     """What reconciler.state needs from a backend."""
 
     type = "?"
+    history_limit = HISTORY_LIMIT
 
     def describe(self, state_dir: Path | None = None) -> str:
         raise NotImplementedError
@@ -488,7 +536,7 @@ class LocalBackend(Backend):
         after checking that the state is still the one this run read (lineage + serial of
         the file, and its journal); then the journal, now compacted into it, is removed."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_mkdir(path.parent)
         fd = self._open_journal(path)
         try:
             self._check(path, expected, fd)
@@ -496,7 +544,7 @@ class LocalBackend(Backend):
             if fd is not None:
                 os.close(fd)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(private_open(tmp), "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -529,7 +577,7 @@ class LocalBackend(Backend):
             created = fd is None
             if created:
                 try:
-                    fd = os.open(jpath, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o666)
+                    fd = private_open(jpath, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL)
                 except FileExistsError:
                     raise StateConflictError(_conflict_message(expected, self._stored(path)), str(path), hint=CONFLICT_HINT) from None
             elif base is not expected and os.fstat(fd).st_ino != base.journal_ino:
@@ -580,7 +628,7 @@ class LocalBackend(Backend):
                 continue
             if info.get("id") != lock_id:
                 continue
-            lock = FileLock(str(info_path.with_name(info_path.name[: -len(".info")])))
+            lock = FileLock(str(info_path.with_name(info_path.name[: -len(".info")])), mode=PRIVATE)
             try:
                 lock.acquire(timeout=0)
             except Timeout:
@@ -617,11 +665,13 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         if tmp.exists():
             tmp.unlink()
         os.link(src, tmp)
+        if os.stat(tmp).st_mode & 0o077:  # a state file written by an earlier version
+            os.chmod(tmp, PRIVATE)
         os.replace(tmp, dst)
         return
     except OSError:
         pass
-    with open(src, "rb") as r, open(tmp, "wb") as w:
+    with open(src, "rb") as r, open(private_open(tmp), "wb") as w:
         w.write(r.read())
         w.flush()
         os.fsync(w.fileno())
@@ -707,6 +757,12 @@ class S3Backend(Backend):
                             hint="create it with the string hash key LockID")
         return AwsError(f"{what}: {exc}")
 
+    def encryption(self) -> dict:
+        """The server-side encryption every object reconciler puts is written with."""
+        if self.cfg.encryption == "aws:kms":
+            return {"ServerSideEncryption": "aws:kms", **({"SSEKMSKeyId": self.cfg.kms_key_id} if self.cfg.kms_key_id else {})}
+        return {"ServerSideEncryption": "AES256"}
+
     def describe(self, state_dir: Path | None = None) -> str:
         lock = f"DynamoDB table {self.cfg.table}" if self.cfg.lock == "dynamodb" else "S3 lock objects"
         return f"s3://{self.bucket}/{self.prefix + '/' if self.prefix else ''} (lock: {lock})"
@@ -745,7 +801,8 @@ class S3Backend(Backend):
         key = self._key_of(path)
         cond = {"IfMatch": expected} if expected else {"IfNoneMatch": "*"}
         try:
-            r = self.s3.put_object(Bucket=self.bucket, Key=key, Body=text.encode("utf-8"), ContentType="application/json", **cond)
+            r = self.s3.put_object(Bucket=self.bucket, Key=key, Body=text.encode("utf-8"), ContentType="application/json", **cond,
+                                   **self.encryption())
         except ClientError as exc:
             if _code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "ConditionalRequestConflict", "409"):
                 now = None
@@ -830,7 +887,7 @@ class _S3Lock:
         s3 = self.b.s3
         try:
             r = s3.put_object(Bucket=self.b.bucket, Key=self.key, Body=json.dumps(info).encode(), ContentType="application/json",
-                              IfNoneMatch="*")
+                              IfNoneMatch="*", **self.b.encryption())
             self.etag = r["ETag"]
             return None
         except ClientError as exc:

@@ -206,7 +206,9 @@ def plan(workspace: Workspace = Path("."), service: Services = None, env: Envs =
         _finish(ctx, None, False)
         _warn_all(ctx, out)
         if out_file:
-            out_file.write_text(json.dumps(the_plan.to_dict(), indent=2) + "\n", encoding="utf-8")
+            from reconciler.backend import write_private
+
+            write_private(out_file, json.dumps(the_plan.to_dict(), indent=2) + "\n")
             out.log(f"Saved the plan to {out_file}; apply it with: reconciler apply {out_file}")
         out.result(render_plan(the_plan, format, show_values))
     except ReconcilerError as exc:

@@ -157,7 +157,9 @@ def _plan_pipeline(kw: dict, extras: dict) -> None:
             out.warn(w)
         out_file = kw.get("out_file")
         if out_file:
-            Path(out_file).write_text(json.dumps(the_plan.to_dict(), indent=2) + "\n", encoding="utf-8")
+            from reconciler.backend import write_private
+
+            write_private(out_file, json.dumps(the_plan.to_dict(), indent=2) + "\n")
             out.log(f"Saved the plan to {out_file}; apply it with: reconciler apply {out_file}")
         out.result(render_plan(the_plan, fmt, kw.get("show_values", False)))
     except ReconcilerError as exc:

@@ -52,9 +52,11 @@ def state_pull(env: Envs = None, infra: Infras = None,
             if text is None:
                 continue
             dst = out_dir / e / f"{i}.json"
-            dst.parent.mkdir(parents=True, exist_ok=True)
+            from reconciler.backend import private_mkdir, write_private
+
+            private_mkdir(dst.parent)
             tmp = dst.with_name(f".{dst.name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
+            write_private(tmp, text)
             tmp.replace(dst)
             out.result(f"Pulled {src} → {dst}\n")
     except ReconcilerError as exc:

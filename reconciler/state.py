@@ -80,6 +80,7 @@ class State:
         read (else StateConflictError, nothing written). Local: atomic, previous copy kept."""
         b = self.backend or _backend.current()
         before = (self.lineage, self.serial) if self.exists else None
+        self.history = prune_history(self.history, b.history_limit)
         if bump:
             self.serial += 1
         text = dumps(self.to_dict())
@@ -133,6 +134,25 @@ class State:
 
     def deployments(self, function: str | None = None) -> list[dict]:
         return [h for h in self.history if function is None or h.get("function") == function]
+
+
+def prune_history(history: list[dict], keep: int) -> list[dict]:
+    """The newest `keep` records of each function (the list is oldest first), so that old
+    configurations do not stay in the state for ever; a record still in flight (its
+    process was killed) is always kept, for the next apply to converge."""
+    from reconciler.plan import IN_FLIGHT
+
+    seen: dict[str, int] = {}
+    out = []
+    for h in reversed(history):
+        fn = str(h.get("function"))
+        seen[fn] = seen.get(fn, 0) + 1
+        if seen[fn] <= keep or h.get("status") in IN_FLIGHT:
+            out.append(h)
+    if len(out) == len(history):
+        return history
+    out.reverse()
+    return out
 
 
 def dumps(doc: dict) -> str:

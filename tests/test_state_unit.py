@@ -347,3 +347,87 @@ def test_interrupted_deployment_follows_history_changes():
     history[3]["status"] = "failed"
     assert interrupted_deployment(history, "a") is None
     assert interrupted_deployment([], "a") is None and interrupted_deployment(None, "a") is None
+
+
+# ---------------------------------------------------------------- private files, SSE, history limit
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_every_local_state_file_is_created_0600_even_under_a_permissive_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        s = st.load(tmp_path, "dev", "i")
+        with st.locked(s.path, "apply"):
+            lock = tmp_path / "dev" / "i.json.lock"
+            assert _mode(lock) == 0o600 and _mode(lock.with_name("i.json.lock.info")) == 0o600
+            s.functions["f"] = {"service": "svc", "version": "1"}
+            s.write()
+            s.functions["f"]["version"] = "2"
+            s.append(["f"])
+            journal = tmp_path / "dev" / "i.json.journal"
+            assert _mode(journal) == 0o600
+            s.write()
+        for name in ("i.json", "i.json.backup"):
+            assert _mode(tmp_path / "dev" / name) == 0o600, name
+        assert _mode(tmp_path / "dev") == 0o700
+    finally:
+        os.umask(old)
+
+
+def test_a_state_written_0644_by_an_earlier_version_is_narrowed(tmp_path):
+    s = st.load(tmp_path, "dev", "i")
+    s.write()
+    os.chmod(s.path, 0o644)
+    s.write()
+    assert _mode(s.path) == 0o600 and _mode(s.path.with_name("i.json.backup")) == 0o600
+
+
+def test_history_keeps_the_newest_records_of_each_function(tmp_path):
+    s = st.load(tmp_path, "dev", "i")
+    s.backend = be.current()
+    be.current().history_limit = 3
+    try:
+        for n in range(5):
+            for fn in ("a", "b"):
+                s.history.append({"id": f"{fn}{n}", "function": fn, "status": "succeeded"})
+        s.history.insert(0, {"id": "a-killed", "function": "a", "status": "in_progress"})
+        s.write()
+    finally:
+        be.current().history_limit = be.HISTORY_LIMIT
+    ids = [h["id"] for h in json.loads(s.path.read_text())["history"]]
+    assert ids == ["a-killed", "a2", "b2", "a3", "b3", "a4", "b4"]
+
+
+def test_history_limit_is_configured_and_checked(tmp_path):
+    (tmp_path / "reconciler.yaml").write_text("backend:\n  history_limit: 5\n")
+    assert be.make(be.read_config(tmp_path, environ={})).history_limit == 5
+    assert be.LocalBackend().history_limit == 20
+    (tmp_path / "reconciler.yaml").write_text("backend:\n  history_limit: none\n")
+    with pytest.raises(ConfigError, match=r"reconciler.yaml:2: backend history_limit must be a whole number"):
+        be.read_config(tmp_path, environ={})
+    with pytest.raises(ConfigError, match="encryption must be one of AES256, aws:kms"):
+        be.read_config(tmp_path, ["encryption=rot13", "history_limit=3"], environ={})
+
+
+@pytest.mark.parametrize("extra,want", [((), ("AES256", None)), (("encryption=aws:kms", "kms_key_id=alias/state"), ("aws:kms", "alias/state"))])
+def test_s3_state_and_lock_objects_are_encrypted_at_rest(mocked, tmp_path, extra, want):
+    cfg = be.read_config(".", ["type=s3", f"bucket={BUCKET}", "lock=s3", *extra], environ={})
+    be.use(be.make(cfg))
+    if want[1]:
+        import boto3
+
+        kms = boto3.client("kms", region_name="us-east-1")
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        kms.create_alias(AliasName="alias/state", TargetKeyId=key)
+    s = st.load(tmp_path, "staging", "use1")
+    with st.locked(s.path, "apply"):
+        lock_head = mocked.head_object(Bucket=BUCKET, Key="reconciler/staging/use1.json.lock")
+        s.write()
+    head = mocked.head_object(Bucket=BUCKET, Key="reconciler/staging/use1.json")
+    for h in (head, lock_head):
+        assert h["ServerSideEncryption"] == want[0]
+        if want[1]:
+            assert h.get("SSEKMSKeyId"), h
