@@ -20,7 +20,13 @@ from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 from reconciler.errors import AwsError
 
 RETRY = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10, read_timeout=70)
-NOT_FOUND = ("ResourceNotFoundException", "NoSuchKey", "404", "NotFound", "NoSuchBucket", "RepositoryNotFoundException", "ImageNotFoundException")
+# "not found" is what AWS's error code says, never the HTTP status alone: a 404 from a proxy or
+# a wrong endpoint carries no such code, and taking it for "missing" would report a function
+# deleted that is still there
+NOT_FOUND = ("ResourceNotFoundException", "NoSuchKey", "NotFound", "NoSuchBucket", "RepositoryNotFoundException", "ImageNotFoundException")
+# S3 answers a HEAD of a missing object with a bare 404 (a HEAD response has no body to carry a
+# code), which botocore reports as the code "404": for HeadObject that is S3's own answer
+S3_HEAD_NOT_FOUND = NOT_FOUND + ("404",)
 MUTATING_PREFIXES = ("Create", "Update", "Delete", "Publish", "Put", "Tag", "Untag")
 
 
@@ -79,12 +85,13 @@ class Aws:
         return sum(n for op, n in self.calls.items() if op.split(".", 1)[1].startswith(MUTATING_PREFIXES))
 
 
-def call(what: str, fn, *args, not_found_none: bool = False, **kwargs):
-    """Run one AWS call; missing → None when asked, anything else → one clear AwsError."""
+def call(what: str, fn, *args, not_found_none: bool | tuple[str, ...] = False, **kwargs):
+    """Run one AWS call; missing → None when asked (by AWS's error code: NOT_FOUND, or the
+    codes given as `not_found_none`), anything else → one clear AwsError."""
     try:
         return fn(*args, **kwargs)
     except ClientError as exc:
-        if not_found_none and (_code(exc) in NOT_FOUND or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404):
+        if not_found_none and _code(exc) in (not_found_none if isinstance(not_found_none, tuple) else NOT_FOUND):
             return None
         msg = exc.response.get("Error", {}).get("Message") or str(exc)
         err = AwsError(f"{what}: {_code(exc)}: {msg}")
@@ -244,7 +251,7 @@ def s3_sha256(aws: Aws, art: dict, cache: dict) -> dict:
     has a full-object one, else the object streamed and hashed once, cached by ETag/VersionId."""
     s3 = aws.client("s3", art["region"], art.get("connector"))
     where = f"s3://{art['bucket']}/{art['key']}"
-    head = call(f"reading artifact {where}", s3.head_object, not_found_none=True, Bucket=art["bucket"], Key=art["key"], ChecksumMode="ENABLED")
+    head = call(f"reading artifact {where}", s3.head_object, not_found_none=S3_HEAD_NOT_FOUND, Bucket=art["bucket"], Key=art["key"], ChecksumMode="ENABLED")
     if head is None:
         raise AwsError(f"artifact {where} does not exist (artifact source '{art.get('id')}')")
     etag = head.get("ETag", "").strip('"')
