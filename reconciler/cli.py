@@ -173,13 +173,26 @@ def validate(workspace: Workspace = Path("."), service: Services = None, env: En
         from reconciler.engine import load_and_render
 
         ctx = _context(workspace, service, env, infra, var, artifact, state_dir, out)
-        _, rendered = load_and_render(ctx)
+        ws, rendered = load_and_render(ctx)
         _warn_all(ctx, out)
         for f in rendered.functions:
             out.result(f"ok  {f.name}  [{f.service} → {f.environment}/{f.infrastructure}, {f.region}] from {f.source}\n")
+        out.result(_skipped_report(ws))
         out.result(f"Valid: {len(rendered.functions)} function(s).\n")
     except ReconcilerError as exc:
         _fail(exc, debug)
+
+
+def _skipped_report(ws) -> str:
+    """What validate read but does not deploy, and why: a misspelt kind stays visible."""
+    from reconciler.load import skipped_stages
+
+    lines = [f"skipped  {file}:{line or 1}  {why}\n" for file, line, why in ws.skipped + skipped_stages(ws)]
+    files = len({file for file, _, _ in ws.skipped})
+    if files or ws.other_files:
+        lines.append(f"Skipped: {files} YAML file(s) with documents reconciler does not deploy (listed above), "
+                     f"{ws.other_files} YAML file(s) with no Harness entity.\n")
+    return "".join(lines)
 
 
 @app.command()

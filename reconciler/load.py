@@ -18,7 +18,9 @@ KINDS = ("service", "environment", "infrastructureDefinition", "pipeline", "conn
 OVERRIDE_TYPES = ("ENV_GLOBAL_OVERRIDE", "ENV_SERVICE_OVERRIDE", "INFRA_GLOBAL_OVERRIDE", "INFRA_SERVICE_OVERRIDE")
 SKIP_DIRS = {"node_modules", "__pycache__"}
 # a file that may hold an entity: one of the kinds as a top-level key (quoted or not)
-ENTITY_LINE = re.compile(r"""^(?:---[ \t]*)?["']?(?:%s)["']?[ \t]*:|^\s*\{\s*["']?(?:%s)["']?\s*:""" % ("|".join(KINDS), "|".join(KINDS)), re.M)
+# (or an indented `identifier:`, so that a misspelt kind is reported as skipped, not ignored)
+ENTITY_LINE = re.compile(r"""^(?:---[ \t]*)?["']?(?:%s)["']?[ \t]*:|^\s*\{\s*["']?(?:%s)["']?\s*:|^[ \t]+["']?identifier["']?[ \t]*:"""
+                         % ("|".join(KINDS), "|".join(KINDS)), re.M)
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
@@ -79,6 +81,11 @@ class Workspace:
     connectors: dict[str, Entity] = field(default_factory=dict)
     overrides: list[Entity] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    # documents that look like entities but are not read as ones: (file, line, why)
+    skipped: list[tuple[str, int | None, str]] = field(default_factory=list)
+    # (kind, identifier) → why: services and infrastructures of other deployment types
+    skipped_entities: dict[tuple[str, str], str] = field(default_factory=dict)
+    other_files: int = 0  # YAML files with no sign of a Harness entity (CI workflows, charts...)
     # manifest files already read, by the path as written: a thousand services naming the
     # same /fn.json read and parse it once (the Doc is shared; rendering copies its data)
     _manifests: dict[str, Doc] = field(default_factory=dict, repr=False, compare=False)
@@ -194,6 +201,7 @@ def _load_workspace(root: Path, state_dir: Path | None) -> Workspace:
     errors: list[ReconcilerError] = []
     seen: dict[tuple[str, Any], Entity] = {}
     incomplete = False
+    parsed: list[tuple[Path, str, list[Doc]]] = []
     for path in discover(root, state_dir):
         shown = ws.shown(path)
         try:
@@ -204,6 +212,7 @@ def _load_workspace(root: Path, state_dir: Path | None) -> Workspace:
             continue
         if not ENTITY_LINE.search(raw.decode("utf-8", errors="replace")):
             # not a Harness entity (a Helm template, a CI workflow...): ignored, even if it is not valid YAML
+            ws.other_files += 1
             continue
         try:
             text = raw.decode("utf-8")
@@ -216,20 +225,26 @@ def _load_workspace(root: Path, state_dir: Path | None) -> Workspace:
             errors.append(exc)
             incomplete = True
             continue
+        parsed.append((path, shown, docs))
+    # a file a service names as a manifest is that manifest (a YAML function definition may
+    # well have an `environment:` key), never an entity
+    manifests = _manifest_files(ws, [d for _, _, docs in parsed for d in docs])
+    for path, shown, docs in parsed:
+        if path.resolve() in manifests:
+            continue
         ws.files.append(shown)
         for doc in docs:
-            if not isinstance(doc.data, dict) or len(doc.data) == 0:
+            kind, why = entity_kind(doc)
+            if kind is None:
+                if why:
+                    ws.skipped.append((shown, doc.line(), why))
                 continue
-            kinds = [k for k in doc.data if k in KINDS]
-            if not kinds:
-                continue  # a CI workflow, a CloudFormation template, ...
-            if len(doc.data) > 1:
-                errors.append(doc.error((), f"a Harness entity document has exactly one top-level key, found {', '.join(map(str, doc.data))}"))
-                incomplete = True
-                continue
-            kind = kinds[0]
             try:
                 ent = _entity(kind, doc)
+            except Skipped as exc:
+                ws.skipped.append((shown, doc.line(), str(exc)))
+                ws.skipped_entities[(kind, exc.identifier)] = str(exc)
+                continue
             except ReconcilerError as exc:
                 errors.append(exc)
                 incomplete = True
@@ -259,6 +274,69 @@ def _load_workspace(root: Path, state_dir: Path | None) -> Workspace:
     return ws
 
 
+class Skipped(Exception):
+    """An entity reconciler does not deploy (a service or infrastructure of another deployment type)."""
+
+    def __init__(self, message: str, identifier: str):
+        super().__init__(message)
+        self.identifier = identifier
+
+
+def entity_kind(doc: Doc) -> tuple[str | None, str | None]:
+    """(kind, None) for a Harness entity document: exactly one top-level key, that key a kind,
+    its value a mapping that carries an `identifier` (overrides: or a `type`). Otherwise
+    (None, why it is skipped), or (None, None) for a document with no sign of being one."""
+    data = doc.data
+    if not isinstance(data, dict) or not data:
+        return None, None
+    keys = [str(k) for k in data]
+    kinds = [k for k in keys if k in KINDS]
+    if len(keys) > 1:
+        if not kinds:
+            return None, None  # a CI workflow, a CloudFormation template, ...
+        return None, f"not a Harness entity: {len(keys)} top-level keys ({_listing(keys)}); an entity has only its kind ({kinds[0]})"
+    key = keys[0]
+    body = next(iter(data.values()))
+    if key not in KINDS:
+        if isinstance(body, dict) and "identifier" in body:
+            if key == "inputSet":
+                return None, "an input set: reconciler reads it when given with --inputs FILE"
+            hint = did_you_mean(key, KINDS)
+            if hint and hint.startswith("did you mean"):
+                return None, f"'{key}' is not a kind reconciler reads ({', '.join(KINDS)}); {hint}"
+            return None, f"a Harness '{key}', which reconciler does not read"
+        return None, None
+    if not isinstance(body, dict):
+        return None, f"not a Harness entity: '{key}' is not a mapping"
+    if "identifier" not in body and not (key == "overrides" and body.get("type") in OVERRIDE_TYPES):
+        return None, f"not a Harness entity: '{key}' has no identifier"
+    return key, None
+
+
+def _listing(keys: list[str], most: int = 5) -> str:
+    return ", ".join(keys[:most]) + (", ..." if len(keys) > most else "")
+
+
+def _manifest_files(ws: Workspace, docs: list[Doc]) -> set[Path]:
+    """The files the services of `docs` name as manifests (literal paths only)."""
+    found: set[Path] = set()
+    for doc in docs:
+        if entity_kind(doc)[0] != "service":
+            continue
+        sd = doc.data["service"].get("serviceDefinition")
+        manifests = ((sd or {}).get("spec") or {}).get("manifests") if isinstance(sd, dict) else None
+        for item in manifests if isinstance(manifests, list) else []:
+            store = (((item or {}).get("manifest") or {}).get("spec") or {}).get("store") if isinstance(item, dict) else None
+            sspec = store.get("spec") if isinstance(store, dict) else None
+            if not isinstance(sspec, dict):
+                continue
+            for key in ("paths", "files"):
+                for ref in sspec.get(key) or [] if isinstance(sspec.get(key), list) else []:
+                    if isinstance(ref, str) and ref.strip() and "<+" not in ref:
+                        found.add((ws.root / ref.strip().lstrip("/")).resolve())
+    return found
+
+
 def _entity(kind: str, doc: Doc) -> Entity:
     body = doc.data[kind]
     if not isinstance(body, dict):
@@ -275,20 +353,20 @@ def _entity(kind: str, doc: Doc) -> Entity:
         if not isinstance(sd, dict):
             raise ent.error((), f"service '{ident}' has no serviceDefinition")
         if sd.get("type") != "AwsLambda":
-            raise ent.error(("serviceDefinition", "type"), f"service '{ident}' has serviceDefinition.type '{sd.get('type')}'; reconciler deploys only 'AwsLambda'")
+            raise Skipped(f"service '{ident}' is of type {sd.get('type')}: reconciler deploys AwsLambda services only", ident)
         ent.get("serviceDefinition", "spec")
     if kind == "environment" and body.get("type") not in (None, "PreProduction", "Production"):
         raise ent.error(("type",), f"environment type '{body.get('type')}' is not PreProduction or Production")
     if kind == "infrastructureDefinition":
+        t = body.get("deploymentType") or body.get("type")
+        if t not in (None, "AwsLambda") or body.get("type") not in (None, "AwsLambda"):
+            raise Skipped(f"infrastructureDefinition '{ident}' is of type {t}: reconciler deploys to AwsLambda infrastructure only", ident)
         if not ent.get("environmentRef", want=str):
             raise ent.error((), f"infrastructureDefinition '{ident}' has no environmentRef")
         spec = body.get("spec")
         if not isinstance(spec, dict) or not ent.get("spec", "region", want=str):
             raise ent.error(("spec",), f"infrastructureDefinition '{ident}' needs spec.region")
         ent.get("spec", "connectorRef", want=str)
-        t = body.get("type") or body.get("deploymentType")
-        if t not in (None, "AwsLambda"):
-            raise ent.error(("type",), f"infrastructureDefinition type '{t}' is not AwsLambda")
     if kind == "overrides":
         t = body.get("type")
         if t not in OVERRIDE_TYPES:
@@ -315,6 +393,8 @@ def _check_references(ws: Workspace) -> list[ReconcilerError]:
         if env_ref and env_ref not in ws.environments:
             errs.append(ov.error(("environmentRef",), f"overrides reference environment '{env_ref}', which is not defined", did_you_mean(str(env_ref), ws.environments)))
         svc = ov.body.get("serviceRef")
+        if ("service", svc) in ws.skipped_entities or ("infrastructureDefinition", ov.body.get("infraIdentifier")) in ws.skipped_entities:
+            continue  # an override of a service or infrastructure reconciler does not deploy
         if svc and svc not in ws.services:
             errs.append(ov.error(("serviceRef",), f"overrides reference service '{svc}', which is not defined", did_you_mean(str(svc), ws.services)))
         infra = ov.body.get("infraIdentifier")
@@ -330,22 +410,36 @@ def _check_references(ws: Workspace) -> list[ReconcilerError]:
     return errs
 
 
-def pipeline_stages(pipe: Entity) -> list[tuple[PathT, dict]]:
-    """The Deployment stages of a pipeline (parallel groups flattened), with their paths."""
+def all_stages(pipe: Entity) -> list[tuple[PathT, dict]]:
+    """Every stage of the pipeline, whatever its type (parallel groups flattened in order), with its path."""
     out = []
     stages = pipe.body.get("stages") or []
-    if not isinstance(stages, list):
-        return out
-    for i, item in enumerate(stages):
+    for i, item in enumerate(stages if isinstance(stages, list) else []):
         if not isinstance(item, dict):
             continue
-        if "parallel" in item and isinstance(item["parallel"], list):
+        if isinstance(item.get("parallel"), list):
             for j, sub in enumerate(item["parallel"]):
                 if isinstance(sub, dict) and isinstance(sub.get("stage"), dict):
                     out.append((("stages", i, "parallel", j, "stage"), sub["stage"]))
         elif isinstance(item.get("stage"), dict):
             out.append((("stages", i, "stage"), item["stage"]))
-    return [(p, s) for p, s in out if s.get("type") == "Deployment"]
+    return out
+
+
+def pipeline_stages(pipe: Entity) -> list[tuple[PathT, dict]]:
+    """The Deployment stages of a pipeline (parallel groups flattened), with their paths."""
+    return [(p, s) for p, s in all_stages(pipe) if s.get("type") == "Deployment"]
+
+
+def skipped_stages(ws: Workspace) -> list[tuple[str, int | None, str]]:
+    """(file, line, why) of every stage of every pipeline that reconciler does not run."""
+    out = []
+    for pipe in ws.pipelines.values():
+        for path, stage in all_stages(pipe):
+            why = f"type {stage.get('type')}" if stage.get("type") != "Deployment" else stage_skipped(ws, stage)
+            if why:
+                out.append((pipe.file, pipe.line(*path), f"stage '{stage.get('identifier')}' of pipeline '{pipe.identifier}' is skipped: {why}"))
+    return out
 
 
 def _check_stage(ws: Workspace, pipe: Entity, path: PathT, stage: dict) -> list[ReconcilerError]:
@@ -355,6 +449,8 @@ def _check_stage(ws: Workspace, pipe: Entity, path: PathT, stage: dict) -> list[
     if dtype not in (None, "AwsLambda"):
         return errs  # stages for other deployment types are not ours
     svc = _ref(pipe.get(*path, "spec", "service", "serviceRef", want=str))
+    if stage_skipped(ws, stage):
+        return errs
     if svc is None:
         errs.append(pipe.error(path + ("spec",), f"stage '{stage.get('identifier')}' has no spec.service.serviceRef"))
     elif svc not in ws.services and not _is_runtime(svc):
@@ -382,6 +478,25 @@ def _check_stage(ws: Workspace, pipe: Entity, path: PathT, stage: dict) -> list[
                                    f"stage '{stage.get('identifier')}' references infrastructure '{ident}' of environment '{env_ref}', which is not defined",
                                    did_you_mean(ident, [i for (e, i) in ws.infrastructures if e == env_ref])))
     return errs
+
+
+def stage_skipped(ws: Workspace, stage: dict) -> str | None:
+    """Why a Deployment stage is not reconciler's (another deployment type, or a service or
+    infrastructure of one), else None."""
+    spec = stage.get("spec") if isinstance(stage.get("spec"), dict) else {}
+    dtype = spec.get("deploymentType")
+    if dtype not in (None, "AwsLambda"):
+        return f"deploymentType {dtype}"
+    svc = _ref((spec.get("service") or {}).get("serviceRef")) if isinstance(spec.get("service"), dict) else None
+    if isinstance(svc, str) and ("service", svc) in ws.skipped_entities:
+        return ws.skipped_entities[("service", svc)]
+    env_spec = spec.get("environment") if isinstance(spec.get("environment"), dict) else {}
+    infras = env_spec.get("infrastructureDefinitions")
+    refs = [_ref(i.get("identifier")) for i in infras if isinstance(i, dict)] if isinstance(infras, list) else []
+    skipped = [ws.skipped_entities[("infrastructureDefinition", r)] for r in refs if ("infrastructureDefinition", r) in ws.skipped_entities]
+    if refs and len(skipped) == len(refs):
+        return skipped[0]
+    return None
 
 
 def _ref(value: Any) -> Any:

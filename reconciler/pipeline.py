@@ -39,7 +39,7 @@ from typing import Any, Callable
 from reconciler import state as st
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
 from reconciler.expr import Scope, input_default, is_runtime_input, resolve_string
-from reconciler.load import Entity, Workspace, load_workspace, pipeline_stages
+from reconciler.load import Entity, Workspace, load_workspace, pipeline_stages, stage_skipped
 from reconciler.model import FunctionSpec, Plan, Target
 from reconciler.render import Options, render_target, stage_targets, target_scope
 from reconciler.yamlsrc import Doc, load_data_file
@@ -344,35 +344,16 @@ def flatten_steps(pipe: Entity, items: Any, path: tuple, phase: str, errors: lis
     return out
 
 
-def all_stages(pipe: Entity) -> list[tuple[tuple, dict]]:
-    """Every stage of the pipeline, parallel groups flattened in order, whatever its type."""
-    out = []
-    stages = pipe.body.get("stages") or []
-    for i, item in enumerate(stages if isinstance(stages, list) else []):
-        if not isinstance(item, dict):
-            continue
-        if isinstance(item.get("parallel"), list):
-            for j, sub in enumerate(item["parallel"]):
-                if isinstance(sub, dict) and isinstance(sub.get("stage"), dict):
-                    out.append((("stages", i, "parallel", j, "stage"), sub["stage"]))
-        elif isinstance(item.get("stage"), dict):
-            out.append((("stages", i, "stage"), item["stage"]))
-    return out
-
-
-def check_pipeline(pipe: Entity, strict: bool = False) -> tuple[list[StageDef], list[ConfigError]]:
+def check_pipeline(pipe: Entity, ws: Workspace, strict: bool = False) -> tuple[list[StageDef], list[ConfigError]]:
     """The pipeline's AwsLambda Deployment stages with their flattened steps, and every
-    problem found without running anything. `strict` (run) also refuses stages it cannot run."""
+    problem found without running anything. Other stages (CI, Custom, Approval, other
+    deployment types) are not reconciler's: skipped (load.skipped_stages says why).
+    `strict` (run) also refuses a pipeline with nothing to run."""
     errors: list[ConfigError] = []
     stages: list[StageDef] = []
-    deploy_paths = {p for p, _ in pipeline_stages(pipe)}
-    for path, stage in all_stages(pipe):
+    for path, stage in pipeline_stages(pipe):
         sid = stage.get("identifier")
-        dtype = (stage.get("spec") or {}).get("deploymentType") if isinstance(stage.get("spec"), dict) else None
-        if path not in deploy_paths or dtype not in (None, "AwsLambda"):
-            if strict:
-                what = f"type '{stage.get('type')}'" if path not in deploy_paths else f"deploymentType '{dtype}'"
-                errors.append(pipe.error(path + ("type",), f"stage '{sid}' has {what}; reconciler run executes Deployment stages of deploymentType AwsLambda"))
+        if stage_skipped(ws, stage):
             continue
         if (stage.get("spec") or {}).get("environment", {}).get("provisioner") if isinstance((stage.get("spec") or {}).get("environment"), dict) else None:
             errors.append(pipe.error(path + ("spec", "environment", "provisioner"),
@@ -518,7 +499,7 @@ def check_workspace(ws: Workspace) -> list[ConfigError]:
 
     errors: list[ConfigError] = []
     for pipe in ws.pipelines.values():
-        errors += check_pipeline(pipe)[1]
+        errors += check_pipeline(pipe, ws)[1]
     for infra in ws.infrastructures.values():
         errors += check_shape(infra)
     return errors
@@ -682,7 +663,7 @@ class Runner:
             over, inputs_doc = load_inputs(Path(s.inputs_file), pipe.identifier)
             pipe = Entity(pipe.kind, pipe.identifier, pipe.name, overlay(pipe.body, over), pipe.doc)
         self.pipe = pipe
-        stages, errors = check_pipeline(pipe, strict=True)
+        stages, errors = check_pipeline(pipe, self.ws, strict=True)
         errors += self._unresolved_inputs(pipe, inputs_doc)
         if errors:
             raise errors[0] if len(errors) == 1 else ErrorList(errors)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from reconciler.errors import ConfigError, ReconcilerError, did_you_mean
+from reconciler.schema import DEFERRED
 
 PROVISIONER_TYPES = ("CloudFormation", "Script")
 SCRIPT_TIMEOUT = 300.0
@@ -109,7 +110,7 @@ def resolver(ws, infra, settings: dict | None) -> Callable[[str], Any]:
             if errs:
                 raise errs[0]
             if not settings.get("live", True):
-                return f"(provisioner.{name})"  # validate: no AWS call, no script
+                return f"{DEFERRED}{name})"  # validate: no AWS call, no script
             outputs, where = _provisioner_outputs(ws, infra, prov)
             if name in outputs:
                 return outputs[name]

@@ -9,9 +9,9 @@ from typing import Any
 from reconciler.adopt import OWNER_ENVIRONMENT, OWNER_SERVICE
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
 from reconciler.expr import Scope, input_default, is_runtime_input, resolve_string, resolve_tree
-from reconciler.load import Entity, Workspace, pipeline_stages
+from reconciler.load import Entity, Workspace, pipeline_stages, stage_skipped
 from reconciler.model import FunctionSpec, Target
-from reconciler.schema import input_shape, normalise, update_config_fields
+from reconciler.schema import input_shape, normalise, region_problem, update_config_fields
 from reconciler.yamlsrc import Doc
 
 GIT_STORES = ("Github", "GitLab", "Bitbucket", "Git", "AzureRepo", "CodeCommit")
@@ -75,7 +75,7 @@ def stage_targets(ws: Workspace, pipe: Entity, path, stage: dict, opts: Options)
     """The targets one Deployment stage deploys to (every infrastructure of the environment
     with deployToAll: true), before -s/-e/-i narrow them."""
     spec = stage.get("spec") or {}
-    if spec.get("deploymentType") not in (None, "AwsLambda"):
+    if stage_skipped(ws, stage):
         return []
     svc = _stage_ref((spec.get("service") or {}).get("serviceRef"), opts.services, pipe, path, "serviceRef")
     env_spec = spec.get("environment") or {}
@@ -278,6 +278,9 @@ def target_scope(ws: Workspace, t: Target, opts: Options) -> Scope:
     scope = Scope(fixed=fixed, service_variables=merged, env_variables=env_scope, resolve_variable=resolve_variable,
                   provisioner=resolver(ws, infra, opts.provisioner))
     region = resolve_string(str(region_raw), scope, lambda: (infra.file, infra.line("spec", "region")))
+    problem = region_problem(region)
+    if problem:
+        raise infra.error(("spec", "region"), f"infrastructureDefinition '{infra.identifier}': spec.region {problem}")
     scope.fixed["infra.region"] = region
     return scope
 
@@ -463,6 +466,9 @@ def _artifact(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Sco
         return v
 
     region = spec.get("region") or scope.fixed["infra.region"]
+    problem = region_problem(region)
+    if problem:
+        raise svc.error(sp + ("spec", "region"), f"{stype} artifact '{ref}': spec.region {problem}")
     svc.get(*sp, "spec", "connectorRef", want=str)
     connector = _connector(ws, spec.get("connectorRef"))
     if stype == "AmazonS3":

@@ -7,6 +7,7 @@ examples and PascalCase as in the AWS API both work), their types and their limi
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -25,6 +26,49 @@ def lambda_model():
 
     loader = create_loader(os.environ.get("AWS_DATA_PATH"))
     return ServiceModel(loader.load_service_model("lambda", "service-2"), service_name="lambda")
+
+
+@lru_cache(maxsize=1)
+def _region_patterns() -> tuple[re.Pattern, ...]:
+    """Each AWS partition's `regionRegex` from botocore's partitions data: the names AWS gives
+    its regions, including regions newer than this botocore (`us-east-9` passes, `AWS_REGION`,
+    `<REGION>` and `your_aws_region` do not)."""
+    import os
+
+    from botocore.loaders import create_loader
+
+    data = create_loader(os.environ.get("AWS_DATA_PATH")).load_data("partitions")
+    return tuple(re.compile(p["regionRegex"]) for p in data.get("partitions", []) if p.get("regionRegex"))
+
+
+def region_problem(value: Any) -> str | None:
+    """Why `value` is not an AWS region name, or None when it is one (or a provisioner output
+    that validate stands in for)."""
+    text = str(value)
+    if DEFERRED in text:
+        return None
+    if isinstance(value, str) and any(p.match(text) for p in _region_patterns()):
+        return None
+    return f"'{text}' is not an AWS region (like us-east-1, eu-west-2, cn-north-1, us-gov-west-1)"
+
+
+# what validate shows for a provisioner output it does not read (reconciler.provision): its
+# value is known only at plan time, so pattern checks wait for it
+DEFERRED = "(provisioner."
+
+
+def _pattern_problem(shape, s: str) -> str | None:
+    pattern = shape.metadata.get("pattern")
+    if not pattern or DEFERRED in s:
+        return None
+    if _compiled(pattern).fullmatch(s):
+        return None
+    return pattern
+
+
+@lru_cache(maxsize=None)
+def _compiled(pattern: str) -> re.Pattern:
+    return re.compile(pattern)
 
 
 @lru_cache(maxsize=None)
@@ -63,6 +107,10 @@ def normalise(value: Any, shape, doc: Doc, path: PathT, errors: list[ConfigError
         if not isinstance(value, dict):
             errors.append(doc.error(path, f"'{here}' must be a mapping of {shape.value.type_name}s, got {_kind(value)}"))
             return value
+        for k in value:
+            pattern = _pattern_problem(shape.key, str(k))
+            if pattern:
+                errors.append(doc.error(path + (k,), f"'{_join(label, str(k))}': the name '{k}' does not match the pattern the Lambda API requires ({pattern})"))
         return {str(k): normalise(v, shape.value, doc, path + (k,), errors, _join(label, str(k))) for k, v in value.items()}
     if t == "list":
         if not isinstance(value, list):
@@ -81,6 +129,10 @@ def normalise(value: Any, shape, doc: Doc, path: PathT, errors: list[ConfigError
             errors.append(doc.error(path, f"'{here}' must be at least {lo} characters long"))
         if hi is not None and len(s) > hi:
             errors.append(doc.error(path, f"'{here}' must be at most {hi} characters long"))
+        pattern = _pattern_problem(shape, s)
+        if pattern and not shape.enum:
+            shown = "its value" if shape.metadata.get("sensitive") else f"'{s}'"
+            errors.append(doc.error(path, f"'{here}' is {shown}, which does not match the pattern the Lambda API requires ({pattern})"))
         return s
     if t in ("integer", "long"):
         n = _as_int(value)

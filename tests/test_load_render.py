@@ -257,12 +257,12 @@ def test_every_expression_of_the_spec(tmp_path):
 def test_expressions_embedded_in_longer_strings_and_in_yaml(tmp_path):
     """Expressions inside longer strings resolve in the definition and in the service YAML (artifact path), a Number variable rendered as text."""
     root = basic(tmp_path, fdef(functionName="app-<+env.name>-<+serviceVariables.n>",
-                                environment={"variables": {"WHERE": "in <+infra.region>!", "N": "<+serviceVariables.n>"}}),
+                                environment={"variables": {"WHERE": "in <+infra.region>!", "NUM": "<+serviceVariables.n>"}}),
                  variables="- name: n\n  type: Number\n  value: 3\n",
                  sources={"zip": ("bkt-<+env.identifier>", "builds/<+service.identifier>/<+serviceVariables.n>.zip")})
     spec = one(root)
     assert spec.name == "app-dev-3"
-    assert spec.config["Environment"]["Variables"] == {"WHERE": "in us-east-1!", "N": "3"}
+    assert spec.config["Environment"]["Variables"] == {"WHERE": "in us-east-1!", "NUM": "3"}
     assert (spec.artifact["bucket"], spec.artifact["key"]) == ("bkt-dev", "builds/svc/3.zip")
 
 

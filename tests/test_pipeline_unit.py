@@ -85,7 +85,7 @@ def test_input_set_overlays_by_identifier_and_name():
 
 def test_seed_pipeline_checks_clean_and_its_deploy_step_is_recognised():
     ws = load_workspace(SAMPLES / "hello-world")
-    stages, errors = check_pipeline(ws.pipelines["lambdaDeploy"], strict=True)
+    stages, errors = check_pipeline(ws.pipelines["lambdaDeploy"], ws, strict=True)
     assert errors == []
     assert [s.type for s in stages[0].steps] == ["AwsLambdaDeploy", "ShellScript"]
     assert [s.type for s in stages[0].rollback_steps] == ["AwsLambdaRollback"]
@@ -143,7 +143,7 @@ def test_deploy_to_all_takes_every_infrastructure_of_the_environment(smoke_ws):
     edit(smoke_ws / ".harness" / "pipeline.yaml", "deployToAll: false", "deployToAll: true")
     ws = load_workspace(smoke_ws)
     pipe = ws.pipelines["smokeDeploy"]
-    (path, stage), = [(s.path, s.body) for s in check_pipeline(pipe)[0]]
+    (path, stage), = [(s.path, s.body) for s in check_pipeline(pipe, ws)[0]]
     assert [t.infrastructure for t in stage_targets(ws, pipe, path, stage, Options())] == ["dev_use1", "dev_usw2"]
 
 

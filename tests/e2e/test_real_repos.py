@@ -1,0 +1,119 @@
+"""Issue 15 end to end: workspaces shaped like real repositories (tests/fixtures/*) are run
+with the real CLI against moto_server — validate, plan, apply, replan — and what Lambda
+holds afterwards is read back with boto3."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from e2e_util import Project, check
+
+pytestmark = pytest.mark.e2e
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+REGION = "us-east-1"
+BUCKET = "repo-artifacts"
+
+
+def handler(text: str) -> bytes:
+    from conftest import make_zip
+
+    return make_zip({"app.py": f"def handler(event, context):\n    return {text!r}\n"})
+
+
+@pytest.fixture
+def fixture(aws, run_cli, tmp_path):
+    """`fixture(name) -> Project`: a copy of tests/fixtures/<name> with the role it names."""
+    aws.create_role("lambda-role")
+
+    def make(name: str) -> Project:
+        ws = tmp_path / name
+        shutil.copytree(FIXTURES / name, ws)
+        return Project(run_cli, aws, ws, tmp_path / "state", REGION)
+
+    return make
+
+
+def converge(p: Project, *extra: str) -> None:
+    """validate, plan (changes), apply, replan (no changes): all as a user types them."""
+    p.cli("validate", *extra)
+    p.cli("plan", "--detailed-exitcode", *extra, code=2)
+    p.cli("apply", "--auto-approve", *extra)
+    p.cli("plan", "--detailed-exitcode", *extra, code=0)
+
+
+def skipped_lines(r) -> list[str]:
+    return [line for line in r.stdout.splitlines() if line.startswith("skipped")]
+
+
+# ---------------------------------------------------------------- item 1: mixed YAML
+
+
+def test_serverless_and_helm_files_beside_harness_yaml_are_skipped_and_said(fixture, aws):
+    """A serverless.yml and Helm values (top-level `service:`) no longer break the workspace;
+    a YAML function definition in camelCase with `environment:` is read only as the manifest
+    it is; a misspelt kind stays visible in validate."""
+    p = fixture("mixed-yaml")
+    aws.put_zip(BUCKET, "hello/hello.zip", handler("v1"))
+    (p.ws / "typo.yaml").write_text("servce:\n  name: other\n  identifier: other\n")
+    r = p.cli("validate")
+    lines = skipped_lines(r)
+    assert any(line.startswith("skipped  serverless.yml:") and "5 top-level keys" in line for line in lines), r.stdout
+    assert any(line.startswith("skipped  chart/values.yaml:") for line in lines), r.stdout
+    assert any(line.startswith("skipped  chart/values-prod.yaml:1") and "has no identifier" in line for line in lines), r.stdout
+    assert any(line.startswith("skipped  typo.yaml:1") and "did you mean 'service'" in line for line in lines), r.stdout
+    assert not any("deploy/" in line for line in lines), "a manifest file is never an entity"
+    assert "Skipped: 4 YAML file(s)" in r.stdout and "ok  mixed-hello" in r.stdout
+    converge(p)
+    conf = p.config("mixed-hello")
+    assert conf["Environment"]["Variables"] == {"STAGE": "dev"} and conf["MemorySize"] == 128
+    assert p.aliases("mixed-hello") == {"live": "1"}
+
+
+# ---------------------------------------------------------------- item 2: other deployment types
+
+
+def test_asg_and_kubernetes_services_and_stages_are_skipped(fixture, aws):
+    """An ASG service, a Kubernetes service and their infrastructures and stages load beside a
+    Lambda one; validate lists them as skipped; the Lambda stage deploys."""
+    p = fixture("other-types")
+    aws.put_zip(BUCKET, "orders/orders.zip", handler("orders"))
+    r = p.cli("validate")
+    text = "\n".join(skipped_lines(r))
+    for what in ("service 'api' is of type Kubernetes", "service 'web' is of type Asg", "infrastructureDefinition 'prod_k8s' is of type Kubernetes",
+                 "infrastructureDefinition 'prod_asg' is of type Asg", "stage 'api' of pipeline 'release' is skipped: deploymentType Kubernetes",
+                 "stage 'web' of pipeline 'release' is skipped: service 'web' is of type Asg"):
+        assert what in text, r.stdout
+    converge(p)
+    assert [f["FunctionName"] for f in p.lam().list_functions()["Functions"]] == ["orders-prod"]
+    state = p.state_file("prod", "prod_lambda")
+    assert set(state["functions"]) == {"orders-prod"}
+    assert not (p.state_dir / "prod" / "prod_k8s.json").exists()
+
+
+# ---------------------------------------------------------------- item 7: checks that used to wait for AWS
+
+
+@pytest.mark.parametrize("file, old, new, line, message", [
+    (".harness/infrastructure.yaml", "region: us-east-1", "region: AWS_REGION", 9, "spec.region 'AWS_REGION' is not an AWS region"),
+    (".harness/service.yaml", "region: us-east-1", "region: <REGION>", 41, "spec.region '<REGION>' is not an AWS region"),
+    (".harness/infrastructure.yaml", "region: us-east-1", "region: your_aws_region", 9, "'your_aws_region' is not an AWS region"),
+    ("deploy/function.yaml", "role: arn:aws:iam::123456789012:role/lambda-role", "role: <YOUR_AWS_ARN>", 4,
+     "'Role' is '<YOUR_AWS_ARN>', which does not match the pattern"),
+    ("deploy/function.yaml", "functionName: mixed-hello", "functionName: Hello World", 1,
+     "'FunctionName' is 'Hello World', which does not match the pattern"),
+])
+def test_bad_region_role_and_name_fail_validate_with_file_and_line_and_no_aws_call(fixture, fault_proxy, file, old, new, line, message):
+    p = fixture("mixed-yaml")
+    path = p.ws / file
+    assert old in path.read_text()
+    path.write_text(path.read_text().replace(old, new))
+    for command in (("validate",), ("plan",)):
+        r = p.cli(*command, code=1, env_extra={"AWS_ENDPOINT_URL": fault_proxy.endpoint})
+        assert f"error: {file}:{line}: " in r.stderr and message in r.stderr, r.stderr
+        assert "internal error" not in r.stderr
+    assert fault_proxy.log == [], "validate and a refused plan make no AWS call"
