@@ -1,6 +1,6 @@
 """Issue 15, the in-process half: what real repositories hold beside their Harness Lambda
 YAML, and the checks that must not wait for AWS. The end-to-end half (validate, plan,
-apply, replan on moto_server) is tests/e2e/test_real_repos.py."""
+apply, replan on moto_server) is tests/e2e/test_real_repos.py (this file: tests/test_repo_shapes.py)."""
 
 from __future__ import annotations
 
