@@ -18,7 +18,10 @@ from pathlib import Path
 
 from reconciler.errors import ReconcilerError
 
-SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "hello-world"
+# an installed reconciler carries the sample as package data (see setup.py); a source
+# checkout (an editable install) has it in samples/
+PACKAGED_SAMPLE = Path(__file__).resolve().parent / "demo_workspace"
+SAMPLE = PACKAGED_SAMPLE if PACKAGED_SAMPLE.is_dir() else Path(__file__).resolve().parent.parent / "samples" / "hello-world"
 REGION = "us-east-2"
 BUCKET = "mylambda"
 ROLE = "hello-world-lambda-role"
@@ -37,7 +40,7 @@ def build_zip(source_dir: Path) -> bytes:
 
 def run_demo(keep: Path | None) -> int:
     if not SAMPLE.is_dir():
-        raise ReconcilerError(f"the demo needs the bundled sample at {SAMPLE}; install reconciler from its source checkout (pip install -e .)")
+        raise ReconcilerError(f"the demo's sample workspace is missing ({PACKAGED_SAMPLE}); reinstall reconciler")
     os.environ.setdefault("MOTO_LAMBDA_STUB_ECR", "false")
     import logging
 

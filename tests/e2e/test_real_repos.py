@@ -117,3 +117,37 @@ def test_bad_region_role_and_name_fail_validate_with_file_and_line_and_no_aws_ca
         assert f"error: {file}:{line}: " in r.stderr and message in r.stderr, r.stderr
         assert "internal error" not in r.stderr
     assert fault_proxy.log == [], "validate and a refused plan make no AWS call"
+
+
+# ---------------------------------------------------------------- item 9: as installed
+
+
+def test_a_built_wheel_carries_the_demo_workspace(tmp_path):
+    """`pip wheel .` (what `pip install .` builds) packages samples/hello-world as
+    reconciler/demo_workspace, and the installed demo uses it, not a source checkout.
+    (.ci/run installs the wheel in a fresh venv and runs the whole demo.)"""
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = Path(__file__).resolve().parents[2]
+    src = tmp_path / "src"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout.decode().split("\0")
+    for f in filter(None, files):
+        if (repo / f).is_file():
+            (src / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / f, src / f)
+    check(subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(src)],
+                         capture_output=True, text=True, timeout=300))
+    wheel, = (tmp_path / "dist").glob("reconciler-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for f in (".harness/service.yaml", ".harness/pipeline.yaml", "serverless/aws-lambda/createFunction.json", "src/handler.js"):
+        assert f"reconciler/demo_workspace/{f}" in names, names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    r = check(subprocess.run([sys.executable, "-c", "from reconciler import demo; print(demo.SAMPLE)"], cwd=tmp_path,
+                             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)}, capture_output=True, text=True))
+    assert r.stdout.strip() == str(site / "reconciler" / "demo_workspace")
+    r = check(subprocess.run([sys.executable, "-m", "reconciler", "validate", "-w", r.stdout.strip(), "--state-dir", str(tmp_path / "state")],
+                             cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)}, capture_output=True, text=True))
+    assert "ok  Hello_World" in r.stdout
