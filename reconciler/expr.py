@@ -15,6 +15,10 @@ DEFAULT_INPUT = re.compile(r"""^input(?:\.[a-zA-Z]+\([^()]*\))*\.default\((?P<q>
 INPUT_MODIFIERS = re.compile(r"<\+input>((?:\.[a-zA-Z]+\([^()]*\))+)")
 
 
+# expressions that only a pipeline stage gives a value to
+PIPELINE_ROOTS = ("pipeline", "stage", "repeat", "strategy", "matrix")
+
+
 class NeedsInput(Exception):
     """A `<+input>` runtime input with no value supplied."""
 
@@ -30,6 +34,8 @@ class Scope:
     resolve_variable: Callable[[str, Any], Any] | None = None
     # `<+provisioner.NAME>`: the infrastructure's provisioner outputs (reconciler.provision)
     provisioner: Callable[[str], Any] | None = None
+    # a pipeline stage deploys this target: `<+pipeline.*>`, `<+stage.*>`... are in `fixed`
+    in_pipeline: bool = False
 
     def names(self) -> list[str]:
         return (
@@ -61,6 +67,9 @@ class Scope:
             return self.provisioner(e[len("provisioner."):])
         if e.startswith("secrets.getValue"):
             raise KeyError(f"<+{e}>: secrets are not supported by this version; pass the value with --var", None)
+        if not self.in_pipeline and e.split(".", 1)[0] in PIPELINE_ROOTS:
+            raise KeyError(f"<+{e}> has a value only where a pipeline stage deploys this target, and no pipeline in the workspace does",
+                           "deploy it from a pipeline stage (reconciler run / plan --pipeline), or use a service or environment variable")
         raise KeyError(f"unknown expression <+{e}>", did_you_mean(e, self.names()))
 
 

@@ -70,6 +70,19 @@ class Entity:
         return node
 
 
+@dataclass(eq=False, frozen=True)
+class StageContext:
+    """The pipeline stage (a loop's iteration) that deploys a target: what `<+pipeline.*>`,
+    `<+stage.*>` and `<+repeat.item>` mean while it is rendered. Shared, never copied."""
+
+    pipe: Entity
+    path: tuple
+    stage: dict
+
+    def __deepcopy__(self, memo: dict) -> "StageContext":
+        return self
+
+
 @dataclass
 class Workspace:
     root: Path
@@ -402,12 +415,17 @@ def _check_references(ws: Workspace) -> list[ReconcilerError]:
             errs.append(ov.error(("infraIdentifier",), f"overrides reference infrastructure '{infra}' of environment '{env_ref}', which is not defined",
                                  did_you_mean(str(infra), [i for (e, i) in ws.infrastructures if e == env_ref])))
     for pipe in ws.pipelines.values():
-        for path, stage in pipeline_stages(pipe):
+        try:
+            stages = pipeline_stages(pipe)
+        except ConfigError as exc:
+            errs.append(exc)
+            continue
+        for path, stage in stages:
             try:
                 errs.extend(_check_stage(ws, pipe, path, stage))
             except ConfigError as exc:
                 errs.append(exc)
-    return errs
+    return list({str(e): e for e in errs}.values())
 
 
 def all_stages(pipe: Entity) -> list[tuple[PathT, dict]]:
@@ -426,19 +444,102 @@ def all_stages(pipe: Entity) -> list[tuple[PathT, dict]]:
     return out
 
 
+LOOP_EXPR = re.compile(r"<\+\s*(repeat\.item|strategy\.iteration|strategy\.iterations)\s*>")
+
+
 def pipeline_stages(pipe: Entity) -> list[tuple[PathT, dict]]:
-    """The Deployment stages of a pipeline (parallel groups flattened), with their paths."""
-    return [(p, s) for p, s in all_stages(pipe) if s.get("type") == "Deployment"]
+    """The Deployment stages of a pipeline (parallel groups flattened), with their paths; a
+    looping stage (strategy.repeat, strategy.parallelism) once per iteration."""
+    out = []
+    for p, s in all_stages(pipe):
+        if s.get("type") == "Deployment":
+            out.extend((p, it) for it in stage_iterations(pipe, p, s))
+    return out
+
+
+def stage_iterations(pipe: Entity, path: PathT, stage: dict) -> list[dict]:
+    """A stage, or for a looping stage one copy per iteration as Harness runs them: identifier
+    and name suffixed `_0`, `_1`, ..., `<+repeat.item>`, `<+strategy.iteration>` and
+    `<+strategy.iterations>` replaced, and the iteration kept under LOOP for the stage's other
+    expressions (services, manifests). strategy.matrix is refused."""
+    strategy = stage.get("strategy")
+    if strategy is None:
+        return [stage]
+    sid = stage.get("identifier")
+    sp = path + ("strategy",)
+    if not isinstance(strategy, dict):
+        raise pipe.error(sp, f"stage '{sid}': strategy must be a mapping (repeat or parallelism)")
+    if "matrix" in strategy:
+        raise pipe.error(sp + ("matrix",), f"stage '{sid}': strategy.matrix is not supported by reconciler",
+                         "loop with strategy.repeat.items (one stage run per item, <+repeat.item>) instead")
+    if "repeat" in strategy:
+        rep = strategy["repeat"] if isinstance(strategy["repeat"], dict) else {}
+        items, times = rep.get("items"), rep.get("times")
+        if isinstance(items, list) and items:
+            values = list(items)
+        elif items is None and _count(times) is not None:
+            values = list(range(_count(times)))
+        else:
+            raise pipe.error(sp + ("repeat",), f"stage '{sid}': strategy.repeat needs items (a non-empty list written in the pipeline) "
+                                               "or times (a number); a runtime input or an expression is not supported here")
+    elif "parallelism" in strategy:
+        n = _count(strategy["parallelism"])
+        if n is None:
+            raise pipe.error(sp + ("parallelism",), f"stage '{sid}': strategy.parallelism must be a number of at least 1")
+        values = list(range(n))
+    else:
+        raise pipe.error(sp, f"stage '{sid}': strategy {_listing([str(k) for k in strategy])} is not supported; use repeat or parallelism")
+    body = {k: v for k, v in stage.items() if k != "strategy"}
+    out = []
+    for i, value in enumerate(values):
+        loop = {"repeat.item": value, "strategy.iteration": i, "strategy.iterations": len(values)}
+        it = _substitute(body, loop)
+        it["identifier"] = f"{sid}_{i}"
+        it["name"] = f"{stage.get('name') or sid}_{i}"
+        it[LOOP] = loop
+        out.append(it)
+    return out
+
+
+LOOP = "__loop__"  # the iteration's values, in a looping stage's copies
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        return None
+    return n if n >= 1 else None
+
+
+def _substitute(node: Any, loop: dict) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute(v, loop) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, loop) for v in node]
+    if isinstance(node, str) and "<+" in node:
+        whole = LOOP_EXPR.fullmatch(node.strip())
+        if whole:
+            return loop[whole.group(1)]
+        return LOOP_EXPR.sub(lambda m: str(loop[m.group(1)]), node)
+    return node
 
 
 def skipped_stages(ws: Workspace) -> list[tuple[str, int | None, str]]:
     """(file, line, why) of every stage of every pipeline that reconciler does not run."""
+    return [(pipe.file, pipe.line(*path), f"stage '{stage.get('identifier')}' of pipeline '{pipe.identifier}' is skipped: {why}")
+            for pipe in ws.pipelines.values() for path, stage, why in pipe_skipped_stages(ws, pipe)]
+
+
+def pipe_skipped_stages(ws: Workspace, pipe: Entity) -> list[tuple[PathT, dict, str]]:
+    """(path, stage, why) of each stage of `pipe` that is not reconciler's."""
     out = []
-    for pipe in ws.pipelines.values():
-        for path, stage in all_stages(pipe):
-            why = f"type {stage.get('type')}" if stage.get("type") != "Deployment" else stage_skipped(ws, stage)
-            if why:
-                out.append((pipe.file, pipe.line(*path), f"stage '{stage.get('identifier')}' of pipeline '{pipe.identifier}' is skipped: {why}"))
+    for path, stage in all_stages(pipe):
+        why = f"type {stage.get('type')}" if stage.get("type") != "Deployment" else stage_skipped(ws, stage)
+        if why:
+            out.append((path, stage, why))
     return out
 
 

@@ -22,9 +22,13 @@ class Target:
     service: str
     environment: str
     infrastructure: str
+    # a looping stage's iteration (`deploy_1`): the same triple deployed once per iteration
+    iteration: str = ""
+    # the pipeline stage that deploys it (reconciler.load.StageContext), None without pipelines
+    context: Any = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
-        return f"{self.service} → {self.environment}/{self.infrastructure}"
+        return f"{self.service} → {self.environment}/{self.infrastructure}" + (f" ({self.iteration})" if self.iteration else "")
 
 
 @dataclass

@@ -39,9 +39,9 @@ from typing import Any, Callable
 from reconciler import state as st
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
 from reconciler.expr import Scope, input_default, is_runtime_input, resolve_string
-from reconciler.load import Entity, Workspace, load_workspace, pipeline_stages, stage_skipped
+from reconciler.load import Entity, Workspace, load_workspace, pipe_skipped_stages, pipeline_stages, stage_skipped
 from reconciler.model import FunctionSpec, Plan, Target
-from reconciler.render import Options, render_target, stage_targets, target_scope
+from reconciler.render import Options, render_target, stage_targets, target_scope, variable_input
 from reconciler.yamlsrc import Doc, load_data_file
 
 SUPPORTED_STEPS = ("AwsLambdaDeploy", "AwsLambdaRollback", "ShellScript", "Wait")
@@ -351,7 +351,11 @@ def check_pipeline(pipe: Entity, ws: Workspace, strict: bool = False) -> tuple[l
     `strict` (run) also refuses a pipeline with nothing to run."""
     errors: list[ConfigError] = []
     stages: list[StageDef] = []
-    for path, stage in pipeline_stages(pipe):
+    try:
+        deploy_stages = pipeline_stages(pipe)
+    except ConfigError as exc:
+        return [], [exc]
+    for path, stage in deploy_stages:
         sid = stage.get("identifier")
         if stage_skipped(ws, stage):
             continue
@@ -502,7 +506,7 @@ def check_workspace(ws: Workspace) -> list[ConfigError]:
         errors += check_pipeline(pipe, ws)[1]
     for infra in ws.infrastructures.values():
         errors += check_shape(infra)
-    return errors
+    return list({str(e): e for e in errors}.values())  # a loop's iterations share their lines
 
 
 # ---------------------------------------------------------------- the run
@@ -604,7 +608,7 @@ class StageRun:
                 fixed["steps." + k[len(own):]] = v
         b = self.base_scope
         return Scope(fixed=fixed, service_variables=b.service_variables, env_variables=b.env_variables,
-                     resolve_variable=b.resolve_variable, provisioner=b.provisioner)
+                     resolve_variable=b.resolve_variable, provisioner=b.provisioner, in_pipeline=True)
 
     def resolve(self, value: Any, path: tuple, step: StepDef | None = None) -> Any:
         if not isinstance(value, str) or "<+" not in value:
@@ -640,6 +644,7 @@ class Runner:
         self.outputs_fixed: dict[str, Any] = {}
         self.pipeline_fixed: dict[str, Any] = {}
         self.warnings: list[str] = []
+        self.skipped: list[tuple[tuple, dict, str]] = []  # stages that are not reconciler's: (path, stage, why)
 
     @property
     def aws(self):
@@ -664,7 +669,8 @@ class Runner:
             pipe = Entity(pipe.kind, pipe.identifier, pipe.name, overlay(pipe.body, over), pipe.doc)
         self.pipe = pipe
         stages, errors = check_pipeline(pipe, self.ws, strict=True)
-        errors += self._unresolved_inputs(pipe, inputs_doc)
+        errors += self._unresolved_inputs(pipe, inputs_doc, stages)
+        self.skipped = [(path, stage, why) for path, stage, why in pipe_skipped_stages(self.ws, pipe)]
         if errors:
             raise errors[0] if len(errors) == 1 else ErrorList(errors)
         self.pipeline_fixed = {"pipeline.name": pipe.name, "pipeline.identifier": pipe.identifier,
@@ -710,13 +716,7 @@ class Runner:
         return plan
 
     def variable_value(self, v: dict, where: tuple) -> Any:
-        value = v.get("value")
-        if is_runtime_input(value):
-            if v["name"] in self.settings.variables:
-                return self.settings.variables[v["name"]]
-            has, default = input_default(value)
-            return default if has else value
-        return value
+        return variable_input(v, self.settings.variables)
 
     def stage_options(self, stage: StageDef, t: Target) -> Options:
         s = self.settings
@@ -734,9 +734,9 @@ class Runner:
             artifact = ref
         kw = {"provisioner": s.provisioner} if s.provisioner is not None else {}
         return Options(services=[t.service], environments=[t.environment], infrastructures=[t.infrastructure],
-                       variables=variables, artifact=artifact, **kw)
+                       variables=variables, artifact=artifact, only=[t], **kw)
 
-    def _unresolved_inputs(self, pipe: Entity, inputs_doc: Doc | None) -> list[ConfigError]:
+    def _unresolved_inputs(self, pipe: Entity, inputs_doc: Doc | None, stages: list[StageDef]) -> list[ConfigError]:
         """Every `<+input>` without a default that nothing gives a value to."""
         errs: list[ConfigError] = []
         given = self.settings.variables
@@ -749,8 +749,8 @@ class Runner:
                 for i, v in enumerate(node):
                     walk(v, path + (i,))
             elif is_runtime_input(node) and not input_default(node)[0]:
-                if path and path[-1] in SERVICE_DECIDES and "serviceInputs" in path:
-                    return  # the service's own sources and artifact choice apply (--artifact picks)
+                if path and (path[-1] in SERVICE_DECIDES or "artifacts" in path) and "serviceInputs" in path:
+                    return  # the service's own sources and artifact choice apply (--artifact, --var artifact.FIELD)
                 if path[-1:] in (("serviceRef",), ("environmentRef",), ("infrastructureDefinitions",)) \
                         or path[-2:-1] == ("infrastructureDefinitions",) or "infrastructureDefinitions" in path:
                     return  # chosen with -s/-e/-i: rendering says so when missing
@@ -765,7 +765,11 @@ class Runner:
                     hint = "give it in an --inputs FILE (a Harness input set)"
                 errs.append(pipe.error(path, f"runtime input {what} (<+input>) has no value", hint))
 
-        walk(pipe.body, ())
+        # only what the run uses: the pipeline's variables and its AwsLambda stages (a CI stage's
+        # inputs or properties.ci.codebase are not reconciler's to ask for)
+        walk(pipe.body.get("variables"), ("variables",))
+        for path in dict.fromkeys(s.path for s in stages):
+            walk(_at(pipe.body, path), path)
         return errs
 
     def _check_expressions(self, stage: StageDef, t: Target, opts: Options, spec: FunctionSpec, scope: Scope) -> list[ConfigError]:
@@ -812,6 +816,10 @@ class Runner:
         for w in self.warnings:
             self.log(f"warning: {w}")
         self.log(f"Pipeline {self.pipe.identifier} ({self.pipe.name}): {sum(len(i) for _, i in plan)} stage run(s)")
+        for _path, stage, why in self.skipped:
+            self.stage_results.append(StageResult(str(stage.get("identifier")), str(stage.get("name") or stage.get("identifier")), None,
+                                                  status="Skipped", reason=why))
+            self.log(f"== stage {stage.get('name') or stage.get('identifier')}: skipped ({why})")
         status = "Success"
         done: list[StageRun] = []
         for stage, items in plan:
@@ -1189,7 +1197,9 @@ class Runner:
         lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [headers, *rows]]
         s = self.summary()
         counts = ", ".join(f"{n} {k.lower()}" for k, n in sorted(s["counts"].items()))
-        lines += ["", f"Pipeline {s['pipeline']}: {s['status']} ({len(self.steps)} step(s): {counts})."]
+        skipped = [f"{r.stage} ({r.reason})" for r in self.stage_results if r.target is None and r.status == "Skipped"]
+        lines += [""] + ([f"Skipped stages: {', '.join(skipped)}."] if skipped else [])
+        lines += [f"Pipeline {s['pipeline']}: {s['status']} ({len(self.steps)} step(s): {counts})."]
         return "\n".join(lines) + "\n"
 
 
@@ -1303,7 +1313,7 @@ def pipeline_plan(settings: RunSettings, aws, log: Callable[[str], None]) -> tup
     prepared = runner.prepare()
     merged: Plan | None = None
     seen: set[tuple[str, str]] = set()
-    warnings = list(runner.warnings)
+    warnings = list(runner.warnings) + [f"stage '{stage.get('identifier')}' is skipped: {why}" for _, stage, why in runner.skipped]
     for stage, items in prepared:
         if not any(s.type == "AwsLambdaDeploy" for s in stage.steps):
             continue

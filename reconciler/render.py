@@ -9,7 +9,7 @@ from typing import Any
 from reconciler.adopt import OWNER_ENVIRONMENT, OWNER_SERVICE
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
 from reconciler.expr import Scope, input_default, is_runtime_input, resolve_string, resolve_tree
-from reconciler.load import Entity, Workspace, pipeline_stages, stage_skipped
+from reconciler.load import LOOP, Entity, StageContext, Workspace, pipeline_stages, stage_skipped
 from reconciler.model import FunctionSpec, Target
 from reconciler.schema import input_shape, normalise, region_problem, update_config_fields
 from reconciler.yamlsrc import Doc
@@ -27,6 +27,9 @@ class Options:
     infrastructures: list[str] = field(default_factory=list)
     variables: dict[str, str] = field(default_factory=dict)  # --var NAME=VALUE
     artifact: str | None = None  # --artifact ID
+    # exactly these targets (a pipeline run's stage target, with its input set), not the
+    # workspace's; -s/-e/-i are not used then
+    only: list[Target] | None = None
     # <+provisioner.NAME>: {"outputs", "source", "live"} (reconciler.provision); the CLI sets the defaults
     provisioner: dict = field(default_factory=lambda: _provisioner_defaults())
 
@@ -48,6 +51,8 @@ class Rendered:
 
 def targets(ws: Workspace, opts: Options) -> list[Target]:
     """The (service, environment, infrastructure) triples to work on, narrowed by -s/-e/-i."""
+    if opts.only is not None:
+        return list(opts.only)
     _check_selectors(ws, opts)
     found: list[Target] = []
     if ws.pipelines:
@@ -95,8 +100,37 @@ def stage_targets(ws: Workspace, pipe: Entity, path, stage: dict, opts: Options)
         if (env, infra) not in ws.infrastructures:  # a runtime-input environment, chosen with -e
             raise pipe.error(path, f"the stage deploys to infrastructure '{infra}' of environment '{env}', which is not defined",
                              did_you_mean(infra, [i for (e, i) in ws.infrastructures if e == env]))
-        found.append(Target(svc, env, infra))
+        found.append(Target(svc, env, infra, str(stage.get("identifier")) if LOOP in stage else "", StageContext(pipe, tuple(path), stage)))
     return found
+
+
+def stage_values(context: StageContext, given: dict) -> dict[str, Any]:
+    """What `<+pipeline.name>`, `<+pipeline.identifier>`, `<+pipeline.variables.X>`,
+    `<+stage.name>`, `<+stage.identifier>`, `<+stage.variables.X>` and a loop's
+    `<+repeat.item>`, `<+strategy.iteration>`, `<+strategy.iterations>` are for the targets
+    of one stage. `given` (--var) answers variables that are runtime inputs."""
+    pipe, stage = context.pipe, context.stage
+    out: dict[str, Any] = {"pipeline.name": pipe.name, "pipeline.identifier": pipe.identifier,
+                           "stage.name": str(stage.get("name") or stage.get("identifier")), "stage.identifier": str(stage.get("identifier")),
+                           "stage.description": stage.get("description", "")}
+    for prefix, items in (("pipeline.variables.", pipe.body.get("variables")), ("stage.variables.", stage.get("variables"))):
+        for v in items if isinstance(items, list) else []:
+            if isinstance(v, dict) and "name" in v:
+                out[prefix + str(v["name"])] = variable_input(v, given)
+    out.update(stage.get(LOOP) or {})
+    return out
+
+
+def variable_input(v: dict, given: dict) -> Any:
+    """A pipeline or stage variable's value: for a runtime input, --var NAME or its .default(...)
+    (else `<+input>` stays, and using it is an error naming where)."""
+    value = v.get("value")
+    if is_runtime_input(value):
+        if str(v["name"]) in given:
+            return given[str(v["name"])]
+        has, default = input_default(value)
+        return default if has else value
+    return value
 
 
 def _check_selectors(ws: Workspace, opts: Options) -> None:
@@ -191,6 +225,8 @@ def render(ws: Workspace, opts: Options) -> Rendered:
     seen: dict[tuple[str, str], FunctionSpec] = {}
     for s in specs:
         key = (s.region, s.name)
+        if key in seen and seen[key].to_dict() == s.to_dict():
+            continue  # the same function from two stage runs (strategy.parallelism): deployed once
         if key in seen:
             errors.append(ConfigError(f"function '{s.name}' in {s.region} is defined by two targets: {seen[key].target} ({seen[key].source}) and {s.target} ({s.source})"))
         seen[key] = s
@@ -258,6 +294,8 @@ def target_scope(ws: Workspace, t: Target, opts: Options) -> Scope:
         "infra.connectorRef": infra.body["spec"].get("connectorRef", ""),
         "infra.connector.name": infra.body["spec"].get("connectorRef", ""),
     }
+    if t.context is not None:
+        fixed.update(stage_values(t.context, opts.variables))
     resolving: list[str] = []
 
     def resolve_variable(name: str, entry: Any) -> Any:
@@ -276,7 +314,7 @@ def target_scope(ws: Workspace, t: Target, opts: Options) -> Scope:
             resolving.pop()
 
     scope = Scope(fixed=fixed, service_variables=merged, env_variables=env_scope, resolve_variable=resolve_variable,
-                  provisioner=resolver(ws, infra, opts.provisioner))
+                  provisioner=resolver(ws, infra, opts.provisioner), in_pipeline=t.context is not None)
     region = resolve_string(str(region_raw), scope, lambda: (infra.file, infra.line("spec", "region")))
     problem = region_problem(region)
     if problem:
@@ -456,8 +494,9 @@ def _artifact(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Sco
     idx = ids.index(ref)
     src = sources[idx]
     sp = pp + ("sources", idx)
-    spec = resolve_tree(svc.get(*sp, "spec", default={}), scope, svc.doc, ("service",) + sp + ("spec",))
     stype = src.get("type")
+    raw = _source_inputs(svc, sp, str(stype), ref, t, opts)
+    spec = resolve_tree(raw, scope, svc.doc, ("service",) + sp + ("spec",))
 
     def need(key: str) -> Any:
         v = spec.get(key)
@@ -489,6 +528,35 @@ def _artifact(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Sco
                 raise svc.error(sp + ("spec", "tagRegex"), f"tagRegex is not a valid regular expression: {exc}") from None
         return out
     raise svc.error(sp + ("type",), f"artifact type '{stype}' is not supported; use AmazonS3 or Ecr", did_you_mean(str(stype), ["AmazonS3", "Ecr"]))
+
+
+def _source_inputs(svc: Entity, sp: tuple, stype: str, ref: str, t: Target, opts: Options) -> dict:
+    """The source's spec with its `<+input>` fields given, as in Harness: by the stage's
+    serviceInputs (where an --inputs input set lands), or by --var artifact.FIELD=VALUE (which
+    wins); else a `.default(...)`; else an error that says how to give it."""
+    spec = dict(svc.get(*sp, "spec", default={}))
+    staged: dict = {}
+    if t.context is not None:
+        si = ((((t.context.stage.get("spec") or {}).get("service") or {}).get("serviceInputs") or {}))
+        primary = (((si.get("serviceDefinition") or {}).get("spec") or {}).get("artifacts") or {}).get("primary") if isinstance(si, dict) else None
+        for src in (primary or {}).get("sources") or [] if isinstance((primary or {}).get("sources"), list) else []:
+            if isinstance(src, dict) and src.get("identifier") == ref and isinstance(src.get("spec"), dict):
+                staged = src["spec"]
+    for key, value in spec.items():
+        if not is_runtime_input(value):
+            continue
+        given = opts.variables.get(f"artifact.{key}")
+        if given is None and staged.get(key) is not None and not is_runtime_input(staged[key]):
+            given = staged[key]
+        if given is None:
+            has_default, default = input_default(value)
+            if not has_default:
+                raise svc.error(sp + ("spec", key), f"{stype} artifact '{ref}': spec.{key} is a runtime input (<+input>) with no value",
+                                f"give it in the stage's serviceInputs, in an input set (--inputs FILE with run or plan --pipeline), "
+                                f"or with --var artifact.{key}=VALUE")
+            given = default
+        spec[key] = given
+    return spec
 
 
 def _artifact_from_code(code: dict, doc: Doc, fdata: dict, region: str) -> dict:

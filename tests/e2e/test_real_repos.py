@@ -151,3 +151,86 @@ def test_a_built_wheel_carries_the_demo_workspace(tmp_path):
     r = check(subprocess.run([sys.executable, "-m", "reconciler", "validate", "-w", r.stdout.strip(), "--state-dir", str(tmp_path / "state")],
                              cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)}, capture_output=True, text=True))
     assert "ok  Hello_World" in r.stdout
+
+
+# ---------------------------------------------------------------- items 4, 5, 6: a pipeline with a CI stage, stage variables and a loop
+
+LOOP_REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
+
+
+@pytest.fixture
+def loop(fixture, aws) -> Project:
+    p = fixture("loop-pipeline")
+    for region in LOOP_REGIONS:
+        aws.put_zip(f"greeter-{region}", "greeter.zip", handler(region), region=region)
+    return p
+
+
+def test_looping_stage_deploys_each_region_with_its_stage_variables(loop):
+    """strategy.repeat over three regions: one function per iteration, each named and placed by
+    <+stage.variables.region> (= <+repeat.item>) in the service, the definition and the
+    infrastructure; validate, plan, apply, replan converge."""
+    r = loop.cli("validate")
+    assert [line.split()[1] for line in r.stdout.splitlines() if line.startswith("ok")] == [f"greeter-{x}" for x in LOOP_REGIONS]
+    converge(loop)
+    for i, region in enumerate(LOOP_REGIONS):
+        conf = loop.aws.lambda_config(f"greeter-{region}", region)
+        assert conf["Description"] == f"multi-region / deploy_{i}"
+        assert conf["Environment"]["Variables"] == {"PIPELINE": "multiRegion", "STAGE": f"deploy_{i}", "ITERATION": str(i)}
+        assert loop.aws.aliases(f"greeter-{region}", region) == {"live": "1"}
+    state = loop.state_file("prod", "prod_lambda")
+    assert {n: f["region"] for n, f in state["functions"].items()} == {f"greeter-{x}": x for x in LOOP_REGIONS}
+
+
+def test_run_skips_ci_approval_and_custom_stages_and_names_each_iteration(loop):
+    """The pipeline's CI, Approval and Custom stages are listed as skipped; its CI-only input
+    (properties.ci.codebase.build: <+input>, a Run step's command) is never asked for; each
+    loop iteration is its own stage run (deploy_0, deploy_1, deploy_2)."""
+    r = loop.cli("run", "multiRegion", "--format", "json", "--var", "prefix=svc")
+    s = json.loads(r.stdout)
+    assert s["status"] == "Success", r.stderr
+    stages = {x["stage"]: x for x in s["stages"]}
+    assert {k: v["status"] for k, v in stages.items()} == {"build": "Skipped", "approve": "Skipped", "announce": "Skipped",
+                                                           "deploy_0": "Success", "deploy_1": "Success", "deploy_2": "Success"}
+    assert stages["build"]["reason"] == "type CI"
+    reports = [x["output"].strip() for x in s["steps"] if x["step"] == "report"]
+    assert reports == [f"deploy_{i} deployed svc to {r_} (iteration {i} of 3)" for i, r_ in enumerate(LOOP_REGIONS)]
+    for region in LOOP_REGIONS:
+        assert loop.aws.lambda_config(f"svc-{region}", region)["State"] == "Active"
+    loop.cli("plan", "--pipeline", "multiRegion", "--var", "prefix=svc", "--detailed-exitcode", code=0)
+
+
+def test_pipeline_expressions_outside_a_pipeline_are_an_error_with_file_and_line(loop):
+    (loop.ws / ".harness" / "pipeline.yaml").unlink()
+    r = loop.cli("validate", code=1)
+    assert "error: .harness/infrastructure.yaml:9: <+stage.variables.region> has a value only where a pipeline stage deploys" in r.stderr
+
+
+def test_matrix_is_refused_by_name(loop):
+    path = loop.ws / ".harness" / "pipeline.yaml"
+    path.write_text(path.read_text().replace("          repeat:\n", "          matrix:\n            region: [a, b]\n          repeat:\n"))
+    r = loop.cli("validate", code=1)
+    assert "strategy.matrix is not supported by reconciler" in r.stderr and ".harness/pipeline.yaml:" in r.stderr
+
+
+# ---------------------------------------------------------------- item 3: artifact runtime inputs
+
+
+def test_input_set_fills_s3_and_ecr_source_fields(fixture, aws):
+    """sources[].spec fields that are <+input> take the input set's serviceInputs values; without
+    them validate names the ways to give them; --var artifact.FIELD works too."""
+    p = fixture("input-sets")
+    aws.put_zip(BUCKET, "zips/release-7.zip", handler("zips"))
+    aws.push_image("images", "release-7")
+    r = p.cli("validate", code=1)
+    assert "spec.imagePath is a runtime input (<+input>) with no value" in r.stderr and "--var artifact.imagePath=VALUE" in r.stderr
+    args = ("--pipeline", "release", "--inputs", "inputs/release.yaml")
+    p.cli("plan", "--detailed-exitcode", *args, code=2)
+    p.cli("plan", *args, "--out", "release.plan")
+    p.cli("apply", "release.plan")
+    p.cli("plan", "--detailed-exitcode", *args, code=0)
+    assert p.config("inputs-zips")["CodeSha256"] == aws.sha256_b64(handler("zips"))
+    assert p.config("inputs-images")["PackageType"] == "Image"
+    # the same values by flags, for one service
+    p.cli("validate", "-s", "zips", "--var", "artifact.connectorRef=aws", "--var", "artifact.region=us-east-1",
+          "--var", "artifact.bucketName=repo-artifacts", "--var", "artifact.filePath=zips/release-7.zip")
