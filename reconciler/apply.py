@@ -367,9 +367,9 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
 
     writer.update(begin, records=[record], closing=spec.name)
     created = False
-    # what Lambda answered last: its FunctionConfiguration after our latest change, and
-    # the RevisionId the next change is guarded by (Lambda refuses a change to a function
-    # that moved since; an answer that had to be waited for carries no usable RevisionId)
+    # what Lambda answered last: its FunctionConfiguration after our latest change (the
+    # answer, or the poll that waited for the change to be over), and the RevisionId the
+    # next change is guarded by: Lambda refuses a change to a function that moved since
     conf = dict(before.get("configuration") or {})
     revision = before.get("revision_id")
     image_uri = before.get("image_uri")
@@ -378,7 +378,7 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
     def answered(out: dict) -> None:
         nonlocal conf, revision
         conf = {k: v for k, v in out.items() if k != "ResponseMetadata"}
-        revision = out.get("RevisionId") if out.get("LastUpdateStatus", "Successful") == "Successful" else None
+        revision = out.get("RevisionId")
 
     try:
         if abort is not None and abort.is_set():
@@ -405,19 +405,6 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
                 log(f"{spec.name}: updating configuration ({', '.join(sorted({c.path.split('.')[0] for c in fp.changes if c.kind == 'config'}))})")
                 answered(lam.update_configuration(spec.name, config, revision))
                 step("configuration updated")
-            tag_changes = [c for c in fp.changes if c.kind == "tag"]
-            if tag_changes:
-                arn = before["arn"]
-                lam.tag(arn, {c.path.split(".", 1)[1]: c.new for c in tag_changes if c.action != "delete"})
-                lam.untag(arn, [c.path.split(".", 1)[1] for c in tag_changes if c.action == "delete"])
-                for c in tag_changes:
-                    key = c.path.split(".", 1)[1]
-                    if c.action == "delete":
-                        tags_now.pop(key, None)
-                    else:
-                        tags_now[key] = c.new
-                log(f"{spec.name}: tags updated")
-                step("tags updated")
 
         # 4. publish exactly one version per real change, guarded by the expected code; a
         # version that a killed apply published (and nothing changed since) is reused
@@ -457,7 +444,23 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
                 log(f"{spec.name}: alias {c.path} deleted")
                 step(f"alias {c.path} deleted")
 
-        # 6. record the result: $LATEST as Lambda answered its last change (not the published
+        # 6. tags last: TagResource carries no RevisionId and gives the function a new one,
+        # so it comes after every change that is guarded by one
+        tag_changes = [c for c in fp.changes if c.kind == "tag"] if not created else []
+        if tag_changes:
+            arn = before["arn"]
+            lam.tag(arn, {c.path.split(".", 1)[1]: c.new for c in tag_changes if c.action != "delete"})
+            lam.untag(arn, [c.path.split(".", 1)[1] for c in tag_changes if c.action == "delete"])
+            for c in tag_changes:
+                key = c.path.split(".", 1)[1]
+                if c.action == "delete":
+                    tags_now.pop(key, None)
+                else:
+                    tags_now[key] = c.new
+            log(f"{spec.name}: tags updated")
+            step("tags updated")
+
+        # 7. record the result: $LATEST as Lambda answered its last change (not the published
         # version's answer: that has the version's own description), the tags as set, and
         # the aliases as Lambda answered when they were set
         arn = before.get("arn") if before.get("exists") else conf.get("FunctionArn")
@@ -483,6 +486,11 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             writer.update(refused, records=[record])
             raise StaleError(f"function {spec.name} changed in Lambda since this plan was made; nothing was changed",
                              hint="run plan or apply again") from None
+        if exc.code == "PreconditionFailedException":
+            # a later change refused: what this apply already changed is rolled back
+            moved = AwsError(f"function {spec.name} changed in Lambda since this plan was made ({exc})")
+            moved.code = exc.code
+            exc = moved
         _failed(exc, fp, spec, config, recorded, record, writer, aws, log, rollback_on_failure)
     except BaseException as exc:  # noqa: BLE001 - Ctrl-C or a bug mid-apply rolls back too, then re-raises
         _failed(exc, fp, spec, config, recorded, record, writer, aws, log, rollback_on_failure)

@@ -1,8 +1,10 @@
 """The only module that talks to AWS: clients, typed calls, waiters and retries.
 
 Missing things come back as None, not exceptions; every other AWS error becomes an
-AwsError naming what was being attempted. Retries (throttling, 5xx, "update in
-progress") are botocore's own retry modes and waiters, not hand-made loops.
+AwsError naming what was being attempted. Retries of throttling and 5xx are botocore's
+standard retry mode. Waits for Lambda use the acceptors of botocore's Lambda waiters in a
+poll that returns the answer that ended it; an update in progress
+(ResourceConflictException) is waited out the same way (Lambda._change).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+import time
 from collections import Counter
 from typing import Any, Iterable
 
@@ -32,6 +35,26 @@ MUTATING_PREFIXES = ("Create", "Update", "Delete", "Publish", "Put", "Tag", "Unt
 
 def _code(exc: ClientError) -> str:
     return exc.response.get("Error", {}).get("Code", "")
+
+
+def _status_field(cfg) -> str:
+    """The Configuration field a Lambda waiter looks at (State or LastUpdateStatus)."""
+    return cfg.acceptors[0].argument.rsplit(".", 1)[-1]
+
+
+def _status(conf: dict) -> str:
+    return ", ".join(f"{k} {conf[k]}" for k in ("State", "LastUpdateStatus") if conf.get(k)) or "without a status"
+
+
+def _failure(conf: dict) -> str:
+    """Lambda's own account of a failed create or update."""
+    if conf.get("LastUpdateStatus") == "Failed":
+        code, reason = conf.get("LastUpdateStatusReasonCode"), conf.get("LastUpdateStatusReason")
+        head = "Lambda reports the update Failed"
+    else:
+        code, reason = conf.get("StateReasonCode"), conf.get("StateReason")
+        head = "Lambda reports the function Failed"
+    return head + "".join(f": {x}" for x in (code, reason) if x)
 
 
 class Aws:
@@ -162,75 +185,146 @@ class Lambda:
 
     # ------------------------------------------------------------ writes
 
-    def wait_updated(self, name: str) -> None:
-        call(f"waiting for {name} to finish updating", self.c.get_waiter("function_updated_v2").wait, FunctionName=name,
-             WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+    # Lambda's own waiters (botocore's waiters-2.json) decide what a poll answer means; the
+    # poll is written here because a botocore waiter returns nothing, and the apply goes on
+    # with the RevisionId of the very answer that ended the wait. Every poll is a GetFunction
+    # (its own, larger quota); published_version_active's acceptors (State on
+    # GetFunctionConfiguration) are function_active_v2's on GetFunction with the version as
+    # qualifier.
+    POLL_FIRST = 0.25  # seconds before the second poll; doubled each time up to the waiter's delay
 
-    def wait_active(self, name: str) -> None:
-        call(f"waiting for {name} to become active", self.c.get_waiter("function_active_v2").wait, FunctionName=name,
-             WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+    def _poll(self, what: str, name: str, waiters: tuple[str, ...], qualifier: str | None = None,
+              absent_ok: tuple[str, ...] = ()) -> dict:
+        """GetFunction until the answer satisfies every waiter in `waiters` (all of their
+        success acceptors on the same answer); returns that answer's Configuration. A
+        failure acceptor (State or LastUpdateStatus `Failed`) raises with Lambda's reason;
+        answers no acceptor matches are polled again, as botocore does, for at most the
+        waiter's delay × maxAttempts. `absent_ok`: waiters whose status field may be absent
+        (a function that was never updated has no LastUpdateStatus)."""
+        configs = [self.c.get_waiter(w).config for w in waiters]
+        limit = max(c.delay * c.max_attempts for c in configs)
+        delay_max = max(c.delay for c in configs)
+        kwargs = {"FunctionName": name, **({"Qualifier": qualifier} if qualifier else {})}
+        deadline = time.monotonic() + limit
+        delay = self.POLL_FIRST
+        while True:
+            got = call(what, self.c.get_function, **kwargs)
+            conf = got.get("Configuration") or {}
+            done = True
+            for w, cfg in zip(waiters, configs):
+                state = next((a.state for a in cfg.acceptors if a.matcher_func(got)), None)
+                if state == "failure":
+                    raise AwsError(f"{what}: {_failure(conf)}")
+                if state != "success" and not (w in absent_ok and _status_field(cfg) not in conf):
+                    done = False
+            if done:
+                return conf
+            if time.monotonic() + delay > deadline:
+                raise AwsError(f"{what}: still {_status(conf)} after {limit:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, delay_max)
+
+    def wait_updated(self, name: str) -> dict:
+        """Until LastUpdateStatus is Successful (function_updated_v2); the Configuration."""
+        return self._poll(f"waiting for {name} to finish updating", name, ("function_updated_v2",))
+
+    def wait_active(self, name: str, qualifier: str | None = None) -> dict:
+        """Until State is Active (function_active_v2, of a version with `qualifier`)."""
+        what = f"waiting for version {qualifier} of {name} to become active" if qualifier else f"waiting for {name} to become active"
+        return self._poll(what, name, ("function_active_v2",), qualifier)
+
+    def wait_idle(self, name: str, what: str) -> dict:
+        """Until the function is Active and no update is in progress."""
+        return self._poll(f"{what}: waiting for the update in progress", name, ("function_active_v2", "function_updated_v2"),
+                          absent_ok=("function_updated_v2",))
+
+    CONFLICT_WAIT = 300.0  # seconds a change waits out updates in progress before it fails
+
+    def _change(self, what: str, name: str, fn, **kwargs) -> dict:
+        """A change to an existing function. Lambda refuses it with ResourceConflictException
+        while an update of the function is in progress (or it is still Pending): that is
+        waited out (polling until the function is idle, then sending the same request with
+        the same RevisionId) for at most CONFLICT_WAIT seconds."""
+        deadline = time.monotonic() + self.CONFLICT_WAIT
+        while True:
+            try:
+                return call(what, fn, **kwargs)
+            except AwsError as exc:
+                if exc.code != "ResourceConflictException" or time.monotonic() > deadline:
+                    raise
+            self.wait_idle(name, what)
+            time.sleep(self.POLL_FIRST)  # idle at once but still refused: never a tight loop
 
     def create_function(self, params: dict) -> dict:
+        """CreateFunction, then (while Lambda answers Pending) wait until Active: the
+        Configuration of the Active function (its RevisionId differs from the create's)."""
         out = call(f"creating function {params['FunctionName']}", self.c.create_function, **params)
-        if out.get("State") != "Active":  # Pending while Lambda prepares it
-            self.wait_active(params["FunctionName"])
+        if out.get("State", "Active") != "Active":
+            return self.wait_active(params["FunctionName"])
         return out
 
     def update_code(self, name: str, code: dict, architectures: list[str] | None, revision_id: str | None = None) -> dict:
         """UpdateFunctionCode, refused by Lambda if the function is no longer at `revision_id`;
-        waits until Lambda has finished unless the answer already says so."""
+        returns the Configuration once the update is over (the answer, or the poll that
+        waited for it)."""
         kwargs = {"FunctionName": name, **code}
         if architectures:
             kwargs["Architectures"] = architectures
         if revision_id:
             kwargs["RevisionId"] = revision_id
-        out = call(f"updating the code of {name}", self.c.update_function_code, **kwargs)
-        if out.get("LastUpdateStatus") != "Successful":
-            self.wait_updated(name)
-        return out
+        out = self._change(f"updating the code of {name}", name, self.c.update_function_code, **kwargs)
+        return self._settled(name, out)
 
     def update_configuration(self, name: str, config: dict, revision_id: str | None = None) -> dict:
         kwargs = {"FunctionName": name, **config}
         if revision_id:
             kwargs["RevisionId"] = revision_id
-        out = call(f"updating the configuration of {name}", self.c.update_function_configuration, **kwargs)
-        if out.get("LastUpdateStatus") != "Successful":
-            self.wait_updated(name)
+        out = self._change(f"updating the configuration of {name}", name, self.c.update_function_configuration, **kwargs)
+        return self._settled(name, out)
+
+    def _settled(self, name: str, out: dict) -> dict:
+        out = {k: v for k, v in out.items() if k != "ResponseMetadata"}
+        if out.get("LastUpdateStatus", "Successful") != "Successful":
+            return self.wait_updated(name)
         return out
 
     def publish_version(self, name: str, code_sha256: str | None, revision_id: str | None, description: str = "") -> dict:
+        """PublishVersion guarded by the code and the RevisionId of $LATEST; the new
+        version's Configuration once it is Active."""
         kwargs: dict[str, Any] = {"FunctionName": name, "Description": description}
         if code_sha256:
             kwargs["CodeSha256"] = code_sha256
         if revision_id:
             kwargs["RevisionId"] = revision_id
-        out = call(f"publishing a version of {name}", self.c.publish_version, **kwargs)
-        if out.get("State") != "Active":
-            call(f"waiting for version {out.get('Version')} of {name}", self.c.get_waiter("published_version_active").wait,
-                 FunctionName=name, Qualifier=out["Version"], WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+        out = self._change(f"publishing a version of {name}", name, self.c.publish_version, **kwargs)
+        if out.get("State", "Active") != "Active":
+            return self.wait_active(name, out["Version"])
         return out
 
     def put_alias(self, name: str, alias: dict, version: str, exists: bool, revision_id: str | None = None) -> dict:
+        """UpdateAlias guarded by the alias's own RevisionId, or CreateAlias (which has none:
+        an alias created meanwhile makes it fail)."""
         kwargs = {"FunctionName": name, "Name": alias["Name"], "FunctionVersion": version,
                   "Description": alias.get("Description", ""), "RoutingConfig": alias.get("RoutingConfig") or {"AdditionalVersionWeights": {}}}
         if exists:
             if revision_id:
                 kwargs["RevisionId"] = revision_id
-            return call(f"moving alias {alias['Name']} of {name} to version {version}", self.c.update_alias, **kwargs)
+            return self._change(f"moving alias {alias['Name']} of {name} to version {version}", name, self.c.update_alias, **kwargs)
         kwargs.pop("RoutingConfig") if not alias.get("RoutingConfig") else None
         return call(f"creating alias {alias['Name']} of {name}", self.c.create_alias, **kwargs)
 
     def delete_alias(self, name: str, alias: str) -> None:
-        call(f"deleting alias {alias} of {name}", self.c.delete_alias, FunctionName=name, Name=alias)
+        self._change(f"deleting alias {alias} of {name}", name, self.c.delete_alias, FunctionName=name, Name=alias)
 
     def tag(self, arn: str, tags: dict) -> None:
+        """TagResource (the API has no RevisionId; Lambda gives the function a new one)."""
         if tags:
-            call(f"tagging {arn}", self.c.tag_resource, Resource=arn, Tags=tags)
+            self._change(f"tagging {arn}", arn, self.c.tag_resource, Resource=arn, Tags=tags)
 
     def untag(self, arn: str, keys: Iterable[str]) -> None:
         keys = list(keys)
         if keys:
-            call(f"untagging {arn}", self.c.untag_resource, Resource=arn, TagKeys=keys)
+            self._change(f"untagging {arn}", arn, self.c.untag_resource, Resource=arn, TagKeys=keys)
 
     def delete_function(self, name: str) -> None:
         call(f"deleting function {name}", self.c.delete_function, not_found_none=True, FunctionName=name)

@@ -25,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from harness.localstack import on_both_emulators
 from filelock import FileLock
 
 
@@ -159,6 +160,7 @@ def d(aws, workspace, tmp_path, run_cli, fault_proxy):
 # ---------------------------------------------------------------- 1, 2: rollback of an update
 
 @pytest.mark.parametrize("op", ["UpdateFunctionConfiguration", "PublishVersion"])
+@on_both_emulators
 def test_failed_update_rolls_back(d, op):
     d.deploy_v1()
     d.proxy.add_rule(op, "fail", times=None, **NO_RETRY)
@@ -248,7 +250,8 @@ def test_failure_after_alias_moved_moves_it_back(d):
 
 def test_rollback_removes_alias_and_tags_the_apply_added(d):
     """v1 has no alias; v2 adds the alias `live` and a tag, then fails creating its
-    second alias: rollback deletes the alias it created and removes the tag."""
+    second alias: rollback deletes the alias it created; the tag, changed last (after the
+    aliases), was never set."""
     svc = d.ws / ".harness" / "service.yaml"
     text = svc.read_text()
     start = text.index("        - manifest:\n            identifier: lambdaAliasDefinition")
@@ -271,7 +274,7 @@ def test_rollback_removes_alias_and_tags_the_apply_added(d):
     r = d.apply(*d.to_v2())
     assert r.returncode == 1, r.stderr
     assert created.is_set() and "rolled back" in r.stderr
-    assert d.proxy.count("TagResource") == 1 and d.proxy.count("DeleteAlias") == 1
+    assert d.proxy.count("TagResource") == 0 and d.proxy.count("DeleteAlias") == 1
 
     conf = d.config()
     assert (conf["CodeSha256"], conf["MemorySize"]) == (SHA1, 128)
@@ -285,6 +288,7 @@ def test_rollback_removes_alias_and_tags_the_apply_added(d):
 
 # ---------------------------------------------------------------- 3: failure after create
 
+@on_both_emulators
 def test_failure_after_create_deletes_the_function(d):
     d.proxy.add_rule("PublishVersion", "fail", times=None, **NO_RETRY)
     r = d.apply()
