@@ -4,6 +4,10 @@ End-to-end tests run the real ``moto_server`` in a subprocess (one per test
 session, reset before every test that uses ``aws_env``) and the CLI as
 ``python -m reconciler`` in a subprocess pointed at it.  See
 ``tests/harness/faultproxy.py`` for fault injection.
+
+A test parametrized with ``on_both_emulators`` (``tests/harness/localstack.py``) runs
+on moto and on LocalStack (one server per session, a fresh account per test). Where no
+LocalStack is installed its cases skip, except under CI (``CI=true``), where they fail.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 from harness.faultproxy import FaultProxy  # noqa: E402
+from harness.localstack import LocalStack, localstack_python  # noqa: E402
 from harness.motoserver import MotoServer  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -66,13 +71,42 @@ AWS_TEST_ENV = {
 AWS_ENV_REMOVE = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "MOTO_ACCOUNT_ID")
 
 
+@pytest.fixture(scope="session")
+def localstack_server():
+    """LocalStack for the session, or a skip (a failure under CI) saying why not."""
+    if localstack_python() is None:
+        why = ("LocalStack is not installed: set RECONCILER_TEST_LOCALSTACK_PYTHON to the python of a venv "
+               "with localstack-core[runtime] and tests/localstack_plugin (README, Development)")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    server = LocalStack.find().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def aws_env(moto_server, monkeypatch):
-    """Reset moto and return the environment for a CLI subprocess (a copy
-    of ``os.environ`` pointed at moto).  The same values are applied to
-    ``os.environ`` (via monkeypatch) for in-test boto3 clients."""
-    moto_server.reset()
-    values = dict(AWS_TEST_ENV, AWS_ENDPOINT_URL=moto_server.endpoint)
+def emulator(request) -> str:
+    """'moto' unless a test is parametrized (indirectly) with 'localstack'."""
+    return getattr(request, "param", "moto")
+
+
+@pytest.fixture
+def aws_env(emulator, request, monkeypatch):
+    """Reset moto (or take a fresh LocalStack account) and return the
+    environment for a CLI subprocess (a copy of ``os.environ`` pointed at
+    the emulator).  The same values are applied to ``os.environ`` (via
+    monkeypatch) for in-test boto3 clients."""
+    if emulator == "localstack":
+        server = request.getfixturevalue("localstack_server")
+        key = server.new_account()
+    else:
+        server = request.getfixturevalue("moto_server")
+        server.reset()
+        key = "testing"
+    values = dict(AWS_TEST_ENV, AWS_ENDPOINT_URL=server.endpoint, AWS_ACCESS_KEY_ID=key)
     remove = [k for k in os.environ
               if k in AWS_ENV_REMOVE or k.startswith("AWS_ENDPOINT_URL_")]
     for k in remove:
@@ -117,13 +151,17 @@ LAMBDA_TRUST_POLICY = {
 
 
 class AwsHelper:
-    """boto3 access to the moto server plus setup helpers."""
+    """boto3 access to the emulator plus setup helpers."""
 
     account = ACCOUNT
     region = REGION
 
-    def __init__(self, endpoint: str):
+    def __init__(self, endpoint: str, access_key: str = "testing", emulator: str = "moto"):
         self.endpoint = endpoint
+        self.access_key = access_key
+        self.emulator = emulator
+        if emulator == "localstack":
+            self.account = access_key
         self._clients = {}
 
     def client(self, service: str, region: str = REGION, **kwargs):
@@ -136,7 +174,7 @@ class AwsHelper:
             return self._clients[key]
         kwargs.setdefault("endpoint_url", self.endpoint)
         c = boto3.client(service, region_name=region,
-                         aws_access_key_id="testing",
+                         aws_access_key_id=self.access_key,
                          aws_secret_access_key="testing",
                          aws_session_token="testing", **kwargs)
         if key:
@@ -187,7 +225,7 @@ class AwsHelper:
 
     # -- ECR -------------------------------------------------------------
     def image_uri(self, repo: str, tag: str, region: str = REGION) -> str:
-        return f"{ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{repo}:{tag}"
+        return f"{self.account}.dkr.ecr.{region}.amazonaws.com/{repo}:{tag}"
 
     def push_image(self, repo: str, tag: str, seed: str | None = None,
                    region: str = REGION) -> str:
@@ -240,8 +278,8 @@ class AwsHelper:
 
 
 @pytest.fixture
-def aws(aws_env, moto_server):
-    return AwsHelper(moto_server.endpoint)
+def aws(aws_env, emulator):
+    return AwsHelper(aws_env["AWS_ENDPOINT_URL"], aws_env["AWS_ACCESS_KEY_ID"], emulator)
 
 
 # ----------------------------------------------------------------------
@@ -310,8 +348,8 @@ def workspace(tmp_path):
 
 
 @pytest.fixture
-def fault_proxy(moto_server):
-    proxy = FaultProxy(moto_server.endpoint).start()
+def fault_proxy(aws_env):
+    proxy = FaultProxy(aws_env["AWS_ENDPOINT_URL"]).start()
     try:
         yield proxy
     finally:

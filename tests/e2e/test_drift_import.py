@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from harness.localstack import on_both_emulators
 
 pytestmark = pytest.mark.e2e
 
@@ -32,6 +33,7 @@ def state_json(state):
     return json.loads((state / "staging" / "staging_use1.json").read_text())
 
 
+@on_both_emulators
 def test_no_drift_right_after_apply(deployed, run_cli):
     """A function just applied is in sync: drift exits 0 in every format."""
     _, state = deployed
@@ -49,6 +51,7 @@ def test_no_drift_right_after_apply(deployed, run_cli):
     ("tag", "Tags.service"),
     ("version", "published outside reconciler"),
 ])
+@on_both_emulators
 def test_each_hand_change_is_reported(deployed, aws, run_cli, change, expect):
     """Each kind of hand change shows in text, JSON and Markdown, exits 2, and changes nothing."""
     _, state = deployed
@@ -90,6 +93,7 @@ def test_each_hand_change_is_reported(deployed, aws, run_cli, change, expect):
     assert lam.get_function(FunctionName=FN)["Configuration"] == before_live
 
 
+@on_both_emulators
 def test_deleted_function_is_reported(deployed, aws, run_cli):
     """A function deleted by hand is drift of its own kind."""
     _, state = deployed

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from harness.localstack import on_both_emulators
 from e2e_util import HELLO_DEF, HELLO_FN, HELLO_STATE, check, hello  # noqa: F401 (hello is a fixture)
 
 pytestmark = pytest.mark.e2e
@@ -24,6 +25,7 @@ def _no_mutations(proxy) -> None:
 # ---------------------------------------------------------------- create, then nothing to do
 
 
+@on_both_emulators
 def test_hello_world_create_apply_and_idempotent_reapply(hello):
     # plan: a create, with the code SHA-256, where the code comes from and the version
     r = hello.cli("plan", "--detailed-exitcode", code=2)
@@ -88,6 +90,7 @@ def test_hello_world_create_apply_and_idempotent_reapply(hello):
 # ---------------------------------------------------------------- code change, history, state, rollback
 
 
+@on_both_emulators
 def test_code_change_publishes_version_2_then_history_state_and_rollback(hello):
     hello.cli("apply", "--auto-approve")
     sha2 = hello.put("hello-v2.zip", "module.exports.hello = async () => ({statusCode: 200, body: 'v2'});\n")

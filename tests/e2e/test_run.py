@@ -11,6 +11,7 @@ import json
 import time
 
 import pytest
+from harness.localstack import on_both_emulators
 
 from e2e_util import Project, hello  # noqa: F401  (the seed workspace fixture)
 
@@ -93,6 +94,7 @@ def test_deploy_and_passing_smoke_test(smoke):
         assert line in s["_stderr"]
 
 
+@on_both_emulators
 def test_failing_smoke_test_rolls_back_to_the_previous_version(smoke):
     """Release 2 deploys (version 2, alias live → 2), its smoke test fails: the stage's
     rollback steps put $LATEST code and the alias back to release 1; exit 1."""

@@ -95,6 +95,12 @@ callback that kills the process *and waits for it* (``p.kill(); p.wait()``)
 guarantees the Nth matching call was the last one that reached moto.
 ``after`` returns a ``Hook``: ``hook.fired`` (bool), ``hook.event``
 (``threading.Event``), ``hook.error`` (exception raised by the callback).
+
+``before(match, nth, callback)`` is the other way round: ``callback()`` runs
+once, in the handler thread, when the ``nth`` matching request has arrived
+and before it is forwarded (or a rule applies to it); the request waits for
+it. E.g. a change made to a function behind the client's back right before
+its next mutating call reaches the emulator.
 """
 
 from __future__ import annotations
@@ -412,6 +418,8 @@ class _Handler(BaseHTTPRequestHandler):
         entry = dict(info, seq=None, time=time.time(), headers=headers, body=body,
                      status=None, fault=None, forwarded=False, error=None)
         rule, hooks = p._register(entry)
+        for h in p._before(entry):
+            self._run_hooks([h], entry, release=False)
         if held and self._client_gone():
             entry["fault"] = "dropped"
             entry["error"] = "client disconnected while held"
@@ -422,7 +430,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self._run_hooks(hooks, entry)
 
-    def _run_hooks(self, hooks, entry):
+    def _run_hooks(self, hooks, entry, release=True):
         p = self.proxy
         try:
             for h in hooks:
@@ -436,7 +444,8 @@ class _Handler(BaseHTTPRequestHandler):
                     h.entry = entry
                     h.event.set()
         finally:
-            p._release(len(hooks))
+            if release:
+                p._release(len(hooks))
 
     def _release_hooks(self, hooks):
         # the request was dropped: the hook did not see its request served,
@@ -570,6 +579,7 @@ class FaultProxy:
         self.log: list[dict] = []
         self.rules: list[Rule] = []
         self.hooks: list[Hook] = []
+        self.before_hooks: list[Hook] = []
         self._lock = threading.Lock()
         self._gate = threading.Condition()
         self._holds = 0
@@ -630,6 +640,16 @@ class FaultProxy:
             self.hooks.append(hook)
         return hook
 
+    def before(self, match: Match, nth: int, callback: Callable[[], object]) -> Hook:
+        hook = Hook(match, nth, callback)
+        with self._lock:
+            self.before_hooks.append(hook)
+        return hook
+
+    def _before(self, entry: dict) -> list:
+        with self._lock:
+            return [h for h in self.before_hooks if h._count(entry)]
+
     def clear(self, rules: bool = False) -> None:
         """Forget the log; with ``rules=True`` also drop rules and hooks."""
         with self._lock:
@@ -637,11 +657,13 @@ class FaultProxy:
             if rules:
                 self.rules.clear()
                 self.hooks.clear()
+                self.before_hooks.clear()
 
     def clear_rules(self) -> None:
         with self._lock:
             self.rules.clear()
             self.hooks.clear()
+            self.before_hooks.clear()
 
     # -- queries ---------------------------------------------------------
     def entries(self) -> list[dict]:
