@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 from e2e_util import check
 from harness.faultproxy import is_mutating
+from harness.localstack import on_both_emulators
 
 from reconciler import state as st
 
@@ -45,8 +46,8 @@ class Sweep:
     """The two-environments sample (staging only): v1 in one workspace copy, v2 (new S3
     key; memory 256 via --var) in another; one state directory per crash point."""
 
-    def __init__(self, aws, workspace, tmp_path, run_cli, proxy, moto_server):
-        self.aws, self.run_cli, self.proxy, self.moto = aws, run_cli, proxy, moto_server
+    def __init__(self, aws, workspace, tmp_path, run_cli, proxy, fresh):
+        self.aws, self.run_cli, self.proxy, self.fresh = aws, run_cli, proxy, fresh
         self.tmp = tmp_path
         self.ws1 = workspace("two-environments")
         self.ws2 = tmp_path / "two-environments-v2"
@@ -59,8 +60,9 @@ class Sweep:
         self.lam = aws.client("lambda")
 
     def seed(self) -> None:
-        """moto as new: the role and both artifacts."""
-        self.moto.reset()
+        """The emulator as new (moto reset, or a fresh LocalStack account): the role and
+        both artifacts."""
+        self.fresh()
         self.aws._clients.clear()
         self.aws.create_role("greeter-lambda-role")
         self.aws.put_zip(BUCKET, KEY1, self.zip1)
@@ -141,8 +143,15 @@ class Sweep:
 
 
 @pytest.fixture
-def sweep(aws, workspace, tmp_path, run_cli, fault_proxy, moto_server):
-    return Sweep(aws, workspace, tmp_path, run_cli, fault_proxy, moto_server)
+def sweep(aws, workspace, tmp_path, run_cli, fault_proxy, emulator, request):
+    if emulator == "moto":
+        fresh = request.getfixturevalue("moto_server").reset
+    else:
+        server = request.getfixturevalue("localstack_server")
+
+        def fresh() -> None:  # the CLI and the helper move to a new account together
+            aws.access_key = aws.account = run_cli.env["AWS_ACCESS_KEY_ID"] = server.new_account()
+    return Sweep(aws, workspace, tmp_path, run_cli, fault_proxy, fresh)
 
 
 def _converge(sw: Sweep, k: int, killed: dict, ws, state_dir, extra: tuple, replan: bool = False) -> None:
@@ -198,6 +207,7 @@ def test_kill_update_at_every_mutating_call(sweep):
             assert any(s["step"] == "reused version 2" for s in last["steps"]), (k, last["steps"])
 
 
+@on_both_emulators
 def test_kill_create_at_every_mutating_call(sweep):
     sw = sweep
 
