@@ -320,7 +320,7 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
     """Deploy one function. `before` is what is live now when the caller knows it (the
     plan's snapshot, read under the state lock this apply still holds, or a saved plan's
     freshness check); otherwise it is read here."""
-    from reconciler.aws import Lambda
+    from reconciler.aws import CHANGED_WHILE_UPDATING, Lambda
     from reconciler.engine import refresh_function
 
     spec = FunctionSpec.from_dict(fp.desired)
@@ -486,8 +486,9 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             writer.update(refused, records=[record])
             raise StaleError(f"function {spec.name} changed in Lambda since this plan was made; nothing was changed",
                              hint="run plan or apply again") from None
-        if exc.code == "PreconditionFailedException":
-            # a later change refused: what this apply already changed is rolled back
+        if exc.code in ("PreconditionFailedException", CHANGED_WHILE_UPDATING):
+            # a later change refused, or changed by someone else as it finished: what this
+            # apply already changed is rolled back
             moved = AwsError(f"function {spec.name} changed in Lambda since this plan was made ({exc})")
             moved.code = exc.code
             exc = moved

@@ -30,6 +30,8 @@ NOT_FOUND = ("ResourceNotFoundException", "NoSuchKey", "NotFound", "NoSuchBucket
 # S3 answers a HEAD of a missing object with a bare 404 (a HEAD response has no body to carry a
 # code), which botocore reports as the code "404": for HeadObject that is S3's own answer
 S3_HEAD_NOT_FOUND = NOT_FOUND + ("404",)
+# AwsError.code of an update whose end showed someone else's change (not an AWS code)
+CHANGED_WHILE_UPDATING = "ChangedWhileUpdating"
 MUTATING_PREFIXES = ("Create", "Update", "Delete", "Publish", "Put", "Tag", "Untag")
 
 
@@ -282,11 +284,23 @@ class Lambda:
         out = self._change(f"updating the configuration of {name}", name, self.c.update_function_configuration, **kwargs)
         return self._settled(name, out)
 
+    # what an update's answer already holds and the end of its wait must still hold: a
+    # difference is a change made by someone else between the update finishing and the poll
+    # that saw it finish (Lambda refuses changes while the update is in progress)
+    SETTLED_FIELDS = ("CodeSha256", "Description", "Timeout", "MemorySize", "Handler", "Runtime", "Role", "KMSKeyArn", "Environment")
+
     def _settled(self, name: str, out: dict) -> dict:
         out = {k: v for k, v in out.items() if k != "ResponseMetadata"}
-        if out.get("LastUpdateStatus", "Successful") != "Successful":
-            return self.wait_updated(name)
-        return out
+        if out.get("LastUpdateStatus", "Successful") == "Successful":
+            return out
+        polled = self.wait_updated(name)
+        moved = [k for k in self.SETTLED_FIELDS if k in out and polled.get(k) != out[k]]
+        if moved:
+            err = AwsError(f"waiting for {name} to finish updating: {', '.join(moved)} changed meanwhile "
+                           f"(RevisionId {out.get('RevisionId')} → {polled.get('RevisionId')})")
+            err.code = CHANGED_WHILE_UPDATING
+            raise err
+        return polled
 
     def publish_version(self, name: str, code_sha256: str | None, revision_id: str | None, description: str = "") -> dict:
         """PublishVersion guarded by the code and the RevisionId of $LATEST; the new

@@ -94,3 +94,14 @@ def test_a_precondition_failure_is_not_retried(lam):
     with pytest.raises(AwsError) as err:
         lam.update_code(FN, {"S3Bucket": "bkt", "S3Key": "k"}, None, "old")
     assert err.value.code == "PreconditionFailedException"
+
+
+def test_a_change_that_lands_as_the_update_finishes_is_refused(lam):
+    """The poll that ends the wait shows a Timeout the update did not set: someone changed
+    the function between the update finishing and the poll."""
+    lam.stub.add_response("update_function_configuration", conf(LastUpdateStatus="InProgress", RevisionId="r2", Timeout=10),
+                          {"FunctionName": FN, "Timeout": 10, "RevisionId": "r1"})
+    polled(lam.stub, State="Active", LastUpdateStatus="Successful", RevisionId="r4", Timeout=11)
+    with pytest.raises(AwsError, match="Timeout changed meanwhile") as err:
+        lam.update_configuration(FN, {"Timeout": 10}, "r1")
+    assert err.value.code == "ChangedWhileUpdating"

@@ -118,6 +118,25 @@ def test_hand_change_during_an_update_is_refused_and_rolled_back(d, nth, operati
     assert d.state()["functions"][FN]["code_sha256"] == SHA1
 
 
+@pytest.mark.parametrize("emulator", ["localstack"], indirect=True)  # moto's updates are over when it answers
+def test_hand_change_as_an_update_finishes_is_refused_and_rolled_back(d):
+    """A hand change made after the configuration update finished, before the apply's poll
+    saw it finish (the poll waits at the proxy meanwhile): refused, never published."""
+    d.deploy_v1()
+    settled(d.lam)
+    lam = d.aws.client("lambda")
+    d.proxy.after(is_mutating, 2, lambda: (settled(lam), lam.update_function_configuration(FunctionName=FN, Timeout=11),
+                                           settled(lam)))
+    r = d.apply(*d.to_v2())
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Timeout changed meanwhile" in r.stderr and "changed in Lambda since this plan was made" in r.stderr, r.stderr
+    assert "rolled back" in r.stderr
+    conf = settled(d.lam)
+    assert (conf["CodeSha256"], conf["MemorySize"], conf["Timeout"]) == (SHA1, 128, 10)
+    assert d.aws.versions(FN) == ["1"] and d.aws.aliases(FN) == {"live": "1"}
+    assert d.last()["status"] == "rolled_back"
+
+
 def test_an_update_in_progress_is_waited_out(d):
     """Lambda answers ResourceConflictException while another update of the function is
     in progress: the apply waits until it is over and sends the same change again."""
