@@ -196,15 +196,15 @@ class Lambda:
     POLL_FIRST = 0.25  # seconds before the second poll; doubled each time up to the waiter's delay
 
     def _poll(self, what: str, name: str, waiters: tuple[str, ...], qualifier: str | None = None,
-              absent_ok: tuple[str, ...] = ()) -> dict:
+              absent_ok: tuple[str, ...] = (), limit: float | None = None) -> dict:
         """GetFunction until the answer satisfies every waiter in `waiters` (all of their
         success acceptors on the same answer); returns that answer's Configuration. A
         failure acceptor (State or LastUpdateStatus `Failed`) raises with Lambda's reason;
         answers no acceptor matches are polled again, as botocore does, for at most the
-        waiter's delay × maxAttempts. `absent_ok`: waiters whose status field may be absent
+        waiter's delay × maxAttempts (or `limit` s, if less). `absent_ok`: waiters whose status field may be absent
         (a function that was never updated has no LastUpdateStatus)."""
         configs = [self.c.get_waiter(w).config for w in waiters]
-        limit = max(c.delay * c.max_attempts for c in configs)
+        limit = min(max(c.delay * c.max_attempts for c in configs), limit if limit is not None else float("inf"))
         delay_max = max(c.delay for c in configs)
         kwargs = {"FunctionName": name, **({"Qualifier": qualifier} if qualifier else {})}
         deadline = time.monotonic() + limit
@@ -235,10 +235,10 @@ class Lambda:
         what = f"waiting for version {qualifier} of {name} to become active" if qualifier else f"waiting for {name} to become active"
         return self._poll(what, name, ("function_active_v2",), qualifier)
 
-    def wait_idle(self, name: str, what: str) -> dict:
-        """Until the function is Active and no update is in progress."""
+    def wait_idle(self, name: str, what: str, limit: float) -> dict:
+        """Until the function is Active and no update is in progress (at most `limit` s)."""
         return self._poll(f"{what}: waiting for the update in progress", name, ("function_active_v2", "function_updated_v2"),
-                          absent_ok=("function_updated_v2",))
+                          absent_ok=("function_updated_v2",), limit=limit)
 
     CONFLICT_WAIT = 300.0  # seconds a change waits out updates in progress before it fails
 
@@ -254,7 +254,7 @@ class Lambda:
             except AwsError as exc:
                 if exc.code != "ResourceConflictException" or time.monotonic() > deadline:
                     raise
-            self.wait_idle(name, what)
+            self.wait_idle(name, what, deadline - time.monotonic())
             time.sleep(self.POLL_FIRST)  # idle at once but still refused: never a tight loop
 
     def create_function(self, params: dict) -> dict:
