@@ -34,7 +34,7 @@ Workspace = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace di
 Services = Annotated[Optional[list[str]], typer.Option("--service", "-s", help="Only this service (repeatable).")]
 Envs = Annotated[Optional[list[str]], typer.Option("--env", "-e", help="Only this environment (repeatable).")]
 Infras = Annotated[Optional[list[str]], typer.Option("--infra", "-i", help="Only this infrastructure definition (repeatable).")]
-Vars = Annotated[Optional[list[str]], typer.Option("--var", help="Set a variable: NAME=VALUE (repeatable; highest precedence).")]
+Vars = Annotated[Optional[list[str]], typer.Option("--var", help="Set a variable: NAME=VALUE (repeatable; highest precedence). artifact.FIELD=VALUE gives an artifact source's <+input> FIELD.")]
 Artifact = Annotated[Optional[str], typer.Option("--artifact", help="Artifact source identifier for a primaryArtifactRef of <+input>.")]
 StateDir = Annotated[Optional[Path], typer.Option("--state-dir", help="State directory [default: ./state, or RECONCILER_STATE_DIR].")]
 Format = Annotated[str, typer.Option("--format", help="Output format: text, json or markdown.")]

@@ -79,7 +79,7 @@ class StageContext:
     path: tuple
     stage: dict
 
-    def __deepcopy__(self, memo: dict) -> "StageContext":
+    def __deepcopy__(self, memo: dict) -> StageContext:
         return self
 
 

@@ -537,7 +537,7 @@ def _source_inputs(svc: Entity, sp: tuple, stype: str, ref: str, t: Target, opts
     spec = dict(svc.get(*sp, "spec", default={}))
     staged: dict = {}
     if t.context is not None:
-        si = ((((t.context.stage.get("spec") or {}).get("service") or {}).get("serviceInputs") or {}))
+        si = (((t.context.stage.get("spec") or {}).get("service") or {}).get("serviceInputs") or {})
         primary = (((si.get("serviceDefinition") or {}).get("spec") or {}).get("artifacts") or {}).get("primary") if isinstance(si, dict) else None
         for src in (primary or {}).get("sources") or [] if isinstance((primary or {}).get("sources"), list) else []:
             if isinstance(src, dict) and src.get("identifier") == ref and isinstance(src.get("spec"), dict):

@@ -11,7 +11,6 @@ from botocore.stub import Stubber
 from reconciler import aws as awsmod
 from reconciler.errors import AwsError
 
-
 # ---------------------------------------------------------------- item 8: a 404 is not-found only when AWS says so
 
 
@@ -48,3 +47,93 @@ def test_s3_head_of_a_missing_object_is_missing():
     with Stubber(s3) as stub:
         stub.add_client_error("head_object", service_error_code="404", http_status_code=404)
         assert awsmod.call("reading", s3.head_object, not_found_none=awsmod.S3_HEAD_NOT_FOUND, Bucket="b", Key="k") is None
+
+
+# ---------------------------------------------------------------- item 1: what a Harness entity is
+
+
+@pytest.mark.parametrize("data, kind, why", [
+    ({"service": {"identifier": "s", "serviceDefinition": {}}}, "service", None),
+    ({"overrides": {"type": "ENV_GLOBAL_OVERRIDE", "environmentRef": "e"}}, "overrides", None),
+    ({"service": "hello", "provider": {"name": "aws"}, "functions": {}}, None, "3 top-level keys (service, provider, functions)"),
+    ({"service": {"type": "LoadBalancer", "port": 80}}, None, "'service' has no identifier"),
+    ({"service": "hello"}, None, "'service' is not a mapping"),
+    ({"servce": {"identifier": "s"}}, None, "did you mean 'service'"),
+    ({"inputSet": {"identifier": "i", "pipeline": {}}}, None, "an input set"),
+    ({"on": {"push": {}}, "jobs": {}}, None, None),  # a CI workflow: no sign of an entity, not listed
+    ({"replicaCount": 2}, None, None),
+])
+def test_entity_kind(data, kind, why):
+    from reconciler.load import entity_kind
+    from reconciler.yamlsrc import Doc
+
+    got_kind, got_why = entity_kind(Doc("f.yaml", data))
+    assert got_kind == kind
+    assert (got_why is None) if why is None else (why in got_why)
+
+
+# ---------------------------------------------------------------- item 6: loop forms
+
+
+def _pipe(strategy):
+    from reconciler.load import Entity
+    from reconciler.yamlsrc import Doc
+
+    stage = {"identifier": "deploy", "name": "Deploy", "type": "Deployment", "strategy": strategy,
+             "variables": [{"name": "region", "type": "String", "value": "<+repeat.item>"}],
+             "spec": {"environment": {"infrastructureDefinitions": [{"identifier": "infra_<+strategy.iteration>"}]}}}
+    body = {"identifier": "p", "stages": [{"stage": stage}]}
+    return Entity("pipeline", "p", "p", body, Doc("p.yaml", {"pipeline": body}, {(): 1}))
+
+
+def test_repeat_items_times_and_parallelism_give_one_stage_per_iteration():
+    from reconciler.load import LOOP, pipeline_stages
+
+    got = [s for _, s in pipeline_stages(_pipe({"repeat": {"items": ["us-east-1", "eu-west-1"], "maxConcurrency": 1}}))]
+    assert [(s["identifier"], s["name"]) for s in got] == [("deploy_0", "Deploy_0"), ("deploy_1", "Deploy_1")]
+    assert [s["variables"][0]["value"] for s in got] == ["us-east-1", "eu-west-1"]
+    assert [s["spec"]["environment"]["infrastructureDefinitions"][0]["identifier"] for s in got] == ["infra_0", "infra_1"]
+    assert got[1][LOOP] == {"repeat.item": "eu-west-1", "strategy.iteration": 1, "strategy.iterations": 2}
+    assert len(pipeline_stages(_pipe({"repeat": {"times": 3}}))) == 3
+    assert len(pipeline_stages(_pipe({"parallelism": 4}))) == 4
+
+
+@pytest.mark.parametrize("strategy, message", [
+    ({"matrix": {"region": ["a", "b"]}}, "strategy.matrix is not supported"),
+    ({"repeat": {"items": "<+input>"}}, "strategy.repeat needs items"),
+    ({"parallelism": 0}, "strategy.parallelism must be a number of at least 1"),
+    ({"foo": 1}, "strategy foo is not supported"),
+])
+def test_unsupported_loop_forms_say_so(strategy, message):
+    from reconciler.errors import ConfigError
+    from reconciler.load import pipeline_stages
+
+    with pytest.raises(ConfigError, match=message):
+        pipeline_stages(_pipe(strategy))
+
+
+# ---------------------------------------------------------------- item 7: regions and model patterns
+
+
+def test_region_names_follow_botocore_partitions():
+    from reconciler.schema import region_problem
+
+    for ok in ("us-east-1", "eu-central-2", "cn-north-1", "us-gov-west-1", "us-iso-east-1", "ap-southeast-7", "mx-central-1",
+               "us-east-9", "(provisioner.region_name)"):
+        assert region_problem(ok) is None, ok
+    for bad in ("AWS_REGION", "<REGION>", "your_aws_region", "us-east-1 ", "useast1", "", 1):
+        assert region_problem(bad), bad
+
+
+def test_lambda_model_patterns_are_checked_with_the_shape_rules():
+    from reconciler.schema import input_shape, normalise
+    from reconciler.yamlsrc import Doc
+
+    errors: list = []
+    normalise({"FunctionName": "Hello World", "Role": "<YOUR_AWS_ARN>", "Handler": "app.handler",
+               "Environment": {"Variables": {"1BAD": "x", "GOOD": "y"}}}, input_shape("CreateFunction"), Doc("fn.json", {}), (), errors)
+    text = "\n".join(str(e) for e in errors)
+    assert "'FunctionName' is 'Hello World', which does not match" in text
+    assert "'Role' is '<YOUR_AWS_ARN>'" in text
+    assert "the name '1BAD' does not match" in text and "GOOD" not in text
+    assert len(errors) == 3

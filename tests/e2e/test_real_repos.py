@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from e2e_util import Project, check
 
 pytestmark = pytest.mark.e2e
