@@ -243,7 +243,7 @@ def _load_workspace(root: Path, state_dir: Path | None) -> Workspace:
     # well have an `environment:` key), never an entity
     manifests = _manifest_files(ws, [d for _, _, docs in parsed for d in docs])
     for path, shown, docs in parsed:
-        if path.resolve() in manifests:
+        if str(path) in manifests:
             continue
         ws.files.append(shown)
         for doc in docs:
@@ -330,9 +330,11 @@ def _listing(keys: list[str], most: int = 5) -> str:
     return ", ".join(keys[:most]) + (", ..." if len(keys) > most else "")
 
 
-def _manifest_files(ws: Workspace, docs: list[Doc]) -> set[Path]:
-    """The files the services of `docs` name as manifests (literal paths only)."""
-    found: set[Path] = set()
+def _manifest_files(ws: Workspace, docs: list[Doc]) -> set[str]:
+    """The files the services of `docs` name as manifests (literal paths only), as the paths
+    discover() gives (below the resolved root; normalised, not resolved: a thousand services
+    naming files cost no thousand realpath calls)."""
+    refs: set[str] = set()
     for doc in docs:
         if entity_kind(doc)[0] != "service":
             continue
@@ -346,8 +348,8 @@ def _manifest_files(ws: Workspace, docs: list[Doc]) -> set[Path]:
             for key in ("paths", "files"):
                 for ref in sspec.get(key) or [] if isinstance(sspec.get(key), list) else []:
                     if isinstance(ref, str) and ref.strip() and "<+" not in ref:
-                        found.add((ws.root / ref.strip().lstrip("/")).resolve())
-    return found
+                        refs.add(ref.strip().lstrip("/"))
+    return {os.path.normpath(os.path.join(ws.root, ref)) for ref in refs}
 
 
 def _entity(kind: str, doc: Doc) -> Entity:
