@@ -543,6 +543,7 @@ class LocalBackend(Backend):
         finally:
             if fd is not None:
                 os.close(fd)
+        _sweep_temp_files(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(private_open(tmp), "w", encoding="utf-8") as f:
             f.write(text)
@@ -654,6 +655,27 @@ def _conflict_message(expected: Any, found: Any) -> str:
         return f"version {v}"
 
     return f"state changed since this run read it (read {fmt(expected)}, now {fmt(found)}); not overwritten"
+
+
+def _sweep_temp_files(path: Path) -> None:
+    """Remove the temp files other processes left beside this state file
+    (`.<name>.<pid>.tmp`, `.<name>.backup.<pid>.tmp`): a writer killed between creating one
+    and renaming it. Every full write runs this while holding the state's lock, and every
+    writer writes only under that lock, so a temp file of another process is never one
+    being written now: it is removed whatever its process id, without guessing from
+    process ids (which the system reuses) whether its writer is alive."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}(?:\.backup)?\.(\d+)\.tmp$")
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        m = pattern.match(name)
+        if m and int(m.group(1)) != os.getpid():
+            try:
+                os.unlink(path.parent / name)
+            except OSError:
+                pass
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:

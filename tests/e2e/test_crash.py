@@ -158,6 +158,13 @@ def _converge(sw: Sweep, k: int, killed: dict, ws, state_dir, extra: tuple, repl
     """What every crash point must lead to: a valid state, a plan that says so, an apply
     that succeeds."""
     state = sw.check_state(state_dir, killed["pid"])
+    # the kill may also have landed mid atomic write, leaving the killed writer's temp
+    # files (of the state and of its .backup); planted at every crash point, so that
+    # their removal by the next apply is checked every time, not when the kill happens
+    # to land there
+    path = sw.state_path(state_dir)
+    for name in (f".{path.name}.{killed['pid']}.tmp", f".{path.name}.backup.{killed['pid']}.tmp"):
+        (path.parent / name).write_text(path.read_text()[:50])
     stuck = [h for h in state["history"] if h["function"] == FN and h["status"] == "in_progress"]
     assert len(stuck) == 1, state["history"]
     r = sw.cli("plan", ws, state_dir, "--detailed-exitcode", *extra)
