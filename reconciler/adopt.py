@@ -12,17 +12,29 @@ from reconciler.errors import ReconcilerError, did_you_mean
 
 OWNER_SERVICE = "reconciler:service"
 OWNER_ENVIRONMENT = "reconciler:environment"
+OWNER_INFRASTRUCTURE = "reconciler:infrastructure"
+OWNER_TAGS = (OWNER_SERVICE, OWNER_ENVIRONMENT, OWNER_INFRASTRUCTURE)
 
 
-def owner_conflict(spec_service: str, spec_environment: str, live_tags: dict) -> str | None:
-    """Why a live function may not be taken over by this service, or None."""
+def owner_conflict(spec_service: str, spec_environment: str, live_tags: dict, spec_infrastructure: str | None = None) -> str | None:
+    """Why a live function may not be taken over by this service (and infrastructure), or None."""
     owner = (live_tags or {}).get(OWNER_SERVICE)
     env = (live_tags or {}).get(OWNER_ENVIRONMENT)
+    infra = (live_tags or {}).get(OWNER_INFRASTRUCTURE)
     if owner and owner != spec_service:
         return f"it is managed by service '{owner}'" + (f" in environment '{env}'" if env else "")
     if env and env != spec_environment:
         return f"it is managed for environment '{env}'"
+    if infra and spec_infrastructure and infra != spec_infrastructure:
+        return f"it is managed by infrastructure '{infra}' of environment '{env or spec_environment}'"
     return None
+
+
+def owned_by(owner_tags: dict, live_tags: dict) -> bool:
+    """Whether a live function carries the ownership tags among `owner_tags` (a function's
+    desired tags), every one with the same value."""
+    mine = {k: v for k, v in (owner_tags or {}).items() if k in OWNER_TAGS}
+    return bool(mine) and all((live_tags or {}).get(k) == v for k, v in mine.items())
 
 
 def import_functions(ctx, aws, names: list[str], log: Callable[[str], None], lock_timeout: float = 0) -> list[str]:
@@ -44,7 +56,7 @@ def import_functions(ctx, aws, names: list[str], log: Callable[[str], None], loc
         live = refresh_function(aws, spec.region, spec.connector, spec.name)
         if not live.get("exists"):
             raise ReconcilerError(f"function {spec.name} does not exist in Lambda ({spec.region}); `reconciler apply` creates it")
-        why = owner_conflict(spec.service, spec.environment, live.get("tags", {}))
+        why = owner_conflict(spec.service, spec.environment, live.get("tags", {}), spec.infrastructure)
         if why:
             raise ReconcilerError(f"refusing to import {spec.name} for service '{spec.service}': {why}")
         path = st.state_path(ctx.state_dir, spec.environment, spec.infrastructure)

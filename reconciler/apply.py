@@ -28,7 +28,13 @@ from reconciler import state as st
 from reconciler.errors import AwsError, LockError, ReconcilerError, StaleError
 from reconciler.live import alias_view, fingerprint, project, snapshot
 from reconciler.model import FunctionPlan, FunctionSpec, Plan
-from reconciler.plan import IN_FLIGHT, desired_config, publish_description
+from reconciler.plan import (
+    IN_FLIGHT,
+    desired_config,
+    interrupted_deployment,
+    publish_description,
+    unfinished,
+)
 
 # how long a simultaneous deployment waits for another one's state write (they are short)
 STATE_WRITE_WAIT = 60.0
@@ -105,7 +111,7 @@ class StateWriter:
             state.write()
             return
         if closing is not None and _has_in_flight(state, closing):  # the very dicts close_interrupted updates in place
-            records += [h for h in state.history if h.get("function") == closing and h.get("status") in IN_FLIGHT]
+            records += [h for h in state.history if h.get("function") == closing and unfinished(h)]
         change(state)
         state.append(functions, records)
         self._appended = True
@@ -302,9 +308,14 @@ def _record(state: st.State, fp: FunctionPlan, spec: FunctionSpec, snap: dict, v
 
 def close_interrupted(state: st.State, name: str, by: dict) -> list[dict]:
     """Mark the in-flight records of this function that no process finishes any more
-    (their apply or rollback was killed) as interrupted. Called under the function's lock."""
+    (their apply or rollback was killed) as interrupted, and an apply whose rollback failed
+    as converged (it keeps its status "rollback_failed"). Called under the function's lock."""
     closed = []
     for h in state.history:
+        if h.get("function") == name and h.get("status") == "rollback_failed" and unfinished(h) and h.get("id") != by["id"]:
+            h.update(converged_by=by["id"], converged_at=st.now())
+            closed.append(h)
+            continue
         if h.get("function") == name and h.get("status") in IN_FLIGHT and h.get("id") != by["id"]:
             steps = h.get("steps") or []
             where = ("while rolling back" if h["status"] == "rolling_back" else
@@ -313,6 +324,11 @@ def close_interrupted(state: st.State, name: str, by: dict) -> list[dict]:
                      error=(f"{h['error']}; " if h.get("error") else "") + f"interrupted {where}; converged by {by.get('operation')} {by['id']}")
             closed.append(h)
     return closed
+
+
+def half_done(record: dict) -> str:
+    """How a deployment that close_interrupted closed had ended, for the log."""
+    return "whose rollback failed" if record.get("status") == "rollback_failed" else "which was interrupted"
 
 
 def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[str], None], rollback_on_failure: bool,
@@ -328,7 +344,10 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
     current = writer.read()
     recorded = current.functions.get(spec.name)
     config, _ = desired_config(spec, recorded)
-    stale = [h for h in current.history if h.get("function") == spec.name and h.get("status") in IN_FLIGHT] if _has_in_flight(current, spec.name) else []
+    # the deployments this apply converges: killed ones, and the last one if its rollback failed
+    last = interrupted_deployment(current.history, spec.name)
+    stale = ([h for h in current.history if h.get("function") == spec.name and (h.get("status") in IN_FLIGHT or h is last)]
+             if _has_in_flight(current, spec.name) else [])
     reuse = next((c.new for c in fp.changes if c.kind == "version" and c.path == "reuse"), None)
 
     # 1. what runs now, recorded before anything changes: the rollback data. Converging a
@@ -353,7 +372,7 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
     def begin(state: st.State) -> None:
         state.region = state.region or spec.region
         for h in close_interrupted(state, spec.name, record):
-            log(f"{spec.name}: converging the {h.get('operation')} started at {h.get('started_at')}, which was interrupted")
+            log(f"{spec.name}: converging the {h.get('operation')} started at {h.get('started_at')}, {half_done(h)}")
         _upsert(state, record)
 
     def step(what: str, **fields) -> None:
@@ -390,7 +409,15 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             if spec.architectures:
                 params["Architectures"] = spec.architectures
             log(f"{spec.name}: creating function")
-            answered(lam.create_function(params))
+            try:
+                answered(lam.create_function(params))
+            except AwsError as exc:
+                mine = _created_by_lost_answer(exc, lam, spec, fp.code.get("sha256"))
+                if mine is None:
+                    raise
+                log(f"{spec.name}: the answer to CreateFunction was lost and its retry found the function, with this "
+                    "apply's ownership tags and code: it was created by this apply")
+                answered(mine)
             created = True
             image_uri = fp.code["params"].get("ImageUri")
             tags_now = dict(spec.tags or {})
@@ -475,6 +502,17 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             _upsert(state, record)
         writer.update(finish, functions=[spec.name], records=[record])
     except AwsError as exc:
+        if exc.code == "ResourceConflictException" and not record["steps"] and not created and not before.get("exists"):
+            # another tool created the function between this plan's read and CreateFunction:
+            # it is not this apply's to roll back (deleting it would delete theirs)
+            refusal = str(exc)
+
+            def not_ours(state: st.State) -> None:
+                record.update(status="failed", finished_at=st.now(), error=refusal)
+                _upsert(state, record)
+            writer.update(not_ours, records=[record])
+            raise StaleError(f"function {spec.name} was created in Lambda by someone else since this plan read it; nothing was "
+                             "changed and it is left as it is", hint="run plan again to see whose it is") from None
         if exc.code == "PreconditionFailedException" and not record["steps"] and not created:
             # Lambda refused the first change: the function moved since it was read, and
             # nothing was changed; there is nothing to roll back
@@ -497,6 +535,27 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
         _failed(exc, fp, spec, config, recorded, record, writer, aws, log, rollback_on_failure)
 
 
+def _created_by_lost_answer(exc: AwsError, lam, spec: FunctionSpec, code_sha256: str | None) -> dict | None:
+    """After CreateFunction answered "already exists" (ResourceConflictException) on a
+    retry, i.e. an earlier attempt whose answer was lost may have created it: the
+    function's configuration if it carries this function's ownership tags and the code
+    being deployed (the create happened), else None."""
+    from reconciler.adopt import owned_by
+
+    if exc.code != "ResourceConflictException" or not getattr(exc, "attempts", 0):
+        return None
+    got = lam.get_function(spec.name)
+    if not got:
+        return None
+    conf = dict(got.get("Configuration") or {})
+    if not owned_by(spec.tags, got.get("Tags") or {}) or conf.get("CodeSha256") != code_sha256:
+        return None
+    if conf.get("State") not in (None, "Active"):
+        lam.wait_active(spec.name)
+        conf = dict((lam.get_function(spec.name) or {}).get("Configuration") or conf)
+    return conf
+
+
 def _unqualified(arn: str) -> str:
     """A function ARN without a version qualifier (a published version answers with one)."""
     parts = arn.split(":")
@@ -514,7 +573,7 @@ def _in_flight_names(state: st.State) -> set[str]:
     key = id(state.history)
     cached = getattr(state, "_in_flight_cache", None)
     if cached is None or cached[0] != key:
-        cached = (key, {h.get("function") for h in state.history if h.get("status") in IN_FLIGHT})
+        cached = (key, {h.get("function") for h in state.history if unfinished(h)})
         state._in_flight_cache = cached
     return cached[1]
 
@@ -530,25 +589,46 @@ def _reason(exc: BaseException) -> str:
 def _failed(exc: BaseException, fp: FunctionPlan, spec: FunctionSpec, config: dict, recorded: dict | None, record: dict,
             writer: StateWriter, aws, log: Callable[[str], None], rollback_on_failure: bool) -> None:
     """Record the failure, put the function back as it was (unless --no-rollback), record
-    that, and raise: ApplyFailed for an AWS/reconciler error, else the exception itself."""
+    that, and raise: ApplyFailed for an AWS/reconciler error or a state that cannot be
+    written, else the exception itself.
+
+    The state may be what failed (unwritable, or written by somebody who ignored the lock):
+    the rollback runs even when the failure cannot be recorded, and the error says what
+    the state is missing."""
     from reconciler.engine import refresh_function
 
     reason = _reason(exc)
-    domain = isinstance(exc, ReconcilerError)
+    # a state that cannot be written is an error to report in one line, not a bug
+    domain = isinstance(exc, (ReconcilerError, OSError))
+    unrecorded: list[str] = []
+
+    def record_safely(change: Callable[[st.State], None], **what) -> None:
+        try:
+            writer.update(change, **what)
+        except Exception as w_exc:  # noqa: BLE001 - the rollback goes on; the error says what is not recorded
+            if not unrecorded:
+                log(f"{spec.name}: the state cannot be written ({_reason(w_exc)}); going on without recording")
+            unrecorded.append(_reason(w_exc))
+
+    def unrecorded_note() -> str:
+        if not unrecorded:
+            return ""
+        return (f"; the state could not record this ({unrecorded[0]}): it still shows this apply as started, and the "
+                "next plan converges it")
 
     def failed(state: st.State) -> None:
         # "rolling_back" until the rollback is over: a process killed meanwhile leaves it
         # in flight, for the next plan to report and the next apply to converge
         record.update(status="rolling_back" if rollback_on_failure else "failed", finished_at=st.now(), error=reason)
         _upsert(state, record)
-    writer.update(failed, records=[record])
+    record_safely(failed, records=[record])
     if not rollback_on_failure:
         if domain:
-            raise ApplyFailed(f"{spec.name}: {exc}; left as it is for inspection (--no-rollback)") from None
+            raise ApplyFailed(f"{spec.name}: {exc}; left as it is for inspection (--no-rollback){unrecorded_note()}") from None
         raise exc
     log(f"{spec.name}: FAILED: {reason}; rolling back")
     try:
-        restore(aws, spec.name, spec.region, spec.connector, record["previous"], log)
+        restore(aws, spec.name, spec.region, spec.connector, record["previous"], log, owner=spec.tags)
     except BaseException as rb_exc:  # noqa: BLE001 - reported loudly below, with what is left to do
         rb_reason = _reason(rb_exc)
         try:
@@ -564,25 +644,32 @@ def _failed(exc: BaseException, fp: FunctionPlan, spec: FunctionSpec, config: di
                 # so that plan, drift and the next apply know it exists
                 _record(state, fp, spec, after, record.get("version"), config)
                 state.functions[spec.name]["rollback_failed"] = record["id"]
-        writer.update(rollback_failed, functions=[spec.name], records=[record])
+        record_safely(rollback_failed, functions=[spec.name], records=[record])
         todo = _todo(record["previous"])
-        log(f"{spec.name}: ROLLBACK FAILED: {_reason(rb_exc)}; restore it by hand: {todo}")
+        log(f"{spec.name}: ROLLBACK FAILED: {_reason(rb_exc)}; restore it by hand: {todo}, or run apply again to finish "
+            "the change")
         if domain:
-            raise ApplyFailed(f"{spec.name}: {exc}; ROLLBACK FAILED: {_reason(rb_exc)}; restore it by hand: {todo}") from None
+            raise ApplyFailed(f"{spec.name}: {exc}; ROLLBACK FAILED: {_reason(rb_exc)}; restore it by hand: {todo}, or run "
+                              f"apply again to finish the change{unrecorded_note()}") from None
         raise exc
-    after = refresh_function(aws, spec.region, spec.connector, spec.name)
+    try:
+        after = refresh_function(aws, spec.region, spec.connector, spec.name)
+    except Exception:  # noqa: BLE001 - restored; only the record of how is incomplete
+        after = None
 
     def rolled_back(state: st.State) -> None:
         record.update(status="rolled_back")
         _upsert(state, record)
+        if after is None:
+            return
         if after.get("exists") and recorded is not None:
             state.functions[spec.name] = {**recorded, "aliases": after.get("aliases", {}), "updated_at": st.now()}
         elif not after.get("exists"):
             state.functions.pop(spec.name, None)
-    writer.update(rolled_back, functions=[spec.name], records=[record])
+    record_safely(rolled_back, functions=[spec.name], records=[record])
     log(f"{spec.name}: rolled back to what ran before")
     if domain:
-        raise ApplyFailed(f"{spec.name}: {exc}; rolled back to what ran before") from None
+        raise ApplyFailed(f"{spec.name}: {exc}; rolled back to what ran before{unrecorded_note()}") from None
     raise exc
 
 
@@ -619,15 +706,25 @@ RESTORABLE_CONFIG = ("Description", "Timeout", "MemorySize", "Environment", "Lay
                      "FileSystemConfigs", "SnapStart", "LoggingConfig")
 
 
-def restore(aws, name: str, region: str, connector: dict | None, prev: dict, log: Callable[[str], None]) -> None:
-    """Put a function back to a snapshot: delete it if it did not exist; else restore
-    $LATEST code and configuration, then every alias."""
+def restore(aws, name: str, region: str, connector: dict | None, prev: dict, log: Callable[[str], None],
+            owner: dict | None = None) -> None:
+    """Put a function back to a snapshot: delete it if it did not exist (only if it carries
+    the ownership tags of `owner`, the desired tags: a function without them is not the
+    one this apply created); else restore $LATEST code and configuration, then every alias."""
+    from reconciler.adopt import owned_by
     from reconciler.aws import Lambda
     from reconciler.engine import refresh_function
     from reconciler.schema import update_config_fields
 
     lam = Lambda(aws, region, connector)
     if not prev.get("exists"):
+        got = lam.get_function(name)
+        if got is None:
+            log(f"{name}: it was not created; nothing to delete")
+            return
+        if owner is not None and not owned_by(owner, got.get("Tags") or {}):
+            log(f"{name}: not deleted: it does not carry this function's ownership tags, so this apply did not create it")
+            return
         log(f"{name}: deleting the function this apply created")
         lam.delete_function(name)
         return

@@ -121,6 +121,8 @@ def call(what: str, fn, *args, not_found_none: bool | tuple[str, ...] = False, *
         msg = exc.response.get("Error", {}).get("Message") or str(exc)
         err = AwsError(f"{what}: {_code(exc)}: {msg}")
         err.code = _code(exc)
+        # retries botocore made before this answer: an earlier attempt may have taken effect
+        err.attempts = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
         raise err from None
     except WaiterError as exc:
         raise AwsError(f"{what}: {exc}") from None

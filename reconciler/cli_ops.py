@@ -21,15 +21,19 @@ def _drift_text(report, show_values: bool) -> str:
 
     lines = []
     for f in report.functions:
-        mark = {"in_sync": " ", "drifted": "~", "deleted": "-"}[f.status]
+        mark = {"in_sync": " ", "drifted": "~", "deleted": "-", "unfinished": "!"}[f.status]
         lines.append(f"{mark} {f.name}  [{f.service} → {f.environment}/{f.infrastructure}, {f.region}] {f.status.replace('_', ' ')}")
+        if f.status == "unfinished":
+            lines.append(f"      {f.note}")
+            continue
         for c in f.changes:
             lines.append(f"      {_drift_line(c, show_values, _change_line, masked)}")
     s = report.to_dict()["summary"]
     if not report.functions:
         return "No functions recorded in the selected state.\n"
-    lines += ["", f"Drift: {s['drifted']} drifted, {s['deleted']} deleted, {s['checked'] - s['drifted'] - s['deleted']} in sync "
-                  f"({s['checked']} checked)."]
+    unfinished = f"{s.get('unfinished', 0)} unfinished, " if s.get("unfinished") else ""
+    lines += ["", f"Drift: {s['drifted']} drifted, {s['deleted']} deleted, {unfinished}"
+                  f"{s['checked'] - s['drifted'] - s['deleted'] - s.get('unfinished', 0)} in sync ({s['checked']} checked)."]
     return "\n".join(lines) + "\n"
 
 
@@ -45,11 +49,16 @@ def _drift_markdown(report, show_values: bool) -> str:
     from reconciler.views import COMMENT_LIMIT, _change_line, masked
 
     s = report.to_dict()["summary"]
-    lines = ["## reconciler drift", "", f"**{s['drifted']} drifted, {s['deleted']} deleted, {s['checked'] - s['drifted'] - s['deleted']} in sync**", "",
+    unfinished = f"{s.get('unfinished', 0)} unfinished, " if s.get("unfinished") else ""
+    lines = ["## reconciler drift", "",
+             f"**{s['drifted']} drifted, {s['deleted']} deleted, {unfinished}{s['checked'] - s['drifted'] - s['deleted'] - s.get('unfinished', 0)} in sync**", "",
              "| | function | service | target | status |", "|---|---|---|---|---|"]
     for f in report.functions:
-        lines.append(f"| {dict(in_sync='·', drifted='~', deleted='-')[f.status]} | `{f.name}` | {f.service} | {f.environment}/{f.infrastructure} | {f.status} |")
+        lines.append(f"| {dict(in_sync='·', drifted='~', deleted='-', unfinished='!')[f.status]} | `{f.name}` | {f.service} | {f.environment}/{f.infrastructure} | {f.status} |")
     for f in report.drifted:
+        if f.status == "unfinished":
+            lines += ["", f"`{f.name}`: {f.note}"]
+            continue
         lines += ["", f"<details><summary><code>{f.name}</code>: {len(f.changes)} difference(s)</summary>", "", "```",
                   *[_drift_line(c, show_values, _change_line, masked) for c in f.changes], "```", "", "</details>"]
     text = "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from typing import Callable
 from reconciler import state as st
 from reconciler.model import Change
 from reconciler.plan import drift as drift_changes
+from reconciler.plan import interrupted_deployment, publish_description
 
 DRIFT_FORMAT_VERSION = 1
 
@@ -24,8 +25,11 @@ class FunctionDrift:
     environment: str
     infrastructure: str
     region: str
-    status: str  # in_sync | drifted | deleted
+    status: str  # in_sync | drifted | deleted | unfinished
     changes: list[Change] = field(default_factory=list)
+    # unfinished: reconciler's own deployment that left the function half done (see
+    # plan.unfinished); its differences are not changes made outside reconciler
+    note: str = ""
     live: dict = field(default_factory=dict)  # the live snapshot (for refresh), not rendered
 
     def to_dict(self) -> dict:
@@ -51,13 +55,12 @@ class DriftReport:
             if mask:
                 d["changes"] = [mask(c).to_dict() for c in f.changes]
             out.append(d)
-        return {
-            "format_version": DRIFT_FORMAT_VERSION,
-            "checked_at": self.checked_at,
-            "summary": {"checked": len(self.functions), "drifted": sum(1 for f in self.functions if f.status == "drifted"),
-                        "deleted": sum(1 for f in self.functions if f.status == "deleted")},
-            "functions": out,
-        }
+        summary = {"checked": len(self.functions), "drifted": sum(1 for f in self.functions if f.status == "drifted"),
+                   "deleted": sum(1 for f in self.functions if f.status == "deleted")}
+        unfinished = sum(1 for f in self.functions if f.status == "unfinished")
+        if unfinished:  # only then: the summary of a report without one is as it always was
+            summary["unfinished"] = unfinished
+        return {"format_version": DRIFT_FORMAT_VERSION, "checked_at": self.checked_at, "summary": summary, "functions": out}
 
 
 def selected_states(state_dir: Path, environments: list[str], infrastructures: list[str]) -> list[st.State]:
@@ -87,10 +90,25 @@ def check(aws, states: list[st.State], services: list[str], functions: list[str]
 
     def known_versions(item) -> tuple[set[str], int | None]:
         s, name, rec, _ = item
-        known = {str(h.get("version")) for h in s.history if h.get("function") == name and h.get("version")}
+        known = set()
+        for h in s.history:
+            if h.get("function") != name:
+                continue
+            if h.get("version"):
+                known.add(str(h["version"]))
+            # versions a refresh accepted
+            known.update(str(c.get("path")) for c in h.get("accepted") or () if isinstance(c, dict) and c.get("kind") == "version")
         if rec.get("version"):
             known.add(str(rec["version"]))
         return known, min((int(v) for v in known if v.isdigit()), default=None)
+
+    def own_descriptions(item) -> set[str]:
+        """The descriptions of versions reconciler's deployments of this function publish:
+        a version carrying one is reconciler's, even if its apply never recorded it (killed
+        or interrupted while PublishVersion was answered, then rolled back)."""
+        s, name, _, _ = item
+        return {publish_description(h["id"]) for h in s.history
+                if h.get("function") == name and h.get("operation") == "apply" and isinstance(h.get("id"), str)}
 
     # versions published by someone else since reconciler's first one: from the bulk
     # listing, else one ListVersionsByFunction per function that has a recorded version
@@ -113,11 +131,18 @@ def check(aws, states: list[st.State], services: list[str], functions: list[str]
             fd.changes = drift_changes(rec, live)
             known, first = known_versions((s, name, rec, region))
             if first is not None:
+                own = own_descriptions((s, name, rec, region))
                 for v in sorted(versions, key=lambda v: int(v["Version"]) if str(v.get("Version")).isdigit() else -1):
                     num = str(v.get("Version"))
-                    if num.isdigit() and num not in known and int(num) > first:
+                    if num.isdigit() and num not in known and int(num) > first and v.get("Description") not in own:
                         fd.changes.append(Change("version", num, None, num, "create"))
-            if fd.changes:
+            half = interrupted_deployment(s.history, name)
+            if half is not None:
+                fd.status = "unfinished"
+                fd.note = (f"reconciler's own {half.get('operation', 'apply')} started at {half.get('started_at')} did not finish ("
+                           + ("its rollback failed" if half.get("status") == "rollback_failed" else "it was interrupted")
+                           + "), so Lambda holds part of reconciler's own change; `reconciler apply` finishes it, `reconciler rollback` undoes it")
+            elif fd.changes:
                 fd.status = "drifted"
         report.functions.append(fd)
     return report
@@ -134,6 +159,9 @@ def accept(report: DriftReport, states: list[st.State], log: Callable[[str], Non
         s = by_key[(fd.environment, fd.infrastructure)]
         rec = s.functions.get(fd.name)
         if rec is None:
+            continue
+        if fd.status == "unfinished":
+            log(f"{fd.name}: not accepted: {fd.note}")
             continue
         if fd.status == "deleted":
             s.functions.pop(fd.name)

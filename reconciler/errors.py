@@ -42,6 +42,7 @@ class AwsError(ReconcilerError):
     """An AWS call failed in a way that retries did not fix; `code` is AWS's error code."""
 
     code: str = ""
+    attempts: int = 0  # botocore's retries before the answer that failed
 
 
 class StaleError(ReconcilerError):

@@ -1110,7 +1110,7 @@ class Runner:
                 self.log(f"   {spec.name}: rolling back to " + (f"version {prev.get('version')} (code {prev.get('code_sha256')})" if prev.get("exists")
                                                                  else "no function (this stage created it)"))
                 try:
-                    restore(self.aws, spec.name, spec.region, spec.connector, prev, lambda m: self.log(f"   {m}"))
+                    restore(self.aws, spec.name, spec.region, spec.connector, prev, lambda m: self.log(f"   {m}"), owner=spec.tags)
                 except ReconcilerError as exc:
                     record.update(status="failed", finished_at=st.now(), error=str(exc))
                     state.write()

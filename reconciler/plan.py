@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from reconciler.adopt import owner_conflict
+from reconciler.adopt import OWNER_INFRASTRUCTURE, OWNER_SERVICE, owner_conflict
 from reconciler.errors import ReconcilerError
 from reconciler.live import DEFAULTS, RESET, alias_view, canonical, fingerprint, project, user_tags
 from reconciler.model import Change, FunctionPlan, FunctionSpec
@@ -89,6 +89,14 @@ def desired_config(spec: FunctionSpec, recorded: dict | None) -> tuple[dict, lis
 IN_FLIGHT = ("in_progress", "rolling_back")
 
 
+def unfinished(record: dict) -> bool:
+    """A deployment that left Lambda half-changed and that no later deployment has finished
+    or undone: in flight (its process was killed), or an apply whose rollback failed
+    ("rollback_failed", until a later apply or rollback sets its `converged_by`)."""
+    status = record.get("status")
+    return status in IN_FLIGHT or (status == "rollback_failed" and not record.get("converged_by"))
+
+
 def publish_description(deployment_id: str) -> str:
     """The description of a version an apply publishes: it names the deployment, so a
     version published by an apply that was then killed is recognised and reused."""
@@ -96,15 +104,15 @@ def publish_description(deployment_id: str) -> str:
 
 
 def interrupted_deployment(history: list[dict], name: str) -> dict | None:
-    """The deployment of this function that started and never recorded an outcome (its
-    process was killed), if the last one recorded for it is such."""
+    """The deployment of this function that left it half done, if the last one recorded
+    for it is such (see unfinished()): its process was killed, or its rollback failed."""
     if not history:
         return None
     found = _last_deployment(history, name)
     if found is None:
         return None
     last = found[1]
-    return last if last.get("status") in IN_FLIGHT else None
+    return last if unfinished(last) else None
 
 
 # history list (by id) → (that list, its length, {function: (position, record)}): a plan of
@@ -139,6 +147,10 @@ def interrupted_note(record: dict) -> str:
     after = f"after step '{steps[-1]['step']}'" if steps else "before it recorded any step"
     if record.get("status") == "rolling_back":
         after = f"while rolling back (it failed: {record.get('error')})"
+    if record.get("status") == "rollback_failed":
+        return (f"an {record.get('operation', 'apply')} started at {record.get('started_at')} failed ({record.get('error')}) and its "
+                f"rollback failed too ({record.get('rollback_error')}): Lambda may hold part of that change; this plan finishes it "
+                "(`reconciler rollback` undoes it instead)")
     return f"an {record.get('operation', 'apply')} started at {record.get('started_at')} was interrupted {after}; this plan converges it"
 
 
@@ -200,10 +212,19 @@ def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: d
             fp.changes.append(Change("alias", alias["Name"], None, "1", "create"))
         return fp
 
-    why = owner_conflict(spec.service, spec.environment, live.get("tags", {}))
+    live_tags = live.get("tags") or {}
+    why = owner_conflict(spec.service, spec.environment, live_tags, spec.infrastructure)
     if why:
         raise ReconcilerError(f"function {spec.name} exists in Lambda but {why}; reconciler will not take it over for "
-                              f"service '{spec.service}' in '{spec.environment}'", *_source(spec))
+                              f"service '{spec.service}' in '{spec.environment}/{spec.infrastructure}'", *_source(spec))
+    if recorded is None and not interrupted and live_tags.get(OWNER_SERVICE) and not live_tags.get(OWNER_INFRASTRUCTURE):
+        # deployed by a reconciler that did not tag the infrastructure yet: the state of the
+        # infrastructure that deployed it records it; this one's does not
+        raise ReconcilerError(
+            f"function {spec.name} exists in Lambda, deployed by reconciler for service '{live_tags.get(OWNER_SERVICE)}' without "
+            f"a {OWNER_INFRASTRUCTURE} tag, and the state of '{spec.environment}/{spec.infrastructure}' does not record it: it may "
+            "be another infrastructure's; reconciler will not take it over", *_source(spec),
+            hint=f"if it is this infrastructure's, adopt it with `reconciler import {spec.name}`")
     if live.get("package_type", "Zip") != spec.package_type:
         raise ReconcilerError(
             f"function {spec.name} is a {live.get('package_type')} function in Lambda but the definition makes it {spec.package_type}; "

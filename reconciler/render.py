@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.adopt import OWNER_ENVIRONMENT, OWNER_SERVICE
+from reconciler.adopt import OWNER_ENVIRONMENT, OWNER_INFRASTRUCTURE, OWNER_SERVICE
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
 from reconciler.expr import Scope, input_default, is_runtime_input, resolve_string, resolve_tree
 from reconciler.load import LOOP, Entity, StageContext, Workspace, pipeline_stages, stage_skipped
@@ -401,8 +401,9 @@ def _function_spec(t: Target, svc: Entity, infra: Entity, scope: Scope, region: 
         package_type=package_type,
         config=config,
         # ownership tags: a lost state can be rebuilt with `import`, and another service's
-        # function is never taken over silently
-        tags={**{str(k): str(v) for k, v in tags.items()}, OWNER_SERVICE: t.service, OWNER_ENVIRONMENT: t.environment},
+        # (or another infrastructure's) function is never taken over silently
+        tags={**{str(k): str(v) for k, v in tags.items()}, OWNER_SERVICE: t.service, OWNER_ENVIRONMENT: t.environment,
+              OWNER_INFRASTRUCTURE: t.infrastructure},
         artifact=artifact,
         aliases=aliases,
         architectures=architectures,

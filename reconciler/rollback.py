@@ -31,6 +31,7 @@ class Step:
 def prepare(ctx, aws, to_version: str | None = None, functions: list[str] | None = None) -> list[Step]:
     """What a rollback will do for every selected function recorded in state."""
     from reconciler.aws import Lambda
+    from reconciler.plan import interrupted_deployment
 
     opts = ctx.options
     steps: list[Step] = []
@@ -58,8 +59,13 @@ def prepare(ctx, aws, to_version: str | None = None, functions: list[str] | None
                     "aliases": {a: {**v, "version": to_version, "weights": {}} for a, v in (rec.get("aliases") or {}).items()},
                 }
             else:
-                last = next((h for h in reversed(s.history) if h.get("function") == name and h.get("operation") == "apply"
-                             and h.get("status") == "succeeded"), None)
+                half = interrupted_deployment(s.history, name)
+                if half is not None and half.get("status") == "rollback_failed" and half.get("operation") == "apply":
+                    # an apply whose own rollback failed: undo it, back to what ran before it
+                    last = half
+                else:
+                    last = next((h for h in reversed(s.history) if h.get("function") == name and h.get("operation") == "apply"
+                                 and h.get("status") == "succeeded"), None)
                 if last is None or not (last.get("previous") or {}).get("exists"):
                     continue  # nothing earlier to go back to
                 target = last["previous"]
@@ -79,7 +85,7 @@ def prepare(ctx, aws, to_version: str | None = None, functions: list[str] | None
 def execute(ctx, aws, steps: list[Step], log: Callable[[str], None], lock_timeout: float = 0) -> None:
     from contextlib import ExitStack
 
-    from reconciler.apply import close_interrupted, function_lock, restore
+    from reconciler.apply import close_interrupted, function_lock, half_done, restore
     from reconciler.engine import refresh_function
     from reconciler.live import project
 
@@ -97,7 +103,7 @@ def execute(ctx, aws, steps: list[Step], log: Callable[[str], None], lock_timeou
                       "code_sha256": step.target.get("code_sha256"), "previous": {"exists": True, **{k: rec.get(k) for k in ("version", "code_sha256", "aliases")}},
                       "steps": []}
             for h in close_interrupted(state, step.function, record):
-                log(f"{step.function}: the {h.get('operation')} started at {h.get('started_at')} was interrupted; rolling back over it")
+                log(f"{step.function}: the {h.get('operation')} started at {h.get('started_at')}, {half_done(h)}, is rolled back")
             state.history.append(record)
             state.write()
             try:

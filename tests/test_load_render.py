@@ -155,7 +155,8 @@ def test_keys_normalised_to_pascal_case_at_every_level(tmp_path):
         "LoggingConfig": {"LogFormat": "JSON", "ApplicationLogLevel": "INFO"},
         "DeadLetterConfig": {"TargetArn": "arn:aws:sqs:us-east-1:123456789012:dlq"},
     }
-    assert spec.tags == {"camelTag": "x", "Owner": "me", "reconciler:service": "svc", "reconciler:environment": "dev"}
+    assert spec.tags == {"camelTag": "x", "Owner": "me", "reconciler:service": "svc", "reconciler:environment": "dev",
+                         "reconciler:infrastructure": spec.infrastructure}
     # the plan's copy of the spec is what dataclasses.asdict gives, and a copy
     from reconciler.plan import spec_dict
 
@@ -606,8 +607,10 @@ def test_sample_two_environments(tmp_path):
         assert (f.artifact["bucket"], f.artifact["key"]) == ("reconciler-artifacts", "greeter/greeter-1.0.0.zip")
         assert [a["Name"] for a in f.aliases] == ["live"]
     owner = {"reconciler:service": "greeter"}
-    assert st.tags == {"service": "greeter", "environment": "staging", "environment-type": "PreProduction", **owner, "reconciler:environment": "staging"}
-    assert pr.tags == {"service": "greeter", "environment": "production", "environment-type": "Production", **owner, "reconciler:environment": "production"}
+    assert st.tags == {"service": "greeter", "environment": "staging", "environment-type": "PreProduction", **owner, "reconciler:environment": "staging",
+                       "reconciler:infrastructure": "staging_use1"}
+    assert pr.tags == {"service": "greeter", "environment": "production", "environment-type": "Production", **owner, "reconciler:environment": "production",
+                       "reconciler:infrastructure": "production_use1"}
     # --var beats every override
     assert {f.config["MemorySize"] for f in render_ws(tmp_path / "two-environments", variables={"memorySize": "256"})} == {256}
 
@@ -623,7 +626,8 @@ def test_sample_ecr_image(tmp_path):
     assert spec.config["Description"] == "hello-image deployed to aws-lambda-us-east-1 (us-east-1)"
     assert spec.config["Environment"]["Variables"] == {"SERVICE": "helloimage", "DEPLOY_ENV": "dev", "DEPLOY_REGION": "us-east-1"}
     assert spec.tags == {"service": "hello-image", "environment-type": "PreProduction",
-                         "reconciler:service": "helloimage", "reconciler:environment": "dev"}
+                         "reconciler:service": "helloimage", "reconciler:environment": "dev",
+                         "reconciler:infrastructure": spec.infrastructure}
     assert [a["Name"] for a in spec.aliases] == ["live"]
 
 

@@ -290,3 +290,28 @@ def test_concurrent_writer_is_detected_not_overwritten(team, fault_proxy, moto_s
     assert team.config(FN)["Timeout"] == 10, "refused before changing Lambda"
     _no_lock_left(team)
     check(team.run_cli("plan", "-e", "staging", "--state-dir", team.state_dir, cwd=team.ws), 0)
+
+
+def test_writer_ignoring_the_lock_mid_apply_rolls_back_and_says_so(team, fault_proxy, moto_server):
+    """Somebody writes the state object without the lock after the apply changed Lambda: the
+    apply's next conditional write fails; the change is rolled back all the same, and the
+    error says that it was and that the state could not record it."""
+    team.cli("apply", "--auto-approve", "-e", "staging")
+
+    def behind_its_back():
+        doc = json.loads(team.s3().get_object(Bucket=BUCKET, Key=KEY)["Body"].read())
+        doc["serial"] += 1
+        doc["history"].append({"id": "hand-edit", "operation": "state push", "status": "succeeded"})
+        team.s3().put_object(Bucket=BUCKET, Key=KEY, Body=json.dumps(doc, indent=2).encode())
+
+    hook = fault_proxy.after("UpdateFunctionConfiguration", 1, behind_its_back)
+    r = team.cli("apply", "--auto-approve", "-e", "staging", "--var", "timeout=20", code=1,
+                 env_extra={"AWS_ENDPOINT_URL": fault_proxy.endpoint})
+    assert hook.fired and hook.error is None
+    err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "state changed since this run read it" in err[0], r.stderr
+    assert "rolled back to what ran before" in err[0] and "the state could not record this" in err[0], r.stderr
+    assert team.config(FN)["Timeout"] == 10, "the change was rolled back"
+    after, _ = team.state_object()
+    assert after["history"][-1]["id"] == "hand-edit", "the other write survives"
+    _no_lock_left(team)

@@ -201,7 +201,9 @@ def test_plan_refuses_to_take_over_another_services_function(deployed, aws, run_
 
 
 def test_deployed_functions_carry_ownership_tags(deployed, aws):
-    """Deployed functions are tagged with their service and environment, so a lost state can be rebuilt with import."""
+    """Deployed functions are tagged with their service, environment and infrastructure, so a lost state can be rebuilt
+    with import and another infrastructure's function is not taken over."""
     lam = aws.client("lambda")
     tags = lam.list_tags(Resource=lam.get_function(FunctionName=FN)["Configuration"]["FunctionArn"])["Tags"]
     assert tags["reconciler:service"] == "greeter" and tags["reconciler:environment"] == "staging"
+    assert tags["reconciler:infrastructure"] == "staging_use1"

@@ -133,6 +133,22 @@ class Deploy:
         assert (v1["CodeSha256"], v1["MemorySize"]) == (SHA1, 128)
 
 
+    def assert_v2_released(self):
+        """v2 (new code, MemorySize 256) is released as version 2 and recorded so."""
+        conf = self.config()
+        assert (conf["CodeSha256"], conf["MemorySize"]) == (SHA2, 256)
+        assert self.aws.versions(FN) == ["1", "2"]
+        assert self.aws.aliases(FN) == {"live": "2"}
+        v2 = self.lam.get_function_configuration(FunctionName=FN, Qualifier="2")
+        assert (v2["CodeSha256"], v2["MemorySize"]) == (SHA2, 256)
+        state = self.state()
+        assert state["history"][-1]["status"] == "succeeded"
+        rec = state["functions"][FN]
+        assert (rec["version"], rec["code_sha256"]) == ("2", SHA2)
+        assert rec["configuration"]["MemorySize"] == 256
+        assert rec["aliases"]["live"]["version"] == "2"
+
+
 def check_state(path: Path) -> dict:
     """State file integrity (SPEC §6): parses, has lineage and serial, and the
     previous copy is kept as .backup (same lineage, an earlier serial: the steps in
@@ -352,19 +368,7 @@ def test_transient_errors_are_retried(d):
     assert d.proxy.count("UpdateFunctionConfiguration") == 1
     assert d.proxy.count("PublishVersion") == 1
 
-    conf = d.config()
-    assert (conf["CodeSha256"], conf["MemorySize"]) == (SHA2, 256)
-    assert d.aws.versions(FN) == ["1", "2"]
-    assert d.aws.aliases(FN) == {"live": "2"}
-    v2 = d.lam.get_function_configuration(FunctionName=FN, Qualifier="2")
-    assert (v2["CodeSha256"], v2["MemorySize"]) == (SHA2, 256)
-
-    state = d.state()
-    assert state["history"][-1]["status"] == "succeeded"
-    rec = state["functions"][FN]
-    assert (rec["version"], rec["code_sha256"]) == ("2", SHA2)
-    assert rec["configuration"]["MemorySize"] == 256
-    assert rec["aliases"]["live"]["version"] == "2"
+    d.assert_v2_released()
 
 
 # ---------------------------------------------------------------- 6: rollback failing

@@ -220,7 +220,7 @@ def test_tag_change_applies_without_publishing(hello):
     # the create plan that apply prints masks the values too
     assert "(sensitive)" in r.stdout and SECRET not in r.stdout + r.stderr
     assert 'Tags.team: (none) → "payments"' in r.stdout
-    owner = {"reconciler:service": "helloworld", "reconciler:environment": "aws"}
+    owner = {"reconciler:service": "helloworld", "reconciler:environment": "aws", "reconciler:infrastructure": "awslambda"}
     assert hello.tags(HELLO_FN) == {"team": "payments", "owner": "ops", **owner}
     assert hello.config(HELLO_FN)["Environment"]["Variables"] == {"API_TOKEN": SECRET}
     assert hello.versions(HELLO_FN) == ["1"]
