@@ -138,16 +138,16 @@ class State:
 
 def prune_history(history: list[dict], keep: int) -> list[dict]:
     """The newest `keep` records of each function (the list is oldest first), so that old
-    configurations do not stay in the state for ever; a record still in flight (its
-    process was killed) is always kept, for the next apply to converge."""
-    from reconciler.plan import IN_FLIGHT
+    configurations do not stay in the state for ever; an unfinished record (its process
+    was killed, or its rollback failed) is always kept, for the next apply to converge."""
+    from reconciler.plan import unfinished
 
     seen: dict[str, int] = {}
     out = []
     for h in reversed(history):
         fn = str(h.get("function"))
         seen[fn] = seen.get(fn, 0) + 1
-        if seen[fn] <= keep or h.get("status") in IN_FLIGHT:
+        if seen[fn] <= keep or unfinished(h):
             out.append(h)
     if len(out) == len(history):
         return history
