@@ -196,7 +196,7 @@ def _chattr(flag: str, *paths) -> bool:
 
 
 def test_unwritable_state_after_create_rolls_back(d):
-    """The state becomes unwritable (immutable) right after CreateFunction: writing the
+    """The state becomes unwritable (immutable) as CreateFunction is sent: writing the
     step fails with PermissionError; the apply still rolls back (deletes the function it
     created) and says that the state could not record it."""
     probe = d.state_dir / "probe"
@@ -209,17 +209,20 @@ def test_unwritable_state_after_create_rolls_back(d):
     env_dir = d.state_path.parent
     frozen: list = []
 
-    def freeze():
-        frozen.extend(sorted(env_dir.iterdir()) + [env_dir])
-        assert _chattr("+i", *frozen)
-
-    hook = d.proxy.after("CreateFunction", 1, freeze)
+    def freeze_before_create(entry) -> bool:
+        # when CreateFunction reaches the proxy (the apply's in-flight record is written),
+        # before it is forwarded: every later state write of the apply fails
+        if entry["operation"] == "CreateFunction" and not frozen:
+            frozen.extend(sorted(env_dir.iterdir()) + [env_dir])
+            assert _chattr("+i", *frozen)
+        return False   # no fault: CreateFunction goes on to moto
+    d.proxy.add_rule(freeze_before_create, "fail")
     try:
         r = d.apply()
     finally:
         if frozen:
             _chattr("-i", *frozen)
-    assert hook.fired and hook.error is None
+    assert frozen and d.proxy.count("CreateFunction") == 1
     assert r.returncode == 1, r.stderr
     assert "PermissionError" in r.stderr and "rolled back to what ran before" in r.stderr, r.stderr
     assert "the state could not record this" in r.stderr, r.stderr
