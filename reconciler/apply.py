@@ -550,9 +550,8 @@ def _created_by_lost_answer(exc: AwsError, lam, spec: FunctionSpec, code_sha256:
     conf = dict(got.get("Configuration") or {})
     if not owned_by(spec.tags, got.get("Tags") or {}) or conf.get("CodeSha256") != code_sha256:
         return None
-    if conf.get("State") not in (None, "Active"):
-        lam.wait_active(spec.name)
-        conf = dict((lam.get_function(spec.name) or {}).get("Configuration") or conf)
+    if conf.get("State", "Active") != "Active":
+        conf = dict(lam.wait_active(spec.name))
     return conf
 
 
