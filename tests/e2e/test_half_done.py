@@ -332,3 +332,25 @@ def test_function_deployed_before_the_infrastructure_tag_is_kept_by_its_state(d)
     check(cli(d, "apply", "--auto-approve", "-i", "staging_use1", proxy=False), 0)
     assert d.lam.list_tags(Resource=arn)["Tags"]["reconciler:infrastructure"] == "staging_use1"
     assert d.aws.versions(FN) == ["1"]
+
+
+def test_restore_never_deletes_a_function_without_this_functions_ownership_tags(aws):
+    """The rollback of a create deletes only a function carrying the ownership tags of the
+    function being deployed: not one made by another tool or for another infrastructure."""
+    from reconciler.apply import restore
+    from reconciler.aws import Aws
+
+    aws.create_role("greeter-lambda-role")
+    lam = aws.client("lambda")
+    mine = {"reconciler:service": "greeter", "reconciler:environment": "staging", "reconciler:infrastructure": "staging_use1"}
+    role = f"arn:aws:iam::{aws.account}:role/greeter-lambda-role"
+    for name, tags in (("theirs", {"team": "other"}), ("other-infra", {**mine, "reconciler:infrastructure": "staging_use1b"}),
+                       ("mine", mine)):
+        lam.create_function(FunctionName=name, Runtime="python3.12", Handler="handler.handler", Role=role, Tags=tags,
+                            Code={"ZipFile": ZIP2})
+    said: list[str] = []
+    for name in ("theirs", "other-infra", "mine", "never-created"):
+        restore(Aws(), name, "us-east-1", None, {"exists": False}, said.append, owner={"team": "x", **mine})
+    names = {f["FunctionName"] for f in lam.list_functions()["Functions"]}
+    assert {"theirs", "other-infra"} <= names and "mine" not in names, said
+    assert sum("not deleted" in m for m in said) == 2 and any("nothing to delete" in m for m in said), said
