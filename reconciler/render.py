@@ -215,21 +215,24 @@ def render(ws: Workspace, opts: Options) -> Rendered:
     errors: list[ReconcilerError] = []
     warnings: list[str] = []
     specs: list[FunctionSpec] = []
+    rendered: list[tuple[Target, FunctionSpec]] = []
     for t in chosen:
         try:
-            specs.append(render_target(ws, t, opts, warnings))
+            rendered.append((t, render_target(ws, t, opts, warnings)))
         except ErrorList as exc:
             errors.extend(exc.errors)
         except ReconcilerError as exc:
             errors.append(exc)
-    seen: dict[tuple[str, str], FunctionSpec] = {}
-    for s in specs:
+    seen: dict[tuple[str, str], tuple[Target, FunctionSpec]] = {}
+    for t, s in rendered:
         key = (s.region, s.name)
-        if key in seen and seen[key].to_dict() == s.to_dict():
-            continue  # the same function from two stage runs (strategy.parallelism): deployed once
         if key in seen:
-            errors.append(ConfigError(f"function '{s.name}' in {s.region} is defined by two targets: {seen[key].target} ({seen[key].source}) and {s.target} ({s.source})"))
-        seen[key] = s
+            first_t, first = seen[key]
+            if first.to_dict() != s.to_dict():
+                errors.append(ConfigError(f"function '{s.name}' in {s.region} is defined by two targets: {first_t} ({first.source}) and {t} ({s.source})"))
+            continue  # else the same function from two stage runs (strategy.parallelism): deployed once
+        seen[key] = (t, s)
+        specs.append(s)
     if errors:
         uniq = list({str(e): e for e in errors}.values())
         raise uniq[0] if len(uniq) == 1 else ErrorList(uniq)

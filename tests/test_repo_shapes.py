@@ -137,3 +137,37 @@ def test_lambda_model_patterns_are_checked_with_the_shape_rules():
     assert "'Role' is '<YOUR_AWS_ARN>'" in text
     assert "the name '1BAD' does not match" in text and "GOOD" not in text
     assert len(errors) == 3
+
+
+def test_parallel_iterations_of_one_function_deploy_it_once_and_differing_ones_conflict(tmp_path):
+    """strategy.parallelism: N copies of a stage that render the very same function are one
+    function; copies that differ (<+strategy.iteration> in the definition) are a conflict that
+    names both iterations."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from reconciler.errors import ConfigError
+    from reconciler.load import load_workspace
+    from reconciler.render import Options, render
+
+    ws = tmp_path / "ws"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "loop-pipeline", ws)
+    pipe = ws / ".harness" / "pipeline.yaml"
+    text = pipe.read_text()
+    start, end = text.index("          repeat:\n"), text.index("            maxConcurrency: 1\n") + len("            maxConcurrency: 1\n")
+    pipe.write_text(text[:start] + "          parallelism: 2\n" + text[end:])
+    fn = ws / "lambda" / "function.json"
+    d = json.loads(fn.read_text())
+    d["description"] = "one"
+    d["environment"]["variables"] = {"PIPELINE": "<+pipeline.identifier>"}
+    fn.write_text(json.dumps(d))
+    (ws / "lambda" / "alias.json").write_text('{"name": "live"}')
+    # parallelism has no <+repeat.item>: the stage variable names the region itself
+    pipe.write_text(pipe.read_text().replace("value: <+repeat.item>", "value: us-east-1"))
+    got = render(load_workspace(ws), Options())
+    assert [f.name for f in got.functions] == ["greeter-us-east-1"]
+    d["environment"]["variables"]["ITERATION"] = "<+strategy.iteration>"
+    fn.write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match=r"defined by two targets: greeter → prod/prod_lambda \(deploy_0\).*\(deploy_1\)"):
+        render(load_workspace(ws), Options())
