@@ -336,7 +336,9 @@ def history(workspace: Workspace = Path("."), state_dir: StateDir = None, env: E
                     continue
                 rows.append({"time": h.get("started_at"), "environment": s.environment, "infrastructure": s.infrastructure,
                              "function": h.get("function"), "operation": h.get("operation"), "version": h.get("version"),
-                             "code_sha256": h.get("code_sha256"), "status": h.get("status"), "id": h.get("id"), "error": h.get("error")})
+                             "code_sha256": h.get("code_sha256"), "status": h.get("status"), "id": h.get("id"), "error": h.get("error"),
+                             **({k: h.get(k) for k in ("pipeline", "stage", "region", "outputs", "provisioned")}
+                                if h.get("operation") == "provision" else {})})
         rows.sort(key=lambda r: r["time"] or "")
         if format == "json":
             out.result(json.dumps(rows, indent=2) + "\n")
@@ -345,8 +347,11 @@ def history(workspace: Workspace = Path("."), state_dir: StateDir = None, env: E
             out.result("No deployments recorded.\n")
             return
         out.result(_table(["time", "function", "target", "operation", "version", "code_sha256", "status"],
-                          [[r["time"], r["function"], f"{r['environment']}/{r['infrastructure']}", r["operation"], r["version"] or "-",
+                          [[r["time"], r["function"] or "-", f"{r['environment']}/{r['infrastructure']}", r["operation"], r["version"] or "-",
                             r["code_sha256"] or "-", r["status"]] for r in rows]))
+        from reconciler.provisioners import history_lines
+
+        out.result(history_lines(rows))
     except ReconcilerError as exc:
         _fail(exc, debug)
 

@@ -47,7 +47,6 @@ from reconciler.yamlsrc import Doc, load_data_file
 SUPPORTED_STEPS = ("AwsLambdaDeploy", "AwsLambdaRollback", "ShellScript", "Wait")
 REJECTED_STEPS = {
     "HarnessApproval": "a pipeline run is the approval: run it once it is approved",
-    "ShellScriptProvision": "give provisioner outputs with --provisioner-outputs FILE or the infrastructure's spec.provisioner",
 }
 ERROR_TYPES = ("AllErrors", "Unknown", "Timeout", "Authentication", "Authorization", "Connectivity", "Verification",
                "DelegateProvisioning", "PolicyEvaluationFailure", "InputTimeoutError", "ApprovalRejection", "DelegateRestart",
@@ -309,6 +308,9 @@ class StageDef:
     path: tuple
     steps: list[StepDef]
     rollback_steps: list[StepDef]
+    # environment.provisioner: steps before the execution, rollbackSteps after its rollback (reconciler.provisioners)
+    provision_steps: list[StepDef] = field(default_factory=list)
+    provision_rollback_steps: list[StepDef] = field(default_factory=list)
 
     @property
     def identifier(self) -> str:
@@ -359,15 +361,14 @@ def check_pipeline(pipe: Entity, ws: Workspace, strict: bool = False) -> tuple[l
         sid = stage.get("identifier")
         if stage_skipped(ws, stage):
             continue
-        if (stage.get("spec") or {}).get("environment", {}).get("provisioner") if isinstance((stage.get("spec") or {}).get("environment"), dict) else None:
-            errors.append(pipe.error(path + ("spec", "environment", "provisioner"),
-                                     f"stage '{sid}': provisioner steps in a stage are not run by reconciler",
-                                     "give provisioner outputs with --provisioner-outputs FILE or the infrastructure's spec.provisioner"))
         ex = path + ("spec", "execution")
         execution = (stage.get("spec") or {}).get("execution") or {}
         steps = flatten_steps(pipe, execution.get("steps"), ex + ("steps",), "execution", errors)
         rb = flatten_steps(pipe, execution.get("rollbackSteps"), ex + ("rollbackSteps",), "rollback", errors)
-        for s in steps + rb:
+        from reconciler.provisioners import stage_provisioner
+
+        psteps, prb = stage_provisioner(pipe, stage, path, errors, flatten_steps)
+        for s in steps + rb + psteps + prb:
             errors += _check_step(pipe, s)
         errors += _check_strategies(pipe, stage.get("failureStrategies"), path + ("failureStrategies",))
         errors += _check_when(pipe, stage.get("when"), path + ("when",), "pipelineStatus")
@@ -376,7 +377,7 @@ def check_pipeline(pipe: Entity, ws: Workspace, strict: bool = False) -> tuple[l
             if s.identifier in seen and s.phase == "execution":
                 errors.append(pipe.error(s.path + ("identifier",), f"step identifier '{s.identifier}' is used twice in stage '{sid}'"))
             seen.setdefault(s.identifier, s.path)
-        stages.append(StageDef(stage, path, steps, rb))
+        stages.append(StageDef(stage, path, steps, rb, psteps, prb))
     if strict and not stages:
         errors.append(pipe.error(("stages",), f"pipeline '{pipe.identifier}' has no Deployment stage of deploymentType AwsLambda"))
     return stages, errors
@@ -388,10 +389,14 @@ def _check_step(pipe: Entity, s: StepDef) -> list[ConfigError]:
     if not s.identifier:
         errs.append(pipe.error(p, "a step needs an 'identifier'"))
     t = b.get("type")
-    if t not in SUPPORTED_STEPS:
-        hint = REJECTED_STEPS.get(t) or did_you_mean(str(t), SUPPORTED_STEPS)
-        errs.append(pipe.error(p + ("type",), f"step '{s.identifier}' has type '{t}', which reconciler run does not support; "
-                                              f"supported: {', '.join(SUPPORTED_STEPS)}", hint if hint and not hint.startswith("valid:") else None))
+    from reconciler import provisioners
+
+    supported = provisioners.supported(s.phase, SUPPORTED_STEPS)
+    if t not in supported:
+        hint = REJECTED_STEPS.get(t) or provisioners.rejected(t, s.phase) or did_you_mean(str(t), supported)
+        errs.append(pipe.error(p + ("type",), f"step '{s.identifier}' has type '{t}', which reconciler run does not support "
+                                              f"{provisioners.where(s.phase)}; supported: {', '.join(supported)}",
+                               hint if hint and not hint.startswith("valid:") else None))
         return errs
     timeout = b.get("timeout")
     if timeout is not None and not (isinstance(timeout, str) and "<+" in timeout):
@@ -427,6 +432,8 @@ def _check_step(pipe: Entity, s: StepDef) -> list[ConfigError]:
                 elif key == "outputVariables" and v.get("value") not in (None, "") and not SHELL_VAR.match(str(v.get("value"))):
                     errs.append(pipe.error(vp + ("value",), f"output variable '{v['name']}': value names the script's shell variable to read, "
                                                             f"and '{v.get('value')}' is not a shell variable name"))
+    if s.phase in provisioners.PROVISION_PHASES:
+        errs += provisioners.check_step(pipe, s)
     if t == "Wait":
         try:
             parse_duration(spec.get("duration"))
@@ -693,6 +700,10 @@ class Runner:
                 errors.append(pipe.error(stage.path, f"stage '{stage.identifier}' deploys to no infrastructure"))
             for t in tgts:
                 opts = self.stage_options(stage, t)
+                if stage.provision_steps:  # its outputs are known once the steps have run
+                    from reconciler.provisioners import pending_settings
+
+                    opts.provisioner = pending_settings(opts.provisioner)
                 try:
                     warnings: list[str] = []
                     spec = render_target(self.ws, t, opts, warnings)
@@ -776,6 +787,11 @@ class Runner:
         sr = StageRun(self, stage, t, opts, spec, scope)
         errs: list[ConfigError] = []
         declared: dict[str, Any] = {}
+        for s in stage.provision_steps + stage.provision_rollback_steps:
+            from reconciler.provisioners import step_strings
+
+            for value, path in step_strings(s):
+                errs += self._try(lambda v=value, p=path, st=s: sr.resolve(v, p, st))
         for s in stage.steps + stage.rollback_steps:
             sp = (s.body.get("spec") or {})
             for k in ("timeout",):
@@ -873,7 +889,15 @@ class Runner:
         stage = sr.stage
         self.log(f"\n== stage {stage.name} [{sr.target}, {sr.spec.region}]")
         action_taken = None
-        for step in stage.steps:
+        for step in stage.provision_steps + stage.steps:
+            if step is (stage.steps or [None])[0] and stage.provision_steps and not sr.failed:
+                from reconciler.provisioners import provisioned
+
+                failed = provisioned(self, sr)  # the stage's target rendered again with the provisioner outputs
+                if failed is not None:
+                    self.steps.append(failed)
+                    sr.failed, action_taken = True, "StageRollback"
+                    break
             try:
                 skip, early = self._step_skipped(sr, step), None
             except ReconcilerError as exc:  # a condition that cannot be evaluated fails the step
@@ -892,9 +916,9 @@ class Runner:
         else:
             sr.result.status = "Success"
         # the steps after a stop are reported as skipped
-        ran = {r.step for r in self.steps if r.stage == stage.identifier and r.target == sr.target and r.phase == "execution"}
-        for step in stage.steps:
-            if step.identifier not in ran:
+        ran = {(r.step, r.phase) for r in self.steps if r.stage == stage.identifier and r.target == sr.target}
+        for step in stage.provision_steps + stage.steps:
+            if (step.identifier, step.phase) not in ran:
                 self._record_skip(sr, step, f"the stage stopped ({action_taken})")
         if action_taken in ("StageRollback", "StepGroupRollback", "PipelineRollback"):
             self._rollback(sr, f"step failed in stage '{stage.identifier}' ({action_taken})")
@@ -984,6 +1008,10 @@ class Runner:
                 r.outputs = self._rollback_step(sr, step)
             elif step.type == "ShellScript":
                 r.outputs, r.output = self._script(sr, step, timeout)
+            elif step.phase in ("provision", "provision_rollback"):
+                from reconciler.provisioners import run_step
+
+                r.outputs, r.output = run_step(self, sr, step, timeout)
             elif step.type == "Wait":
                 d = parse_duration((step.body.get("spec") or {}).get("duration"))
                 if d > timeout:
@@ -1135,7 +1163,9 @@ class Runner:
         sr.result.rolled_back = True
         self.log(f"\n== rollback of stage {sr.stage.name} [{sr.target}]: {reason}")
         rb_failed = False
-        for step in sr.stage.rollback_steps:
+        from reconciler.provisioners import rollback_steps
+
+        for step in rollback_steps(self, sr):  # the execution's, then the provisioner's
             if step.body.get("when"):
                 skip = None
                 when = step.body["when"]
@@ -1157,12 +1187,14 @@ class Runner:
             self.log("   the stage has no rollbackSteps")
 
     # ------------------------------------------------------------ ShellScript
-    def _script(self, sr: StageRun, step: StepDef, timeout: float) -> tuple[dict, str]:
+    def _script(self, sr: StageRun, step: StepDef, timeout: float, extra_env: dict | None = None) -> tuple[dict, str]:
+        """A ShellScript step (and the script of a ShellScriptProvision step, with `extra_env`)."""
         spec = step.body.get("spec") or {}
         sp = step.path + ("spec",)
         script = sr.resolve(((spec.get("source") or {}).get("spec") or {}).get("script") or "", sp + ("source", "spec", "script"), step)
         env = dict(os.environ)
         env.update(sr.facts())
+        env.update(extra_env or {})
         for i, v in enumerate(spec.get("environmentVariables") or []):
             value = sr.resolve(v.get("value"), sp + ("environmentVariables", i, "value"), step)
             env[v["name"]] = _s(value)

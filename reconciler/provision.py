@@ -5,7 +5,10 @@ Provisioned Infrastructure"), e.g. an infrastructure definition's `region:
 Where they come from, first match wins:
 1. `--provisioner-outputs FILE`: the JSON of `terraform output -json` ({name: {value: ...}})
    or a flat map ({name: value}), JSON or YAML;
-2. the infrastructure's `spec.provisioner`:
+2. the outputs of the stage's `environment.provisioner` steps (reconciler.provisioners), in
+   `reconciler run` once they have run; before that (and in `plan --pipeline`) an output
+   they would give stands as `(provisioner.NAME)`;
+3. the infrastructure's `spec.provisioner`:
    - `{type: CloudFormation, stackName: X, region: Y}`: the stack's Outputs (DescribeStacks);
    - `{type: Script, script: "..."}`: a bash script whose stdout is JSON in either shape.
 
@@ -104,6 +107,15 @@ def resolver(ws, infra, settings: dict | None) -> Callable[[str], Any]:
             if name in file_outputs:
                 return file_outputs[name]
             tried.append(f"--provisioner-outputs {settings.get('source') or 'FILE'} (has: {', '.join(sorted(file_outputs)) or 'nothing'})")
+        stage = settings.get("stage")
+        if stage is not None:  # the stage's environment.provisioner steps (reconciler.provisioners)
+            known = stage.get("outputs")
+            if known is not None and name in known:
+                return known[name]
+            if stage.get("pending"):
+                stage.setdefault("used", []).append(name)
+                return f"(provisioner.{name})"  # known once the steps have run
+            tried.append(f"{stage.get('where') or 'the outputs of the stage provisioner steps'} (has: {', '.join(sorted(known or {})) or 'nothing'})")
         prov = (infra.body.get("spec") or {}).get("provisioner")
         if prov is not None:
             errs = check_shape(infra)
@@ -115,12 +127,36 @@ def resolver(ws, infra, settings: dict | None) -> Callable[[str], Any]:
             if name in outputs:
                 return outputs[name]
             tried.append(f"{where} (has: {', '.join(sorted(outputs)) or 'nothing'})")
+        staged = stage_provisioner_of(ws, infra)
+        if staged and not tried:
+            if not settings.get("live", True):
+                return f"(provisioner.{name})"  # validate: the stage's provisioner steps give it when run
+            raise KeyError(f"provisioner output '{name}' comes from the provisioner steps of stage '{staged[1]}' of pipeline "
+                           f"'{staged[0]}', which only `reconciler run` runs",
+                           f"run the pipeline (reconciler run {staged[0]}), see it with plan --pipeline {staged[0]}, "
+                           "or pass --provisioner-outputs FILE")
         if not tried:
             raise KeyError(f"provisioner output '{name}' has no source: infrastructure '{infra.identifier}' has no spec.provisioner "
                            "and no --provisioner-outputs FILE was given", "pass --provisioner-outputs FILE (terraform output -json)")
         raise KeyError(f"provisioner output '{name}' not found; looked in {'; '.join(tried)}", None)
 
     return lookup
+
+
+def stage_provisioner_of(ws, infra) -> tuple[str, str] | None:
+    """(pipeline, stage) of the first Deploy stage deploying to `infra` with environment.provisioner steps."""
+    from reconciler.load import pipeline_stages
+
+    for pipe in ws.pipelines.values():
+        for _, stage in pipeline_stages(pipe):
+            env = (stage.get("spec") or {}).get("environment") if isinstance(stage.get("spec"), dict) else None
+            if not isinstance(env, dict) or not isinstance(env.get("provisioner"), dict) or env.get("environmentRef") != infra.body.get("environmentRef"):
+                continue
+            refs = [r.get("identifier") for r in env.get("infrastructureDefinitions") or [] if isinstance(r, dict)] \
+                if isinstance(env.get("infrastructureDefinitions"), list) else []
+            if infra.identifier in refs or str(env.get("deployToAll")).lower() == "true":
+                return pipe.identifier, str(stage.get("identifier"))
+    return None
 
 
 def _provisioner_outputs(ws, infra, prov: dict) -> tuple[dict, str]:
