@@ -454,3 +454,62 @@ def download(url: str) -> bytes:
             return r.read()
     except OSError as exc:
         raise AwsError(f"downloading code package: {exc}") from None
+
+
+# ---------------------------------------------------------------- CloudFormation (pipeline provisioner steps)
+
+
+class CloudFormation:
+    """The stack calls of the CloudFormation provisioner steps; waits are botocore's waiters."""
+
+    def __init__(self, aws: Aws, region: str, connector: dict | None = None):
+        self.region = region
+        self.c = aws.client("cloudformation", region, connector)
+
+    def describe(self, stack: str) -> dict | None:
+        """The stack, or None when there is none of that name (CloudFormation says so with a ValidationError)."""
+        try:
+            got = self.c.describe_stacks(StackName=stack)
+        except ClientError as exc:
+            if _code(exc) == "ValidationError" and "does not exist" in str(exc):
+                return None
+            return call(f"reading CloudFormation stack {stack} ({self.region})", _raise, exc)
+        except BotoCoreError as exc:
+            raise AwsError(f"reading CloudFormation stack {stack} ({self.region}): {exc}") from None
+        stacks = got.get("Stacks") or []
+        return stacks[0] if stacks else None
+
+    def template(self, stack: str) -> str:
+        body = call(f"reading the template of CloudFormation stack {stack}", self.c.get_template, StackName=stack,
+                    TemplateStage="Original").get("TemplateBody")
+        if isinstance(body, str):
+            return body
+        import json
+
+        return json.dumps(body)  # boto3 gives a JSON template back parsed
+
+    def create(self, params: dict) -> str:
+        return call(f"creating CloudFormation stack {params['StackName']} ({self.region})", self.c.create_stack, **params)["StackId"]
+
+    def update(self, params: dict) -> bool:
+        """UpdateStack; False when CloudFormation says there is nothing to update."""
+        try:
+            self.c.update_stack(**params)
+            return True
+        except ClientError as exc:
+            if _code(exc) == "ValidationError" and "No updates are to be performed" in str(exc):
+                return False
+            return call(f"updating CloudFormation stack {params['StackName']} ({self.region})", _raise, exc)
+
+    def delete(self, stack: str) -> None:
+        call(f"deleting CloudFormation stack {stack} ({self.region})", self.c.delete_stack, StackName=stack)
+
+    def wait(self, waiter: str, stack: str, timeout: float) -> None:
+        """stack_create_complete, stack_update_complete or stack_delete_complete, polling every 2 s up to `timeout`."""
+        attempts = max(1, int(timeout // 2))
+        call(f"waiting for CloudFormation stack {stack} ({waiter.replace('_', ' ')})", self.c.get_waiter(waiter).wait,
+             StackName=stack, WaiterConfig={"Delay": 2, "MaxAttempts": attempts})
+
+
+def _raise(exc: Exception):
+    raise exc

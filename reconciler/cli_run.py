@@ -29,7 +29,8 @@ def run(pipeline: Annotated[str, typer.Argument(help="The identifier of the pipe
         format: Annotated[str, typer.Option("--format", help="text, or json: a machine summary of every step on stdout.")] = "text",
         lock_timeout: LockTimeout = 0, show_values: ShowValues = False, verbose: Verbose = False, debug: Debug = False,
         no_color: NoColor = False) -> None:
-    """Execute a pipeline: its Deployment stages in order, their steps (AwsLambdaDeploy, ShellScript,
+    """Execute a pipeline: its Deployment stages in order, their provisioner steps (environment.provisioner:
+    ShellScriptProvision, CloudFormation, Terraform, Terragrunt), their steps (AwsLambdaDeploy, ShellScript,
     AwsLambdaRollback, Wait) and, on a failure, the failure strategy's rollback steps. Running the pipeline
     is the approval: its deploys are not asked for. Exit 0 when it succeeds, 1 when it fails."""
     out = Out(verbose, no_color)
@@ -99,6 +100,8 @@ def _with_provisioner(live: bool, check_pipelines: bool = False):
                 _check_pipelines(kwargs)
         except ReconcilerError as exc:
             _fail(exc, kwargs.get("debug", False))
+        if kwargs.get("planfile") is not None:  # apply PLANFILE
+            _refuse_provisioned_plan(kwargs)
         before = provision.configure(**settings)
         try:
             return original(**kwargs)
@@ -106,6 +109,23 @@ def _with_provisioner(live: bool, check_pipelines: bool = False):
             provision.restore_defaults(before)
 
     return hook
+
+
+def _refuse_provisioned_plan(kwargs: dict) -> None:
+    """A saved `plan --pipeline` whose stages have provisioner steps: only `run` runs them."""
+    import json
+
+    from reconciler.provisioners import refuse_saved_plan
+
+    planfile = Path(kwargs["planfile"])
+    try:
+        data = json.loads(planfile.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # apply reports it
+    try:
+        refuse_saved_plan(data, str(planfile))
+    except ReconcilerError as exc:
+        _fail(exc, kwargs.get("debug", False))
 
 
 def _check_pipelines(kwargs: dict) -> None:
@@ -155,16 +175,29 @@ def _plan_pipeline(kw: dict, extras: dict) -> None:
         the_plan, warnings = pipeline_plan(settings, _aws(), out.debug)
         for w in warnings:
             out.warn(w)
+        from reconciler.provisioners import plan_text
+
+        provisioning = getattr(the_plan, "provisioners", [])
+        saved = the_plan.to_dict() | ({"provisioners": provisioning} if provisioning else {})
         out_file = kw.get("out_file")
         if out_file:
             from reconciler.backend import write_private
 
-            write_private(out_file, json.dumps(the_plan.to_dict(), indent=2) + "\n")
-            out.log(f"Saved the plan to {out_file}; apply it with: reconciler apply {out_file}")
-        out.result(render_plan(the_plan, fmt, kw.get("show_values", False)))
+            write_private(out_file, json.dumps(saved, indent=2) + "\n")
+            if provisioning:
+                out.log(f"Saved the plan to {out_file}; its stages have provisioner steps, which only `reconciler run "
+                        f"{extras['pipeline']}` runs: `apply` refuses it")
+            else:
+                out.log(f"Saved the plan to {out_file}; apply it with: reconciler apply {out_file}")
+        shown = render_plan(the_plan, fmt, kw.get("show_values", False))
+        if fmt == "json" and provisioning:
+            shown = json.dumps(json.loads(shown) | {"provisioners": provisioning}, indent=2) + "\n"
+        elif fmt != "json":
+            shown = plan_text(provisioning) + shown
+        out.result(shown)
     except ReconcilerError as exc:
         _fail(exc, debug)
-    if kw.get("detailed_exitcode") and the_plan is not None and the_plan.has_changes:
+    if kw.get("detailed_exitcode") and the_plan is not None and (the_plan.has_changes or getattr(the_plan, "provisioners", None)):
         raise typer.Exit(2)
 
 

@@ -14,6 +14,10 @@ stage runs once per target, like Harness's multi-infrastructure stages. Steps ru
   exported and `outputVariables` read back from the script's shell variables;
 - `Wait`: sleep `spec.duration`.
 
+A stage's `environment.provisioner` steps run before its execution steps, and their outputs
+are the target's `<+provisioner.NAME>` values; its rollbackSteps run after the execution's
+rollback steps (reconciler.provisioners, hooked in here).
+
 `when` (stageStatus Success|Failure|All and a condition), `timeout`, `failureStrategies`
 (StageRollback, PipelineRollback, Abort, MarkAsFailure, Ignore, MarkAsSuccess, Retry,
 ManualIntervention → its onTimeout action) and step groups (flattened) are honoured.
@@ -1346,10 +1350,17 @@ def pipeline_plan(settings: RunSettings, aws, log: Callable[[str], None]) -> tup
     merged: Plan | None = None
     seen: set[tuple[str, str]] = set()
     warnings = list(runner.warnings) + [f"stage '{stage.get('identifier')}' is skipped: {why}" for _, stage, why in runner.skipped]
+    provisioning: list[dict] = []  # stages whose provisioner steps `run` would run first
     for stage, items in prepared:
         if not any(s.type == "AwsLambdaDeploy" for s in stage.steps):
             continue
         for t, opts, spec, scope in items:
+            if stage.provision_steps:
+                from reconciler.provisioners import plan_provisioning
+
+                opts = plan_provisioning(runner, StageRun(runner, stage, t, opts, spec, scope), provisioning)
+                if opts is None:
+                    continue  # its values wait for the provisioner steps: planned when the pipeline runs
             ctx = Context(workspace=settings.workspace, state_dir=settings.state_dir, options=copy.deepcopy(opts), log=log)
             p = make_plan(ctx, aws)
             warnings += ctx.warnings
@@ -1361,6 +1372,9 @@ def pipeline_plan(settings: RunSettings, aws, log: Callable[[str], None]) -> tup
                 if key not in seen:
                     seen.add(key)
                     merged.functions.append(fp)
+    if merged is None and provisioning:
+        merged = Plan(functions=[], state_refs={}, workspace=str(settings.workspace), created_at=st.now())
     if merged is None:
         raise ReconcilerError(f"pipeline '{settings.pipeline}' has no AwsLambdaDeploy step: it deploys nothing")
+    merged.provisioners = provisioning  # type: ignore[attr-defined]  (shown and saved by cli_run)
     return merged, list(dict.fromkeys(warnings))

@@ -7,7 +7,11 @@ One module per kind of provisioner, each a `StepType` (check: the step's spec wi
 running anything; run: the step, giving its outputs) in the `STEP_TYPES` registry, which
 both the pipeline check and the runner use:
 
-- shell.py: `ShellScriptProvision` (the script writes JSON to $PROVISIONER_OUTPUT_PATH).
+- shell.py: `ShellScriptProvision` (the script writes JSON to $PROVISIONER_OUTPUT_PATH);
+- cloudformation.py: `CloudformationCreateStack`, `CloudformationDeleteStack`,
+  `CloudformationRollbackStack`;
+- terraform.py: `TerraformPlan`, `TerraformApply`, `TerraformRollback`, `TerraformDestroy`
+  and the Terragrunt ones.
 
 The pipeline runner (reconciler.pipeline) calls in here through a few hooks: the stage's
 provisioner steps as StepDefs, their check, their run, the target rendered again with
@@ -113,9 +117,9 @@ def workspace_file(root: Path, rel: Any, err: Callable[..., ConfigError], folder
 
 
 def _registry() -> dict[str, StepType]:
-    from reconciler.provisioners import shell
+    from reconciler.provisioners import cloudformation, shell, terraform
 
-    return {**shell.STEP_TYPES}
+    return {**shell.STEP_TYPES, **cloudformation.STEP_TYPES, **terraform.STEP_TYPES}
 
 
 _LOADED: dict[str, StepType] = {}
@@ -377,3 +381,81 @@ def history_lines(rows: list[dict]) -> str:
                 extra.append(f"error: {p['error']}")
             lines.append(f"  {p.get('step')} ({p.get('type', '-')}, {p.get('status')})" + (": " + ", ".join(extra) if extra else ""))
     return ("\n" + "\n".join(lines) + "\n") if lines else ""
+
+
+# ---------------------------------------------------------------- plan --pipeline
+
+
+def plan_provisioning(runner, sr, infos: list) -> Any:
+    """plan --pipeline, for a target of a stage with provisioner steps: the Options to plan it
+    with, or None when one of its values waits for the steps (it is planned when the pipeline
+    runs). Outputs are known from --provisioner-outputs, or read (DescribeStacks, nothing
+    else) from the stacks that exist of the stage's CloudformationCreateStack steps."""
+    from reconciler.render import render_target
+
+    known, sources = _existing_stack_outputs(runner, sr)
+    settings = dict(sr.opts.provisioner or {})
+    settings["stage"] = {"pending": True, "outputs": known, "used": []}
+    opts = copy.copy(sr.opts)
+    opts.provisioner = settings
+    spec = render_target(runner.ws, sr.target, opts, [])
+    used = sorted(set(settings["stage"]["used"]))
+    infos.append({"pipeline": runner.pipe.identifier, "stage": sr.stage.identifier, "service": sr.target.service,
+                  "environment": sr.target.environment, "infrastructure": sr.target.infrastructure,
+                  "function": spec.name, "region": spec.region,
+                  "steps": [{"step": s.identifier, "type": s.type} for s in sr.stage.provision_steps],
+                  "rollback_steps": [{"step": s.identifier, "type": s.type} for s in sr.stage.provision_rollback_steps],
+                  "waiting_for": [f"provisioner.{n}" for n in used], "known_from_stacks": sources})
+    return None if used else opts
+
+
+def _existing_stack_outputs(runner, sr) -> tuple[dict, dict]:
+    from reconciler.aws import CloudFormation
+
+    known: dict = {}
+    sources: dict = {}
+    for s in sr.stage.provision_steps:
+        if s.type != "CloudformationCreateStack":
+            continue
+        try:
+            spec = resolve_tree(sr, s, s.body.get("spec") or {}, s.path + ("spec",))
+            conf = spec["configuration"]
+            from reconciler.render import _connector
+
+            stack = CloudFormation(runner.aws, conf["region"], _connector(runner.ws, conf.get("connectorRef"))).describe(conf["stackName"])
+        except (KeyError, TypeError, ReconcilerError):
+            continue
+        if stack is None or str(stack.get("StackStatus", "")).endswith(("FAILED", "ROLLBACK_COMPLETE", "DELETE_COMPLETE")):
+            continue
+        for o in stack.get("Outputs") or []:
+            known[o["OutputKey"]] = o.get("OutputValue")
+            sources[o["OutputKey"]] = conf["stackName"]
+    return known, sources
+
+
+def plan_text(infos: list) -> str:
+    """plan --pipeline: the provisioner steps `run` would run, above the plan."""
+    if not infos:
+        return ""
+    out = ["Provisioner steps that `reconciler run` runs before these stages (`apply` does not run them):"]
+    for i in infos:
+        steps = ", ".join(f"{s['step']} ({s['type']})" for s in i["steps"])
+        out.append(f"  stage {i['stage']} [{i['service']} → {i['environment']}/{i['infrastructure']}]: {steps}")
+        if i["rollback_steps"]:
+            out.append("    on rollback: " + ", ".join(f"{s['step']} ({s['type']})" for s in i["rollback_steps"]))
+        for name, stack in sorted(i["known_from_stacks"].items()):
+            out.append(f"    provisioner.{name}: from the outputs of existing stack {stack}")
+        if i["waiting_for"]:
+            out.append(f"? {i['function']}  [{i['service']} → {i['environment']}/{i['infrastructure']}, {i['region']}] "
+                       f"planned when the pipeline runs: it depends on {', '.join('(' + w + ')' for w in i['waiting_for'])}")
+    return "\n".join(out) + "\n\n"
+
+
+def refuse_saved_plan(data: Any, path: str) -> None:
+    """apply PLANFILE: a plan whose stages have provisioner steps is refused (only `run` runs them)."""
+    infos = data.get("provisioners") if isinstance(data, dict) else None
+    if infos:
+        pipes = sorted({i.get("pipeline") for i in infos})
+        stages = ", ".join(sorted({str(i.get("stage")) for i in infos}))
+        raise ReconcilerError(f"this plan needs the provisioner steps of stage(s) {stages}, which `apply` does not run",
+                              path, hint=f"run the pipeline instead: reconciler run {' / '.join(pipes)}")
