@@ -347,7 +347,7 @@ def _function_spec(t: Target, svc: Entity, infra: Entity, scope: Scope, region: 
     if m:
         if m.group("qualifier"):
             raise fdef_doc.error(_key(fdata, "FunctionName"), f"FunctionName '{name}' has a qualifier; give the unqualified function ARN or name")
-        if m.group("region") != region:
+        if m.group("region") != region and not region.startswith("(provisioner."):  # a region still to be provisioned
             raise fdef_doc.error(_key(fdata, "FunctionName"), f"FunctionName ARN is in region {m.group('region')} but infrastructure '{infra.identifier}' deploys to {region}")
         account = m.group("account")
         name = m.group("name")

@@ -248,14 +248,12 @@ def run_step(runner, sr, step, timeout: float) -> tuple[dict, str]:
     ctx = StepContext(runner, sr, step, spec, timeout, mem)
     try:
         got = step_type(step.type).run(ctx)
-    except StepFailed as exc:
-        exc.outputs = masked(exc.outputs)
+    except (StepFailed, ReconcilerError) as exc:
+        if isinstance(exc, StepFailed):
+            exc.outputs = masked(exc.outputs)
         if step.phase == "provision":
             mem["records"].append({"step": step.identifier, "type": step.type, "status": "failed", "error": str(exc)})
-        raise
-    except ReconcilerError as exc:
-        if step.phase == "provision":
-            mem["records"].append({"step": step.identifier, "type": step.type, "status": "failed", "error": str(exc)})
+            _record(runner, sr, "failed")  # updated if the stage goes on (a failure strategy that ignores it)
         raise
     shown = masked(got.outputs, got.sensitive)
     if step.phase == "provision":
@@ -336,19 +334,24 @@ def _now() -> str:
 
 
 def _record(runner, sr, status: str) -> None:
-    """The `provision` record of this stage run, in the history of its target's state."""
+    """The `provision` record of this stage run, in the history of its target's state
+    (written once, then updated)."""
     from reconciler import state as st
 
     mem = memory(runner, sr)
     spec, s = sr.spec, runner.settings
-    rec = {"id": str(uuid.uuid4()), "function": spec.name if "(provisioner." not in str(spec.name) else None, "service": spec.service,
+    rec = {"id": mem.get("record_id") or str(uuid.uuid4()), "function": spec.name if "(provisioner." not in str(spec.name) else None, "service": spec.service,
            "operation": "provision", "status": status, "started_at": mem.get("started_at") or _now(), "finished_at": _now(),
            "version": None, "code_sha256": None, "pipeline": runner.pipe.identifier, "stage": sr.stage.identifier,
            "region": spec.region if "(provisioner." not in str(spec.region) else None,
            "outputs": masked(mem["outputs"], mem.get("sensitive", set())), "provisioned": mem["records"]}
     with st.locked(st.state_path(s.state_dir, sr.target.environment, sr.target.infrastructure), "provision", timeout=s.lock_timeout):
         state = st.load(s.state_dir, sr.target.environment, sr.target.infrastructure)
-        state.history.append(rec)
+        old = next((h for h in state.history if h.get("id") == rec["id"]), None)
+        if old is None:
+            state.history.append(rec)
+        else:
+            old.update(rec, started_at=old.get("started_at") or rec["started_at"])
         state.write()
     mem["record_id"] = rec["id"]
 

@@ -69,6 +69,8 @@ def test_shell_script_provision_maps_the_region(smoke):
     """The script's JSON gives region_name: the function lands in us-east-2, the state's
     history records what was provisioned with the secret-looking output masked."""
     provisioner(smoke, SHELL_STEP, SHELL_UNDO)
+    pipe = smoke.ws / PIPELINE
+    pipe.write_text(pipe.read_text().replace('script: echo "version <+pipeline', 'script: echo "provisioned <+provisioner.region_name>; version <+pipeline'))
     r = smoke.cli("validate")
     assert "(provisioner.region_name)" in r.stdout
     r = smoke.cli("plan", code=1)  # only `run` runs the stage's provisioner steps
@@ -82,6 +84,7 @@ def test_shell_script_provision_maps_the_region(smoke):
     assert got["deployawslambda"]["outputs"]["region"] == "us-east-2"
     assert smoke.aws.aliases(FN, "us-east-2") == {"live": "1"}
     assert smoke.aws.client("lambda", "us-east-1").list_functions()["Functions"] == []
+    assert "provisioned us-east-2; version 1 is healthy" in s["_stderr"]  # the outputs reach every expression of the stage
     assert "undoInfra" not in got  # no rollback: its rollback steps do not run
     assert not (smoke.ws / "provision-undone.txt").exists()
 
@@ -120,6 +123,8 @@ def test_provisioner_step_failure_and_bad_output(smoke):
     assert got["deployawslambda"]["status"] == "Skipped"
     assert got["undoInfra"]["status"] == "Success"  # the provisioner ran (and failed): its rollback runs
     assert smoke.aws.client("lambda", "us-east-2").list_functions()["Functions"] == []
+    prov = [h for h in smoke.state_file("dev", "dev_use1")["history"] if h["operation"] == "provision"]
+    assert len(prov) == 1 and prov[0]["provisioned"][0]["status"] == "failed" and "exited 3" in prov[0]["provisioned"][0]["error"]
 
     pipe = smoke.ws / PIPELINE
     pipe.write_text(pipe.read_text().replace("exit 3", "echo '[1, 2]' > \"$PROVISIONER_OUTPUT_PATH\"; exit 0"))
