@@ -12,8 +12,10 @@ found on PATH, run in the configuration folder of the workspace, as Harness's st
   -auto-approve`. Before applying it records the state (`state pull`); afterwards the outputs
   are `terraform output -json` (sensitive ones masked).
 - `TerraformRollback` / `TerragruntRollback`: `provisionerIdentifier`: when this run's apply
-  started from an empty state, `destroy -auto-approve` with the same inputs; when the state
-  already held resources the step fails saying so (the previous configuration is not kept).
+  started from an empty state, `destroy -auto-approve` with the same inputs; otherwise the
+  configuration of the last successful apply the state's history records at a git commit
+  (an apply records HEAD when its folder and Remote var files are committed unchanged) is
+  applied again from a `git archive` copy; without such a record the step fails saying so.
 - `TerraformDestroy` / `TerragruntDestroy`: `InheritFromPlan`, `InheritFromApply` or `Inline`.
 
 Var files: `varFiles[].varFile` `type: Inline` (`spec.content`, written to a private temporary
@@ -24,15 +26,18 @@ runner (own process group, killed on `timeout`); their output is the step's log.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
 import shutil
+import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from reconciler.errors import ConfigError
+from reconciler.provisioners import workspace_file
 
 GIT_STORES = ("Github", "GitLab", "Bitbucket", "Git", "AzureRepo", "CodeCommit")
 
@@ -150,7 +155,8 @@ class Terraform:
             if isinstance(v, dict) and v.get("sensitive"):
                 sensitive.add(str(k))
         action = "destroyed" if inherit and prev.get("destroy") else "applied"
-        return Provisioned(outputs=outputs, sensitive=sensitive, output=run.output, record={**record, "action": action})
+        return Provisioned(outputs=outputs, sensitive=sensitive, output=run.output,
+                           record={**record, "action": action, "tool": self.tool, **_revision(ctx, run)})
 
     def _rollback(self, ctx, pid: str, prev: dict | None):
         from reconciler.pipeline import StepFailed
@@ -160,14 +166,113 @@ class Terraform:
             ctx.log(f"   no {self.tool} apply of provisioner '{pid}' ran in this run: nothing to roll back")
             return Provisioned(summary={"rolledBack": "false"})
         if not prev.get("previous_empty"):
-            raise StepFailed(f"provisioner '{pid}': the {self.tool} state held resources before this run's apply, and reconciler "
-                             "keeps no earlier configuration to re-apply; roll it back by running the previous revision's pipeline")
+            earlier = _last_applied(ctx, pid, self.tool)
+            if earlier is None:
+                raise StepFailed(f"provisioner '{pid}': the {self.tool} state held resources before this run's apply, and the state "
+                                 "records no earlier apply of it at a git commit to re-apply; roll it back by running the "
+                                 "previous revision's pipeline")
+            return self._reapply(ctx, pid, prev, earlier)
         run = _Run(ctx, self.tool, prev["cfg"], ctx.by_identifier())
         ctx.log(f"   destroying what this run's apply of provisioner '{pid}' created")
         run.go([run.init(), *run.select(), run.cmd("destroy", "-input=false", "-no-color", "-auto-approve", *run.var_args(),
                                                    *run.target_args())])
         return Provisioned(output=run.output, summary={"rolledBack": "true", "action": "destroyed"},
                            record={"provisioner_identifier": pid, "folder": run.folder_rel, "action": "destroyed"})
+
+
+    def _reapply(self, ctx, pid: str, prev: dict, earlier: dict):
+        """Apply the configuration the last successful apply of `pid` recorded: its folder and
+        Remote var files as they were at its git commit (a copy, with this folder's local
+        state files copied in and back), the Inline var files and backend config of now."""
+        from reconciler.pipeline import StepFailed
+        from reconciler.provisioners import Provisioned
+
+        commit, folder_rel = earlier["commit"], earlier["folder"]
+        ctx.log(f"   re-applying provisioner '{pid}' as applied at commit {commit[:12]} ({earlier.get('finished_at') or 'an earlier run'})")
+        tmp = Path(tempfile.mkdtemp(dir=Path(ctx.by_identifier()["tmp"].name) if "tmp" in ctx.by_identifier() else None))
+        paths = [folder_rel] + list(earlier.get("var_files") or [])
+        try:
+            archive = _git(ctx.workspace, "archive", "--format=tar", commit, "--", *[p.strip("/") for p in paths])
+            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                tar.extractall(tmp, filter="data")
+        except (OSError, ValueError, tarfile.TarError) as exc:
+            raise StepFailed(f"cannot read commit {commit[:12]} of the workspace: {exc}") from None
+        cfg = dict(prev["cfg"])
+        cfg["varFiles"] = [v for v in cfg.get("varFiles") or [] if (v.get("varFile") or {}).get("type") == "Inline"] + \
+            [{"varFile": {"type": "Remote", "spec": {"store": {"type": "Git", "spec": {"paths": list(earlier.get("var_files") or [])}}}}}]
+        if not earlier.get("var_files"):
+            cfg["varFiles"] = cfg["varFiles"][:-1]
+        original = workspace_folder(ctx, folder_rel)
+        run = _Run(ctx, self.tool, cfg, ctx.by_identifier(), root=tmp)
+        _copy_state(original, run.folder)
+        try:
+            run.go([run.init(), *run.select(), run.cmd("apply", "-input=false", "-no-color", "-auto-approve", *run.var_args(),
+                                                       *run.target_args())])
+        finally:
+            _copy_state(run.folder, original)
+        return Provisioned(output=run.output, summary={"rolledBack": "true", "action": "reapplied", "commit": commit},
+                           record={"provisioner_identifier": pid, "folder": folder_rel, "action": "reapplied", "commit": commit})
+
+
+STATE_FILES = ("terraform.tfstate", "terraform.tfstate.backup", "terraform.tfstate.d")
+
+
+def _copy_state(src: Path, dst: Path) -> None:
+    """A local backend's state files (the folder's own), from one copy of the configuration to the other."""
+    for name in STATE_FILES:
+        s, d = src / name, dst / name
+        if s.is_dir():
+            shutil.copytree(s, d, dirs_exist_ok=True)
+        elif s.is_file():
+            shutil.copy2(s, d)
+
+
+def workspace_folder(ctx, rel: str) -> Path:
+    return workspace_file(ctx.workspace, rel, lambda m, h=None: ctx.error(("configuration",), m, h), folder=True)
+
+
+def _git(root: Path, *args: str) -> bytes:
+    import subprocess
+
+    git = shutil.which("git")
+    if git is None:
+        raise OSError("git is not on PATH")
+    proc = subprocess.run([git, "-C", str(root), *args], capture_output=True, stdin=subprocess.DEVNULL, timeout=120, check=False)
+    if proc.returncode != 0:
+        raise OSError((proc.stderr.decode("utf-8", "replace").strip().splitlines() or [f"git exited {proc.returncode}"])[-1])
+    return proc.stdout
+
+
+def _revision(ctx, run) -> dict:
+    """The git commit of the configuration just applied, when its folder and Remote var files
+    are committed unchanged (so that a later rollback can apply it again); else nothing."""
+    var_files = []
+    for item in run.cfg.get("varFiles") or []:
+        vf = item.get("varFile") or {}
+        if vf.get("type") == "Remote":
+            var_files += list(vf["spec"]["store"]["spec"]["paths"])
+    try:
+        commit = _git(ctx.workspace, "rev-parse", "HEAD").decode().strip()
+        dirty = _git(ctx.workspace, "status", "--porcelain", "--untracked-files=no", "--", run.folder_rel, *var_files).strip()
+    except (OSError, ValueError):
+        return {}
+    return {} if dirty or not commit else {"commit": commit, "var_files": var_files}
+
+
+def _last_applied(ctx, pid: str, tool: str) -> dict | None:
+    """The last successful apply of `pid` before this run that the target's state records at a commit."""
+    from reconciler import state as st
+
+    t = ctx.sr.target
+    state = st.load(ctx.runner.settings.state_dir, t.environment, t.infrastructure)
+    current = ctx.memory.get("record_id")
+    for h in reversed(state.history):
+        if h.get("operation") != "provision" or h.get("id") == current or h.get("status") != "succeeded":
+            continue
+        for p in reversed(h.get("provisioned") or []):
+            if p.get("provisioner_identifier") == pid and p.get("tool") == tool and p.get("action") == "applied" and p.get("commit"):
+                return {**p, "finished_at": h.get("finished_at")}
+    return None
 
 
 def _check_file(item, err, path: tuple, what: str) -> list[ConfigError]:
@@ -195,8 +300,9 @@ def _empty_state(path: str) -> bool:
 class _Run:
     """The commands of one step, run in the configuration folder through the pipeline's script runner."""
 
-    def __init__(self, ctx, tool: str, cfg: dict, mem: dict):
+    def __init__(self, ctx, tool: str, cfg: dict, mem: dict, root: Path | None = None):
         self.ctx, self.tool, self.cfg = ctx, tool, cfg
+        self.root = root or ctx.workspace
         self.exe = shutil.which(tool)
         from reconciler.pipeline import StepFailed
 
@@ -208,9 +314,7 @@ class _Run:
         if tool == "terragrunt" and _text(mc.get("path")):
             folder_rel = str(Path(folder_rel) / mc["path"])
         self.folder_rel = folder_rel
-        from reconciler.provisioners import workspace_file
-
-        self.folder = workspace_file(ctx.workspace, folder_rel, lambda m, h=None: ctx.error(base + ("configFiles",), m, h), folder=True)
+        self.folder = workspace_file(self.root, folder_rel, lambda m, h=None: ctx.error(base + ("configFiles",), m, h), folder=True)
         if "tmp" not in mem:
             mem["tmp"] = tempfile.TemporaryDirectory(prefix="reconciler-terraform-")
         self.tmp = Path(mem["tmp"].name)
@@ -229,7 +333,8 @@ class _Run:
                 f.write(spec["content"])
             return [p]
         paths = spec["store"]["spec"]["paths"]
-        return [str(self.ctx.workspace_file(rel, path + ("spec", "store", "spec", "paths", i))) for i, rel in enumerate(paths)]
+        return [str(workspace_file(self.root, rel, lambda m, h=None, i=i: self.ctx.error(path + ("spec", "store", "spec", "paths", i), m, h)))
+                for i, rel in enumerate(paths)]
 
     def var_args(self) -> list[str]:
         out = []

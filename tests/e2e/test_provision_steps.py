@@ -434,3 +434,42 @@ def test_sample_provisioned(aws, run_cli, workspace, tmp_path):
     h = p.cli("history", "--format", "json")
     prov = [x for x in json.loads(h.stdout) if x["operation"] == "provision"]
     assert prov[0]["provisioned"][0]["stack_id"] == stack["StackId"]
+
+
+def _git(ws: Path, *args: str) -> None:
+    import subprocess
+
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.com"}
+    subprocess.run(["git", "-C", str(ws), *args], check=True, capture_output=True, env=env)
+
+
+def test_terraform_rollback_reapplies_the_last_recorded_commit(smoke):
+    """A configuration applied before (recorded at its git commit) is changed and committed;
+    the run that applies the change fails its smoke test, and TerraformRollback applies the
+    earlier commit's configuration again, over the same state."""
+    d = _terraform_workspace(smoke)
+    tfvars = smoke.ws / "infra" / "tf" / "dev.tfvars"
+    tfvars.write_text('region_name = "us-east-2"\ngeneration = "one"\n')
+    provisioner(smoke, TF_STEPS, TF_ROLLBACK)
+    (smoke.ws / ".gitignore").write_text(".terraform/\n*.tfstate\nterraform.tfstate.d/\n")
+    _git(smoke.ws, "init", "-q")
+    _git(smoke.ws, "add", "-A")
+    _git(smoke.ws, "commit", "-qm", "one")
+    env = _path_with_standin()
+    s = json.loads(smoke.cli("run", "smokeDeploy", "--format", "json", env_extra=env).stdout)
+    assert steps(s)["tfApply"]["outputs"]["generation"] == "one"
+    prov = [h for h in smoke.state_file("dev", "dev_use1")["history"] if h["operation"] == "provision"][-1]
+    first = prov["provisioned"][1]["commit"]
+
+    tfvars.write_text('region_name = "us-east-2"\ngeneration = "two"\n')
+    _git(smoke.ws, "commit", "-qam", "two")
+    r = smoke.cli("run", "smokeDeploy", "--format", "json", "--var", "healthy=false", env_extra=env, code=1)
+    s = json.loads(r.stdout)
+    assert steps(s)["tfApply"]["outputs"]["generation"] == "two"
+    rb = steps(s)["tfRollback"]
+    assert rb["status"] == "Success", r.stderr
+    assert rb["outputs"] == {"rolledBack": "true", "action": "reapplied", "commit": first}
+    state = json.loads((d / "terraform.tfstate.d" / "dev" / "terraform.tfstate").read_text())
+    assert state["outputs"]["generation"]["value"] == "one" and state["resources"]
+    assert tfvars.read_text().endswith('"two"\n')  # the checkout itself is left as it is
