@@ -11,7 +11,7 @@ from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_m
 from reconciler.expr import Scope, input_default, is_runtime_input, resolve_string, resolve_tree
 from reconciler.load import LOOP, Entity, StageContext, Workspace, pipeline_stages, stage_skipped
 from reconciler.model import FunctionSpec, Target
-from reconciler.schema import input_shape, normalise, region_problem, update_config_fields
+from reconciler.schema import DEFERRED, input_shape, normalise, region_problem, update_config_fields
 from reconciler.yamlsrc import Doc
 
 GIT_STORES = ("Github", "GitLab", "Bitbucket", "Git", "AzureRepo", "CodeCommit")
@@ -347,7 +347,7 @@ def _function_spec(t: Target, svc: Entity, infra: Entity, scope: Scope, region: 
     if m:
         if m.group("qualifier"):
             raise fdef_doc.error(_key(fdata, "FunctionName"), f"FunctionName '{name}' has a qualifier; give the unqualified function ARN or name")
-        if m.group("region") != region and not region.startswith("(provisioner."):  # a region still to be provisioned
+        if m.group("region") != region and DEFERRED not in region:  # a region still to be provisioned
             raise fdef_doc.error(_key(fdata, "FunctionName"), f"FunctionName ARN is in region {m.group('region')} but infrastructure '{infra.identifier}' deploys to {region}")
         account = m.group("account")
         name = m.group("name")
