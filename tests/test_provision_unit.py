@@ -77,14 +77,17 @@ def test_secret_looking_outputs_are_masked():
 class _Infra:
     identifier = "i"
     file = "infra.yaml"
-    body = {"environmentRef": "dev", "spec": {"region": "<+provisioner.region_name>"}}
+
+    def __init__(self):
+        self.body = {"environmentRef": "dev", "spec": {"region": "<+provisioner.region_name>"}}
 
     def line(self, *path):
         return 1
 
 
 class _Ws:
-    pipelines: dict = {}
+    def __init__(self):
+        self.pipelines: dict = {}
 
 
 def test_lookup_pending_then_known():
