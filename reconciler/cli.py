@@ -318,7 +318,8 @@ def rollback(workspace: Workspace = Path("."), service: Services = None, env: En
 def history(workspace: Workspace = Path("."), state_dir: StateDir = None, env: Envs = None, infra: Infras = None,
             function: Annotated[Optional[list[str]], typer.Option("--function", "-f", help="Only this function (repeatable).")] = None,
             format: Annotated[str, typer.Option("--format", help="text or json.")] = "text", debug: Debug = False) -> None:
-    """The deployments recorded in state: time, version, code SHA-256, outcome."""
+    """The deployments recorded in state: time, version, code SHA-256, outcome; and what pipeline
+    stages' provisioner steps provisioned (outputs, stacks), under the table."""
     out = Out()
     try:
         import json

@@ -473,3 +473,40 @@ def test_terraform_rollback_reapplies_the_last_recorded_commit(smoke):
     state = json.loads((d / "terraform.tfstate.d" / "dev" / "terraform.tfstate").read_text())
     assert state["outputs"]["generation"]["value"] == "one" and state["resources"]
     assert tfvars.read_text().endswith('"two"\n')  # the checkout itself is left as it is
+
+
+def test_script_file_source_and_delete_stack_by_reference(smoke):
+    """A ShellScriptProvision script from a workspace file (source type Harness) and a
+    CloudformationDeleteStack rollback step that finds the stack by provisionerIdentifier."""
+    (smoke.ws / "cfn").mkdir()
+    (smoke.ws / "cfn" / "network.yaml").write_text(TEMPLATE)
+    (smoke.ws / "scripts").mkdir()
+    (smoke.ws / "scripts" / "outputs.sh").write_text('printf \'{"team": "%s", "replicas": 2}\' "$TEAM" > "$PROVISIONER_OUTPUT_PATH"\n')
+    script_step = """
+- step:
+    type: ShellScriptProvision
+    identifier: fromFile
+    name: from file
+    timeout: 1m
+    spec:
+      source: {type: Harness, spec: {file: /scripts/outputs.sh}}
+      environmentVariables:
+        - {name: TEAM, type: String, value: <+service.name>}
+"""
+    delete_step = """
+- step:
+    type: CloudformationDeleteStack
+    identifier: deleteStack
+    name: delete stack
+    timeout: 10m
+    spec:
+      configuration: {type: Reference, spec: {provisionerIdentifier: network}}
+"""
+    provisioner(smoke, CFN_CREATE + script_step, delete_step)
+    s = run_json(smoke, "--var", "healthy=false", code=1)
+    got = steps(s)
+    assert got["fromFile"]["outputs"] == {"team": "smoke", "replicas": 2}
+    assert got["deleteStack"]["status"] == "Success" and got["deleteStack"]["outputs"] == {"deleted": "true"}
+    assert _stack(smoke) is None or _stack(smoke)["StackStatus"] == "DELETE_COMPLETE"
+    prov = [h for h in smoke.state_file("dev", "dev_use1")["history"] if h["operation"] == "provision"][-1]
+    assert prov["outputs"] == {"region_name": "us-east-2", "team": "smoke", "replicas": 2}
