@@ -256,6 +256,9 @@ def run_step(runner, sr, step, timeout: float) -> tuple[dict, str]:
             _record(runner, sr, "failed")  # updated if the stage goes on (a failure strategy that ignores it)
         raise
     shown = masked(got.outputs, got.sensitive)
+    masker = getattr(runner, "masker", None)  # the run's output masking, where the runner has one
+    if masker is not None:
+        masker.add(*(str(got.outputs[k]) for k, v in shown.items() if v == MASK and got.outputs[k] is not None))
     if step.phase == "provision":
         mem["outputs"].update(got.outputs)
         mem.setdefault("sensitive", set()).update(k for k in got.outputs if k in got.sensitive or is_secret(k))
