@@ -285,8 +285,27 @@ def _check_fresh(plan: Plan, writer: StateWriter, fps: list[FunctionPlan], aws, 
     return {} if writer.shared else {fp.name: live for fp, live in zip(fps, lives)}
 
 
+def _with_secrets(fp: FunctionPlan, spec: FunctionSpec, config: dict, writer: "StateWriter", aws) -> dict:
+    from reconciler import secrets as sec
+
+    if not any(sec.references(v) for v in sec.env_vars(config).values()):
+        return config
+    values = fp.secrets
+    if values is None:
+        values = sec.read_values(aws, sec.wanted_by([spec]))
+        sealer = sec.sealer_for(writer.path, create=True)
+        for k, v in sec.env_vars(config).items():
+            if sec.references(v) and fp.secret_seals.get(k) != sealer.seal(sec.fill(v, spec.region, values)):
+                raise StaleError(f"saved plan is stale: secret {k} of function {spec.name} changed in the store since it was made",
+                                 hint="run plan again")
+    return sec.fill(config, spec.region, values)
+
+
 def _record(state: st.State, fp: FunctionPlan, spec: FunctionSpec, snap: dict, version: str | None, config: dict) -> None:
+    from reconciler.secrets import env_vars, references, shown
+
     state.region = state.region or spec.region
+    refs = {k: shown(v) for k, v in env_vars(spec.config).items() if references(v)}
     state.functions[spec.name] = {
         "service": spec.service,
         "region": spec.region,
@@ -304,6 +323,8 @@ def _record(state: st.State, fp: FunctionPlan, spec: FunctionSpec, snap: dict, v
         "connector": spec.connector,
         "updated_at": st.now(),
     }
+    if refs:  # the references; the state holds only seals of their values (reconciler.secrets)
+        state.functions[spec.name]["secrets"] = refs
 
 
 def close_interrupted(state: st.State, name: str, by: dict) -> list[dict]:
@@ -344,6 +365,9 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
     current = writer.read()
     recorded = current.functions.get(spec.name)
     config, _ = desired_config(spec, recorded)
+    # secret references are resolved now, in memory: the values the plan read, or (a saved
+    # plan) read again, refused if a secret changed in the store since the plan was made
+    config = _with_secrets(fp, spec, config, writer, aws)
     # the deployments this apply converges: killed ones, and the last one if its rollback failed
     last = interrupted_deployment(current.history, spec.name)
     stale = ([h for h in current.history if h.get("function") == spec.name and (h.get("status") in IN_FLIGHT or h is last)]
@@ -366,6 +390,9 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
         "code_params": fp.code.get("params"), "publish": bool(fp.publish or reuse),
         "previous": killed["previous"] if killed else _previous(before, recorded), "steps": [],
     }
+    secret_keys = sorted(set(fp.secret_seals) | set((recorded or {}).get("secrets") or {}))
+    if secret_keys and not killed:
+        record["previous"]["secrets"] = secret_keys
     if stale:
         record["converges"] = [h["id"] for h in stale]
 
@@ -578,11 +605,13 @@ def _in_flight_names(state: st.State) -> set[str]:
 
 
 def _reason(exc: BaseException) -> str:
+    from reconciler.secrets import scrub
+
     if isinstance(exc, ReconcilerError):
-        return str(exc)
+        return scrub(str(exc), errors=True)
     if isinstance(exc, (KeyboardInterrupt, Interrupted)):
         return "interrupted"
-    return f"{type(exc).__name__}: {exc}"
+    return scrub(f"{type(exc).__name__}: {exc}", errors=True)
 
 
 def _failed(exc: BaseException, fp: FunctionPlan, spec: FunctionSpec, config: dict, recorded: dict | None, record: dict,
@@ -749,6 +778,8 @@ def restore(aws, name: str, region: str, connector: dict | None, prev: dict, log
         if f == "SnapStart" and v.get("ApplyOn") == "None" and not (prev_conf.get("SnapStartResponse") or prev_conf.get("SnapStart")):
             continue
         want[f] = v
+    if "Environment" in want:
+        want["Environment"] = {**want["Environment"], "Variables": _unsealed(name, lam, prev, now, want["Environment"].get("Variables") or {})}
     live_now = project(now.get("configuration") or {}, want)
     if live_now != want:
         log(f"{name}: restoring configuration")
@@ -766,6 +797,35 @@ def restore(aws, name: str, region: str, connector: dict | None, prev: dict, log
     if tags_now != tags_prev and now.get("arn"):
         lam.untag(now["arn"], [k for k in tags_now if k not in tags_prev])
         lam.tag(now["arn"], {k: v for k, v in tags_prev.items() if tags_now.get(k) != v})
+
+
+def _unsealed(name: str, lam, prev: dict, now: dict, variables: dict) -> dict:
+    """A snapshot's environment with each sealed value (the state keeps no secret in clear)
+    found again: the value Lambda holds now, or the one of the version the snapshot ran,
+    whichever has that seal; else the function cannot be restored by reconciler."""
+    from reconciler import secrets as sec
+
+    sealed = {k: v for k, v in variables.items() if sec.is_sealed(v)}
+    if not sealed:
+        return variables
+    candidates = [sec.env_vars(now.get("configuration"))]
+    out = dict(variables)
+    for k, seal in sealed.items():
+        sealer = sec.sealer_by_kid(seal)
+        found = None
+        for i in range(2):
+            if i == 1 and len(candidates) == 1:
+                got = lam.get_function(name, prev["version"]) if prev.get("version") else None
+                candidates.append(sec.env_vars((got or {}).get("Configuration")))
+            value = candidates[i].get(k) if i < len(candidates) else None
+            if value is not None and sealer is not None and sealer.seal(value) == seal:
+                found = value
+                break
+        if found is None:
+            raise AwsError(f"{name}: the earlier value of environment variable {k} is sensitive and not kept in the state, and neither "
+                           f"$LATEST nor version {prev.get('version') or '(none)'} holds it; set it by hand")
+        out[k] = found
+    return out
 
 
 def _code_params_for(prev: dict, lam, name: str) -> dict:

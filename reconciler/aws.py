@@ -21,6 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
 from reconciler.errors import AwsError
+from reconciler.secrets import scrub
 
 RETRY = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10, read_timeout=70)
 # "not found" is what AWS's error code says, never the HTTP status alone: a 404 from a proxy or
@@ -119,15 +120,17 @@ def call(what: str, fn, *args, not_found_none: bool | tuple[str, ...] = False, *
         if not_found_none and _code(exc) in (not_found_none if isinstance(not_found_none, tuple) else NOT_FOUND):
             return None
         msg = exc.response.get("Error", {}).get("Message") or str(exc)
-        err = AwsError(f"{what}: {_code(exc)}: {msg}")
+        # AWS's text may echo the request (Lambda's environment size error lists the
+        # variables): every known secret and environment value is scrubbed from it
+        err = AwsError(scrub(f"{what}: {_code(exc)}: {msg}", errors=True))
         err.code = _code(exc)
         # retries botocore made before this answer: an earlier attempt may have taken effect
         err.attempts = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
         raise err from None
     except WaiterError as exc:
-        raise AwsError(f"{what}: {exc}") from None
+        raise AwsError(scrub(f"{what}: {exc}", errors=True)) from None
     except BotoCoreError as exc:
-        raise AwsError(f"{what}: {exc}") from None
+        raise AwsError(scrub(f"{what}: {exc}", errors=True)) from None
 
 
 def pages(what: str, client, operation: str, **kwargs):
@@ -438,6 +441,16 @@ def ecr_image(aws: Aws, art: dict, repos_cache: dict | None = None) -> dict:
         image = best
     digest = image["imageDigest"]
     return {"sha256": digest.split(":", 1)[1], "digest": digest, "image_uri": f"{uri}@{digest}", "tag": tag, "uri": f"{uri}:{tag}" if tag else f"{uri}@{digest}"}
+
+
+def read_secret(aws: Aws, region: str, connector: dict | None, store: str, name: str) -> str | None:
+    """A secret's string value: Secrets Manager GetSecretValue, or SSM GetParameter with
+    decryption (a SecureString). Errors are AwsError with AWS's code (never the value)."""
+    if store == "ssm":
+        got = call(f"reading SSM parameter {name}", aws.client("ssm", region, connector).get_parameter, Name=name, WithDecryption=True)
+        return (got.get("Parameter") or {}).get("Value")
+    got = call(f"reading secret {name}", aws.client("secretsmanager", region, connector).get_secret_value, SecretId=name)
+    return got.get("SecretString")
 
 
 def caller_account(aws: Aws, region: str, connector: dict | None) -> str:

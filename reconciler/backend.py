@@ -85,44 +85,59 @@ class BackendConfig:
     sources: dict = field(default_factory=dict, compare=False, repr=False)  # key → where its value came from
 
 
+SECTIONS = ("backend", "secrets")
+
+
+def config_document(workspace: Path | str = "."):
+    """reconciler.yaml at the workspace root, parsed (a yamlsrc.Doc), or None without one."""
+    path = Path(workspace) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    from reconciler.errors import did_you_mean
+    from reconciler.yamlsrc import load_yaml_documents
+
+    shown = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read file: {exc}", shown) from None
+    docs = load_yaml_documents(text, shown)
+    if len(docs) > 1:
+        raise ConfigError(f"expected one document, found {len(docs)}", shown, 1)
+    doc = docs[0] if docs else None
+    if doc is None:
+        return None
+    if not isinstance(doc.data, dict):
+        raise doc.error((), "expected a mapping with 'backend' and/or 'secrets' keys")
+    for k in doc.data:
+        if k not in SECTIONS:
+            raise doc.error((k,), f"unknown key '{k}'", did_you_mean(str(k), SECTIONS))
+    return doc
+
+
 def read_config(workspace: Path | str = ".", overrides: list[str] | tuple = (), environ: dict | None = None) -> BackendConfig:
     """The backend configuration: defaults < reconciler.yaml < RECONCILER_BACKEND_* < --backend-config."""
     environ = os.environ if environ is None else environ
     values: dict[str, str] = {}
     sources: dict[str, str] = {}
-    path = Path(workspace) / CONFIG_FILE
-    if path.is_file():
+    doc = config_document(workspace)
+    if doc is not None:
         from reconciler.errors import did_you_mean
-        from reconciler.yamlsrc import load_yaml_documents
 
-        shown = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read file: {exc}", shown) from None
-        docs = load_yaml_documents(text, shown)
-        if len(docs) > 1:
-            raise ConfigError(f"expected one document, found {len(docs)}", shown, 1)
-        doc = docs[0] if docs else None
-        if doc is not None:
-            if not isinstance(doc.data, dict):
-                raise doc.error((), "expected a mapping with a 'backend' key")
-            for k in doc.data:
-                if k != "backend":
-                    raise doc.error((k,), f"unknown key '{k}'", did_you_mean(str(k), ["backend"]))
-            be = doc.data.get("backend")
-            if be is not None and not isinstance(be, dict):
-                raise doc.error(("backend",), "'backend' must be a mapping (type, bucket, key_prefix, region, lock, table)")
-            for k, v in (be or {}).items():
-                if k not in KEYS:
-                    raise doc.error(("backend", k), f"unknown backend key '{k}'", did_you_mean(str(k), KEYS))
-                if v is None:
-                    continue
-                if isinstance(v, (dict, list)):
-                    raise doc.error(("backend", k), f"backend.{k} must be a string")
-                values[k] = str(v)
-                line = doc.line(("backend", k))
-                sources[k] = f"{shown}:{line}" if line else shown
+        shown = doc.file
+        be = doc.data.get("backend")
+        if be is not None and not isinstance(be, dict):
+            raise doc.error(("backend",), "'backend' must be a mapping (type, bucket, key_prefix, region, lock, table)")
+        for k, v in (be or {}).items():
+            if k not in KEYS:
+                raise doc.error(("backend", k), f"unknown backend key '{k}'", did_you_mean(str(k), KEYS))
+            if v is None:
+                continue
+            if isinstance(v, (dict, list)):
+                raise doc.error(("backend", k), f"backend.{k} must be a string")
+            values[k] = str(v)
+            line = doc.line(("backend", k))
+            sources[k] = f"{shown}:{line}" if line else shown
     for k in KEYS:
         v = environ.get(ENV_PREFIX + k.upper())
         if v:
@@ -199,9 +214,13 @@ def make(cfg: BackendConfig) -> "Backend":
 
 
 def configure(workspace: Path | str = ".", overrides: list[str] | tuple = ()) -> "Backend":
-    """Read the configuration for this workspace and make its backend current."""
+    """Read the configuration for this workspace and make its backend current (and its
+    `secrets` section: the secret store and the masking policy)."""
+    from reconciler import secrets
+
     backend = make(read_config(workspace, overrides))
     use(backend)
+    secrets.configure(workspace)
     return backend
 
 
@@ -368,6 +387,17 @@ class Backend:
     def unreadable_hint(self, path) -> str | None:
         return None
 
+    # the state's fingerprint key (reconciler.secrets), kept beside the state, not in it
+    def read_key(self, path) -> bytes | None:
+        raise NotImplementedError
+
+    def create_key(self, path, key: bytes) -> bytes:
+        """Store `key` unless a key exists (a concurrent run made one): returns the key kept."""
+        raise NotImplementedError
+
+
+KEY_SUFFIX = ".key"
+
 
 class LocalBackend(Backend):
     """One JSON file per infrastructure below the state directory, and beside it the
@@ -388,6 +418,26 @@ class LocalBackend(Backend):
             return path.read_text(encoding="utf-8"), None
         except FileNotFoundError:
             return None, None
+
+    def read_key(self, path) -> bytes | None:
+        try:
+            return Path(str(path) + KEY_SUFFIX).read_bytes().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def create_key(self, path, key: bytes) -> bytes:
+        kp = Path(str(path) + KEY_SUFFIX)
+        private_mkdir(kp.parent)
+        try:
+            fd = private_open(kp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            return self.read_key(path) or key
+        try:
+            os.write(fd, key + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return key
 
     def unreadable_hint(self, path) -> str | None:
         path = Path(path)
@@ -800,6 +850,33 @@ class S3Backend(Backend):
 
     def unreadable_hint(self, path) -> str | None:
         return "restore an earlier version of the object (keep versioning enabled on the bucket)"
+
+    def read_key(self, path) -> bytes | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self._key_of(path) + KEY_SUFFIX
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read().strip() or None
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise self._aws_error(f"cannot read the state's fingerprint key s3://{self.bucket}/{key}", exc) from None
+        except BotoCoreError as exc:
+            raise self._aws_error(f"cannot read the state's fingerprint key s3://{self.bucket}/{key}", exc) from None
+
+    def create_key(self, path, key: bytes) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        name = self._key_of(path) + KEY_SUFFIX
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=name, Body=key + b"\n", IfNoneMatch="*", **self.encryption())
+            return key
+        except ClientError as exc:
+            if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return self.read_key(path) or key
+            raise self._aws_error(f"cannot store the state's fingerprint key s3://{self.bucket}/{name}", exc) from None
+        except BotoCoreError as exc:
+            raise self._aws_error(f"cannot store the state's fingerprint key s3://{self.bucket}/{name}", exc) from None
 
     def read(self, path) -> tuple[str | None, Any]:
         from botocore.exceptions import BotoCoreError, ClientError

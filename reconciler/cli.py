@@ -39,7 +39,7 @@ Artifact = Annotated[Optional[str], typer.Option("--artifact", help="Artifact so
 StateDir = Annotated[Optional[Path], typer.Option("--state-dir", help="State directory [default: ./state, or RECONCILER_STATE_DIR].")]
 Format = Annotated[str, typer.Option("--format", help="Output format: text, json or markdown.")]
 NoColor = Annotated[bool, typer.Option("--no-color", help="No colours (also NO_COLOR).")]
-ShowValues = Annotated[bool, typer.Option("--show-values", help="Show environment variable values instead of masking them.")]
+ShowValues = Annotated[bool, typer.Option("--show-values", help="Show the values of sensitive environment variables (by name, or all with secrets.mask_all) instead of masking them; values from secrets are never shown.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log each step on stderr.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
 LockTimeout = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for the state lock (default: fail at once).")]
@@ -407,10 +407,11 @@ def state_show(name: Annotated[str, typer.Argument(help="Function name.")], stat
         docs = []
         for s, f in found:
             f = json.loads(json.dumps(f))
-            if not show_values:
-                env_vars = (f.get("configuration", {}).get("Environment") or {}).get("Variables")
-                if isinstance(env_vars, dict):
-                    f["configuration"]["Environment"]["Variables"] = {k: "(sensitive)" for k in env_vars}
+            env_vars = (f.get("configuration", {}).get("Environment") or {}).get("Variables")
+            if isinstance(env_vars, dict):
+                from reconciler.views import _mask_vars
+
+                f["configuration"]["Environment"]["Variables"] = _mask_vars(env_vars, show_values)
             docs.append({"function": name, "environment": s.environment, "infrastructure": s.infrastructure, "state_file": str(s.path), **f})
         if format == "json":
             out.result(json.dumps(docs if len(docs) > 1 else docs[0], indent=2) + "\n")
@@ -443,7 +444,11 @@ def _terminated(signum, frame) -> None:
 def main() -> None:
     import signal
 
+    from reconciler.secrets import guard_output
+
     signal.signal(signal.SIGTERM, _terminated)
+    # a known secret value never reaches stdout or stderr, whatever prints it
+    guard_output(show_sensitive="--show-values" in sys.argv[1:])
     try:
         app()
     except KeyboardInterrupt:

@@ -278,6 +278,19 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
                 locked.add(str(path))
             states[key] = early.states.get(key) if early is not None and key in early.states else st.load(ctx.state_dir, *key)
 
+        # secrets: each reference read once from the store (an error names every reference
+        # that cannot be read, and where it is used, never a value); the sealer of each state
+        # (its fingerprint key: created when a function there uses a secret)
+        from reconciler import secrets as sec
+
+        wanted = sec.wanted_by(specs)
+        secret_values = sec.read_values(aws, wanted) if wanted else {}
+        sealers = {key: sec.sealer_for(st.state_path(ctx.state_dir, *key),
+                                       create=any(sec.references(sec.env_vars(s.config)) for s in by_key[key]))
+                   for key in by_key}
+        for s in specs:
+            sec.remember_env(s.config)
+
         # artifacts: once per distinct artifact, whatever number of functions deploy it;
         # an ECR repository once whatever number of tags are read from it
         cache: dict[str, str] = {}
@@ -341,8 +354,10 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
         for s, live in zip(ordered, lives):
             state = states[(s.environment, s.infrastructure)]
             code = code_by_artifact[_artifact_key(s.artifact)]
+            sec.remember_env(live.get("configuration"))
             fp = plan_function(s, state.functions.get(s.name), live, code, str(state.path),
-                               interrupted=interrupted_deployment(state.history, s.name))
+                               interrupted=interrupted_deployment(state.history, s.name),
+                               secrets=secret_values, sealer=sealers[(s.environment, s.infrastructure)])
             fp.live = live
             plan.functions.append(fp)
 

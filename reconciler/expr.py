@@ -66,7 +66,12 @@ class Scope:
                 raise KeyError(f"<+{e}>: no provisioner outputs here", "give them with --provisioner-outputs FILE or the infrastructure's spec.provisioner")
             return self.provisioner(e[len("provisioner."):])
         if e.startswith("secrets.getValue"):
-            raise KeyError(f"<+{e}>: secrets are not supported by this version; pass the value with --var", None)
+            from reconciler.secrets import placeholder, reference_id
+
+            sid = reference_id(e)
+            if not sid:
+                raise KeyError(f"<+{e}>: a secret reference is <+secrets.getValue(\"ID\")> (or \"ID#key\" for a key of a JSON secret)", None)
+            return placeholder(sid)
         if not self.in_pipeline and e.split(".", 1)[0] in PIPELINE_ROOTS:
             raise KeyError(f"<+{e}> has a value only where a pipeline stage deploys this target, and no pipeline in the workspace does",
                            "deploy it from a pipeline stage (reconciler run / plan --pipeline), or use a service or environment variable")

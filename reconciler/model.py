@@ -101,6 +101,11 @@ class FunctionPlan:
     live_fingerprint: str = ""  # what was live when planned; a saved plan is refused if it moved
     state_file: str = ""
     notes: list[str] = field(default_factory=list)
+    # environment variable → seal (reconciler.secrets) of the secret value planned: an apply
+    # that reads the store again refuses the plan if a secret changed since
+    secret_seals: dict = field(default_factory=dict)
+    # the secrets' values read while planning, {(region, id): value} (in memory only, never saved)
+    secrets: dict | None = field(default=None, repr=False, compare=False)
     # the live snapshot the plan was made from (in memory only, never saved): an apply that
     # held the state's lock since that read uses it as its rollback data instead of reading again
     live: dict | None = field(default=None, repr=False, compare=False)
@@ -110,7 +115,7 @@ class FunctionPlan:
         return self.action in ("create", "update", "delete")
 
     def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "live"}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("live", "secrets")}
         d["changes"] = [c.to_dict() for c in self.changes]
         d["drift"] = [c.to_dict() for c in self.drift]
         return d

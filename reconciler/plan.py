@@ -180,8 +180,37 @@ def spec_dict(spec: FunctionSpec) -> dict:
 _SPEC_FIELDS = tuple(f.name for f in fields(FunctionSpec))
 
 
+def _secret_view(spec: FunctionSpec, config: dict, live: dict, recorded: dict | None, values: dict | None, sealer) -> tuple[dict, dict, list[str]]:
+    """The desired configuration with each secret environment value sealed, the live one
+    likewise (compared seal to seal: a change shows, a value never), and the notes about
+    secrets that changed in the store."""
+    from reconciler import secrets as sec
+
+    keys = {k: v for k, v in sec.env_vars(config).items() if sec.references(v)}
+    if not keys or sealer is None:
+        return config, live, []
+    live_env = sec.env_vars(live.get("configuration"))
+    seals = {k: sealer.seal(sec.fill(v, spec.region, values or {})) for k, v in keys.items()}
+    config = {**config, "Environment": {**config["Environment"], "Variables": {**sec.env_vars(config), **seals}}}
+    if live.get("exists") and any(k in live_env for k in keys):
+        for k in keys:
+            sec.remember(live_env.get(k), secret=True)
+        conf = dict(live["configuration"])
+        conf["Environment"] = {**(conf.get("Environment") or {}),
+                               "Variables": {k: (sealer.seal(v) if k in keys and v is not None else v) for k, v in live_env.items()}}
+        live = {**live, "configuration": conf}
+    notes = []
+    rec_env = sec.env_vars((recorded or {}).get("configuration"))
+    live_sealed = sec.env_vars(live.get("configuration"))
+    for k, seal in sorted(seals.items()):
+        was = rec_env.get(k)
+        if sealer.can_check(was) and was == live_sealed.get(k) and was != seal:
+            notes.append(f"secret {k} changed in the store")
+    return config, live, notes
+
+
 def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: dict, state_file: str,
-                  interrupted: dict | None = None) -> FunctionPlan:
+                  interrupted: dict | None = None, secrets: dict | None = None, sealer=None) -> FunctionPlan:
     """One function's plan. `recorded` is its entry in state (or None), `live` a
     live.snapshot(), `code` the resolved artifact ({"sha256", "source", ...}),
     `interrupted` the in-flight record of a deployment that was killed (see
@@ -192,6 +221,11 @@ def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: d
         state_file=state_file,
     )
     config, fp.notes = desired_config(spec, recorded)
+    config, live_cmp, secret_notes = _secret_view(spec, config, live, recorded, secrets, sealer)
+    fp.secrets = secrets
+    fp.secret_seals = {k: v for k, v in config.get("Environment", {}).get("Variables", {}).items()
+                       if k in (spec.config.get("Environment") or {}).get("Variables", {}) and _is_sealed(v)}
+    fp.notes += secret_notes
     if interrupted:
         fp.notes.insert(0, interrupted_note(interrupted))
     if recorded and live.get("exists") and not interrupted:
@@ -235,7 +269,7 @@ def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: d
         changes.append(Change("code", "CodeSha256", live.get("code_sha256"), code["sha256"]))
     if spec.architectures and list(spec.architectures) != list(live.get("architectures") or []):
         changes.append(Change("code", "Architectures", live.get("architectures"), spec.architectures))
-    changes.extend(diff_values("config", project(live["configuration"], config), config))
+    changes.extend(diff_values("config", project(live_cmp["configuration"], config), config))
     fp.publish = bool(changes)
     if recorded is None and not interrupted:
         fp.notes.append("the function exists in Lambda but not in the state: it will be adopted")
@@ -324,7 +358,7 @@ def drift(recorded: dict, live: dict) -> list[Change]:
     """What changed in Lambda since reconciler last recorded this function."""
     out: list[Change] = []
     applied = recorded.get("configuration", {})
-    out.extend(diff_values("config", applied, project(live["configuration"], applied)))
+    out.extend(diff_values("config", applied, _sealed_like(applied, project(live["configuration"], applied))))
     if recorded.get("code_sha256") and recorded["code_sha256"] != live.get("code_sha256"):
         out.append(Change("code", "CodeSha256", recorded["code_sha256"], live.get("code_sha256")))
     out.extend(diff_values("tag", user_tags(recorded.get("tags")), user_tags(live.get("tags")), "Tags"))
@@ -337,6 +371,34 @@ def drift(recorded: dict, live: dict) -> list[Change]:
             out.append(Change("alias", name, (a or {}).get("version"), (b or {}).get("version"),
                               "delete" if b is None else "update"))
     return out
+
+
+def _is_sealed(value: Any) -> bool:
+    from reconciler.secrets import is_sealed
+
+    return is_sealed(value)
+
+
+def _sealed_like(applied: dict, live: dict) -> dict:
+    """The live configuration with each environment value the state holds sealed sealed
+    too (with the same key), so that the two compare without a value in the change; a
+    seal whose key is not at hand is taken as unchanged (it cannot be checked)."""
+    from reconciler import secrets as sec
+
+    rec_env = sec.env_vars(applied)
+    if not any(sec.is_sealed(v) for v in rec_env.values()):
+        return live
+    live_env = sec.env_vars(live)
+    out_env = {}
+    for k, v in live_env.items():
+        was = rec_env.get(k)
+        if sec.is_sealed(was) and v is not None:
+            sealer = sec.sealer_by_kid(was)
+            sec.remember(v, secret=True)
+            out_env[k] = sealer.seal(v) if sealer is not None else was
+        else:
+            out_env[k] = v
+    return {**live, "Environment": {**(live.get("Environment") or {}), "Variables": out_env}}
 
 
 def orphan(name: str, recorded: dict, live: dict, prune: bool, state_file: str, environment: str, infrastructure: str) -> FunctionPlan:

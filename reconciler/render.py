@@ -12,6 +12,7 @@ from reconciler.expr import Scope, input_default, is_runtime_input, resolve_stri
 from reconciler.load import LOOP, Entity, StageContext, Workspace, pipeline_stages, stage_skipped
 from reconciler.model import FunctionSpec, Target
 from reconciler.schema import DEFERRED, input_shape, normalise, region_problem, update_config_fields
+from reconciler.secrets import references
 from reconciler.yamlsrc import Doc
 
 GIT_STORES = ("Github", "GitLab", "Bitbucket", "Git", "AzureRepo", "CodeCommit")
@@ -188,6 +189,11 @@ def _variables(entity: Entity, path: tuple, errors: list) -> dict[str, tuple[Any
             except ValueError:
                 errors.append(entity.error(vp + ("value",), f"variable '{var['name']}' is a Number but its value is '{value}'"))
                 continue
+        if vtype == "Secret" and isinstance(value, str) and value.strip() and "<+" not in value:
+            # a Secret variable's value names a secret (as in Harness): it is a reference
+            from reconciler.secrets import expression
+
+            value = expression(value.strip())
         out[str(var["name"])] = (value, entity, vp + ("value",))
     return out
 
@@ -372,6 +378,7 @@ def _function_spec(t: Target, svc: Entity, infra: Entity, scope: Scope, region: 
         for required in ("Runtime", "Handler"):
             if not fdef.get(required):
                 raise fdef_doc.error((), f"function definition has no '{required}' (required for a Zip function)")
+    _secrets_only_in_environment(fdef, fdef_doc, fdata)
     updatable = update_config_fields()
     config = {k: v for k, v in fdef.items() if k in updatable}
     create_only = {k: v for k, v in fdef.items() if k not in updatable}
@@ -390,6 +397,8 @@ def _function_spec(t: Target, svc: Entity, infra: Entity, scope: Scope, region: 
                 warnings.append(f"{adoc.file}:{adoc.line(_key(adata, filled))}: '{filled}' in an alias definition is ignored; reconciler fills it in")
         if not alias.get("Name"):
             raise adoc.error((), "alias definition has no 'name'")
+        if references(alias):
+            raise adoc.error((), "a secret reference can only be used in an environment variable of the function definition")
         if alias["Name"] in seen_alias:
             raise adoc.error(_key(adata, "Name"), f"alias '{alias['Name']}' is defined twice (also in {seen_alias[alias['Name']]})")
         seen_alias[alias["Name"]] = f"{adoc.file}:{adoc.line(_key(adata, 'Name'))}"
@@ -416,6 +425,20 @@ def _function_spec(t: Target, svc: Entity, infra: Entity, scope: Scope, region: 
         allow_simultaneous=str(infra.body.get("allowSimultaneousDeployments", False)).strip().lower() == "true",
         source=where,
     )
+
+
+def _secrets_only_in_environment(fdef: dict, doc: Doc, fdata: dict) -> None:
+    """Secret values go to Lambda as environment variables only: anywhere else in the
+    definition (a description, a tag, a name) they would be shown and stored in clear."""
+    for k, v in fdef.items():
+        if k == "Environment" and isinstance(v, dict):
+            inner = {kk: vv for kk, vv in v.items() if kk != "Variables"}
+            if not references(inner):
+                continue
+        elif not references(v):
+            continue
+        raise doc.error(_key(fdata, k), f"a secret reference is used in {k}: secrets can only be used as environment variable values "
+                        "(they are masked and never stored there)")
 
 
 def _key(data: dict, canon: str) -> tuple:
@@ -501,6 +524,8 @@ def _artifact(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Sco
     stype = src.get("type")
     raw = _source_inputs(svc, sp, str(stype), ref, t, opts)
     spec = resolve_tree(raw, scope, svc.doc, ("service",) + sp + ("spec",))
+    if references(spec):
+        raise svc.error(sp + ("spec",), "a secret reference can only be used in an environment variable of the function definition")
 
     def need(key: str) -> Any:
         v = spec.get(key)

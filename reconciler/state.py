@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from reconciler import backend as _backend
+from reconciler import secrets as _secrets
 from reconciler.backend import StateConflictError  # noqa: F401  (re-exported)
 from reconciler.errors import ReconcilerError
 
@@ -59,6 +60,8 @@ class State:
     backend: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
+        """The stored document: every sensitive environment value sealed (never in clear)."""
+        sealer = _secrets.LazySealer(self.path)
         return {
             "format_version": FORMAT_VERSION,
             "lineage": self.lineage,
@@ -66,9 +69,9 @@ class State:
             "environment": self.environment,
             "infrastructure": self.infrastructure,
             "region": self.region,
-            "functions": dict(sorted(self.functions.items())),
+            "functions": {k: _secrets.seal_entry(v, sealer) for k, v in sorted(self.functions.items())},
             "artifacts": self.artifacts,
-            "history": self.history,
+            "history": [_secrets.seal_record(h, sealer) for h in self.history],
         }
 
     @property
@@ -116,9 +119,10 @@ class State:
         for r in records:
             if not any(r is x for x in recs):
                 recs.append(r)
-        named = {name: self.functions.get(name) for name in functions}
+        sealer = _secrets.LazySealer(self.path)
+        named = {name: _secrets.seal_entry(self.functions.get(name), sealer) for name in functions}
         line = _encode_line({"lineage": self.lineage, "serial": self.serial + 1, "region": self.region,
-                             "functions": named, "records": recs}).encode("utf-8") + b"\n"
+                             "functions": named, "records": [_secrets.seal_record(r, sealer) for r in recs]}).encode("utf-8") + b"\n"
         if sync is None:
             sync = any(r.get("status") == "in_progress" and not r.get("steps") for r in recs)
         version = b.append(self.path, line, self.read_version, sync)
@@ -220,6 +224,8 @@ def _read(b, path: Any, environment: str, infrastructure: str) -> tuple[dict | N
             return None, None, None
         data = parse(text, path, environment, infrastructure, hint=b.unreadable_hint(path))
         version = b.replay(path, data, text, token)
+        if version is not None and (b.journal or _secrets.SEAL_PREFIX in text):
+            _secrets.sealer_for(path, create=False)  # its seals can be checked (drift, rollback)
         if version is not None:
             return data, version, text
     raise ReconcilerError("state file keeps being replaced while it is read", str(path), hint="run again")

@@ -9,28 +9,47 @@ from reconciler.model import Change, FunctionPlan, Plan
 
 SYMBOL = {"create": "+", "update": "~", "delete": "-", "noop": " ", "orphan": "!"}
 MASK = "(sensitive)"
+CHANGED = "(sensitive, changed)"
 COMMENT_LIMIT = 65_536
+ENV_PREFIX = "Environment.Variables."
 
 
-def _secret_path(path: str) -> bool:
-    return path.startswith("Environment.Variables.")
+def _hidden(name: str, value: Any, show_values: bool) -> bool:
+    """Is this environment value masked? A secret's (sealed) always; a sensitive one (its
+    name, or mask_all in reconciler.yaml) unless --show-values."""
+    from reconciler import secrets as sec
+
+    if sec.is_sealed(value) or (isinstance(value, str) and sec.references(value)):
+        return True
+    return not show_values and sec.config().sensitive(name)
 
 
-def _hide_env(v: Any) -> Any:
+def _mask_vars(variables: dict, show_values: bool) -> dict:
+    return {k: (MASK if _hidden(k, v, show_values) else v) for k, v in variables.items()}
+
+
+def _hide_env(v: Any, show_values: bool) -> Any:
     if isinstance(v, dict):
         if isinstance(v.get("Variables"), dict):
-            return {**v, "Variables": {k: MASK for k in v["Variables"]}}
-        return {k: MASK for k in v}
+            return {**v, "Variables": _mask_vars(v["Variables"], show_values)}
+        return _mask_vars(v, show_values)
     return v
 
 
 def masked(change: Change, show_values: bool) -> Change:
-    if show_values or change.kind != "config":
+    """The change as it may be shown: values of secrets and of sensitive variables masked;
+    a masked value that changed says so."""
+    if change.kind != "config":
         return change
-    if _secret_path(change.path):
-        return Change(change.kind, change.path, None if change.old is None else MASK, None if change.new is None else MASK, change.action)
+    if change.path.startswith(ENV_PREFIX):
+        name = change.path[len(ENV_PREFIX):]
+        if not (_hidden(name, change.old, show_values) or _hidden(name, change.new, show_values)):
+            return change
+        old = None if change.old is None else MASK
+        new = None if change.new is None else (CHANGED if change.old is not None else MASK)
+        return Change(change.kind, change.path, old, new, change.action)
     if change.path in ("Environment", "Environment.Variables"):
-        return Change(change.kind, change.path, _hide_env(change.old), _hide_env(change.new), change.action)
+        return Change(change.kind, change.path, _hide_env(change.old, show_values), _hide_env(change.new, show_values), change.action)
     return change
 
 
@@ -93,6 +112,8 @@ def _change_line(c: Change) -> str:
         return f"{c.path}: {fmt(c.new)}" if c.kind == "config" and c.old is None else f"{c.path}: (none) → {fmt(c.new)}"
     if c.action == "delete":
         return f"{c.path}: {fmt(c.old)} → (removed)"
+    if c.new == CHANGED:
+        return f"{c.path}: {CHANGED}"
     return f"{c.path}: {fmt(c.old)} → {fmt(c.new)}"
 
 

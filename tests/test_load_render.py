@@ -643,3 +643,41 @@ def test_errors_are_reconciler_errors_not_crashes(tmp_path):
         with pytest.raises(ReconcilerError) as exc:
             render_ws(root)
         assert exc.value.file == ".harness/service.yaml" and exc.value.line, str(exc.value)
+
+
+def test_sample_secrets(tmp_path):
+    """payments renders with references, not values: a Secret variable and a getValue with a JSON key selector."""
+    from reconciler.backend import config_document
+    from reconciler.secrets import read_config, references
+
+    root = _sample(tmp_path, "secrets")
+    spec = one(root)
+    env = spec.config["Environment"]["Variables"]
+    assert env["LOG_LEVEL"] == "info"
+    assert references(env["DB_PASSWORD"]) == ["payments/db-password"], "account. is dropped"
+    assert references(env["API_KEY"]) == ["payments/api#key"]
+    assert references(env["DATABASE_URL"]) == ["payments/db-password"] and env["DATABASE_URL"].startswith("postgres://payments:")
+    cfg = read_config(config_document(root))
+    assert (cfg.store, cfg.prefix, cfg.mask_all) == ("secretsmanager", "prod/", False)
+    assert cfg.store_name("payments/api#key") == ("prod/payments/api", "key")
+    assert cfg.sensitive("db_password") and cfg.sensitive("ApiKey") and not cfg.sensitive("LOG_LEVEL")
+
+
+def test_secret_references_are_checked(tmp_path):
+    """A malformed reference, or a reference outside an environment value, is an error with file and line."""
+    root = _sample(tmp_path, "secrets")
+    d = root / "lambda-definition.json"
+    good = d.read_text()
+    d.write_text(good.replace('"LOG_LEVEL": "<+serviceVariables.log_level>"', '"LOG_LEVEL": "<+secrets.getValue(x)>"'))
+    with pytest.raises(ConfigError, match="a secret reference is <\\+secrets.getValue"):
+        one(root)
+    d.write_text(good.replace('"handler": "handler.handle"', '"handler": "<+secrets.getValue(\\"h\\")>"'))
+    with pytest.raises(ConfigError, match="secret reference is used in Handler") as exc:
+        one(root)
+    assert exc.value.file == "lambda-definition.json" and exc.value.line == 4
+    (root / "reconciler.yaml").write_text("secrets:\n  store: vault\n")
+    from reconciler.backend import config_document
+    from reconciler.secrets import read_config
+
+    with pytest.raises(ConfigError, match="reconciler.yaml:2: secrets.store must be one of secretsmanager, ssm"):
+        read_config(config_document(root))

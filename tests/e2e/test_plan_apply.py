@@ -166,16 +166,17 @@ def test_rollback_to_a_named_version(hello):
 # ---------------------------------------------------------------- configuration change and masking
 
 
-def test_config_change_masks_environment_values_unless_asked(hello):
+def test_config_change_masks_sensitive_environment_values_unless_asked(hello):
     hello.cli("apply", "--auto-approve")
 
     def change(d):
         d["memorySize"] = 256
-        d["environment"] = {"variables": {"API_TOKEN": SECRET}}
+        d["environment"] = {"variables": {"API_TOKEN": SECRET, "LOG_LEVEL": "debug"}}
     hello.edit_json(HELLO_DEF, change)
 
     r = hello.cli("plan", "--detailed-exitcode", code=2)
     assert "MemorySize: 128 → 256" in r.stdout
+    assert 'Environment.Variables.LOG_LEVEL: "debug"' in r.stdout, "a value that is not sensitive is shown"
     assert "version 2" in r.stdout and "CodeSha256" not in r.stdout
     assert "Environment.Variables.API_TOKEN" in r.stdout and "(sensitive)" in r.stdout
     assert SECRET not in r.stdout + r.stderr
@@ -197,17 +198,21 @@ def test_config_change_masks_environment_values_unless_asked(hello):
     assert SECRET not in r.stdout + r.stderr
     conf = hello.config(HELLO_FN)
     assert conf["MemorySize"] == 256
-    assert conf["Environment"]["Variables"] == {"API_TOKEN": SECRET}
+    assert conf["Environment"]["Variables"] == {"API_TOKEN": SECRET, "LOG_LEVEL": "debug"}
     assert conf["CodeSha256"] == hello.sha1
     assert hello.versions(HELLO_FN) == ["1", "2"], "a configuration change publishes exactly one version"
     assert hello.lam().get_function_configuration(FunctionName=HELLO_FN, Qualifier="2")["MemorySize"] == 256
     rec = hello.state()["functions"][HELLO_FN]
     assert rec["version"] == "2" and rec["configuration"]["MemorySize"] == 256
 
-    # the state file keeps the value, but `state show` masks it unless asked
+    # the state keeps a keyed fingerprint of a sensitive value, not the value: `state show`
+    # masks it, even when asked to show values, and shows the others
+    assert SECRET not in (hello.state_dir / "aws" / "awslambda.json").read_text()
     shown = hello.cli("state", "show", HELLO_FN, "--format", "json").stdout
-    assert SECRET not in shown and json.loads(shown)["configuration"]["Environment"]["Variables"] == {"API_TOKEN": "(sensitive)"}
-    assert SECRET in hello.cli("state", "show", HELLO_FN, "--show-values").stdout
+    assert SECRET not in shown
+    assert json.loads(shown)["configuration"]["Environment"]["Variables"] == {"API_TOKEN": "(sensitive)", "LOG_LEVEL": "debug"}
+    assert SECRET not in hello.cli("state", "show", HELLO_FN, "--show-values").stdout
+    assert hello.cli("plan", "--detailed-exitcode").returncode == 0, "a sealed value that did not change is no change"
 
 
 # ---------------------------------------------------------------- tags

@@ -1,0 +1,106 @@
+"""reconciler.secrets: seals, the masking policy of the views, scrubbing, the state's
+fingerprint key and the sealing of the stored state."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from reconciler import backend as be
+from reconciler import secrets as sec
+from reconciler import state as st
+from reconciler.model import Change, FunctionPlan, Plan
+from reconciler.views import render_json, render_markdown, render_text
+
+SECRET = "hunter2-very-secret"
+
+
+@pytest.fixture(autouse=True)
+def _defaults():
+    prev_b, prev_c = be.use(None), sec.use(sec.SecretsConfig())
+    yield
+    be.use(prev_b)
+    sec.use(prev_c)
+
+
+def test_seals_are_keyed_and_say_which_key():
+    a, b = sec.Sealer(b"k1"), sec.Sealer(b"k2")
+    assert a.seal(SECRET) == a.seal(SECRET) != b.seal(SECRET)
+    assert a.seal(SECRET).startswith(sec.SEAL_PREFIX + a.kid + ":") and SECRET not in a.seal(SECRET)
+    assert a.can_check(a.seal("x")) and not a.can_check(b.seal("x"))
+    assert a.seal(a.seal("x")) == a.seal("x"), "a seal is not sealed again"
+
+
+def test_reference_ids_drop_harness_scopes():
+    assert sec.reference_id('secrets.getValue("account.db/pw")') == "db/pw"
+    assert sec.reference_id("secrets.getValue('org.api#key')") == "api#key"
+    assert sec.reference_id("secrets.getValue(x)") is None
+
+
+def _plan(changes, drift=()):
+    fp = FunctionPlan(name="f", service="s", environment="e", infrastructure="i", region="r", action="update",
+                      changes=list(changes), drift=list(drift))
+    return Plan(functions=[fp])
+
+
+def test_views_show_plain_values_and_mask_sensitive_ones():
+    seal = sec.Sealer(b"k")
+    plan = _plan([Change("config", "Environment.Variables.LOG_LEVEL", "info", "debug"),
+                  Change("config", "Environment.Variables.DB_PASSWORD", "old-" + SECRET, SECRET),
+                  Change("config", "Environment.Variables.DSN", seal.seal("a"), seal.seal("b")),
+                  Change("config", "Environment.Variables.NEW_TOKEN", None, SECRET, "create")],
+                 drift=[Change("config", "Environment.Variables.DSN", seal.seal("a"), seal.seal("c"))])
+    text = render_text(plan)
+    assert 'Environment.Variables.LOG_LEVEL: "info" → "debug"' in text
+    assert "Environment.Variables.DB_PASSWORD: (sensitive, changed)" in text
+    assert "Environment.Variables.DSN: (sensitive, changed)" in text
+    assert '+ Environment.Variables.NEW_TOKEN: "(sensitive)"' in text
+    for out in (text, render_json(plan), render_markdown(plan)):
+        assert SECRET not in out and "sealed:" not in out
+    shown = render_text(plan, show_values=True)
+    assert SECRET in shown and "sealed:" not in shown, "--show-values never shows a secret's seal or value"
+    sec.use(sec.SecretsConfig(mask_all=True))
+    assert '"info"' not in render_text(plan)
+
+
+def test_whole_environment_changes_are_masked_per_variable():
+    plan = _plan([Change("config", "Environment", None, {"Variables": {"A_KEY": SECRET, "REGION": "eu"}}, "create")])
+    text = render_text(plan)
+    assert SECRET not in text and '"REGION": "eu"' in text
+
+
+def test_scrub_replaces_known_values_and_the_stream_scrubs_lines():
+    sec.remember(SECRET, secret=True)
+    sec.remember("plain-env-value")
+    assert sec.scrub(f"x {SECRET} y") == "x (sensitive) y"
+    assert sec.scrub("plain-env-value") == "plain-env-value"
+    assert sec.scrub("AWS said plain-env-value", errors=True) == "AWS said (sensitive)"
+    buf = io.StringIO()
+    s = sec.ScrubbingStream(buf)
+    s.write("half " + SECRET[:5])
+    s.write(SECRET[5:] + " end\n")
+    s.flush()
+    assert buf.getvalue() == "half (sensitive) end\n"
+
+
+def test_the_state_file_keeps_seals_and_references_never_values(tmp_path):
+    s = st.load(tmp_path, "prod", "use1")
+    sec.remember(SECRET, secret=True)
+    s.functions["f"] = {"service": "svc", "configuration": {"Environment": {"Variables": {
+        "DB_PASSWORD": "pw-by-name-1234", "DSN": SECRET, "LOG_LEVEL": "info"}}},
+        "secrets": {"DSN": '<+secrets.getValue("dsn")>'}}
+    s.history.append({"id": "1", "function": "f", "status": "failed", "error": f"AWS echoed {SECRET}",
+                      "previous": {"exists": True, "configuration": {"Environment": {"Variables": {"DSN": SECRET}}}}})
+    s.write()
+    s.functions["f"]["configuration"]["Environment"]["Variables"]["DSN"] = SECRET
+    s.append(["f"])
+    text = s.path.read_text() + s.path.with_name("use1.json.journal").read_text()
+    assert SECRET not in text and "pw-by-name-1234" not in text and '"LOG_LEVEL": "info"' in text.replace('":"', '": "')
+    key = s.path.with_name("use1.json.key")
+    assert key.exists() and oct(key.stat().st_mode & 0o777) == "0o600" and key.read_bytes().strip() not in text.encode()
+    again = st.load(tmp_path, "prod", "use1")
+    v = again.functions["f"]["configuration"]["Environment"]["Variables"]
+    assert sec.is_sealed(v["DSN"]) and sec.sealer_by_kid(v["DSN"]).seal(SECRET) == v["DSN"]
+    assert json.loads(s.path.read_text())["history"][0]["error"] == "AWS echoed (sensitive)"
