@@ -1203,7 +1203,8 @@ class Runner:
             value = sr.resolve(v.get("value"), sp + ("environmentVariables", i, "value"), step)
             env[v["name"]] = _s(value)
         outs = [(v["name"], str(v.get("value") or v["name"])) for v in spec.get("outputVariables") or []]
-        result = run_script(str(script), env, self.settings.workspace, timeout, outs, self.log)
+        script, env = self._with_secrets(sr, step, str(script), env)
+        result = run_script(script, env, self.settings.workspace, timeout, outs, self.log)
         if result.timed_out:
             raise StepFailed(f"timed out after {timeout:g}s; the script's processes were killed", "Timeout",
                              result.outputs, result.output[-OUTPUT_TAIL:])
@@ -1214,6 +1215,21 @@ class Runner:
             self.log(f"   warning: output variable '{n}': the script did not set ${dict(outs)[n]}")
             result.outputs[n] = ""
         return result.outputs, result.output[-OUTPUT_TAIL:]
+
+    def _with_secrets(self, sr: StageRun, step: StepDef, script: str, env: dict) -> tuple[str, dict]:
+        """The script and its environment with secret references replaced by their values,
+        read from the store now (with the stage's infrastructure's connector and region);
+        every line of output that holds one is scrubbed before it is shown or kept."""
+        from reconciler import secrets as sec
+
+        ids = sec.references(script) + sec.references(env)
+        if not ids:
+            return script, env
+        s = sr.spec
+        conn = json.dumps(s.connector, sort_keys=True) if s.connector else None
+        where = f"ShellScript step {step.identifier} ({self.pipe.file}:{self.pipe.line(*step.path)})"
+        values = sec.read_values(self.aws, {(s.region, sid, conn): [where] for sid in ids})
+        return sec.fill(script, s.region, values), sec.fill(env, s.region, values)
 
     # ------------------------------------------------------------ reports
     def summary(self) -> dict:
@@ -1240,10 +1256,12 @@ class Runner:
 
 
 def _masked_config(config: dict, show_values: bool) -> dict:
+    from reconciler.views import _mask_vars
+
     out = copy.deepcopy(config)
     variables = (out.get("Environment") or {}).get("Variables")
-    if isinstance(variables, dict) and not show_values:
-        out["Environment"]["Variables"] = {k: "(sensitive)" for k in variables}
+    if isinstance(variables, dict):
+        out["Environment"]["Variables"] = _mask_vars(variables, show_values)
     return out
 
 

@@ -172,3 +172,70 @@ def test_secret_reference_outside_the_environment_is_refused(payments):
     p.edit_json("lambda-definition.json", lambda d: d.update(description='<+secrets.getValue("x")>'))
     r = p.cli("validate", code=1)
     assert "lambda-definition.json" in r.stderr and "secrets can only be used as environment variable values" in r.stderr
+
+
+PIPELINE = """
+pipeline:
+  name: release
+  identifier: release
+  stages:
+    - stage:
+        name: deploy
+        identifier: deploy
+        type: Deployment
+        spec:
+          deploymentType: AwsLambda
+          service:
+            serviceRef: payments
+          environment:
+            environmentRef: production
+            infrastructureDefinitions:
+              - identifier: use1
+          execution:
+            steps:
+              - step:
+                  name: Deploy
+                  identifier: deploy
+                  type: AwsLambdaDeploy
+                  spec: {}
+              - step:
+                  name: Check
+                  identifier: check
+                  type: ShellScript
+                  timeout: 1m
+                  spec:
+                    shell: Bash
+                    source:
+                      type: Inline
+                      spec:
+                        script: |-
+                          pw='<+secrets.getValue("payments/db-password")>'
+                          echo "the password is $pw and the key is $API"
+                          printf %s "$pw" | sha256sum | cut -c1-16
+                          copy="$pw"
+                    environmentVariables:
+                      - name: API
+                        type: Secret
+                        value: <+serviceVariables.db_password>
+                    outputVariables:
+                      - name: copied
+                        type: String
+                        value: copy
+"""
+
+
+def test_shellscript_gets_secret_values_and_its_output_is_scrubbed(payments):
+    import hashlib
+
+    p = payments
+    p.put_secrets()
+    (p.ws / ".harness" / "pipeline.yaml").write_text(PIPELINE)
+    r = p.cli("run", "release")
+    want = hashlib.sha256(DB_V1.encode()).hexdigest()[:16]
+    assert want in r.stderr, "the script saw the secret's value"
+    assert "the password is (sensitive) and the key is (sensitive)" in r.stderr
+    assert "copied=(sensitive)" in r.stdout
+    j = p.cli("run", "release", "--format", "json")
+    check_step = [s for s in json.loads(j.stdout)["steps"] if s["type"] == "ShellScript"]
+    assert check_step[0]["outputs"] == {"copied": "(sensitive)"}
+    _never((DB_V1, API), [r.stdout, r.stderr, j.stdout, j.stderr], [p.state_dir])
