@@ -70,6 +70,8 @@ def import_functions(ctx, aws, names: list[str], log: Callable[[str], None], loc
             alias_versions = [a["version"] for a in live.get("aliases", {}).values() if a.get("version") in matching]
             version = alias_versions[0] if alias_versions else (matching[-1] if matching else None)
             config, _ = desired_config(spec, None)
+            from reconciler.secrets import env_vars, references, shown
+
             code_params = None
             try:
                 code = resolve_artifact(aws, spec, dict(state.artifacts))
@@ -89,6 +91,9 @@ def import_functions(ctx, aws, names: list[str], log: Callable[[str], None], loc
                 "aliases": {n: a for n, a in (live.get("aliases") or {}).items() if n in wanted_aliases},
                 "connector": spec.connector, "updated_at": st.now(),
             }
+            refs = {k: shown(v) for k, v in env_vars(spec.config).items() if references(v)}
+            if refs:  # kept as seals in the state, like an apply's (reconciler.secrets)
+                state.functions[spec.name]["secrets"] = refs
             state.history.append({"id": str(uuid.uuid4()), "function": spec.name, "service": spec.service, "operation": "import",
                                   "status": "succeeded", "started_at": st.now(), "finished_at": st.now(), "version": version,
                                   "code_sha256": live.get("code_sha256")})

@@ -82,6 +82,7 @@ def plan_dict(plan: Plan, show_values: bool = False) -> dict:
         f["changes"] = [masked(c, show_values).to_dict() for c in fp.changes]
         f["drift"] = [masked(c, show_values).to_dict() for c in fp.drift]
         f.pop("desired", None)
+        f.pop("secret_seals", None)
         if isinstance(f.get("code"), dict):
             f["code"] = {k: v for k, v in f["code"].items() if k in ("sha256", "source")}
     return d

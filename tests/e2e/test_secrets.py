@@ -124,7 +124,14 @@ def test_rollback_restores_a_secret_not_kept_in_the_state(payments):
     assert p.env()["DB_PASSWORD"] == DB_V2
     r = p.cli("rollback", "--auto-approve")
     assert p.env()["DB_PASSWORD"] == DB_V1, "the earlier value, from the version that ran it"
-    _never((DB_V1, DB_V2, API), [r.stdout, r.stderr], [p.state_dir])
+    # adopted again from what is live: the references are known from the workspace, the
+    # values (DATABASE_URL's too, whose name is not a sensitive one) are kept as seals
+    p.cli("state", "rm", FN)
+    i = p.cli("import", FN)
+    rec = p.state()["functions"][FN]
+    assert set(rec["secrets"]) == {"DB_PASSWORD", "API_KEY", "DATABASE_URL"}
+    assert rec["configuration"]["Environment"]["Variables"]["DATABASE_URL"].startswith("sealed:")
+    _never((DB_V1, DB_V2, API), [r.stdout, r.stderr, i.stdout, i.stderr], [p.state_dir])
 
 
 def test_missing_secret_is_one_clear_error_at_plan_time(payments):
@@ -239,3 +246,24 @@ def test_shellscript_gets_secret_values_and_its_output_is_scrubbed(payments):
     check_step = [s for s in json.loads(j.stdout)["steps"] if s["type"] == "ShellScript"]
     assert check_step[0]["outputs"] == {"copied": "(sensitive)"}
     _never((DB_V1, API), [r.stdout, r.stderr, j.stdout, j.stderr], [p.state_dir])
+
+
+def test_aws_error_that_echoes_the_environment_is_scrubbed(payments, fault_proxy):
+    """Lambda's answer to a too-large environment lists the variables: printed and recorded
+    in the history with every known value replaced."""
+    p = payments
+    p.put_secrets()
+    p.cli("apply", "--auto-approve")
+    p.aws.client("secretsmanager", REGION).put_secret_value(SecretId="prod/payments/db-password", SecretString=DB_V2)
+    echo = (f"Lambda was unable to configure your environment variables because the environment variables you have provided "
+            f"exceeded the 4KB limit. String measured: {{\"DB_PASSWORD\":\"{DB_V2}\",\"API_KEY\":\"{API}\",\"LOG_LEVEL\":\"info\"}}")
+    fault_proxy.add_rule("UpdateFunctionConfiguration", "fail", status=400, error_type="InvalidParameterValueException",
+                         message=echo, times=None)
+    r = p.cli("apply", "--auto-approve", code=1, env_extra={"AWS_ENDPOINT_URL": fault_proxy.endpoint})
+    assert "exceeded the 4KB limit" in r.stderr and '"DB_PASSWORD":"(sensitive)"' in r.stderr, r.stderr
+    assert '"LOG_LEVEL":"(sensitive)"' in r.stderr, "every environment value, not only the secret ones"
+    failed = [h for h in p.state()["history"] if h["status"] in ("rolled_back", "failed")]
+    assert failed and "exceeded the 4KB limit" in failed[-1]["error"]
+    h = p.cli("history", "--format", "json")
+    assert p.env()["DB_PASSWORD"] == DB_V1, "rolled back"
+    _never((DB_V1, DB_V2, API), [r.stdout, r.stderr, h.stdout, h.stderr], [p.state_dir])

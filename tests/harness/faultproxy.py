@@ -71,7 +71,7 @@ requests it matches (1-based); it applies to matches number
 several rules apply to one request, the first added wins.  Actions:
 * ``'fail'``: status ``status`` (default 500), ``x-amzn-ErrorType:
   error_type`` (default ``ServiceException``), body ``{"message": "injected
-  fault"}``; not forwarded.  botocore retries 500s (and throttling codes);
+  fault"}`` (or ``message``); not forwarded.  botocore retries 500s (and throttling codes);
   for a failure it does not retry use e.g. ``status=400,
   error_type="InvalidParameterValueException"``.
 * ``'throttle'``: 429, ``x-amzn-ErrorType: error_type`` (default
@@ -314,7 +314,7 @@ class Rule:
     def __init__(self, match: Match, action: str, nth: int = 1,
                  times: Optional[int] = 1, status: Optional[int] = None,
                  hang_seconds: float = 30.0, forward: bool = False,
-                 error_type: Optional[str] = None):
+                 error_type: Optional[str] = None, message: Optional[str] = None):
         if action not in self.ACTIONS:
             raise ValueError(f"unknown action {action!r}; one of {self.ACTIONS}")
         if nth < 1:
@@ -324,6 +324,9 @@ class Rule:
         self.error_type = error_type
         self.hang_seconds = hang_seconds
         self.forward = forward
+        # 'fail': the error message in the body (default "injected fault"), e.g. an AWS
+        # error that echoes the request
+        self.body = json.dumps({"message": message}).encode() if message is not None else None
         self.matched = 0   # requests matched so far
         self.fired = 0     # requests this rule was applied to
 
@@ -468,7 +471,7 @@ class _Handler(BaseHTTPRequestHandler):
                     ("Content-Type", "application/json"),
                     ("x-amzn-ErrorType", rule.error_type or "ServiceException"),
                     ("x-amzn-RequestId", "faultproxy-%d" % entry["seq"]),
-                    ("Content-Length", str(len(p.FAIL_BODY)))], p.FAIL_BODY, head)
+                    ("Content-Length", str(len(rule.body or p.FAIL_BODY)))], rule.body or p.FAIL_BODY, head)
                 return
             if rule.action == "throttle":
                 status = rule.status or 429
@@ -627,9 +630,9 @@ class FaultProxy:
     def add_rule(self, match: Match, action: str = "fail", nth: int = 1,
                  times: Optional[int] = 1, status: Optional[int] = None,
                  hang_seconds: float = 30.0, forward: bool = False,
-                 error_type: Optional[str] = None) -> Rule:
+                 error_type: Optional[str] = None, message: Optional[str] = None) -> Rule:
         rule = Rule(match, action, nth, times, status, hang_seconds, forward,
-                    error_type)
+                    error_type, message)
         with self._lock:
             self.rules.append(rule)
         return rule
