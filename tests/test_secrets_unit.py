@@ -104,3 +104,29 @@ def test_the_state_file_keeps_seals_and_references_never_values(tmp_path):
     v = again.functions["f"]["configuration"]["Environment"]["Variables"]
     assert sec.is_sealed(v["DSN"]) and sec.sealer_by_kid(v["DSN"]).seal(SECRET) == v["DSN"]
     assert json.loads(s.path.read_text())["history"][0]["error"] == "AWS echoed (sensitive)"
+
+
+def test_s3_fingerprint_key_is_an_encrypted_object_beside_the_state(monkeypatch, tmp_path):
+    for k in list(__import__("os").environ):
+        if k.startswith("AWS_ENDPOINT_URL") or k in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+            monkeypatch.delenv(k, raising=False)
+    for k, v in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    from moto import mock_aws
+
+    with mock_aws():
+        import boto3
+
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="team-state")
+        be.use(be.make(be.read_config(".", ["type=s3", "bucket=team-state"], environ={})))
+        path = st.state_path(tmp_path, "prod", "use1")
+        sec._sealers.pop(str(path), None)
+        assert sec.sealer_for(path, create=False) is None
+        made = sec.sealer_for(path)
+        head = s3.head_object(Bucket="team-state", Key="reconciler/prod/use1.json.key")
+        assert head["ServerSideEncryption"] == "AES256"
+        sec._sealers.pop(str(path), None)
+        assert sec.sealer_for(path, create=False).kid == made.kid, "read back, not made again"
+        assert be.current().create_key(path, b"other") != b"other", "a key that exists is kept"
+        assert be.current().targets(tmp_path) == [], "the key object is not a state"
