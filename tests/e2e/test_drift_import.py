@@ -10,7 +10,7 @@ from harness.localstack import on_both_emulators
 pytestmark = pytest.mark.e2e
 
 FN = "greeter-staging"
-SECRET = "Hello from staging"  # an environment variable value that must stay masked
+SECRET = "Hello from staging"  # GREETING's value: shown only where GREETING changes (it is not sensitive)
 
 
 @pytest.fixture
@@ -45,7 +45,8 @@ def test_no_drift_right_after_apply(deployed, run_cli):
 
 @pytest.mark.parametrize("change, expect", [
     ("memory", "MemorySize"),
-    ("env", "Environment.Variables.GREETING"),
+    ("env", "Environment.Variables.GREETING_TOKEN: \"(sensitive)\""),
+    ("env-plain", 'Environment.Variables.GREETING: "Hello from staging" → "plain-value"'),
     ("code", "CodeSha256"),
     ("alias", "live"),
     ("tag", "Tags.service"),
@@ -59,9 +60,12 @@ def test_each_hand_change_is_reported(deployed, aws, run_cli, change, expect):
     arn = lam.get_function(FunctionName=FN)["Configuration"]["FunctionArn"]
     if change == "memory":
         lam.update_function_configuration(FunctionName=FN, MemorySize=1024)
-    elif change == "env":
+    elif change == "env":  # a sensitive one (by its name): masked
         env = lam.get_function_configuration(FunctionName=FN)["Environment"]["Variables"]
-        lam.update_function_configuration(FunctionName=FN, Environment={"Variables": {**env, "GREETING": "hacked-value"}})
+        lam.update_function_configuration(FunctionName=FN, Environment={"Variables": {**env, "GREETING_TOKEN": "hacked-value"}})
+    elif change == "env-plain":  # not sensitive: shown, like Terraform
+        env = lam.get_function_configuration(FunctionName=FN)["Environment"]["Variables"]
+        lam.update_function_configuration(FunctionName=FN, Environment={"Variables": {**env, "GREETING": "plain-value"}})
     elif change == "code":
         lam.update_function_code(FunctionName=FN, ZipFile=aws.make_zip({"handler.py": "# by hand\n"}))
     elif change == "alias":
@@ -87,7 +91,8 @@ def test_each_hand_change_is_reported(deployed, aws, run_cli, change, expect):
     md = drift(run_cli, state, "--format", "markdown")
     assert md.returncode == 2 and "<details>" in md.stdout and FN in md.stdout
     for out in (text.stdout, js.stdout, md.stdout):
-        assert "hacked-value" not in out and SECRET not in out
+        assert "hacked-value" not in out
+        assert (SECRET in out) == (change == "env-plain"), out
 
     assert state_json(state) == before_state
     assert lam.get_function(FunctionName=FN)["Configuration"] == before_live
@@ -105,11 +110,11 @@ def test_deleted_function_is_reported(deployed, aws, run_cli):
 
 
 def test_plan_shows_drift_apart_and_show_values(deployed, aws, run_cli):
-    """plan reports a hand change under 'changed outside reconciler', apart from the plan; values masked unless --show-values."""
+    """plan reports a hand change under 'changed outside reconciler', apart from the plan; sensitive values masked unless --show-values."""
     ws, state = deployed
     lam = aws.client("lambda")
     env = lam.get_function_configuration(FunctionName=FN)["Environment"]["Variables"]
-    lam.update_function_configuration(FunctionName=FN, Environment={"Variables": {**env, "GREETING": "hacked-value"}})
+    lam.update_function_configuration(FunctionName=FN, Environment={"Variables": {**env, "GREETING_PASSWORD": "hacked-value"}})
     r = run_cli("plan", "-e", "staging", "-w", str(ws), "--state-dir", str(state))
     assert r.returncode == 0
     assert "Changed outside reconciler" in r.stdout and "hacked-value" not in r.stdout
