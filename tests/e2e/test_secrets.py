@@ -267,3 +267,17 @@ def test_aws_error_that_echoes_the_environment_is_scrubbed(payments, fault_proxy
     h = p.cli("history", "--format", "json")
     assert p.env()["DB_PASSWORD"] == DB_V1, "rolled back"
     _never((DB_V1, DB_V2, API), [r.stdout, r.stderr, h.stdout, h.stderr], [p.state_dir])
+
+
+def test_saved_plan_is_stale_when_a_secret_rotates_before_it_is_applied(payments):
+    p = payments
+    p.put_secrets()
+    p.cli("apply", "--auto-approve")
+    p.edit_json("lambda-definition.json", lambda d: d.update(memorySize=256))
+    plan_file = p.ws.parent / "saved.json"
+    p.cli("plan", "--out", str(plan_file))
+    p.aws.client("secretsmanager", REGION).put_secret_value(SecretId="prod/payments/db-password", SecretString=DB_V2)
+    r = p.cli("apply", str(plan_file), code=1)
+    assert "saved plan is stale: secret DB_PASSWORD of function payments changed in the store since it was made" in r.stderr, r.stderr
+    assert p.config(FN)["MemorySize"] == 128 and p.env()["DB_PASSWORD"] == DB_V1
+    _never((DB_V1, DB_V2, API), [r.stdout, r.stderr], [p.state_dir, plan_file])
