@@ -367,6 +367,8 @@ def _entity(kind: str, doc: Doc) -> Entity:
         sd = body.get("serviceDefinition")
         if not isinstance(sd, dict):
             raise ent.error((), f"service '{ident}' has no serviceDefinition")
+        if not isinstance(sd.get("type"), str) or not sd["type"]:
+            raise ent.error(("serviceDefinition",), f"service '{ident}' has no serviceDefinition.type (AwsLambda for reconciler)")
         if sd.get("type") != "AwsLambda":
             raise Skipped(f"service '{ident}' is of type {sd.get('type')}: reconciler deploys AwsLambda services only", ident)
         ent.get("serviceDefinition", "spec")
