@@ -681,7 +681,7 @@ class Runner:
         self.pipe = pipe
         stages, errors = check_pipeline(pipe, self.ws, strict=True)
         errors += self._unresolved_inputs(pipe, inputs_doc, stages)
-        self.skipped = [(path, stage, why) for path, stage, why in pipe_skipped_stages(self.ws, pipe)]
+        self.skipped = pipe_skipped_stages(self.ws, pipe)
         if errors:
             raise errors[0] if len(errors) == 1 else ErrorList(errors)
         self.pipeline_fixed = {"pipeline.name": pipe.name, "pipeline.identifier": pipe.identifier,
