@@ -18,8 +18,29 @@ Columns: the crash point; what the killed apply had recorded (its last step); wh
 published in all (beyond what existed before the killed apply) and whether a version the
 killed apply had published was reused; how long the next apply took.
 
-    python bench/faults.py               # all scenarios, a Markdown table on stdout
+Then the fault cases (`--cases`), one apply each with faults injected at the proxy, then
+`plan` and `apply` without faults:
+
+- double-failure: the update's PublishVersion fails, then its rollback's UpdateFunctionCode;
+- double-failure-create: the create's PublishVersion fails, then its rollback's DeleteFunction;
+- sigterm-twice: SIGTERM once the update's configuration is updated (it rolls back), and
+  again when the rollback has read the function (a CI cancel);
+- lost-answer-create / lost-answer-publish: the answer to CreateFunction / PublishVersion
+  is cut (the call happened; botocore retries);
+- concurrent-create: another service's tool creates the function just before this
+  apply's CreateFunction reaches Lambda;
+- concurrent-create-same: the same deployment, run from elsewhere, creates it just before.
+
+Columns: the first apply's exit code; whether the function is intact after it (it exists
+and alias `live` serves a whole release; for concurrent-create, the other service's
+function is untouched); what the next `plan` says (shows the half-done deployment, adopts the function, no
+changes, refuses it); the next apply's
+outcome; versions published beyond what existed before; versions leaked (published
+versions `drift` reports as published outside reconciler after the next apply; must be 0).
+
+    python bench/faults.py               # all scenarios and cases, Markdown tables on stdout
     python bench/faults.py -s update     # one scenario
+    python bench/faults.py --cases       # the fault cases only
 """
 
 from __future__ import annotations
@@ -28,6 +49,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -214,20 +236,145 @@ def sweep(b: Bench, name: str) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------- fault cases
+
+
+def _other_create(b: Bench, tags: dict, body: bytes):
+    """A proxy rule match that, when this apply's CreateFunction arrives, first creates the
+    function straight in moto (another client), then lets CreateFunction through."""
+    done = []
+
+    def match(entry) -> bool:
+        if entry["operation"] == "CreateFunction" and not done:
+            done.append(True)
+            b.lam.create_function(FunctionName=FN, Runtime="python3.12", Handler="handler.handler", Code={"ZipFile": body},
+                                  Role="arn:aws:iam::123456789012:role/greeter-lambda-role", Tags=tags)
+        return False
+    return match
+
+
+def _arm(b: Bench, case: str, holder: dict) -> None:
+    p = b.proxy
+    if case == "double-failure":
+        p.add_rule("PublishVersion", "fail", times=1, **NO_RETRY)
+        p.add_rule("UpdateFunctionCode", "fail", nth=2, times=None, **NO_RETRY)
+    elif case == "double-failure-create":
+        p.add_rule("PublishVersion", "fail", times=1, **NO_RETRY)
+        p.add_rule("DeleteFunction", "fail", times=None, **NO_RETRY)
+    elif case == "sigterm-twice":
+        first = []
+        p.after("UpdateFunctionConfiguration", 1, lambda: (holder["p"].send_signal(signal.SIGTERM), first.append(1)))
+        p.after(lambda e: e["operation"] == "GetFunction" and bool(first), 1, lambda: holder["p"].send_signal(signal.SIGTERM))
+    elif case == "lost-answer-create":
+        p.add_rule("CreateFunction", "cut", times=1)
+    elif case == "lost-answer-publish":
+        p.add_rule("PublishVersion", "cut", times=1)
+    elif case == "concurrent-create":
+        p.add_rule(_other_create(b, {"reconciler:service": "billing", "reconciler:environment": "staging"}, b.zip2), "fail")
+    elif case == "concurrent-create-same":
+        tags = {"service": "greeter", "environment": "staging", "environment-type": "PreProduction", "reconciler:service": "greeter",
+                "reconciler:environment": "staging", "reconciler:infrastructure": "staging_use1"}
+        p.add_rule(_other_create(b, tags, b.zip1), "fail")
+
+
+CASES = {
+    # name: (deploy v1 first?, workspace, extra args)
+    "double-failure": (True, "ws2", ("--var", "memorySize=256")),
+    "double-failure-create": (False, "ws1", ()),
+    "sigterm-twice": (True, "ws2", ("--var", "memorySize=256")),
+    "lost-answer-create": (False, "ws1", ()),
+    "lost-answer-publish": (True, "ws2", ("--var", "memorySize=256")),
+    "concurrent-create": (False, "ws1", ()),
+    "concurrent-create-same": (False, "ws1", ()),
+}
+
+
+def run_case(b: Bench, case: str) -> dict:
+    v1_first, ws_attr, extra = CASES[case]
+    ws = getattr(b, ws_attr)
+    want = {"sha": sha256_b64(b.zip2 if ws_attr == "ws2" else b.zip1), "memory": 256 if extra else 128}
+    state = b.work / f"state-case-{case}"
+    b.seed()
+    if v1_first:
+        r = b.run("apply", b.ws1, state, "--auto-approve")
+        assert r.returncode == 0, r.stderr
+    before = b.versions()
+    b.proxy.clear(rules=True)
+    holder: dict = {}
+    _arm(b, case, holder)
+    env = dict(b.env, AWS_ENDPOINT_URL=b.proxy.endpoint)
+    holder["p"] = p = subprocess.Popen(b.cmd("apply", ws, state, "--auto-approve", *extra), env=env, cwd=ws, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    _, err = p.communicate(timeout=300)
+    b.proxy.clear(rules=True)
+    first = p.returncode
+    live = b.live()
+    if case == "concurrent-create":
+        tags = b.lam.list_tags(Resource=b.lam.get_function_configuration(FunctionName=FN)["FunctionArn"])["Tags"] if live else {}
+        intact = live.get("sha") == sha256_b64(b.zip2) and tags.get("reconciler:service") == "billing"
+    else:
+        serving = (live.get("aliases") or {}).get("live")
+        code = b.lam.get_function_configuration(FunctionName=FN, Qualifier=serving)["CodeSha256"] if serving else None
+        intact = bool(live) and (code in (sha256_b64(b.zip1), sha256_b64(b.zip2)) or first == 0 or not v1_first and not serving)
+    plan = b.run("plan", ws, state, "--detailed-exitcode", *extra)
+    shown = ("shows it unfinished" if "finishes it" in plan.stdout or "converges it" in plan.stdout else
+             "adopts it" if "will be adopted" in plan.stdout else "refuses it" if plan.returncode == 1 else
+             "no changes" if plan.returncode == 0 else "changes")
+    nxt = b.run("apply", ws, state, "--auto-approve", *extra)
+    live, versions = b.live(), b.versions()
+    new = [v for v in versions if v not in before]
+    newest = max(versions, key=int) if versions else None
+    if case == "concurrent-create":
+        outcome = ("refused, the other service's function left alone" if nxt.returncode == 1 and "managed by service 'billing'" in nxt.stderr
+                   and live.get("sha") == sha256_b64(b.zip2) else f"UNEXPECTED (exit {nxt.returncode}: {nxt.stderr.strip()[-200:]})")
+    else:
+        ok = (nxt.returncode == 0 and live.get("sha") == want["sha"] and live.get("memory") == want["memory"]
+              and live.get("aliases") == {"live": newest})
+        outcome = "converged" if ok else f"NOT CONVERGED (exit {nxt.returncode}: {nxt.stderr.strip()[-200:]})"
+    drift = b.run("drift", ws, state, "--format", "json")
+    try:
+        report = json.loads(drift.stdout)
+        leaked = sum(1 for f in report["functions"] for c in f["changes"] if c["kind"] == "version")
+    except ValueError:
+        leaked = None
+    row = {"case": case, "first": first, "error": (err.strip().splitlines() or [""])[-1][:160], "intact": intact,
+           "plan": shown, "outcome": outcome, "new_versions": len(new),
+           "leaked": leaked, "drift": drift.returncode}
+    print(f"  {case}: first apply exit {first}; {outcome}", file=sys.stderr, flush=True)
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-s", "--scenario", action="append", choices=list(SCENARIOS), help="only this scenario (repeatable)")
+    ap.add_argument("-c", "--case", action="append", choices=list(CASES), help="only this fault case (repeatable)")
+    ap.add_argument("--cases", action="store_true", help="the fault cases only (no kill sweep)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="reconciler-faults-"))
     b = Bench(work)
     started = time.monotonic()
+    cases_only = args.cases or (args.case and not args.scenario)
     try:
         rows = []
-        for name in args.scenario or list(SCENARIOS):
+        for name in [] if cases_only else args.scenario or list(SCENARIOS):
             rows += sweep(b, name)
+        case_rows = [run_case(b, c) for c in (args.case or ([] if args.scenario and not args.cases else list(CASES)))]
     finally:
         b.close()
         shutil.rmtree(work, ignore_errors=True)
+    bad_cases = [r for r in case_rows if not r["intact"] or r["outcome"].startswith(("NOT", "UNEXPECTED")) or r["leaked"] != 0]
+    if case_rows:
+        head = ["case", "first apply", "function intact", "the next plan", "after the next apply", "new versions",
+                "versions leaked", "drift after"]
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        for r in case_rows:
+            print(f"| {r['case']} | exit {r['first']} | {'yes' if r['intact'] else 'NO'} | {r['plan']} | {r['outcome']} | "
+                  f"{r['new_versions']} | {r['leaked']} | exit {r['drift']} |")
+        print(f"\n{len(case_rows)} fault cases, {len(case_rows) - len(bad_cases)} intact, converged (or rightly refused), "
+              "no version leaked.\n")
+    if not rows:
+        return 1 if bad_cases else 0
     head = ["scenario", "k", "killed after", "state file", "in-flight record", "plan notes it", "after the next apply",
             "new versions in all", "reused", "next apply"]
     print("| " + " | ".join(head) + " |")
@@ -238,7 +385,7 @@ def main() -> int:
     bad = [r for r in rows if r["outcome"].startswith("NOT") or r["state"] != "valid" or r["plan_note"] != "yes"]
     print(f"\n{len(rows)} crash points, {len(rows) - len(bad)} converged with at most one new version; "
           f"{time.monotonic() - started:.0f} s.")
-    return 1 if bad else 0
+    return 1 if bad or bad_cases else 0
 
 
 if __name__ == "__main__":
