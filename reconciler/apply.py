@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from reconciler import state as st
+from reconciler.adopt import owned_by
 from reconciler.errors import AwsError, LockError, ReconcilerError, StaleError
 from reconciler.live import alias_view, fingerprint, project, snapshot
 from reconciler.model import FunctionPlan, FunctionSpec, Plan
@@ -567,8 +568,6 @@ def _created_by_lost_answer(exc: AwsError, lam, spec: FunctionSpec, code_sha256:
     retry, i.e. an earlier attempt whose answer was lost may have created it: the
     function's configuration if it carries this function's ownership tags and the code
     being deployed (the create happened), else None."""
-    from reconciler.adopt import owned_by
-
     if exc.code != "ResourceConflictException" or not getattr(exc, "attempts", 0):
         return None
     got = lam.get_function(spec.name)
@@ -739,7 +738,6 @@ def restore(aws, name: str, region: str, connector: dict | None, prev: dict, log
     """Put a function back to a snapshot: delete it if it did not exist (only if it carries
     the ownership tags of `owner`, the desired tags: a function without them is not the
     one this apply created); else restore $LATEST code and configuration, then every alias."""
-    from reconciler.adopt import owned_by
     from reconciler.aws import Lambda
     from reconciler.engine import refresh_function
     from reconciler.schema import update_config_fields
