@@ -116,7 +116,9 @@ class Sweep:
         if killed_pid is None:
             assert not journal.exists(), "an apply that exits compacts its journal into the state file"
         else:
-            assert not journal.exists() or journal.read_bytes().endswith(b"\n"), "whole lines only"
+            # whole lines only (none: killed between creating the journal and its first write)
+            data = journal.read_bytes() if journal.exists() else b""
+            assert not data or data.endswith(b"\n"), "whole lines only"
         data = st.parse_file(path)
         assert data["lineage"] == raw["lineage"] and data["serial"] >= raw["serial"]
         return data
@@ -165,6 +167,10 @@ def _converge(sw: Sweep, k: int, killed: dict, ws, state_dir, extra: tuple, repl
     path = sw.state_path(state_dir)
     for name in (f".{path.name}.{killed['pid']}.tmp", f".{path.name}.backup.{killed['pid']}.tmp"):
         (path.parent / name).write_text(path.read_text()[:50])
+    # or between creating the journal and writing its first line: an empty journal
+    journal = path.with_name(path.name + ".journal")
+    if not journal.exists():
+        journal.write_bytes(b"")
     stuck = [h for h in state["history"] if h["function"] == FN and h["status"] == "in_progress"]
     assert len(stuck) == 1, state["history"]
     r = sw.cli("plan", ws, state_dir, "--detailed-exitcode", *extra)
