@@ -9,7 +9,6 @@ from typing import Any, Callable
 from reconciler.errors import ConfigError, did_you_mean
 from reconciler.yamlsrc import Doc, PathT
 
-INNERMOST = re.compile(r"<\+([^<>]*)>")
 DEFAULT_INPUT = re.compile(r"""^input(?:\.[a-zA-Z]+\([^()]*\))*\.default\((?P<q>['"]?)(?P<v>.*?)(?P=q)\)""")
 # Harness writes a runtime input's modifiers after it: `<+input>.default(x).allowedValues(x,y)`
 INPUT_MODIFIERS = re.compile(r"<\+input>((?:\.[a-zA-Z]+\([^()]*\))+)")
@@ -84,37 +83,116 @@ def _typed(text: str) -> Any:
     return text
 
 
+# the longest string an expression may expand to (a chain of variables that doubles each
+# time would otherwise grow without bound)
+MAX_EXPANDED = 1 << 20
+
+
+@dataclass
+class Expr:
+    """One `<+...>` of a text: its source, and the parts of its body (text and inner expressions)."""
+
+    source: str
+    parts: list  # str | Expr
+    start: int  # offset in the text it was found in
+
+
+def split_expressions(text: str, where: Callable[[], tuple[str, int | None]] | None = None) -> list:
+    """`text` as literal strings and Expr, outermost expressions first (an Expr's body may hold
+    inner expressions: `<+pipeline.stages.<+stage.identifier>.name>`). Only `text` itself is
+    scanned: what an expression resolves to is never read for expressions again. An `<+`
+    that is not closed is an error."""
+    text = _inline_modifiers(text)
+    out: list = []
+    stack: list[tuple[int, list]] = []  # (start, parts) of the open expressions
+    lit_start = 0
+    i, n = 0, len(text)
+    while i < n:
+        if text.startswith("<+", i):
+            cur = stack[-1][1] if stack else out
+            if i > lit_start:
+                cur.append(text[lit_start:i])
+            stack.append((i, []))
+            i += 2
+            lit_start = i
+            continue
+        if text[i] == ">" and stack:
+            start, parts = stack.pop()
+            if i > lit_start:
+                parts.append(text[lit_start:i])
+            e = Expr(text[start:i + 1], parts, start)
+            (stack[-1][1] if stack else out).append(e)
+            i += 1
+            lit_start = i
+            continue
+        i += 1
+    if stack:
+        start = stack[0][0]
+        file, line = where() if where else (None, None)
+        raise ConfigError(f"expression '{_excerpt(text[start:])}' is not closed (no '>')", file, line)
+    if lit_start < n:
+        out.append(text[lit_start:])
+    return out
+
+
+def _excerpt(text: str, limit: int = 40) -> str:
+    """The start of `text` for an error message: never a whole long value."""
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def resolve_expr(e: Expr, scope: Scope, where: Callable[[], tuple[str, int | None]]) -> Any:
+    """The value of one expression; its inner expressions are resolved first and their
+    values used as part of its name."""
+    body = "".join(p if isinstance(p, str) else _text_of(resolve_expr(p, scope, where)) for p in e.parts)
+    if len(body) > MAX_EXPANDED:
+        file, line = where()
+        raise ConfigError(f"expression '{_excerpt(e.source)}' is longer than {MAX_EXPANDED} characters", file, line)
+    try:
+        return scope.lookup(body)
+    except NeedsInput:
+        file, line = where()
+        raise ConfigError(f"runtime input <+{_excerpt(body.strip())}> has no value", file, line,
+                          "give it a value with --var or --artifact, or a .default(...)") from None
+    except KeyError as exc:
+        file, line = where()
+        msg, hint = exc.args
+        raise ConfigError(msg, file, line, hint) from None
+
+
 def resolve_string(text: str, scope: Scope, where: Callable[[], tuple[str, int | None]]) -> Any:
-    """Resolve every expression in `text`. A string that is exactly one expression keeps
-    the expression's type (a Number variable stays a number)."""
+    """Resolve every expression in `text`, in one pass: a value that holds `<+` (a password)
+    is data, never read again. A string that is exactly one expression keeps the
+    expression's type (a Number variable stays a number). The result is at most
+    MAX_EXPANDED characters."""
     if "<+" not in text:
         return text
-    value: Any = _inline_modifiers(text)
-    for _ in range(50):  # nested expressions resolve innermost first
-        if not isinstance(value, str):
-            return value
-        m = INNERMOST.search(value)
-        if not m:
-            break
-        try:
-            got = scope.lookup(m.group(1))
-        except NeedsInput:
-            file, line = where()
-            raise ConfigError(f"runtime input <+{m.group(1).strip()}> has no value", file, line,
-                              "give it a value with --var or --artifact, or a .default(...)") from None
-        except KeyError as exc:
-            file, line = where()
-            msg, hint = exc.args
-            raise ConfigError(msg, file, line, hint) from None
-        whole = m.start() == 0 and m.end() == len(value)
-        if whole:
-            value = got
-        else:
-            value = value[: m.start()] + ("" if got is None else _text(got)) + value[m.end():]
-    if isinstance(value, str) and "<+" in value:
-        file, line = where()
-        raise ConfigError(f"cannot resolve expression in '{value}'", file, line)
-    return value
+    parts = split_expressions(text, where)
+    if len(parts) == 1 and isinstance(parts[0], Expr):
+        value = resolve_expr(parts[0], scope, where)
+        if isinstance(value, str) and len(value) > MAX_EXPANDED:
+            _too_long(parts[0], where)
+        return value
+    out: list[str] = []
+    size = 0
+    for p in parts:
+        piece = p if isinstance(p, str) else _text_of(resolve_expr(p, scope, where))
+        size += len(piece)
+        if size > MAX_EXPANDED:
+            _too_long(p, where)
+        out.append(piece)
+    return "".join(out)
+
+
+def _too_long(p: Any, where: Callable[[], tuple[str, int | None]]) -> None:
+    file, line = where()
+    what = f"expression '{_excerpt(p.source)}'" if isinstance(p, Expr) else "the text"
+    raise ConfigError(f"the value grows beyond {MAX_EXPANDED} characters at {what}", file, line,
+                      "a chain of variables that repeat each other?")
+
+
+def _text_of(value: Any) -> str:
+    return "" if value is None else _text(value)
 
 
 def _inline_modifiers(text: str) -> str:

@@ -306,21 +306,25 @@ def target_scope(ws: Workspace, t: Target, opts: Options) -> Scope:
     if t.context is not None:
         fixed.update(stage_values(t.context, opts.variables))
     resolving: list[str] = []
+    resolved: dict[int, tuple[Any, Any]] = {}  # id(entry) → (entry, value): each variable resolves once
 
     def resolve_variable(name: str, entry: Any) -> Any:
         value, ent, path = entry
-        if not isinstance(value, str) or "<+" not in value:
-            return value
+        if not isinstance(value, str) or "<+" not in value or ent is None:
+            return value  # a value given from outside (--var, an input set) is data: never read for expressions
+        if id(entry) in resolved:
+            return resolved[id(entry)][1]
         if name in resolving:
             raise KeyError(f"variable '{name}' refers to itself ({' → '.join(resolving + [name])})", None)
         if is_runtime_input(value) and ent is not None and not input_default(value)[0]:
             raise ConfigError(f"variable '{name}' is a runtime input", ent.file, ent.line(*path), f"pass --var {name}=VALUE")
         resolving.append(name)
         try:
-            where = (lambda: (ent.file, ent.line(*path))) if ent is not None else (lambda: ("--var", None))
-            return resolve_string(value, scope, where)
+            got = resolve_string(value, scope, lambda: (ent.file, ent.line(*path)))
         finally:
             resolving.pop()
+        resolved[id(entry)] = (entry, got)
+        return got
 
     scope = Scope(fixed=fixed, service_variables=merged, env_variables=env_scope, resolve_variable=resolve_variable,
                   provisioner=resolver(ws, infra, opts.provisioner), in_pipeline=t.context is not None)
