@@ -5,17 +5,16 @@ files of the wrong shape, and odd files."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
+from test_load_render import basic, fdef, one
 
-from reconciler.errors import ConfigError, ErrorList
-from reconciler.expr import Scope, resolve_string
-from reconciler import expr as _expr
-MAX_EXPANDED = getattr(_expr, "MAX_EXPANDED", 1 << 20)
-from test_load_render import basic, env_yaml, fdef, one, write
+from reconciler.errors import ConfigError
+from reconciler.expr import MAX_EXPANDED, Scope, resolve_string
 
-WHERE = lambda: ("f.yaml", 3)  # noqa: E731
+
+def WHERE():
+    return ("f.yaml", 3)
 
 
 # ------------------------------------------------------------------ expressions (item 10)
