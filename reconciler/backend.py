@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, NamedTuple
 
 from reconciler.errors import ConfigError, LockError, ReconcilerError
+from reconciler.model import IDENTIFIER, IDENTIFIER_RULE
 
 CONFIG_FILE = "reconciler.yaml"
 ENV_PREFIX = "RECONCILER_BACKEND_"
@@ -340,6 +341,15 @@ def _target_of(path: Any) -> tuple[str, str]:
     return p.parent.name, name[: -len(".json")] if name.endswith(".json") else p.stem
 
 
+def _part(identifier: str, what: str) -> str:
+    """An environment or infrastructure identifier as one part of a state path: only
+    Harness identifiers, so that no state is ever read or written outside the state directory."""
+    if not isinstance(identifier, str) or not IDENTIFIER.fullmatch(identifier):
+        raise ReconcilerError(f"{what} identifier {str(identifier)[:60]!r} is not a Harness identifier ({IDENTIFIER_RULE}); "
+                              "it cannot name a state file")
+    return identifier
+
+
 # ---------------------------------------------------------------- backends
 
 
@@ -410,7 +420,7 @@ class LocalBackend(Backend):
         return f"local ({state_dir})" if state_dir else "local"
 
     def state_path(self, state_dir: Path, environment: str, infrastructure: str) -> Path:
-        return Path(state_dir) / environment / f"{infrastructure}.json"
+        return Path(state_dir) / _part(environment, "environment") / f"{_part(infrastructure, 'infrastructure')}.json"
 
     def read(self, path) -> tuple[str | None, Any]:
         path = Path(path)
@@ -840,7 +850,7 @@ class S3Backend(Backend):
         return f"s3://{self.bucket}/{self.prefix + '/' if self.prefix else ''} (lock: {lock})"
 
     def key(self, environment: str, infrastructure: str) -> str:
-        return "/".join(p for p in (self.prefix, environment, f"{infrastructure}.json") if p)
+        return "/".join(p for p in (self.prefix, _part(environment, "environment"), f"{_part(infrastructure, 'infrastructure')}.json") if p)
 
     def state_path(self, state_dir: Path, environment: str, infrastructure: str) -> RemotePath:
         return RemotePath.of(self.bucket, self.key(environment, infrastructure))

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
 from reconciler.expr import input_default
+from reconciler.model import IDENTIFIER, IDENTIFIER_RULE
 from reconciler.yamlsrc import Doc, PathT, load_data_file, load_yaml_documents
 
 KINDS = ("service", "environment", "infrastructureDefinition", "pipeline", "connector", "overrides")
@@ -361,6 +362,8 @@ def _entity(kind: str, doc: Doc) -> Entity:
         ident = f"{body.get('type', '')}:{body.get('environmentRef', '')}:{body.get('serviceRef', '')}:{body.get('infraIdentifier', '')}"
     if not isinstance(ident, str) or not ident:
         raise doc.error((kind,), f"{kind} has no 'identifier'")
+    if kind != "overrides" and not IDENTIFIER.fullmatch(ident):
+        raise doc.error((kind, "identifier"), f"{kind} identifier {ident[:60]!r} is not a Harness identifier ({IDENTIFIER_RULE})")
     name = body.get("name", ident)
     ent = Entity(kind=kind, identifier=ident, name=str(name), body=body, doc=doc)
     if kind == "service":

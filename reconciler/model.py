@@ -6,10 +6,15 @@ can be saved to a file, rendered in several formats and executed later.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 PLAN_FORMAT_VERSION = 1
+
+# Harness's identifier pattern; it also keeps state paths (<env>/<infra>.json) inside the state directory
+IDENTIFIER = re.compile(r"[a-zA-Z_][0-9a-zA-Z_$]{0,127}")
+IDENTIFIER_RULE = "a letter or _, then up to 127 letters, digits, _ or $"
 
 
 def _from_dict(cls, data: dict):

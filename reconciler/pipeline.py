@@ -44,7 +44,7 @@ from reconciler import state as st
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
 from reconciler.expr import Scope, input_default, is_runtime_input, resolve_string
 from reconciler.load import Entity, Workspace, load_workspace, pipe_skipped_stages, pipeline_stages, stage_skipped
-from reconciler.model import FunctionSpec, Plan, Target
+from reconciler.model import IDENTIFIER, IDENTIFIER_RULE, FunctionSpec, Plan, Target
 from reconciler.render import Options, render_target, stage_targets, target_scope, variable_input
 from reconciler.yamlsrc import Doc, load_data_file
 
@@ -365,6 +365,8 @@ def check_pipeline(pipe: Entity, ws: Workspace, strict: bool = False) -> tuple[l
         sid = stage.get("identifier")
         if stage_skipped(ws, stage):
             continue
+        if not isinstance(sid, str) or not IDENTIFIER.fullmatch(sid):
+            errors.append(pipe.error(path + ("identifier",), f"stage identifier {str(sid)[:60]!r} is not a Harness identifier ({IDENTIFIER_RULE})"))
         ex = path + ("spec", "execution")
         execution = (stage.get("spec") or {}).get("execution") or {}
         steps = flatten_steps(pipe, execution.get("steps"), ex + ("steps",), "execution", errors)
@@ -392,6 +394,8 @@ def _check_step(pipe: Entity, s: StepDef) -> list[ConfigError]:
     p, b = s.path, s.body
     if not s.identifier:
         errs.append(pipe.error(p, "a step needs an 'identifier'"))
+    elif not IDENTIFIER.fullmatch(s.identifier):
+        errs.append(pipe.error(p + ("identifier",), f"step identifier {s.identifier[:60]!r} is not a Harness identifier ({IDENTIFIER_RULE})"))
     t = b.get("type")
     from reconciler import provisioners
 
