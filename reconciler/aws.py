@@ -107,6 +107,21 @@ class Aws:
             aws_session_token=creds["SessionToken"],
         )
 
+    def credentials(self, region: str, connector: dict | None = None) -> dict[str, str]:
+        """The credentials calls for `connector` use (its assumed role, else the default chain),
+        as AWS_* environment variables; empty when there are none."""
+        role = (connector or {}).get("role_arn")
+        with self._create_lock:
+            session = self._session if not role else self._assumed(connector, region)
+        got = session.get_credentials()
+        if got is None:
+            return {}
+        frozen = got.get_frozen_credentials()
+        env = {"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key}
+        if frozen.token:
+            env["AWS_SESSION_TOKEN"] = frozen.token
+        return env
+
     def mutating_calls(self) -> int:
         return sum(n for op, n in self.calls.items() if op.split(".", 1)[1].startswith(MUTATING_PREFIXES))
 

@@ -30,22 +30,20 @@ import copy
 import json
 import os
 import re
-import signal
-import subprocess
-import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from reconciler import secrets as sec
 from reconciler import state as st
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
-from reconciler.expr import Scope, input_default, is_runtime_input, resolve_string
+from reconciler.expr import Scope, input_default, is_runtime_input, resolve_expr, resolve_string
 from reconciler.load import Entity, Workspace, load_workspace, pipe_skipped_stages, pipeline_stages, stage_skipped
 from reconciler.model import IDENTIFIER, IDENTIFIER_RULE, FunctionSpec, Plan, Target
 from reconciler.render import Options, render_target, stage_targets, target_scope, variable_input
+from reconciler.shell import ScriptResult, base_environment, prepare_script, run_script  # noqa: F401  (ScriptResult re-exported)
 from reconciler.yamlsrc import Doc, load_data_file
 
 SUPPORTED_STEPS = ("AwsLambdaDeploy", "AwsLambdaRollback", "ShellScript", "Wait")
@@ -631,6 +629,18 @@ class StageRun:
         pipe = self.runner.pipe
         return resolve_string(value, self.scope(step), lambda: (pipe.file, pipe.line(*path)))
 
+    def script(self, step: StepDef) -> tuple[str, dict[str, str]]:
+        """A ShellScript step's script with its expressions as environment variable references, and their values."""
+        path = step.path + ("spec", "source", "spec", "script")
+        text = (((step.body.get("spec") or {}).get("source") or {}).get("spec") or {}).get("script") or ""
+        pipe = self.runner.pipe
+
+        def where():
+            return pipe.file, pipe.line(*path)
+
+        scope = self.scope(step)
+        return prepare_script(str(text), lambda e: resolve_expr(e, scope, where), where)
+
     def facts(self) -> dict:
         """The deployment facts exported to scripts: from the state, as recorded now."""
         s = self.spec
@@ -660,6 +670,8 @@ class Runner:
         self.pipeline_fixed: dict[str, Any] = {}
         self.warnings: list[str] = []
         self.skipped: list[tuple[tuple, dict, str]] = []  # stages that are not reconciler's: (path, stage, why)
+        # the runner's credentials are scrubbed from every output (step output and output variables included)
+        sec.remember_credentials()
 
     @property
     def aws(self):
@@ -806,8 +818,7 @@ class Runner:
                 if isinstance(s.body.get(k), str) and "<+" in s.body[k]:
                     errs += self._try(lambda: sr.resolve(s.body[k], s.path + (k,), s))
             if s.type == "ShellScript":
-                script = ((sp.get("source") or {}).get("spec") or {}).get("script")
-                errs += self._try(lambda: sr.resolve(script, s.path + ("spec", "source", "spec", "script"), s))
+                errs += self._try(lambda: sr.script(s))
                 for i, v in enumerate(sp.get("environmentVariables") or []):
                     errs += self._try(lambda: sr.resolve(v.get("value"), s.path + ("spec", "environmentVariables", i, "value"), s))
                 for v in sp.get("outputVariables") or []:
@@ -1199,16 +1210,18 @@ class Runner:
         """A ShellScript step (and the script of a ShellScriptProvision step, with `extra_env`)."""
         spec = step.body.get("spec") or {}
         sp = step.path + ("spec",)
-        script = sr.resolve(((spec.get("source") or {}).get("spec") or {}).get("script") or "", sp + ("source", "spec", "script"), step)
-        env = dict(os.environ)
+        script, env = sr.script(step)
+        env.update(base_environment())
         env.update(sr.facts())
         env.update(extra_env or {})
+        if spec.get("includeInfraSelectors") is True:  # the step asks for the infrastructure connector's credentials
+            env.update(self._credentials(sr))
         for i, v in enumerate(spec.get("environmentVariables") or []):
             value = sr.resolve(v.get("value"), sp + ("environmentVariables", i, "value"), step)
             env[v["name"]] = _s(value)
         outs = [(v["name"], str(v.get("value") or v["name"])) for v in spec.get("outputVariables") or []]
         script, env = self._with_secrets(sr, step, str(script), env)
-        result = run_script(script, env, self.settings.workspace, timeout, outs, self.log)
+        result = run_script(script, env, self.settings.workspace, timeout, outs, self.log, sec.scrub)
         if result.timed_out:
             raise StepFailed(f"timed out after {timeout:g}s; the script's processes were killed", "Timeout",
                              result.outputs, result.output[-OUTPUT_TAIL:])
@@ -1234,6 +1247,16 @@ class Runner:
         where = f"ShellScript step {step.identifier} ({self.pipe.file}:{self.pipe.line(*step.path)})"
         values = sec.read_values(self.aws, {(s.region, sid, conn): [where] for sid in ids})
         return sec.fill(script, s.region, values), sec.fill(env, s.region, values)
+
+    def _credentials(self, sr: StageRun) -> dict[str, str]:
+        """The AWS credentials of the stage target's connector (or the runner's default chain)
+        as environment variables; their values are masked in every step's output from now on."""
+        spec = sr.spec
+        creds = self.aws.credentials(spec.region, spec.connector)
+        sec.remember_credentials(creds)
+        env = {"AWS_REGION": spec.region, "AWS_DEFAULT_REGION": spec.region, **creds}
+        env.update({k: v for k, v in os.environ.items() if k.startswith("AWS_ENDPOINT_URL") or k == "AWS_CA_BUNDLE"})
+        return env
 
     # ------------------------------------------------------------ reports
     def summary(self) -> dict:
@@ -1280,84 +1303,6 @@ def _at(data: Any, path: tuple) -> Any:
 
 def _dotted(path: tuple) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
-
-
-# ---------------------------------------------------------------- scripts
-
-
-@dataclass
-class ScriptResult:
-    exit_code: int | None
-    timed_out: bool
-    output: str
-    outputs: dict
-
-
-def run_script(script: str, env: dict, cwd: Path, timeout: float | None, outputs: list[tuple[str, str]],
-               on_line: Callable[[str], None] = lambda line: None) -> ScriptResult:
-    """Run `script` with bash in its own process group; kill the group on timeout. The shell
-    variables named in `outputs` ((output name, shell variable)) are read back when it exits."""
-    with tempfile.TemporaryDirectory(prefix="reconciler-step-") as tmp:
-        out_file = Path(tmp) / "outputs"
-        path = Path(tmp) / "script.sh"
-        names = " ".join(sorted({var for _, var in outputs}))
-        trailer = ""
-        if names:
-            trailer = (f"__reconciler_outputs() {{ for __n in {names}; do if [ -n \"${{!__n+x}}\" ]; then "
-                       f"printf '%s\\0%s\\0' \"$__n\" \"${{!__n}}\"; fi; done > {_sh_quote(str(out_file))}; }}\n"
-                       "trap __reconciler_outputs EXIT\n")
-        path.write_text(trailer + script + "\n", encoding="utf-8")
-        proc = subprocess.Popen(["bash", str(path)], cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        chunks: list[str] = []
-
-        def pump() -> None:
-            for raw in iter(proc.stdout.readline, b""):
-                line = raw.decode("utf-8", errors="replace").rstrip("\n")
-                chunks.append(line)
-                on_line(line)
-
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc)
-        reader.join(timeout=2)
-        try:
-            proc.stdout.close()
-        except OSError:
-            pass
-        got: dict[str, str] = {}
-        if out_file.exists():
-            parts = out_file.read_bytes().decode("utf-8", errors="replace").split("\0")
-            values = dict(zip(parts[0::2], parts[1::2]))
-            got = {name: values[var] for name, var in outputs if var in values}
-        return ScriptResult(None if timed_out else proc.returncode, timed_out, "\n".join(chunks), got)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    for sig, grace in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            # the shell is gone; make sure nothing of its group lives on
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _sh_quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
 
 
 # ---------------------------------------------------------------- plan --pipeline

@@ -383,6 +383,19 @@ def remember(value: Any, secret: bool = False) -> None:
         _scrub_rx = _scrub_all_rx = None
 
 
+# the secret parts of AWS credentials, as the SDKs read them from the environment (an access
+# key ID names a key; it is not secret, and stays readable)
+CREDENTIAL_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def remember_credentials(environ: dict | None = None) -> None:
+    """Know the secret credential values of an environment (default: the runner's) as secrets:
+    scrubbed from every output, a script's included."""
+    env = os.environ if environ is None else environ
+    for k in CREDENTIAL_VARIABLES:
+        remember(env.get(k), secret=True)
+
+
 _show_sensitive = False  # --show-values: values sensitive by their name may be printed
 
 
