@@ -13,7 +13,7 @@ from typing import Any, Iterator
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
 from reconciler.expr import input_default
 from reconciler.model import IDENTIFIER, IDENTIFIER_RULE
-from reconciler.yamlsrc import Doc, PathT, load_data_file, load_yaml_documents
+from reconciler.yamlsrc import MAX_FILE_BYTES, Doc, PathT, decode_text, load_data_file, load_yaml_documents, read_regular_file
 
 KINDS = ("service", "environment", "infrastructureDefinition", "pipeline", "connector", "overrides")
 OVERRIDE_TYPES = ("ENV_GLOBAL_OVERRIDE", "ENV_SERVICE_OVERRIDE", "INFRA_GLOBAL_OVERRIDE", "INFRA_SERVICE_OVERRIDE")
@@ -149,7 +149,9 @@ class Workspace:
             root = self._real_root = self.root.resolve()
         if candidate != root and root not in candidate.parents:
             raise entity.error(path, f"path '{rel}' leaves the workspace", "manifest files must live inside the workspace")
-        if not candidate.is_file():
+        if candidate.is_dir():
+            raise entity.error(path, f"manifest path '{rel}' is a directory, not a file")
+        if not candidate.exists():
             raise entity.error(path, f"manifest file '{rel}' not found in the workspace ({root})")
         return candidate
 
@@ -219,22 +221,19 @@ def _load_workspace(root: Path, state_dir: Path | None) -> Workspace:
     for path in discover(root, state_dir):
         shown = ws.shown(path)
         try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            errors.append(ConfigError(f"cannot read file: {exc.strerror or exc}", shown))
-            incomplete = True
+            raw = read_regular_file(path, shown)
+            text = decode_text(raw, shown)
+        except ConfigError as exc:
+            if _may_be_entity(path, exc):
+                errors.append(exc)
+                incomplete = True
             continue
-        if not ENTITY_LINE.search(raw.decode("utf-8", errors="replace")):
+        if not ENTITY_LINE.search(text):
             # not a Harness entity (a Helm template, a CI workflow...): ignored, even if it is not valid YAML
             ws.other_files += 1
             continue
         try:
-            text = raw.decode("utf-8")
             docs = load_yaml_documents(text, shown)
-        except UnicodeDecodeError:
-            errors.append(ConfigError("not UTF-8 text", shown))
-            incomplete = True
-            continue
         except ReconcilerError as exc:
             errors.append(exc)
             incomplete = True
@@ -351,6 +350,22 @@ def _manifest_files(ws: Workspace, docs: list[Doc]) -> set[str]:
                     if isinstance(ref, str) and ref.strip() and "<+" not in ref:
                         refs.add(ref.strip().lstrip("/"))
     return {os.path.normpath(os.path.join(ws.root, ref)) for ref in refs}
+
+
+def _may_be_entity(path: Path, exc: ConfigError) -> bool:
+    """Whether a YAML file that could not be read may hold a Harness entity: an unreadable,
+    special or oversized file may; text in another encoding does if an entity key shows in it."""
+    if "not UTF" not in exc.message and "not valid UTF" not in exc.message:
+        if "larger than" in exc.message:
+            with open(path, "rb") as f:
+                return bool(ENTITY_LINE.search(f.read(MAX_FILE_BYTES).decode("utf-8", errors="replace")))
+        return True
+    with open(path, "rb") as f:
+        raw = f.read(MAX_FILE_BYTES)
+    guesses = [raw.decode("utf-8", errors="replace")]
+    if b"\x00" in raw[:64]:
+        guesses += [raw.decode("utf-16-le", errors="replace"), raw.decode("utf-16-be", errors="replace")]
+    return any(ENTITY_LINE.search(g) for g in guesses)
 
 
 def _entity(kind: str, doc: Doc) -> Entity:

@@ -108,7 +108,7 @@ def _tokens(text: str, value_of: Callable[[str], Any]) -> list[tuple[str, Any]]:
             continue
         i = m.end()
         if m.group("str"):
-            out.append(("val", bytes(m.group("str")[1:-1], "utf-8").decode("unicode_escape")))
+            out.append(("val", _unescape(m.group("str")[1:-1])))
         elif m.group("num"):
             out.append(("val", m.group("num")))
         elif m.group("op"):
@@ -117,6 +117,16 @@ def _tokens(text: str, value_of: Callable[[str], Any]) -> list[tuple[str, Any]]:
             w = m.group("word")
             out.append(("val", {"true": True, "false": False, "null": None}.get(w, w)))
     return out
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
+def _unescape(text: str) -> str:
+    """A quoted literal's text: \\n, \\t, \\r and \\0 are characters, a backslash before
+    anything else stands for that character; everything else (non-ASCII included) is as written."""
+    return _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(1)), text)
 
 
 def evaluate_condition(text: Any, value_of: Callable[[str], Any]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,8 @@ from reconciler.schema import DEFERRED, input_shape, normalise, region_problem, 
 from reconciler.secrets import references
 from reconciler.yamlsrc import Doc
 
+# Lambda refuses environment variables whose JSON ({"KEY":"value",...}) is over 4 KB
+LAMBDA_ENV_LIMIT = 4096
 GIT_STORES = ("Github", "GitLab", "Bitbucket", "Git", "AzureRepo", "CodeCommit")
 LOCAL_STORES = ("Harness", "Local", "InheritFromManifest")
 ARN = re.compile(r"^arn:(?P<partition>aws[a-z-]*):lambda:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):function:(?P<name>[A-Za-z0-9_-]+)(?::(?P<qualifier>[^:]+))?$")
@@ -383,6 +386,12 @@ def _function_spec(t: Target, svc: Entity, infra: Entity, scope: Scope, region: 
             if not fdef.get(required):
                 raise fdef_doc.error((), f"function definition has no '{required}' (required for a Zip function)")
     _secrets_only_in_environment(fdef, fdef_doc, fdata)
+    variables = (fdef.get("Environment") or {}).get("Variables")
+    if isinstance(variables, dict):
+        size = len(json.dumps(variables, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+        if size > LAMBDA_ENV_LIMIT:
+            raise fdef_doc.error(_key(fdata, "Environment"), f"the environment variables of function '{name}' take {size} bytes; "
+                                 f"Lambda allows {LAMBDA_ENV_LIMIT} (4 KB, measured as their JSON)")
     updatable = update_config_fields()
     config = {k: v for k, v in fdef.items() if k in updatable}
     create_only = {k: v for k, v in fdef.items() if k not in updatable}

@@ -7,8 +7,12 @@ the line of each value in a side table keyed by its path.
 
 from __future__ import annotations
 
+import codecs
 import json
+import math
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,10 @@ from reconciler.errors import ConfigError
 
 # A document that expands to more values than this is refused (a YAML alias bomb).
 MAX_NODES = 100_000
+# ... or to more characters of scalars, aliases counted at their expanded size
+MAX_EXPANDED_CHARS = 32 << 20
+# a workspace file (entity, manifest, input set) larger than this is refused before it is parsed
+MAX_FILE_BYTES = 8 << 20
 
 PathT = tuple  # a path into a document: keys and list indices
 
@@ -111,6 +119,8 @@ def _convert(node: Any, file: str, base_line: int) -> tuple[Any, dict[PathT, int
                     lines[sub] = lines.get(path, base_line)
                 out_l.append(walk(item, sub))
             return out_l
+        if type(n).__name__ == "ScalarFloat" and math.isinf(n):  # 1e400: a literal beyond a float (not .inf)
+            raise ConfigError("number out of range", file, lines.get(path) or base_line)
         if isinstance(n, dict):  # pragma: no cover - defensive, plain maps from merges
             return {_plain_scalar(k): walk(v, path + (_plain_scalar(k),)) for k, v in n.items()}
         if isinstance(n, list):  # pragma: no cover
@@ -192,6 +202,8 @@ def _classify(v: str) -> Any:
         want, out = "int", int(v)
     elif _FLOAT.match(v):
         want, out = "float", float(v)
+        if math.isinf(out):
+            return _FALLBACK  # out of range: ruamel's path says so with its line
     elif v[:1] in "0123456789+-.":
         return _FALLBACK
     else:
@@ -264,7 +276,7 @@ def _fast_docs(text: str, file: str, track: bool = False) -> list[Doc] | None:
     def node(ev, path: PathT, lines: dict, budget: list) -> Any:
         budget[0] -= 1
         if budget[0] < 0:
-            raise _Fallback
+            raise _TooBig(ev.start_mark.line + 1)
         cls = ev.__class__
         if cls is ScalarEvent:
             return _plain(ev)
@@ -333,8 +345,73 @@ def _fast_docs(text: str, file: str, track: bool = False) -> list[Doc] | None:
                 docs.append(Doc(file=file, data=data, lines=lines))
             if get().__class__ is not DocumentEndEvent:
                 return None  # pragma: no cover
+    except _TooBig as exc:
+        raise ConfigError(f"document expands to more than {MAX_NODES} values", file, exc.line) from None
     except (_Fallback, YAMLError, RecursionError, ValueError, TypeError):
         return None
+
+
+class _TooBig(Exception):
+    def __init__(self, line: int | None) -> None:
+        self.line = line
+
+
+def _measure(text: str, file: str) -> None:
+    """Before ruamel builds anything: count the values and scalar characters of each document
+    with libyaml's event stream, each alias at the size of what it repeats, and refuse a
+    document over MAX_NODES values or MAX_EXPANDED_CHARS characters. A syntax error is left
+    for ruamel to report."""
+    parser = _fast_parser()
+    if parser is None:
+        return
+    from yaml.events import (AliasEvent, CollectionEndEvent, CollectionStartEvent, DocumentStartEvent, MappingStartEvent,
+                             ScalarEvent)
+    from yaml.error import YAMLError
+
+    get = parser(text).get_event
+    try:
+        anchors: dict[str, tuple[int, int]] = {}
+        # each open collection: [anchor, nodes and chars at its start, is a mapping, next node is a key]
+        open_: list[list] = []
+        nodes = chars = 0
+        while True:
+            ev = get()
+            if ev is None:
+                return
+            cls = ev.__class__
+            if cls is DocumentStartEvent:
+                nodes = chars = 0
+                anchors.clear()
+                continue
+            is_key = False
+            if cls is ScalarEvent or cls is AliasEvent or issubclass(cls, CollectionStartEvent):
+                if open_ and open_[-1][3]:
+                    is_key = open_[-1][4]
+                    open_[-1][4] = not is_key
+            if cls is ScalarEvent:
+                nodes += 0 if is_key else 1  # values are counted as ruamel's conversion counts them
+                chars += len(ev.value)
+                if ev.anchor:
+                    anchors[ev.anchor] = (1, len(ev.value))
+            elif cls is AliasEvent:
+                n, c = anchors.get(ev.anchor, (1, 0))
+                nodes += n
+                chars += c
+            elif issubclass(cls, CollectionStartEvent):
+                nodes += 1
+                open_.append([ev.anchor, nodes - 1, chars, cls is MappingStartEvent, True])
+            elif issubclass(cls, CollectionEndEvent) and open_:
+                anchor, n0, c0, _, _ = open_.pop()
+                if anchor:
+                    anchors[anchor] = (nodes - n0, chars - c0)
+            else:
+                continue
+            if nodes > MAX_NODES or chars > MAX_EXPANDED_CHARS:
+                what = f"{MAX_NODES} values" if nodes > MAX_NODES else f"{MAX_EXPANDED_CHARS} characters"
+                raise ConfigError(f"document expands to more than {what} (YAML aliases/anchors used as a bomb?)", file,
+                                  ev.start_mark.line + 1)
+    except (YAMLError, RecursionError, ValueError, TypeError):
+        return
 
 
 def load_yaml_documents(text: str, file: str) -> list[Doc]:
@@ -342,7 +419,44 @@ def load_yaml_documents(text: str, file: str) -> list[Doc]:
     fast = _fast_docs(text, file)
     if fast is not None:
         return fast
+    _measure(text, file)
     return _load_yaml_documents_rt(text, file)
+
+
+def read_regular_file(path: Path, shown: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file (symlinks followed) of at most `limit` bytes. A FIFO, a device
+    (a symlink to /dev/zero), a directory or a larger file is an error, found without reading it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ConfigError("file not found", shown) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a file", shown) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read file: {exc.strerror or exc}", shown) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError("is a directory, not a file", shown)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket"
+            raise ConfigError(f"is {kind}, not a regular file", shown)
+        if st.st_size > limit:
+            raise ConfigError(f"file is larger than {limit} bytes ({st.st_size})", shown)
+        chunks, size = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise ConfigError(f"file is larger than {limit} bytes", shown)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError(f"cannot read file: {exc.strerror or exc}", shown) from None
+    finally:
+        os.close(fd)
 
 
 def _load_yaml_documents_rt(text: str, file: str) -> list[Doc]:
@@ -368,19 +482,40 @@ def _load_yaml_documents_rt(text: str, file: str) -> list[Doc]:
     return docs
 
 
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
+         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+
+
+def decode_text(raw: bytes, shown: str) -> str:
+    """A file's text: UTF-8, or UTF-8/16/32 with a byte order mark. Anything else is an error
+    (a UTF-16 file without a byte order mark says so)."""
+    for bom, encoding in _BOMS:
+        if raw.startswith(bom):
+            try:
+                return raw[len(bom):].decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"not valid {encoding.upper()} text (byte {exc.start + len(bom)})", shown) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if b"\x00" in raw[:64]:
+            raise ConfigError("not UTF-8 text (UTF-16 without a byte order mark?)", shown, hint="save it as UTF-8") from None
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", shown, hint="save it as UTF-8") from None
+    if "\0" in text:
+        raise ConfigError("not UTF-8 text: it holds NUL characters (UTF-16 without a byte order mark?)", shown, hint="save it as UTF-8")
+    return text
+
+
 def load_data_file(path: Path, shown: str) -> Doc:
     """A manifest file (JSON or YAML) as a single document."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("file not found", shown) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read file: {exc}", shown) from None
+    text = decode_text(read_regular_file(path, shown), shown)
     if path.suffix.lower() == ".json":
         # JSON is YAML: ruamel gives line numbers; json gives the better syntax message.
         try:
             docs = load_yaml_documents(text, shown)
         except ConfigError as yaml_exc:
+            if not yaml_exc.message.startswith("invalid YAML"):
+                raise  # read, but refused (a number out of range, a bomb): not a syntax question
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as exc:

@@ -66,3 +66,13 @@ def test_a_var_value_holding_expression_syntax_reaches_the_function_as_it_is(tmp
                  variables="- name: pw\n  type: String\n  value: default\n")
     spec = one(root, variables={"pw": "p<+w>d<+"})
     assert spec.config["Environment"]["Variables"]["PW"] == "p<+w>d<+"
+
+
+# ------------------------------------------------------------------ wrong results (item 13)
+
+
+def test_a_non_ascii_literal_in_a_condition_matches():
+    from reconciler.pipeline import evaluate_condition
+
+    assert evaluate_condition('<+v> == "café ✓"', lambda e: "café ✓") is True
+    assert evaluate_condition("<+v> == 'a\\'b\\\\c'", lambda e: "a'b\\c") is True
