@@ -299,11 +299,14 @@ def file_lock(lock_path: Path, info: dict, timeout: float, busy: Callable[[dict]
     waiting up to `timeout` seconds. Yields the lock's ID."""
     from filelock import FileLock, Timeout
 
-    private_mkdir(lock_path.parent)
     info_path = lock_path.with_name(lock_path.name + ".info")
     lock = FileLock(str(lock_path), thread_local=False, mode=PRIVATE)
     try:
+        private_mkdir(lock_path.parent)
         lock.acquire(timeout=timeout)
+    except OSError as exc:  # a read-only or full state directory: nothing has been changed yet
+        raise ReconcilerError(f"cannot take the lock {lock_path.name}: {exc.strerror or exc}", str(lock_path.parent),
+                              hint="the state directory must be writable") from None
     except Timeout:
         try:
             holder = json.loads(info_path.read_text())
@@ -311,7 +314,11 @@ def file_lock(lock_path: Path, info: dict, timeout: float, busy: Callable[[dict]
             holder = {}
         raise busy(holder) from None
     try:
-        write_private(info_path, json.dumps(info))
+        try:
+            write_private(info_path, json.dumps(info))
+        except OSError as exc:
+            raise ReconcilerError(f"cannot write the lock record {info_path.name}: {exc.strerror or exc}", str(lock_path.parent),
+                                  hint="the state directory must be writable") from None
         yield info["id"]
     finally:
         try:
@@ -500,7 +507,8 @@ class LocalBackend(Backend):
             try:
                 entry = loads(raw[pos:nl])
                 s, fns, recs = entry["serial"], entry["functions"], entry["records"]
-                if entry["lineage"] != lineage or type(s) is not int or not isinstance(fns, dict) or not isinstance(recs, list):
+                if entry["lineage"] != lineage or type(s) is not int or not isinstance(fns, dict) or not isinstance(recs, list) \
+                        or not all(isinstance(r, dict) for r in recs):
                     break
             except (ValueError, KeyError, TypeError):
                 break
@@ -981,6 +989,18 @@ def _code(exc: Exception) -> str:
     return str(resp.get("Error", {}).get("Code", ""))
 
 
+def _lock_holder(body: bytes, etag: str) -> dict:
+    """What a lock object says about its holder. A damaged one (not a JSON object with an
+    id) gets the ID `damaged-<ETag>`, which force-unlock accepts like any other."""
+    try:
+        holder = json.loads(body)
+    except ValueError:
+        holder = None
+    if not isinstance(holder, dict) or not isinstance(holder.get("id"), str):
+        return {"id": "damaged-" + str(etag).strip('"'), "who": "unknown (the lock object is not a lock record)"}
+    return holder
+
+
 class _S3Lock:
     """`<key>.lock` created with If-None-Match: * (fails if it exists); removed with
     If-Match on its own ETag, so a lock taken over after a force-unlock is never removed."""
@@ -1005,9 +1025,10 @@ class _S3Lock:
         except BotoCoreError as exc:
             raise self.b._aws_error(f"cannot lock the state s3://{self.b.bucket}/{self.key}", exc) from None
         try:
-            return json.loads(s3.get_object(Bucket=self.b.bucket, Key=self.key)["Body"].read())
-        except (ClientError, BotoCoreError, ValueError):
-            return {"id": "?"}  # released meanwhile, or unreadable: poll again
+            r = s3.get_object(Bucket=self.b.bucket, Key=self.key)
+        except (ClientError, BotoCoreError):
+            return {"id": "?"}  # released meanwhile: poll again
+        return _lock_holder(r["Body"].read(), r["ETag"])
 
     def release(self, info: dict) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -1037,9 +1058,9 @@ class _S3Lock:
                         continue
                     try:
                         r = b.s3.get_object(Bucket=b.bucket, Key=obj["Key"])
-                        holder = json.loads(r["Body"].read())
-                    except (ClientError, ValueError):
+                    except ClientError:
                         continue
+                    holder = _lock_holder(r["Body"].read(), r["ETag"])
                     if holder.get("id") != lock_id:
                         continue
                     try:  # only the lock object read: not one that replaced it meanwhile

@@ -329,9 +329,8 @@ def history(workspace: Workspace = Path("."), state_dir: StateDir = None, env: E
         rows = []
         from reconciler import state as st
 
-        for s in st.all_states(ctx.state_dir):
-            if (env and s.environment not in env) or (infra and s.infrastructure not in infra):
-                continue
+        unreadable: list[ReconcilerError] = []  # damaged states: reported after the others' history
+        for s in st.readable_states(ctx.state_dir, unreadable, env or (), infra or ()):
             for h in s.history:
                 if function and h.get("function") not in function:
                     continue
@@ -343,16 +342,17 @@ def history(workspace: Workspace = Path("."), state_dir: StateDir = None, env: E
         rows.sort(key=lambda r: r["time"] or "")
         if format == "json":
             out.result(json.dumps(rows, indent=2) + "\n")
-            return
-        if not rows:
+        elif not rows:
             out.result("No deployments recorded.\n")
-            return
-        out.result(_table(["time", "function", "target", "operation", "version", "code_sha256", "status"],
-                          [[r["time"], r["function"] or "-", f"{r['environment']}/{r['infrastructure']}", r["operation"], r["version"] or "-",
-                            r["code_sha256"] or "-", r["status"]] for r in rows]))
-        from reconciler.provisioners import history_lines
+        else:
+            out.result(_table(["time", "function", "target", "operation", "version", "code_sha256", "status"],
+                              [[r["time"], r["function"] or "-", f"{r['environment']}/{r['infrastructure']}", r["operation"], r["version"] or "-",
+                                r["code_sha256"] or "-", r["status"]] for r in rows]))
+            from reconciler.provisioners import history_lines
 
-        out.result(history_lines(rows))
+            out.result(history_lines(rows))
+        if unreadable:
+            raise unreadable[0] if len(unreadable) == 1 else ErrorList(unreadable)
     except ReconcilerError as exc:
         _fail(exc, debug)
 

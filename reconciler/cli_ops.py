@@ -11,7 +11,7 @@ import typer
 from reconciler.cli import (confirm, Debug, Envs, Infras, LockTimeout, NoColor, Out, Parallelism, Services, ShowStats, ShowValues, StateDir,
                             Vars, Verbose, Workspace, Artifact, _aws, _check_format, _context, _fail, _finish, _table, _warn_all, app,
                             state_app)
-from reconciler.errors import ReconcilerError
+from reconciler.errors import ErrorList, ReconcilerError
 
 Functions = Annotated[Optional[list[str]], typer.Option("--function", "-f", help="Only this function (repeatable).")]
 
@@ -85,8 +85,9 @@ def drift(workspace: Workspace = Path("."), service: Services = None, env: Envs 
         _check_format(format)
         ctx = _context(workspace, service, env, infra, None, None, state_dir, out, parallelism)
         aws = _aws()
+        unreadable: list[ReconcilerError] = []  # damaged states: reported, the others are checked
         with ctx.stats.phase("load/render"):
-            states = selected_states(ctx.state_dir, ctx.options.environments, ctx.options.infrastructures)
+            states = selected_states(ctx.state_dir, ctx.options.environments, ctx.options.infrastructures, unreadable)
         with ctx.stats.phase("refresh"):
             report = check(aws, states, ctx.options.services, list(function or []), out.debug, parallelism, ctx.progress)
         _finish(ctx, None, False)
@@ -100,6 +101,8 @@ def drift(workspace: Workspace = Path("."), service: Services = None, env: Envs 
         _finish(ctx, aws, stats, len(report.functions) if report else None)
         _fail(exc, debug)
     _finish(ctx, aws, stats, len(report.functions))
+    if unreadable:
+        _fail(ErrorList(unreadable), debug)
     if report.drifted:
         raise typer.Exit(2)
 

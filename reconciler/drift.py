@@ -63,7 +63,11 @@ class DriftReport:
         return {"format_version": DRIFT_FORMAT_VERSION, "checked_at": self.checked_at, "summary": summary, "functions": out}
 
 
-def selected_states(state_dir: Path, environments: list[str], infrastructures: list[str]) -> list[st.State]:
+def selected_states(state_dir: Path, environments: list[str], infrastructures: list[str], errors: list | None = None) -> list[st.State]:
+    """The states of these environments and infrastructures (all when none is given). With
+    `errors`, a state that cannot be read is appended there and the others are returned."""
+    if errors is not None:
+        return st.readable_states(state_dir, errors, environments, infrastructures)
     return [s for s in st.all_states(state_dir)
             if (not environments or s.environment in environments) and (not infrastructures or s.infrastructure in infrastructures)]
 

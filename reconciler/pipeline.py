@@ -505,6 +505,10 @@ def _check_action(pipe: Entity, action: Any, path: tuple) -> list[ConfigError]:
     spec = action.get("spec") or {}
     if t == "Retry":
         errs = []
+        count = spec.get("retryCount")
+        if count is not None and not (isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= 100) \
+                and not (isinstance(count, str) and count.isdigit() and int(count) <= 100):
+            errs.append(pipe.error(path + ("spec", "retryCount"), f"retryCount must be a whole number from 0 to 100, got {str(count)[:40]!r}"))
         for j, d in enumerate(spec.get("retryIntervals") or []):
             try:
                 parse_duration(d)

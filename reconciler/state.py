@@ -190,9 +190,50 @@ def parse(text: str, path: Any, environment: str, infrastructure: str, hint: str
         raise ReconcilerError(f"state file is unreadable: {exc}", str(path), hint=hint) from None
     if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
         raise ReconcilerError(f"state file has format_version {data.get('format_version') if isinstance(data, dict) else '?'}; this reconciler reads {FORMAT_VERSION}", str(path))
-    if not isinstance(data.get("lineage"), str) or not isinstance(data.get("serial"), int):
+    if not isinstance(data.get("lineage"), str) or not isinstance(data.get("serial"), int) or isinstance(data.get("serial"), bool):
         raise ReconcilerError("state file has no lineage/serial", str(path), hint=hint)
     return data
+
+
+# the shape every reader relies on: top-level fields, and in function entries and history
+# records the fields that hold mappings or lists (a null is accepted where a field is optional)
+_TOP = {"lineage": str, "serial": int, "environment": str, "infrastructure": str, "region": str,
+        "functions": dict, "history": list, "artifacts": dict}
+_FUNCTION = {"service": str, "region": str, "arn": str, "version": str, "code_sha256": str, "configuration": dict,
+             "tags": dict, "aliases": dict, "code_source": dict, "code_params": dict, "architectures": list}
+_RECORD = {"id": str, "function": str, "operation": str, "status": str, "previous": dict, "steps": list, "code_source": dict}
+_NAMES = {str: "a string", int: "an integer", dict: "a mapping", list: "a list"}
+
+
+def check_shape(data: dict, path: Any, hint: str | None = None) -> None:
+    """A state document has the types every command relies on; else one clear error naming
+    the state file and the first field that is wrong."""
+    def bad(where: str, want: type, got: Any) -> ReconcilerError:
+        kind = "null" if got is None else "true/false" if isinstance(got, bool) else type(got).__name__
+        return ReconcilerError(f"state file is damaged: {where} must be {_NAMES[want]}, got {kind}", str(path),
+                               hint=hint or "restore it from its .backup or with `reconciler state push`")
+
+    def ok(value: Any, want: type) -> bool:
+        return isinstance(value, want) and not (want is int and isinstance(value, bool))
+
+    for key, want in _TOP.items():
+        if key in data and not ok(data[key], want) and not (data[key] is None and key in ("region", "environment", "infrastructure")):
+            raise bad(key, want, data[key])
+    for name, rec in (data.get("functions") or {}).items():
+        if not ok(rec, dict):
+            raise bad(f"functions.{name}", dict, rec)
+        for key, want in _FUNCTION.items():
+            if rec.get(key) is not None and not ok(rec[key], want):
+                raise bad(f"functions.{name}.{key}", want, rec[key])
+    for i, rec in enumerate(data.get("history") or []):
+        if not ok(rec, dict):
+            raise bad(f"history[{i}]", dict, rec)
+        for key, want in _RECORD.items():
+            if rec.get(key) is not None and not ok(rec[key], want):
+                raise bad(f"history[{i}].{key}", want, rec[key])
+    for key, value in (data.get("artifacts") or {}).items():
+        if not ok(value, str):
+            raise bad(f"artifacts.{key}", str, value)
 
 
 def from_dict(data: dict, path: Any, environment: str, infrastructure: str, version: Any = None, backend: Any = None) -> State:
@@ -223,10 +264,12 @@ def _read(b, path: Any, environment: str, infrastructure: str) -> tuple[dict | N
         if text is None:
             return None, None, None
         data = parse(text, path, environment, infrastructure, hint=b.unreadable_hint(path))
+        check_shape(data, path, b.unreadable_hint(path))
         version = b.replay(path, data, text, token)
         if version is not None and (b.journal or _secrets.SEAL_PREFIX in text):
             _secrets.sealer_for(path, create=False)  # its seals can be checked (drift, rollback)
         if version is not None:
+            check_shape(data, path, b.unreadable_hint(path))
             return data, version, text
     raise ReconcilerError("state file keeps being replaced while it is read", str(path), hint="run again")
 
@@ -269,6 +312,22 @@ def targets(state_dir: Path) -> list[tuple[str, str]]:
 def all_states(state_dir: Path) -> list[State]:
     """Every state below the state directory (local) or the key prefix (s3)."""
     return [load(state_dir, env, infra) for env, infra in _backend.current().targets(state_dir)]
+
+
+def readable_states(state_dir: Path, errors: list, environments: Iterable[str] = (), infrastructures: Iterable[str] = ()) -> list[State]:
+    """The states below the state directory (of these environments and infrastructures, if
+    given) that can be read; the error of each that cannot is appended to `errors`, so that
+    one damaged state does not hide the others."""
+    envs, infras = set(environments), set(infrastructures)
+    out = []
+    for env, infra in _backend.current().targets(state_dir):
+        if (envs and env not in envs) or (infras and infra not in infras):
+            continue
+        try:
+            out.append(load(state_dir, env, infra))
+        except ReconcilerError as exc:
+            errors.append(exc)
+    return out
 
 
 # ---------------------------------------------------------------- locking
