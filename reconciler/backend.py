@@ -304,15 +304,15 @@ def file_lock(lock_path: Path, info: dict, timeout: float, busy: Callable[[dict]
     try:
         private_mkdir(lock_path.parent)
         lock.acquire(timeout=timeout)
-    except OSError as exc:  # a read-only or full state directory: nothing has been changed yet
-        raise ReconcilerError(f"cannot take the lock {lock_path.name}: {exc.strerror or exc}", str(lock_path.parent),
-                              hint="the state directory must be writable") from None
     except Timeout:
         try:
             holder = json.loads(info_path.read_text())
         except (OSError, ValueError):
             holder = {}
         raise busy(holder) from None
+    except OSError as exc:  # (Timeout is one too, above) a read-only or full state directory: nothing has been changed yet
+        raise ReconcilerError(f"cannot take the lock {lock_path.name}: {exc.strerror or exc}", str(lock_path.parent),
+                              hint="the state directory must be writable") from None
     try:
         try:
             write_private(info_path, json.dumps(info))
