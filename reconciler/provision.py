@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
@@ -194,19 +193,24 @@ def _stack_outputs(ws, infra, stack: str, region: str) -> dict:
 
 
 def _script_outputs(ws, infra, script: str, timeout: float) -> dict:
+    """A Script provisioner's outputs: the JSON it prints. It runs with the runner's whole
+    environment (it typically calls terraform or the AWS CLI with the runner's credentials),
+    and like a step's script it ends with its shell: whatever it started is killed then or on
+    its timeout (reconciler.shell.run_script)."""
+    from reconciler.shell import run_script
+
     line = infra.line("spec", "provisioner", "script")
     try:
-        proc = subprocess.run(["bash", "-c", script], cwd=str(ws.root), capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise ConfigError(f"the provisioner script timed out after {timeout:g}s", infra.file, line) from None
+        got = run_script(script, dict(os.environ), ws.root, timeout, [], separate_stderr=True)
     except OSError as exc:
         raise ConfigError(f"cannot run the provisioner script with bash: {exc}", infra.file, line) from None
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ConfigError(f"the provisioner script exited {proc.returncode}: {tail[0]}", infra.file, line)
+    if got.timed_out:
+        raise ConfigError(f"the provisioner script timed out after {timeout:g}s", infra.file, line)
+    if got.exit_code != 0:
+        tail = (got.errors or got.output).strip().splitlines()[-1:] or ["no output"]
+        raise ConfigError(f"the provisioner script exited {got.exit_code}: {tail[0][:200]}", infra.file, line)
     try:
-        data = json.loads(proc.stdout)
+        data = json.loads(got.output)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"the provisioner script must print a JSON object on stdout: {exc.msg}", infra.file, line) from None
     return parse_outputs(data, f"{infra.file}:{line}")

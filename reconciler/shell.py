@@ -221,14 +221,17 @@ class ScriptResult:
     timed_out: bool
     output: str
     outputs: dict
+    errors: str = ""  # stderr, when it was kept apart (separate_stderr)
 
 
 def run_script(script: str, env: dict, cwd: Path, timeout: float | None, outputs: list[tuple[str, str]],
-               on_line: Callable[[str], None] = lambda line: None, mask: Callable[[str], str] = lambda s: s) -> ScriptResult:
+               on_line: Callable[[str], None] = lambda line: None, mask: Callable[[str], str] = lambda s: s,
+               separate_stderr: bool = False) -> ScriptResult:
     """Run `script` with bash and exactly the environment `env`. The shell variables named in
     `outputs` ((output name, shell variable)) are read back when it exits. Every line the
-    script prints goes through `mask`, then to `on_line`. Whatever the script started is
-    killed when its shell exits, on the timeout, and on any exception."""
+    script prints goes through `mask`, then to `on_line` (stderr too, unless
+    `separate_stderr`: then it is kept in `errors`). Whatever the script started is killed
+    when its shell exits, on the timeout, and on any exception."""
     with tempfile.TemporaryDirectory(prefix="reconciler-step-") as tmp:
         out_file = Path(tmp) / "outputs"
         path = Path(tmp) / "script.sh"
@@ -242,9 +245,11 @@ def run_script(script: str, env: dict, cwd: Path, timeout: float | None, outputs
         marker = uuid.uuid4().hex
         chunks: list[str] = []
         timed_out = False
-        with _subreaper() as before:
+        err_path = Path(tmp) / "stderr"
+        with _subreaper() as before, open(err_path, "wb") as err_file:
             proc = subprocess.Popen(["bash", str(path)], cwd=str(cwd), env={**env, MARKER: marker}, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                                    stdout=subprocess.PIPE, stderr=err_file if separate_stderr else subprocess.STDOUT,
+                                    start_new_session=True)
             reader = _Reader(proc.stdout, lambda line: _emit(mask(line), chunks, on_line))
             try:
                 try:
@@ -260,7 +265,8 @@ def run_script(script: str, env: dict, cwd: Path, timeout: float | None, outputs
             parts = out_file.read_bytes().decode("utf-8", errors="replace").split("\0")
             values = dict(zip(parts[0::2], parts[1::2]))
             got = {name: mask(values[var]) for name, var in outputs if var in values}
-        return ScriptResult(None if timed_out else proc.returncode, timed_out, "\n".join(chunks), got)
+        errors = mask(err_path.read_bytes()[-65536:].decode("utf-8", errors="replace")) if separate_stderr else ""
+        return ScriptResult(None if timed_out else proc.returncode, timed_out, "\n".join(chunks), got, errors)
 
 
 def _emit(line: str, chunks: list[str], on_line: Callable[[str], None]) -> None:

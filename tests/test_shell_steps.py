@@ -209,3 +209,19 @@ def test_sigterm_of_reconciler_run_kills_the_running_script(smoke_ws, tmp_path, 
     assert len(pids) == 3
     time.sleep(0.5)
     assert [p for p in pids if alive(p)] == []
+
+
+def test_a_provisioner_script_with_a_background_job_ends_with_its_shell(tmp_path):
+    """A Script provisioner that leaves a job behind: its outputs are read when its shell
+    ends, and the job is killed."""
+    from reconciler.load import load_workspace
+    from reconciler.provision import _script_outputs
+
+    ws = tmp_path / "ws"
+    shutil.copytree(SAMPLES / "pipeline-smoke", ws)
+    workspace = load_workspace(ws)
+    infra = next(iter(workspace.infrastructures.values()))
+    t0 = time.monotonic()
+    got = _script_outputs(workspace, infra, "sleep 1000 & echo $! > bg.pid; echo '{\"region_name\": \"eu-west-1\"}'; echo note >&2", 60)
+    assert got == {"region_name": "eu-west-1"} and time.monotonic() - t0 < 10
+    assert [p for p in pids_in(ws / "bg.pid") if alive(p)] == []
