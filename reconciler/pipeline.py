@@ -684,7 +684,9 @@ class Runner:
         self.pipeline_fixed: dict[str, Any] = {}
         self.warnings: list[str] = []
         self.skipped: list[tuple[tuple, dict, str]] = []  # stages that are not reconciler's: (path, stage, why)
-        # the runner's credentials are scrubbed from every output (step output and output variables included)
+        # scrubs every output (step output and output variables included) of secret values, the
+        # runner's credentials among them; add() what else must not be shown
+        self.masker = sec.Masker()
         sec.remember_credentials()
 
     @property
@@ -1235,7 +1237,7 @@ class Runner:
             env[v["name"]] = _s(value)
         outs = [(v["name"], str(v.get("value") or v["name"])) for v in spec.get("outputVariables") or []]
         script, env = self._with_secrets(sr, step, str(script), env)
-        result = run_script(script, env, self.settings.workspace, timeout, outs, self.log, sec.scrub)
+        result = run_script(script, env, self.settings.workspace, timeout, outs, self.log, self.masker.mask)
         if result.timed_out:
             raise StepFailed(f"timed out after {timeout:g}s; the script's processes were killed", "Timeout",
                              result.outputs, result.output[-OUTPUT_TAIL:])

@@ -396,6 +396,18 @@ def remember_credentials(environ: dict | None = None) -> None:
         remember(env.get(k), secret=True)
 
 
+class Masker:
+    """The scrubbing of one run's output as an object (Runner.masker): add() makes values
+    secrets, scrubbed from every output from then on; mask() scrubs a text."""
+
+    def add(self, *values: Any) -> None:
+        for v in values:
+            remember(v, secret=True)
+
+    def mask(self, text: str) -> str:
+        return scrub(text)
+
+
 _show_sensitive = False  # --show-values: values sensitive by their name may be printed
 
 
