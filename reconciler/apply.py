@@ -737,7 +737,7 @@ def restore(aws, name: str, region: str, connector: dict | None, prev: dict, log
             owner: dict | None = None) -> None:
     """Put a function back to a snapshot: delete it if it did not exist (only if it carries
     the ownership tags of `owner`, the desired tags: a function without them is not the
-    one this apply created); else restore $LATEST code and configuration, then every alias."""
+    one this apply created); else restore $LATEST configuration and code, then every alias."""
     from reconciler.aws import Lambda
     from reconciler.engine import refresh_function
     from reconciler.schema import update_config_fields
@@ -757,13 +757,6 @@ def restore(aws, name: str, region: str, connector: dict | None, prev: dict, log
     now = refresh_function(aws, region, connector, name)
     if not now.get("exists"):
         raise AwsError(f"{name} no longer exists in Lambda; it cannot be restored")
-    if now.get("code_sha256") != prev.get("code_sha256"):
-        params = _code_params_for(prev, lam, name)
-        log(f"{name}: restoring code {prev.get('code_sha256')}")
-        lam.update_code(name, params, None)
-        check = refresh_function(aws, region, connector, name)
-        if check.get("code_sha256") != prev.get("code_sha256"):
-            raise AwsError(f"{name}: restored code is {check.get('code_sha256')}, expected {prev.get('code_sha256')}")
     fields = [f for f in RESTORABLE_CONFIG if f in update_config_fields()]
     prev_conf = prev.get("configuration") or {}
     want = {}
@@ -778,10 +771,20 @@ def restore(aws, name: str, region: str, connector: dict | None, prev: dict, log
         want[f] = v
     if "Environment" in want:
         want["Environment"] = {**want["Environment"], "Variables": _unsealed(name, lam, prev, now, want["Environment"].get("Variables") or {})}
+    # the configuration first, then the code: the reverse of the apply's order, so a
+    # configuration Lambda could not apply (its update Failed) is gone before the code
+    # update that would otherwise fail on it again
     live_now = project(now.get("configuration") or {}, want)
     if live_now != want:
         log(f"{name}: restoring configuration")
         lam.update_configuration(name, want)
+    if now.get("code_sha256") != prev.get("code_sha256"):
+        params = _code_params_for(prev, lam, name)
+        log(f"{name}: restoring code {prev.get('code_sha256')}")
+        lam.update_code(name, params, None)
+        check = refresh_function(aws, region, connector, name)
+        if check.get("code_sha256") != prev.get("code_sha256"):
+            raise AwsError(f"{name}: restored code is {check.get('code_sha256')}, expected {prev.get('code_sha256')}")
     for alias_name, a in (prev.get("aliases") or {}).items():
         cur = now.get("aliases", {}).get(alias_name)
         if cur != a:

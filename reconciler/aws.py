@@ -49,9 +49,9 @@ def _status(conf: dict) -> str:
     return ", ".join(f"{k} {conf[k]}" for k in ("State", "LastUpdateStatus") if conf.get(k)) or "without a status"
 
 
-def _failure(conf: dict) -> str:
-    """Lambda's own account of a failed create or update."""
-    if conf.get("LastUpdateStatus") == "Failed":
+def _failure(conf: dict, field: str) -> str:
+    """Lambda's own account of a failed create (`field` State) or update (LastUpdateStatus)."""
+    if field == "LastUpdateStatus":
         code, reason = conf.get("LastUpdateStatusReasonCode"), conf.get("LastUpdateStatusReason")
         head = "Lambda reports the update Failed"
     else:
@@ -236,7 +236,7 @@ class Lambda:
             for w, cfg in zip(waiters, configs):
                 state = next((a.state for a in cfg.acceptors if a.matcher_func(got)), None)
                 if state == "failure":
-                    raise AwsError(f"{what}: {_failure(conf)}")
+                    raise AwsError(f"{what}: {_failure(conf, _status_field(cfg))}")
                 if state != "success" and not (w in absent_ok and _status_field(cfg) not in conf):
                     done = False
             if done:

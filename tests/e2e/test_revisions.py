@@ -7,6 +7,8 @@ The two-environments sample, staging target, every CLI call through the FaultPro
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from harness.faultproxy import is_mutating
 from harness.localstack import on_both_emulators
@@ -15,6 +17,15 @@ from test_failures import FN, SHA1, SHA2, Deploy
 pytestmark = pytest.mark.e2e
 
 BY_HAND = "changed by hand"
+# tests/localstack_plugin: a version whose environment has it cannot be prepared (Failed)
+PREPARATION_FAILS = "RECONCILER_TEST_PREPARATION_FAILS"
+
+
+def failing_preparation(d) -> None:
+    """The function definition gains the variable that makes LocalStack fail the version."""
+    d.edit = json.loads((d.ws / "lambda-definition.json").read_text())
+    d.edit["environment"]["variables"][PREPARATION_FAILS] = "no room for it"
+    (d.ws / "lambda-definition.json").write_text(json.dumps(d.edit))
 
 
 @pytest.fixture
@@ -170,3 +181,20 @@ def test_a_real_update_in_progress_is_waited_out(d):
     assert "changed in Lambda since this plan was made" in r.stderr
     assert settled(d.lam)["Timeout"] == 11  # the hand change stays: nothing of this apply ran
     assert d.aws.versions(FN) == ["1"] and d.aws.aliases(FN) == {"live": "1"}
+
+
+@pytest.mark.parametrize("emulator", ["localstack"], indirect=True)  # moto has no Failed update
+def test_an_update_lambda_cannot_finish_fails_and_is_rolled_back(d):
+    d.deploy_v1()
+    settled(d.lam)
+    failing_preparation(d)
+    r = d.apply(*d.to_v2())
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Lambda reports the update Failed" in r.stderr, r.stderr
+    assert "rolled back" in r.stderr, r.stderr
+    assert d.proxy.count("PublishVersion") == 0
+    conf = settled(d.lam)
+    assert (conf["CodeSha256"], conf["MemorySize"]) == (SHA1, 128)
+    assert PREPARATION_FAILS not in conf["Environment"]["Variables"]
+    assert d.aws.versions(FN) == ["1"] and d.aws.aliases(FN) == {"live": "1"}
+    assert d.last()["status"] == "rolled_back"

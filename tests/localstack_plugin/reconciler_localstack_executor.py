@@ -3,7 +3,9 @@
 LocalStack's default executor prepares every function version with Docker; without
 Docker each one ends `Failed`. This one prepares versions without running anything, so
 functions go `Pending → Active` and updates `InProgress → Successful` as in Lambda.
-Invoke cannot work with it (it raises). Selected with
+Invoke cannot work with it (it raises). A version whose environment has the variable
+RECONCILER_TEST_PREPARATION_FAILS fails to prepare (a fault the tests inject from the
+emulator's side). Selected with
 `LAMBDA_RUNTIME_EXECUTOR=prepare-only`; installed into LocalStack's own environment.
 """
 
@@ -16,6 +18,9 @@ from localstack.services.lambda_.invocation.runtime_executor import (
 )
 
 NO_RUNTIME = "this LocalStack runs no Lambda code (runtime executor 'prepare-only')"
+# a function version whose environment has this variable fails its preparation, as a
+# version Lambda cannot prepare does: the function goes Failed (create) or its update does
+FAIL_VARIABLE = "RECONCILER_TEST_PREPARATION_FAILS"
 
 
 class PrepareOnlyExecutor(RuntimeExecutor):
@@ -42,7 +47,9 @@ class PrepareOnlyExecutor(RuntimeExecutor):
 
     @classmethod
     def prepare_version(cls, function_version) -> None:
-        pass
+        variables = function_version.config.environment or {}
+        if FAIL_VARIABLE in variables:
+            raise LambdaRuntimeException(f"cannot prepare this version: {variables[FAIL_VARIABLE]}")
 
     @classmethod
     def cleanup_version(cls, function_version) -> None:
