@@ -68,6 +68,7 @@ def test_terraform_needs_the_executable(monkeypatch, tmp_path):
 
 
 def test_secret_looking_outputs_are_masked():
+    """By the project's masking policy (reconciler.secrets sensitive_names), plus outputs a tool marks sensitive."""
     got = provisioners.masked({"region_name": "us-east-2", "db_password": "x", "api_key": "y", "Token": "z", "vpc_id": "v",
                                "certificate": "c"}, {"certificate"})
     assert got == {"region_name": "us-east-2", "db_password": "(sensitive)", "api_key": "(sensitive)", "Token": "(sensitive)",

@@ -22,7 +22,6 @@ recorded in the state history as a `provision` record; secret-looking outputs ar
 from __future__ import annotations
 
 import copy
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,8 +31,6 @@ from typing import Any, Protocol
 from reconciler.errors import ConfigError, ReconcilerError
 
 MASK = "(sensitive)"
-# output names that look like they hold a secret: their values never reach a log, a summary or the state
-SECRET_NAME = re.compile(r"(?i)(secret|passw(or)?d|\bpwd\b|token|credential|private[_-]?key|api[_-]?key|access[_-]?key|_key$|^key$)")
 PROVISION_PHASES = ("provision", "provision_rollback")
 NOT_SUPPORTED = {
     "TerraformCloudRun": "Terraform Cloud runs are not supported: run the configuration with TerraformPlan/TerraformApply "
@@ -229,7 +226,11 @@ def resolve_tree(sr, step, node: Any, path: tuple) -> Any:
 
 
 def is_secret(name: str) -> bool:
-    return bool(SECRET_NAME.search(str(name)))
+    """An output whose name the project's masking policy calls sensitive (reconciler.secrets:
+    `sensitive_names`, by default PASSWORD, SECRET, TOKEN, KEY, CREDENTIAL, PRIVATE; `mask_all`)."""
+    from reconciler import secrets
+
+    return secrets.config().sensitive(str(name))
 
 
 def masked(outputs: dict, sensitive: set | frozenset = frozenset()) -> dict:
@@ -256,7 +257,12 @@ def run_step(runner, sr, step, timeout: float) -> tuple[dict, str]:
             _record(runner, sr, "failed")  # updated if the stage goes on (a failure strategy that ignores it)
         raise
     shown = masked(got.outputs, got.sensitive)
-    masker = getattr(runner, "masker", None)  # the run's output masking, where the runner has one
+    from reconciler import secrets
+
+    for k, v in shown.items():  # a sensitive value is scrubbed from every later output of the run
+        if v == MASK and got.outputs[k] is not None:
+            secrets.remember(str(got.outputs[k]), secret=True)
+    masker = getattr(runner, "masker", None)  # the script runner's own masking, where the runner has one
     if masker is not None:
         masker.add(*(str(got.outputs[k]) for k, v in shown.items() if v == MASK and got.outputs[k] is not None))
     if step.phase == "provision":

@@ -70,7 +70,7 @@ def test_shell_script_provision_maps_the_region(smoke):
     history records what was provisioned with the secret-looking output masked."""
     provisioner(smoke, SHELL_STEP, SHELL_UNDO)
     pipe = smoke.ws / PIPELINE
-    pipe.write_text(pipe.read_text().replace('script: echo "version <+pipeline', 'script: echo "provisioned <+provisioner.region_name>; version <+pipeline'))
+    pipe.write_text(pipe.read_text().replace('script: echo "version <+pipeline', 'script: echo "provisioned <+provisioner.region_name> (password <+provisioner.db_password>); version <+pipeline'))
     r = smoke.cli("validate")
     assert "(provisioner.region_name)" in r.stdout
     r = smoke.cli("plan", code=1)  # only `run` runs the stage's provisioner steps
@@ -84,7 +84,8 @@ def test_shell_script_provision_maps_the_region(smoke):
     assert got["deployawslambda"]["outputs"]["region"] == "us-east-2"
     assert smoke.aws.aliases(FN, "us-east-2") == {"live": "1"}
     assert smoke.aws.client("lambda", "us-east-1").list_functions()["Functions"] == []
-    assert "provisioned us-east-2; version 1 is healthy" in s["_stderr"]  # the outputs reach every expression of the stage
+    # the outputs reach every expression of the stage; a sensitive one is scrubbed from the output
+    assert "provisioned us-east-2 (password (sensitive)); version 1 is healthy" in s["_stderr"]
     assert "undoInfra" not in got  # no rollback: its rollback steps do not run
     assert not (smoke.ws / "provision-undone.txt").exists()
 
