@@ -50,6 +50,10 @@ class Interrupted(BaseException):
     function of a parallel apply failed: the function is rolled back like on a failure."""
 
 
+class NotStarted(Exception):
+    """A function of a parallel apply that was not started because another one failed."""
+
+
 # ---------------------------------------------------------------- state writes
 
 
@@ -169,9 +173,10 @@ def apply_plan(plan: Plan, aws, state_dir: Path, log: Callable[[str], None], *, 
     """Apply every function with changes, one state file (infrastructure) at a time.
 
     Functions of one state file are applied `parallelism` at a time (each function's
-    steps in order). The first failure stops functions not yet started; the ones running
-    finish (or roll back) and the failure is raised."""
-    results = {"applied": [], "failed": [], "deleted": []}
+    steps in order). The first failure stops functions not yet started at once (the
+    moment it happens, before its rollback); the ones running finish (or roll back); a
+    summary (applied / failed / not started) is logged and the failure is raised."""
+    results: dict[str, list[str]] = {"applied": [], "failed": [], "deleted": [], "not_started": []}
     by_state: dict[tuple[str, str], list[FunctionPlan]] = {}
     for fp in plan.functions:
         if fp.has_changes:
@@ -198,34 +203,53 @@ def apply_plan(plan: Plan, aws, state_dir: Path, log: Callable[[str], None], *, 
                 else:
                     befores = {}
                 _apply_group(fps, writer, aws, log, rollback_on_failure, lock_timeout, parallelism, results, befores)
-            except BaseException:
+            except BaseException as exc:
                 writer.close(best_effort=True)
+                if isinstance(exc, ReconcilerError):
+                    _summarize(results, [fp for fps_ in by_state.values() for fp in fps_], log)
                 raise
             writer.close()
     return results
 
 
+def _summarize(results: dict, fps: list[FunctionPlan], log: Callable[[str], None]) -> None:
+    """The end of a failed apply: what was applied, what failed, what was never started."""
+    seen = set(results["applied"]) | set(results["deleted"]) | set(results["failed"])
+    results["not_started"] = [fp.name for fp in fps if fp.name not in seen]
+    parts = [f"{len(results['applied'])} applied", f"{len(results['deleted'])} deleted" if results["deleted"] else "",
+             f"{len(results['failed'])} failed ({', '.join(results['failed'])})" if results["failed"] else "",
+             f"{len(results['not_started'])} not started" if results["not_started"] else ""]
+    log("Apply failed: " + ", ".join(p for p in parts if p) + ".")
+
+
 def _apply_group(fps: list[FunctionPlan], writer: StateWriter, aws, log, rollback_on_failure: bool, lock_timeout: float,
                  parallelism: int, results: dict, befores: dict[str, dict] | None = None) -> None:
-    abort = threading.Event()
+    abort = threading.Event()    # Ctrl-C: the running functions stop at their next step and roll back
+    failing = threading.Event()  # a function failed: no other one is started
     done_lock = threading.Lock()
 
     def one(fp: FunctionPlan) -> None:
         if abort.is_set():
             raise Interrupted()
+        if failing.is_set():
+            raise NotStarted()
         # the state file's lock, held for the whole apply, already keeps other deployments
         # out unless deployments are simultaneous
         with function_lock(writer.path, fp.name, "delete" if fp.action == "delete" else "apply", timeout=lock_timeout) if writer.shared else nullcontext():
             if fp.action == "delete":
                 _delete(fp, writer, aws, log)
             else:
-                _apply_function(fp, writer, aws, log, rollback_on_failure, abort, (befores or {}).get(fp.name))
+                _apply_function(fp, writer, aws, log, rollback_on_failure, abort, (befores or {}).get(fp.name), failing)
         with done_lock:
             results["deleted" if fp.action == "delete" else "applied"].append(fp.name)
 
     if parallelism <= 1 or len(fps) == 1:
         for fp in fps:
-            one(fp)
+            try:
+                one(fp)
+            except BaseException:
+                results["failed"].append(fp.name)
+                raise
         return
 
     errors: list[BaseException] = []
@@ -233,11 +257,14 @@ def _apply_group(fps: list[FunctionPlan], writer: StateWriter, aws, log, rollbac
         futures = {pool.submit(one, fp): fp for fp in fps}
         try:
             for fut in as_completed(futures):
+                if fut.cancelled():  # never started (cancelled after a failure)
+                    continue
                 exc = fut.exception()
-                if exc is None or isinstance(exc, Interrupted) and errors:
+                if exc is None or isinstance(exc, NotStarted) or isinstance(exc, Interrupted) and errors:
                     continue
                 errors.append(exc)
                 results["failed"].append(futures[fut].name)
+                failing.set()
                 for other in futures:
                     other.cancel()  # not started yet: never started
         except BaseException:
@@ -248,8 +275,9 @@ def _apply_group(fps: list[FunctionPlan], writer: StateWriter, aws, log, rollbac
                 other.cancel()
             for other in futures:
                 try:
-                    other.exception()
-                except BaseException:  # noqa: BLE001 - cancelled, or a second Ctrl-C
+                    if not other.cancelled():
+                        other.exception()
+                except BaseException:  # noqa: BLE001 - a second Ctrl-C
                     pass
             raise
     if errors:
@@ -354,10 +382,12 @@ def half_done(record: dict) -> str:
 
 
 def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[str], None], rollback_on_failure: bool,
-                    abort: threading.Event | None = None, before: dict | None = None) -> None:
+                    abort: threading.Event | None = None, before: dict | None = None,
+                    failing: threading.Event | None = None) -> None:
     """Deploy one function. `before` is what is live now when the caller knows it (the
     plan's snapshot, read under the state lock this apply still holds, or a saved plan's
-    freshness check); otherwise it is read here."""
+    freshness check); otherwise it is read here. `failing` is set the moment a step
+    fails, before the rollback, so that a parallel apply starts no other function."""
     from reconciler.aws import CHANGED_WHILE_UPDATING, Lambda
     from reconciler.engine import refresh_function
 
@@ -530,6 +560,8 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             _upsert(state, record)
         writer.update(finish, functions=[spec.name], records=[record])
     except AwsError as exc:
+        if failing is not None:
+            failing.set()
         if exc.code == "ResourceConflictException" and not record["steps"] and not created and not before.get("exists"):
             # another tool created the function between this plan's read and CreateFunction:
             # it is not this apply's to roll back (deleting it would delete theirs)
@@ -560,6 +592,8 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             exc = moved
         _failed(exc, fp, spec, config, recorded, record, writer, aws, log, rollback_on_failure)
     except BaseException as exc:  # noqa: BLE001 - Ctrl-C or a bug mid-apply rolls back too, then re-raises
+        if failing is not None:
+            failing.set()
         _failed(exc, fp, spec, config, recorded, record, writer, aws, log, rollback_on_failure)
 
 
@@ -737,7 +771,16 @@ def restore(aws, name: str, region: str, connector: dict | None, prev: dict, log
             owner: dict | None = None) -> None:
     """Put a function back to a snapshot: delete it if it did not exist (only if it carries
     the ownership tags of `owner`, the desired tags: a function without them is not the
-    one this apply created); else restore $LATEST configuration and code, then every alias."""
+    one this apply created); else restore $LATEST configuration and code, then every alias.
+    Its Lambda calls get capacity within the quotas ahead of other work (reconciler.quota.urgent)."""
+    from reconciler.quota import urgent
+
+    with urgent():
+        _restore(aws, name, region, connector, prev, log, owner)
+
+
+def _restore(aws, name: str, region: str, connector: dict | None, prev: dict, log: Callable[[str], None],
+             owner: dict | None = None) -> None:
     from reconciler.aws import Lambda
     from reconciler.engine import refresh_function
     from reconciler.schema import update_config_fields

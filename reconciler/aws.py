@@ -1,10 +1,12 @@
 """The only module that talks to AWS: clients, typed calls, waiters and retries.
 
 Missing things come back as None, not exceptions; every other AWS error becomes an
-AwsError naming what was being attempted. Retries of throttling and 5xx are botocore's
-standard retry mode. Waits for Lambda use the acceptors of botocore's Lambda waiters in a
-poll that returns the answer that ended it; an update in progress
-(ResourceConflictException) is waited out the same way (Lambda._change).
+AwsError naming what was being attempted. Retries of 5xx and connection errors are
+botocore's standard retry mode; Lambda calls are paced within Lambda's quotas and their
+throttles retried for a bounded time by reconciler.quota (on botocore's event hooks).
+Waits for Lambda use the acceptors of botocore's Lambda waiters in a poll that returns the
+answer that ended it; an update in progress (ResourceConflictException) is waited out the
+same way (Lambda._change).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
 from reconciler.errors import AwsError
+from reconciler.quota import QuotaStats, install
 from reconciler.secrets import scrub
 
 RETRY = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10, read_timeout=70)
@@ -72,6 +75,7 @@ class Aws:
         self._create_lock = threading.RLock()
         self._count_lock = threading.Lock()
         self.calls: Counter[str] = Counter()
+        self.quota = QuotaStats()
 
     def client(self, service: str, region: str, connector: dict | None = None):
         role = (connector or {}).get("role_arn")
@@ -85,6 +89,9 @@ class Aws:
                 session = self._session if not role else self._assumed(connector, region)
                 c = session.client(service, region_name=region, config=RETRY)
                 c.meta.events.register("before-call", self._count)
+                if service == "lambda":
+                    # one set of limiters per (endpoint, region, credentials), shared process-wide
+                    install(c, self.quota, (c.meta.endpoint_url, region, role))
                 self._clients[key] = c
             return c
 

@@ -124,7 +124,8 @@ def _finish(ctx, aws, show_stats: bool, functions: int | None = None) -> None:
     if close:
         close()
     if show_stats:
-        sys.stderr.write(ctx.stats.render(dict(aws.calls) if aws is not None else {}, functions))
+        quotas = aws.quota.to_dict() if aws is not None else None
+        sys.stderr.write(ctx.stats.render(dict(aws.calls) if aws is not None else {}, functions, quotas))
         sys.stderr.flush()
 
 

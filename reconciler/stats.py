@@ -1,4 +1,5 @@
-"""`--stats` and progress: API calls by operation, wall time per phase, peak memory; a
+"""`--stats` and progress: API calls by operation, Lambda calls by quota class (throttles,
+time waiting for capacity, the floor the quotas set), wall time per phase, peak memory; a
 progress bar (or plain lines) on stderr. Standard library only at import time (rich is
 imported only when a bar is really drawn), so that the CLI starts fast."""
 
@@ -40,14 +41,19 @@ class Stats:
             with self._lock:
                 self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t
 
-    def to_dict(self, calls: dict[str, int] | None) -> dict:
-        return {"calls": dict(sorted((calls or {}).items())),
-                "phases": {k: round(v, 4) for k, v in self.phases.items()},
-                "peak_rss_mb": round(peak_rss_mb(), 1)}
+    def to_dict(self, calls: dict[str, int] | None, quotas: dict[str, dict] | None = None) -> dict:
+        d = {"calls": dict(sorted((calls or {}).items())),
+             "phases": {k: round(v, 4) for k, v in self.phases.items()},
+             "peak_rss_mb": round(peak_rss_mb(), 1)}
+        if quotas:
+            d["quotas"] = quotas
+            d["floor_s"] = max(q["floor_s"] for q in quotas.values())
+        return d
 
-    def render(self, calls: dict[str, int] | None, functions: int | None = None) -> str:
-        """A human table, then the machine line `stats: {json}`."""
-        d = self.to_dict(calls)
+    def render(self, calls: dict[str, int] | None, functions: int | None = None, quotas: dict[str, dict] | None = None) -> str:
+        """A human table, then the machine line `stats: {json}`. `quotas`: per Lambda quota
+        class {rate, calls (requests sent, retries included), throttled, waited_s, floor_s}."""
+        d = self.to_dict(calls, quotas)
         lines = ["API calls:"]
         width = max([len(k) for k in d["calls"]] + [10])
         for op, n in d["calls"].items():
@@ -57,6 +63,12 @@ class Stats:
         lam = sum(n for op, n in d["calls"].items() if op.startswith("lambda."))
         if functions:
             lines.append(f"  Lambda calls per function: {lam / functions:.2f} ({lam} for {functions} function(s))")
+        if quotas:
+            lines.append("Lambda quotas (per account and region):")
+            lines.append(f"  {'class'.ljust(13)}  {'rate/s':>6}  {'requests':>8}  {'throttled':>9}  {'waited':>9}  {'floor':>8}")
+            for cls, q in quotas.items():
+                lines.append(f"  {cls.ljust(13)}  {q['rate']:>6g}  {q['calls']:>8}  {q['throttled']:>9}  {q['waited_s']:>8.2f}s  {q['floor_s']:>7.2f}s")
+            lines.append(f"  floor: {d['floor_s']:.2f} s (the slowest class; waited is summed over threads)")
         lines.append("Wall time:")
         for name in [p for p in PHASES if p in d["phases"]] + [p for p in d["phases"] if p not in PHASES]:
             lines.append(f"  {name.ljust(12)}  {d['phases'][name]:8.3f} s")
