@@ -72,11 +72,56 @@ def refresh_function(aws, region: str, connector: dict | None, name: str) -> dic
 
 
 class Want(NamedTuple):
-    """A function to refresh."""
+    """A function to refresh. `aliases`: the aliases the state records for it (name → view),
+    when reading only the versions they point to is exact enough (see alias_check); else
+    None: ListAliases."""
 
     region: str
     connector: dict | None
     name: str
+    aliases: dict | None = None
+
+
+def alias_check(spec: FunctionSpec | None, recorded: dict | None) -> dict | None:
+    """The recorded aliases of a function whose plan needs only the versions they point to:
+    every alias desired is recorded with the description and weights desired, and none has
+    routing weights. Those versions are read with GetFunction(Qualifier=alias) (its own,
+    larger quota) instead of ListAliases (the control plane's); description and weights are
+    then taken as recorded (a hand change to those alone is reported by drift, which reads
+    ListAliases). Anything else -- an alias not recorded, a change of description or weights,
+    weighted routing (a canary) -- returns None: ListAliases, every fact exact."""
+    from reconciler.live import alias_view
+
+    rec = (recorded or {}).get("aliases") or {}
+    if not rec or any(a.get("weights") for a in rec.values()):
+        return None
+    for a in (spec.aliases if spec is not None else []):
+        have, want = rec.get(a["Name"]), alias_view(a)
+        if have is None or have.get("description", "") != want["description"] or (have.get("weights") or {}) != want["weights"]:
+            return None
+    return rec
+
+
+def read_aliases(aws, w: Want, missing_ok: bool = True) -> dict[str, dict] | None:
+    """The aliases of a function, in ListAliases' shape: with w.aliases, the version of each
+    by GetFunction(Qualifier=alias), the rest as recorded; ListAliases when there is nothing
+    to check that way, or when an alias is missing or points elsewhere than recorded (then
+    every fact is read exactly)."""
+    from reconciler.aws import Lambda
+
+    lam = Lambda(aws, w.region, w.connector)
+    if w.aliases:
+        out = {}
+        for name, rec in w.aliases.items():
+            got = lam.get_function(w.name, name)
+            version = ((got or {}).get("Configuration") or {}).get("Version")
+            if version is None or str(version) != str(rec.get("version")):
+                break
+            out[name] = {"Name": name, "FunctionVersion": version, "Description": rec.get("description", ""),
+                         "RoutingConfig": {"AdditionalVersionWeights": rec.get("weights") or {}}}
+        else:
+            return out
+    return lam.list_aliases(w.name, missing_ok=missing_ok)
 
 
 _UNKNOWN = object()
@@ -146,7 +191,7 @@ def refresh_all(aws, wants: list[Want], parallelism: int = 10,
         if bulk:
             early_pool = ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(bulk))), thread_name_prefix="aliases")
             for i in bulk:
-                eager[i] = early_pool.submit(lambda w: Lambda(aws, w.region, w.connector).list_aliases(w.name, missing_ok=True), wants[i])
+                eager[i] = early_pool.submit(read_aliases, aws, wants[i])
             early_pool.shutdown(wait=False)
 
     for (region, _role), idx in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
@@ -210,7 +255,7 @@ def refresh_all(aws, wants: list[Want], parallelism: int = 10,
         elif i in eager:
             got = eager[i].result() or {}  # read while listing (None: it was not there yet)
         else:
-            got = Lambda(aws, w.region, w.connector).list_aliases(w.name)
+            got = read_aliases(aws, w, missing_ok=False)
         with lock:
             done += 1
             progress("refresh", done, n, w.name)
@@ -335,7 +380,8 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
                     continue  # another service's function, or one outside the selection
                 orphans.append((name, rec, state, env, infra))
 
-        wants = [Want(s.region, s.connector, s.name) for s in ordered]
+        wants = [Want(s.region, s.connector, s.name, alias_check(s, states[(s.environment, s.infrastructure)].functions.get(s.name)))
+                 for s in ordered]
         wants += [Want(rec.get("region") or state.region, rec.get("connector"), name) for name, rec, state, _, _ in orphans]
         ctx.log(f"refreshing {len(wants)} function(s)")
         try:
@@ -424,11 +470,24 @@ class _EarlyRefresh:
         if self.error is not None:  # read them the usual way: the error is reported if it matters
             return refresh_all(self.aws, wants, self.ctx.parallelism, self.ctx.progress)[0]
         got = {_want_key(w): snap for w, snap in zip(self.wants, self.result or [])}
+        checked = {_want_key(w) for w in self.wants if w.aliases}
         rest = [w for w in wants if _want_key(w) not in got]
         if rest:
             snaps, _ = refresh_all(self.aws, rest, self.ctx.parallelism, self.ctx.progress)
             got.update({_want_key(w): snap for w, snap in zip(rest, snaps)})
+        # read early by version only, but the plan needs every fact of their aliases (an
+        # alias desired that is not recorded, a new description or weights): ListAliases
+        full = [w for w in wants if w.aliases is None and _want_key(w) in checked and got[_want_key(w)].get("exists")]
+        for w, aliases in zip(full, parallel_map(lambda w: read_aliases(self.aws, w), full, self.ctx.parallelism)):
+            got[_want_key(w)] = _with_aliases(got[_want_key(w)], aliases or {})
         return [got[_want_key(w)] for w in wants]
+
+
+def _with_aliases(snap: dict, aliases: dict[str, dict]) -> dict:
+    from reconciler.live import alias_view
+
+    return {**snap, "aliases": {n: alias_view(a) for n, a in sorted(aliases.items())},
+            "alias_revisions": {n: a.get("RevisionId") for n, a in aliases.items() if a.get("RevisionId")}}
 
 
 def _early_refresh(ctx: Context, aws) -> _EarlyRefresh | None:
@@ -439,7 +498,7 @@ def _early_refresh(ctx: Context, aws) -> _EarlyRefresh | None:
         states = {key: st.load(ctx.state_dir, *key) for key in st.targets(ctx.state_dir)}
     except Exception:  # noqa: BLE001 - an unreadable state is reported by the plan itself, later
         return None
-    wants = [Want(rec.get("region") or s_.region, rec.get("connector"), name)
+    wants = [Want(rec.get("region") or s_.region, rec.get("connector"), name, alias_check(None, rec))
              for s_ in states.values() for name, rec in sorted(s_.functions.items()) if rec.get("region") or s_.region]
     if not wants:
         return None

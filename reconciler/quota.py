@@ -9,8 +9,8 @@ be raised, and other jobs of the account spend the same budget.
 Every Lambda request this process sends takes a token from the Limiter of its quota class
 for its (endpoint, region, credentials) -- one Limiter per class, shared by every client
 and thread (a module-level registry) -- before it is sent (botocore's `before-send`
-event), retries included. A Limiter starts at the documented rate with one second of
-burst, as Lambda's own bucket. On a 429 it lowers its rate with CUBIC (botocore's
+event), retries included. A Limiter starts at the documented rate with a quarter of a
+second of burst (Lambda's bucket holds one second: the rest is slack for jitter). On a 429 it lowers its rate with CUBIC (botocore's
 `CubicCalculator`: x0.7 on a throttle, then a cubic probe back up) and measures the rate
 really sent with botocore's `RateClocker`; it never goes above the documented rate.
 A throttled call is retried (`needs-retry`) until THROTTLE_TIMEOUT seconds after its first
@@ -52,6 +52,11 @@ MIN_RATE = 1.0
 # at most one slow-down per this many seconds (Lambda's bucket holds one second): the
 # throttles that follow a slow-down mostly answer requests sent before it
 CUT_INTERVAL = 1.0
+# the burst a Limiter allows, in seconds of its rate: a quarter of Lambda's one second, so
+# that Lambda's bucket keeps three quarters of a second of slack for requests that reach it
+# closer together than they were sent (threads, connections, the network); sending at the
+# full rate with no slack, such jitter alone would be throttled
+BURST_SECONDS = 0.25
 
 
 def throttle_timeout(environ: dict | None = None) -> float:
@@ -101,15 +106,15 @@ def is_urgent() -> bool:
 
 
 class Limiter:
-    """A token bucket of one quota class: `rate` tokens a second, at most `rate` kept (one
-    second of burst; at least one), starting full. acquire() blocks until a token is free; urgent
+    """A token bucket of one quota class: `rate` tokens a second, at most BURST_SECONDS of
+    them kept (at least one), starting full. acquire() blocks until a token is free; urgent
     callers are served before any other waiting caller."""
 
     def __init__(self, quota: float, clock: Clock | None = None) -> None:
         self.quota = float(quota)
         self.rate = float(quota)
         self._clock = clock or Clock()
-        self._tokens = self.rate
+        self._tokens = self._capacity()
         self._at = self._clock.current_time()
         self._cond = threading.Condition()
         self._urgent_waiting = 0
@@ -117,9 +122,12 @@ class Limiter:
         self._rate_clocker = RateClocker(self._clock)
         self._last_cut = float("-inf")
 
+    def _capacity(self) -> float:
+        # at least one token can be kept, whatever the rate (else below 4/s none would be)
+        return max(1.0, self.rate * BURST_SECONDS)
+
     def _refill(self, now: float) -> None:
-        # at least one token can be kept, whatever the rate (else below 1/s none would be)
-        self._tokens = min(max(1.0, self.rate), self._tokens + (now - self._at) * self.rate)
+        self._tokens = min(self._capacity(), self._tokens + (now - self._at) * self.rate)
         self._at = now
 
     def acquire(self, urgent_: bool = False) -> tuple[float, float]:
@@ -169,7 +177,7 @@ class Limiter:
     def _set_rate(self, rate: float, now: float) -> None:
         self._refill(now)
         self.rate = max(MIN_RATE, min(self.quota, rate))
-        self._tokens = min(self._tokens, max(1.0, self.rate))
+        self._tokens = min(self._tokens, self._capacity())
         self._cond.notify_all()
 
 

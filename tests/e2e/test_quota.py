@@ -138,3 +138,55 @@ def test_a_failure_in_one_function_of_a_parallel_apply_ends_in_the_normal_report
     for n in set(NAMES) - set(done) - {"fn0000"}:  # never started: untouched, nothing recorded
         assert _live(aws, n) == (sha["v1"], 128, {"live": "1"}, ["1"]), n
         assert n not in touched
+
+
+def test_plan_reads_alias_versions_in_the_getfunction_quota_and_stays_exact(aws, run_cli, moto_server, tmp_path):
+    aws.create_role(fleet.ROLE)
+    for v in ("v1", "v2"):
+        aws.put_zip(fleet.BUCKET, f"{v}.zip", fleet.make_zip(v), region=fleet.REGION)
+    ws, state = tmp_path / "ws", tmp_path / "state"
+    common = ["-w", ws, "--state-dir", state]
+    n = 12  # a listed region (at least 10 functions)
+    fleet.workspace(ws, n)
+    check(run_cli("apply", "--auto-approve", *common))
+    with FaultProxy(moto_server.endpoint) as proxy:
+        via = {"AWS_ENDPOINT_URL": proxy.endpoint}
+        r = check(run_cli("plan", "--detailed-exitcode", "--stats", *common, env_extra=via))
+        ops = proxy.operations("lambda")
+        assert ops.count("GetFunction") == n and "ListAliases" not in ops and "GetAlias" not in ops, ops
+        assert all(e["query"].get("Qualifier") == ["live"] for e in proxy.entries() if e["operation"] == "GetFunction")
+        assert _stats(r.stderr)["quotas"]["get-function"]["calls"] == n
+
+        # an alias moved by hand: that function's aliases are read in full, the move is shown
+        lam = aws.client("lambda", fleet.REGION)
+        lam.update_function_configuration(FunctionName="fn0003", Description="by hand")
+        v2 = lam.publish_version(FunctionName="fn0003")["Version"]
+        lam.update_alias(FunctionName="fn0003", Name="live", FunctionVersion=v2)
+        # a weight desired for every alias: each plan change shows Lambda's exact old value
+        (ws / "alias.json").write_text(json.dumps({"name": "live", "routingConfig": {"additionalVersionWeights": {"1": 0.5}}}))
+        proxy.clear()
+        r = check(run_cli("plan", "--format", "json", *common, env_extra=via), 0)
+        plan = {f["name"]: f for f in json.loads(r.stdout)["functions"]}
+        listed = [e["function"] for e in proxy.entries() if e["operation"] == "ListAliases"]
+        assert sorted(set(listed)) == [f"fn{i:04d}" for i in range(n)]  # every alias read in full
+    moved = [c for c in plan["fn0003"]["changes"] if c["kind"] == "alias" and c["path"] == "live"]
+    assert moved and moved[0]["old"] == v2, plan["fn0003"]["changes"]
+    weights = [c for c in plan["fn0000"]["changes"] if c["kind"] == "alias" and c["path"] == "live.weights"]
+    assert weights and weights[0]["old"] == {} and weights[0]["new"] == {"1": 0.5}, plan["fn0000"]["changes"]
+
+
+def test_drift_still_sees_a_hand_change_of_alias_weights_alone(aws, run_cli, moto_server, tmp_path):
+    aws.create_role(fleet.ROLE)
+    aws.put_zip(fleet.BUCKET, "v1.zip", fleet.make_zip("v1"), region=fleet.REGION)
+    ws, state = tmp_path / "ws", tmp_path / "state"
+    fleet.workspace(ws, 12)
+    check(run_cli("apply", "--auto-approve", "-w", ws, "--state-dir", state))
+    lam = aws.client("lambda", fleet.REGION)
+    lam.update_function_configuration(FunctionName="fn0005", Description="x")
+    v2 = lam.publish_version(FunctionName="fn0005")["Version"]
+    lam.update_alias(FunctionName="fn0005", Name="live", FunctionVersion="1", RoutingConfig={"AdditionalVersionWeights": {v2: 0.2}})
+    r = check(run_cli("drift", "--format", "json", "--state-dir", state), 2)
+    fns = {f["name"]: f for f in json.loads(r.stdout)["functions"]}
+    # the alias still points at version 1: only its weights changed
+    assert [c for c in fns["fn0005"]["changes"] if c["kind"] == "alias"] == [
+        {"kind": "alias", "path": "live", "old": "1", "new": "1", "action": "update"}], fns["fn0005"]
