@@ -6,20 +6,25 @@ PublishVersion, aliases, tags, ...), 100 per second for GetFunction and 15 per s
 GetPolicy; beyond them it answers HTTP 429 TooManyRequestsException. These quotas cannot
 be raised, and other jobs of the account spend the same budget.
 
-Every Lambda request this process sends takes a token from the Limiter of its quota class
-for its (endpoint, region, credentials) -- one Limiter per class, shared by every client
-and thread (a module-level registry) -- before it is sent (botocore's `before-send`
-event), retries included. A Limiter starts at the documented rate with a quarter of a
-second of burst (Lambda's bucket holds one second: the rest is slack for jitter). On a 429 it lowers its rate with CUBIC (botocore's
-`CubicCalculator`: x0.7 on a throttle, then a cubic probe back up) and measures the rate
-really sent with botocore's `RateClocker`; it never goes above the documented rate.
+Every Lambda request this process sends goes through the Limiter of its quota class for
+its (endpoint, region, credentials) -- one Limiter per class, shared by every client and
+thread (a module-level registry) -- before it is sent (botocore's `before-send` event),
+retries included. A Limiter lets requests through unpaced until Lambda first throttles one
+of its class (an endpoint without quotas, as an emulator, is never slowed down; a release
+against Lambda is throttled within its first second). From then on every request takes a
+token: the rate starts at the documented one, with a quarter of a second of burst
+(Lambda's bucket holds one second: the rest is slack for requests that reach it closer
+together than they were sent). Each further 429 lowers the rate with CUBIC (botocore's
+`CubicCalculator`: x0.7, at most once a second, against the rate really sent as botocore's
+`RateClocker` measures it), and answers that are not throttled probe back up, never above
+the documented rate.
 A throttled call is retried (`needs-retry`) until THROTTLE_TIMEOUT seconds after its first
 throttle, however many attempts that takes; other transient errors keep botocore's
 standard retry mode (8 attempts).
 
 Why not botocore's `adaptive` retry mode alone: its `ClientRateLimiter` is per client (one
-apply uses several clients, each unaware of the others' calls), it sends unpaced until the
-first throttle, it knows no quota classes (GetFunction's 100/s would be paced with the
+apply uses several clients, each unaware of the others' calls), after its first throttle
+it restarts from 0.7x the rate it measured (near zero early in a run), it knows no quota classes (GetFunction's 100/s would be paced with the
 15/s of the rest), and its `TokenBucket` has no priority. The standard mode's retries are
 bounded by a count (8) and by a per-client retry quota (about 100 throttled retries), so a
 fleet release under the quota gives up. What is written here is only what is missing: the
@@ -110,9 +115,10 @@ class Limiter:
     them kept (at least one), starting full. acquire() blocks until a token is free; urgent
     callers are served before any other waiting caller."""
 
-    def __init__(self, quota: float, clock: Clock | None = None) -> None:
+    def __init__(self, quota: float, clock: Clock | None = None, armed: bool = False) -> None:
         self.quota = float(quota)
         self.rate = float(quota)
+        self.armed = armed  # pacing: from the first throttle on
         self._clock = clock or Clock()
         self._tokens = self._capacity()
         self._at = self._clock.current_time()
@@ -133,6 +139,9 @@ class Limiter:
     def acquire(self, urgent_: bool = False) -> tuple[float, float]:
         """Take one token; returns (seconds waited, send time)."""
         start = self._clock.current_time()
+        if not self.armed:
+            self._rate_clocker.record()
+            return 0.0, start
         with self._cond:
             if urgent_:
                 self._urgent_waiting += 1
@@ -157,6 +166,13 @@ class Limiter:
         not for a request sent before the last slow-down (sent at the old rate: no news)."""
         with self._cond:
             now = self._clock.current_time()
+            if not self.armed:
+                # the first throttle: pace from now on at the documented rate, from an
+                # empty bucket (Lambda's is empty too)
+                self.armed = True
+                self._tokens, self._at, self._last_cut = 0.0, now, now
+                self._cond.notify_all()
+                return
             if sent_at < self._last_cut or now - self._last_cut < CUT_INTERVAL:
                 return
             measured = self._rate_clocker.measured_rate

@@ -49,8 +49,22 @@ def test_floor_is_calls_beyond_one_second_of_burst_at_the_rate():
     assert d["get-function"]["floor_s"] == 0
 
 
-def test_limiter_paces_at_its_rate_after_a_quarter_second_of_burst():
+def test_limiter_is_unpaced_until_the_first_throttle_then_starts_at_the_documented_rate():
     lim = Limiter(20)
+    t = time.monotonic()
+    for _ in range(200):
+        assert lim.acquire()[0] == 0
+    assert time.monotonic() - t < 0.5  # an endpoint that never throttles is not slowed down
+    lim.throttled(time.time())
+    assert lim.armed and lim.rate == 20  # not cut: the documented rate, from an empty bucket
+    t = time.monotonic()
+    for _ in range(10):
+        lim.acquire()
+    assert 0.4 < time.monotonic() - t < 0.8
+
+
+def test_limiter_paces_at_its_rate_after_a_quarter_second_of_burst():
+    lim = Limiter(20, armed=True)
     t = time.monotonic()
     for _ in range(25):
         lim.acquire()
@@ -59,7 +73,7 @@ def test_limiter_paces_at_its_rate_after_a_quarter_second_of_burst():
 
 
 def test_an_urgent_caller_gets_the_next_token_before_waiting_work():
-    lim = Limiter(5)
+    lim = Limiter(5, armed=True)
     lim.acquire()  # the burst (one token) is spent
     order: list[str] = []
     lock = threading.Lock()
@@ -82,7 +96,7 @@ def test_an_urgent_caller_gets_the_next_token_before_waiting_work():
 
 def test_throttles_slow_down_once_per_round_and_success_probes_back_to_the_quota_never_above():
     clock = FakeClock()
-    lim = Limiter(15, clock=clock)
+    lim = Limiter(15, clock=clock, armed=True)
     sent = clock.current_time()
     clock.sleep(0.1)
     lim.throttled(sent)
