@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--plan", type=int, default=1000, help="functions planned and checked for drift")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--parallelism", type=int, default=10)
+    ap.add_argument("--plan-parallelism", type=int, default=None, help="--parallelism of plan and drift (default: --parallelism)")
+    ap.add_argument("--skip-release", action="store_true", help="only plan and drift")
     args = ap.parse_args()
     import boto3
 
@@ -99,7 +101,7 @@ def main() -> None:
         env = fleet.baseline_env(endpoint)
         ws, state = tmp / "ws", tmp / "state"
         common = ["-w", str(ws), "--state-dir", str(state), "--parallelism", str(args.parallelism)]
-        n = args.release
+        n = 0 if args.skip_release else args.release
         fleet.workspace(ws, n)
         t = time.perf_counter()
         wall, code, _, err = run(env, "apply", "--auto-approve", *common)
@@ -109,7 +111,7 @@ def main() -> None:
 
         proxy = QuotaProxy(endpoint).start()
         failures = 0
-        for i in range(args.runs):
+        for i in range(0 if args.skip_release else args.runs):
             fleet.workspace(ws, n, changed=n if i % 2 == 0 else 0)
             r = through(proxy, env, (0,), "apply", "--auto-approve", *common)
             failures += r["failed"]
@@ -117,25 +119,28 @@ def main() -> None:
             print(rows[-1], file=sys.stderr)
         proxy.stop()
 
-        shared = QuotaProxy(endpoint, second_consumer=0.5).start()
-        fleet.workspace(ws, n, changed=n if args.runs % 2 == 0 else 0)
-        r = through(shared, env, (0,), "apply", "--auto-approve", *common)
-        shared.stop()
-        rows.append(row(f"release {n} changed, another job takes half", r))
-        print(rows[-1], file=sys.stderr)
+        if not args.skip_release:
+            shared = QuotaProxy(endpoint, second_consumer=0.5).start()
+            fleet.workspace(ws, n, changed=n if args.runs % 2 == 0 else 0)
+            r = through(shared, env, (0,), "apply", "--auto-approve", *common)
+            shared.stop()
+            rows.append(row(f"release {n} changed, another job takes half", r))
+            print(rows[-1], file=sys.stderr)
 
         m = args.plan
-        fleet.workspace(ws, m, changed=n if args.runs % 2 == 1 else 0)
+        fleet.workspace(ws, m, changed=n if args.runs % 2 == 1 and n else 0)
         t = time.perf_counter()
         wall, code, _, err = run(env, "apply", "--auto-approve", *common)
         if code:
             raise SystemExit(f"seeding failed: {err[-2000:]}")
         print(f"seeded {m} functions in {time.perf_counter() - t:.0f}s (straight to moto)", file=sys.stderr)
         proxy = QuotaProxy(endpoint).start()
+        if args.plan_parallelism:
+            common[-1] = str(args.plan_parallelism)
         r = through(proxy, env, (0,), "plan", "--detailed-exitcode", *common)
         rows.append(row(f"plan {m} unchanged", r))
         print(rows[-1], file=sys.stderr)
-        r = through(proxy, env, (0,), "drift", "--state-dir", str(state))
+        r = through(proxy, env, (0,), "drift", "--state-dir", str(state), "--parallelism", common[-1])
         rows.append(row(f"drift {m}", r))
         print(rows[-1], file=sys.stderr)
         proxy.stop()
