@@ -44,7 +44,7 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log each step on
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
 LockTimeout = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for the state lock (default: fail at once).")]
 Parallelism = Annotated[int, typer.Option("--parallelism", min=1, help="How many functions are read or changed at once (as Terraform's -parallelism).")]
-ShowStats = Annotated[bool, typer.Option("--stats", help="Print API calls by operation, wall time per phase and peak memory on stderr.")]
+ShowStats = Annotated[bool, typer.Option("--stats", help="Print API calls by operation, Lambda requests by quota class (throttles, time waiting for capacity, the floor they imply), wall time per phase and peak memory on stderr.")]
 
 
 class Out:
