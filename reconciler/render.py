@@ -134,6 +134,11 @@ def variable_input(v: dict, given: dict) -> Any:
             return given[str(v["name"])]
         has, default = input_default(value)
         return default if has else value
+    if v.get("type") == "Secret" and isinstance(value, str) and value.strip() and "<+" not in value:
+        # its value names a secret (as in Harness): a reference, read where it is used
+        from reconciler.secrets import expression, placeholder, reference_id
+
+        return placeholder(reference_id(expression(value.strip()).strip("<+>")) or value.strip())
     return value
 
 

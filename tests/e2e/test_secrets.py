@@ -185,6 +185,10 @@ PIPELINE = """
 pipeline:
   name: release
   identifier: release
+  variables:
+    - name: api
+      type: Secret
+      value: org.payments/api#key
   stages:
     - stage:
         name: deploy
@@ -218,6 +222,7 @@ pipeline:
                         script: |-
                           pw='<+secrets.getValue("payments/db-password")>'
                           echo "the password is $pw and the key is $API"
+                          echo "the api key is <+pipeline.variables.api>"
                           printf %s "$pw" | sha256sum | cut -c1-16
                           copy="$pw"
                     environmentVariables:
@@ -241,6 +246,7 @@ def test_shellscript_gets_secret_values_and_its_output_is_scrubbed(payments):
     want = hashlib.sha256(DB_V1.encode()).hexdigest()[:16]
     assert want in r.stderr, "the script saw the secret's value"
     assert "the password is (sensitive) and the key is (sensitive)" in r.stderr
+    assert "the api key is (sensitive)" in r.stderr, "a pipeline variable of type Secret is a reference too"
     assert "copied=(sensitive)" in r.stdout
     j = p.cli("run", "release", "--format", "json")
     check_step = [s for s in json.loads(j.stdout)["steps"] if s["type"] == "ShellScript"]
