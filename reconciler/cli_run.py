@@ -32,7 +32,9 @@ def run(pipeline: Annotated[str, typer.Argument(help="The identifier of the pipe
     """Execute a pipeline: its Deployment stages in order, their provisioner steps (environment.provisioner:
     ShellScriptProvision, CloudFormation, Terraform, Terragrunt), their steps (AwsLambdaDeploy, ShellScript,
     AwsLambdaRollback, Wait) and, on a failure, the failure strategy's rollback steps. Running the pipeline
-    is the approval: its deploys are not asked for. Exit 0 when it succeeds, 1 when it fails."""
+    is the approval: its deploys are not asked for. Scripts get a minimal environment and every
+    expression as an environment variable, never as shell text. Exit 0 when it succeeds, 1 when it
+    fails, 130 on SIGTERM/SIGINT (the running script and everything it started are killed)."""
     out = Out(verbose, no_color)
     try:
         import json
