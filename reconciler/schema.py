@@ -67,8 +67,28 @@ def _pattern_problem(shape, s: str) -> str | None:
 
 
 @lru_cache(maxsize=None)
-def _compiled(pattern: str) -> re.Pattern:
-    return re.compile(pattern)
+def _compiled(pattern: str):
+    """The model's pattern compiled. botocore's patterns are Java regular expressions; a few
+    (TagKey's `\\p{L}`) use Unicode classes that Python's `re` lacks: those compile with the
+    `regex` module where it is installed, and are otherwise not checked here (Lambda checks
+    them)."""
+    try:
+        return re.compile(pattern)
+    except re.error:
+        try:
+            import regex  # type: ignore[import-not-found]
+
+            return regex.compile(pattern)
+        except Exception:  # noqa: BLE001 - not installed, or a pattern it cannot read either
+            return _ANY
+
+
+class _Any:
+    def fullmatch(self, _s: str) -> bool:
+        return True
+
+
+_ANY = _Any()
 
 
 @lru_cache(maxsize=None)
