@@ -58,6 +58,9 @@ def test_each_hand_change_is_reported(deployed, aws, run_cli, change, expect):
     _, state = deployed
     lam = aws.client("lambda")
     arn = lam.get_function(FunctionName=FN)["Configuration"]["FunctionArn"]
+
+    def idle():  # a hand update is InProgress for a moment on LocalStack (at once over on moto)
+        lam.get_waiter("function_updated_v2").wait(FunctionName=FN, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100})
     if change == "memory":
         lam.update_function_configuration(FunctionName=FN, MemorySize=1024)
     elif change == "env":  # a sensitive one (by its name): masked
@@ -70,13 +73,16 @@ def test_each_hand_change_is_reported(deployed, aws, run_cli, change, expect):
         lam.update_function_code(FunctionName=FN, ZipFile=aws.make_zip({"handler.py": "# by hand\n"}))
     elif change == "alias":
         lam.update_function_configuration(FunctionName=FN, Description="by hand")
+        idle()
         v2 = lam.publish_version(FunctionName=FN)["Version"]
         lam.update_alias(FunctionName=FN, Name="live", FunctionVersion=v2)
     elif change == "tag":
         lam.tag_resource(Resource=arn, Tags={"service": "someone-else"})
     elif change == "version":
         lam.update_function_configuration(FunctionName=FN, Description="by hand")
+        idle()
         lam.publish_version(FunctionName=FN)
+    idle()
     before_state = state_json(state)
     before_live = lam.get_function(FunctionName=FN)["Configuration"]
 
