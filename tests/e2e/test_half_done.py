@@ -74,9 +74,10 @@ def fail_publish_and_rollback(d: Deploy) -> subprocess.CompletedProcess:
     assert r.returncode == 1, r.stderr
     assert "ROLLBACK FAILED" in r.stderr and "Traceback" not in r.stderr
     assert "run apply again to finish the change" in r.stderr
-    # half done: $LATEST holds the new code and configuration, the alias the old version
+    # half done: the rollback put the configuration back (it goes first), then failed on
+    # the code: $LATEST holds the new code, the alias the old version
     conf = d.config()
-    assert (conf["CodeSha256"], conf["MemorySize"]) == (SHA2, 256)
+    assert (conf["CodeSha256"], conf["MemorySize"]) == (SHA2, 128)
     assert d.aws.aliases(FN) == {"live": "1"} and d.aws.versions(FN) == ["1"]
     assert d.last()["status"] == "rollback_failed"
     d.proxy.clear(rules=True)
