@@ -9,10 +9,11 @@ be raised, and other jobs of the account spend the same budget.
 Every Lambda request this process sends goes through the Limiter of its quota class for
 its (endpoint, region, credentials) -- one Limiter per class, shared by every client and
 thread (a module-level registry) -- before it is sent (botocore's `before-send` event),
-retries included. A Limiter lets requests through unpaced until Lambda first throttles one
-of its class (an endpoint without quotas, as an emulator, is never slowed down; a release
-against Lambda is throttled within its first second). From then on every request takes a
-token: the rate starts at the documented one, with a quarter of a second of burst
+retries included. On AWS's own endpoint (`*.amazonaws.com`) every request takes a token
+from the start, at the documented rate. On any other endpoint (AWS_ENDPOINT_URL: an
+emulator, a proxy) a Limiter lets requests through unpaced until the endpoint first
+throttles one of its class, so that an endpoint without quotas is never slowed down; from
+then on every request takes a token there too. The rate starts at the documented one, with a quarter of a second of burst
 (Lambda's bucket holds one second: the rest is slack for requests that reach it closer
 together than they were sent). Each further 429 lowers the rate with CUBIC (botocore's
 `CubicCalculator`: x0.7, at most once a second, against the rate really sent as botocore's
@@ -40,6 +41,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 from botocore.retries.adaptive import RateClocker
 from botocore.retries.bucket import Clock
@@ -118,7 +120,7 @@ class Limiter:
     def __init__(self, quota: float, clock: Clock | None = None, armed: bool = False) -> None:
         self.quota = float(quota)
         self.rate = float(quota)
-        self.armed = armed  # pacing: from the first throttle on
+        self.armed = armed  # pacing: from the start on AWS, else from the first throttle on
         self._clock = clock or Clock()
         self._tokens = self._capacity()
         self._at = self._clock.current_time()
@@ -201,13 +203,22 @@ _registry: dict[tuple, Limiter] = {}
 _registry_lock = threading.Lock()
 
 
+def is_aws_endpoint(endpoint_url: str | None) -> bool:
+    """Whether requests go to AWS's own Lambda endpoint (where the documented quotas hold),
+    not to an emulator, a proxy or another endpoint given with AWS_ENDPOINT_URL."""
+    host = urlsplit(endpoint_url or "").hostname or ""
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn", ".api.aws"))
+
+
 def limiter(key: tuple, cls: str) -> Limiter:
-    """The process-wide Limiter of quota class `cls` for `key` (endpoint, region, credentials)."""
+    """The process-wide Limiter of quota class `cls` for `key` (endpoint, region, credentials):
+    paced at the documented rate from the first request on AWS's own endpoint, from the
+    first throttle elsewhere."""
     k = (*key, cls)
     lim = _registry.get(k)
     if lim is None:
         with _registry_lock:
-            lim = _registry.setdefault(k, Limiter(QUOTAS[cls]))
+            lim = _registry.setdefault(k, Limiter(QUOTAS[cls], armed=is_aws_endpoint(key[0] if key else None)))
     return lim
 
 

@@ -193,3 +193,24 @@ def test_urgent_is_per_thread_and_nests():
             assert quota.is_urgent()
         assert quota.is_urgent()
     assert not quota.is_urgent()
+
+
+def test_limiters_pace_from_the_start_on_aws_and_from_the_first_throttle_elsewhere():
+    """On AWS's own endpoint the documented quotas hold from the first request; an emulator
+    or proxy given with AWS_ENDPOINT_URL is paced only once it throttles."""
+    assert quota.is_aws_endpoint("https://lambda.us-east-1.amazonaws.com")
+    assert quota.is_aws_endpoint("https://lambda.cn-north-1.amazonaws.com.cn")
+    assert not quota.is_aws_endpoint("http://127.0.0.1:4566")
+    assert not quota.is_aws_endpoint("https://lambda.example.com")
+    assert not quota.is_aws_endpoint("https://amazonaws.com.evil.example")
+    assert not quota.is_aws_endpoint(None)
+    aws_key = ("https://lambda.eu-west-1.amazonaws.com", "eu-west-1", "arn:aws:iam::1:role/test-start-armed")
+    local_key = ("http://127.0.0.1:1", "eu-west-1", "arn:aws:iam::1:role/test-start-armed")
+    try:
+        assert quota.limiter(aws_key, "control").armed
+        assert quota.limiter(aws_key, "get-function").armed
+        assert not quota.limiter(local_key, "control").armed
+    finally:
+        for key in (aws_key, local_key):
+            for cls in ("control", "get-function"):
+                quota._registry.pop((*key, cls), None)
