@@ -102,12 +102,13 @@ def main() -> None:
         ws, state = tmp / "ws", tmp / "state"
         common = ["-w", str(ws), "--state-dir", str(state), "--parallelism", str(args.parallelism)]
         n = 0 if args.skip_release else args.release
-        fleet.workspace(ws, n)
-        t = time.perf_counter()
-        wall, code, _, err = run(env, "apply", "--auto-approve", *common)
-        if code:
-            raise SystemExit(f"seeding failed: {err[-2000:]}")
-        print(f"seeded {n} functions in {time.perf_counter() - t:.0f}s (straight to moto)", file=sys.stderr)
+        if n:
+            fleet.workspace(ws, n)
+            t = time.perf_counter()
+            wall, code, _, err = run(env, "apply", "--auto-approve", *common)
+            if code:
+                raise SystemExit(f"seeding failed: {err[-2000:]}")
+            print(f"seeded {n} functions in {time.perf_counter() - t:.0f}s (straight to moto)", file=sys.stderr)
 
         proxy = QuotaProxy(endpoint).start()
         failures = 0
