@@ -42,7 +42,10 @@ print(imports, rows[0][0], rows[0][1], min(r[0] for r in rows), min(r[1] for r i
 PLAN_IMPORTS = r"""
 import time
 t = time.perf_counter()
-import reconciler.cli, typer._adapters, reconciler.engine, reconciler.aws, reconciler.plan, reconciler.views, reconciler.schema
+import importlib.util
+if importlib.util.find_spec('typer._adapters'):  # typer >= 0.29 validates options through it
+    import typer._adapters
+import reconciler.cli, reconciler.engine, reconciler.aws, reconciler.plan, reconciler.views, reconciler.schema
 reconciler.schema.lambda_model()
 print(time.perf_counter() - t)
 """
