@@ -9,7 +9,7 @@ be raised, and other jobs of the account spend the same budget.
 Every Lambda request this process sends goes through the Limiter of its quota class for
 its (endpoint, region, credentials) -- one Limiter per class, shared by every client and
 thread (a module-level registry) -- before it is sent (botocore's `before-send` event),
-retries included. On AWS's own endpoint (`*.amazonaws.com`) every request takes a token
+retries included. On AWS's own endpoints (`*.amazonaws.com`, `.com.cn`, `*.api.aws`) every request takes a token
 from the start, at the documented rate. On any other endpoint (AWS_ENDPOINT_URL: an
 emulator, a proxy) a Limiter lets requests through unpaced until the endpoint first
 throttles one of its class, so that an endpoint without quotas is never slowed down; from

@@ -200,6 +200,7 @@ def test_limiters_pace_from_the_start_on_aws_and_from_the_first_throttle_elsewhe
     or proxy given with AWS_ENDPOINT_URL is paced only once it throttles."""
     assert quota.is_aws_endpoint("https://lambda.us-east-1.amazonaws.com")
     assert quota.is_aws_endpoint("https://lambda.cn-north-1.amazonaws.com.cn")
+    assert quota.is_aws_endpoint("https://lambda.us-east-1.api.aws")  # dual-stack
     assert not quota.is_aws_endpoint("http://127.0.0.1:4566")
     assert not quota.is_aws_endpoint("https://lambda.example.com")
     assert not quota.is_aws_endpoint("https://amazonaws.com.evil.example")
