@@ -21,13 +21,13 @@ together than they were sent). Each further 429 lowers the rate with CUBIC (boto
 the documented rate.
 A throttled call is retried (`needs-retry`) until THROTTLE_TIMEOUT seconds after its first
 throttle, however many attempts that takes; other transient errors keep botocore's
-standard retry mode (8 attempts).
+standard retry mode (8 retries).
 
 Why not botocore's `adaptive` retry mode alone: its `ClientRateLimiter` is per client (one
 apply uses several clients, each unaware of the others' calls), after its first throttle
 it restarts from 0.7x the rate it measured (near zero early in a run), it knows no quota classes (GetFunction's 100/s would be paced with the
 15/s of the rest), and its `TokenBucket` has no priority. The standard mode's retries are
-bounded by a count (8) and by a per-client retry quota (about 100 throttled retries), so a
+bounded by a count (8 retries) and by a per-client retry quota (about 100 throttled retries), so a
 fleet release under the quota gives up. What is written here is only what is missing: the
 shared registry, the classes, the starting rate, the priority for rollbacks (`urgent()`:
 a waiting rollback call gets the next token before any new work) and the time bound.

@@ -157,7 +157,7 @@ def _client(answers: list, timeout: float, key: tuple):
 def test_a_throttled_call_is_retried_beyond_botocores_attempt_count_and_counted():
     c, stats, sent = _client([THROTTLE] * 12, timeout=60, key=("unit-many",))
     assert c.list_aliases(FunctionName="f")["Aliases"] == []
-    assert sent == [429] * 12 + [200]  # the standard mode's 8 attempts would have given up
+    assert sent == [429] * 12 + [200]  # the standard mode's 8 retries would have given up
     d = stats.to_dict()["control"]
     assert d["calls"] == 13 and d["throttled"] == 12
 
