@@ -453,8 +453,11 @@ class ScrubbingStream(io.TextIOBase):
         with self._lock:
             self._buf += s
             if "\n" in self._buf:
-                head, _, self._buf = self._buf.rpartition("\n")
-                self.inner.write(scrub(head + "\n"))
+                # scrub before splitting: a secret with newlines in it (a PEM key) printed
+                # in one write is replaced whole, not cut at its own line ends
+                head, nl, self._buf = scrub(self._buf).rpartition("\n")
+                if nl:
+                    self.inner.write(head + nl)
         return len(s)
 
     def flush(self) -> None:

@@ -130,3 +130,13 @@ def test_s3_fingerprint_key_is_an_encrypted_object_beside_the_state(monkeypatch,
         assert sec.sealer_for(path, create=False).kid == made.kid, "read back, not made again"
         assert be.current().create_key(path, b"other") != b"other", "a key that exists is kept"
         assert be.current().targets(tmp_path) == [], "the key object is not a state"
+
+
+def test_the_stream_scrubs_a_multi_line_secret_printed_whole():
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkq\n-----END PRIVATE KEY-----"
+    sec.remember(pem, secret=True)
+    buf = io.StringIO()
+    s = sec.ScrubbingStream(buf)
+    print(f"key: {pem}", file=s)
+    s.flush()
+    assert buf.getvalue() == "key: (sensitive)\n"
