@@ -243,7 +243,7 @@ class Lambda:
             for w, cfg in zip(waiters, configs):
                 state = next((a.state for a in cfg.acceptors if a.matcher_func(got)), None)
                 if state == "failure":
-                    raise AwsError(f"{what}: {_failure(conf, _status_field(cfg))}")
+                    raise AwsError(scrub(f"{what}: {_failure(conf, _status_field(cfg))}", errors=True))
                 if state != "success" and not (w in absent_ok and _status_field(cfg) not in conf):
                     done = False
             if done:

@@ -105,3 +105,19 @@ def test_a_change_that_lands_as_the_update_finishes_is_refused(lam):
     with pytest.raises(AwsError, match="Timeout changed meanwhile") as err:
         lam.update_configuration(FN, {"Timeout": 10}, "r1")
     assert err.value.code == "ChangedWhileUpdating"
+
+
+def test_lambdas_failure_reason_is_scrubbed_of_environment_values(lam):
+    """Lambda's reason for a Failed update is AWS's text, like an error's: an environment
+    value it echoes is masked as in any AWS error."""
+    from reconciler.secrets import remember
+
+    value = "db-password-7f3a91c2e4"
+    remember(value)
+    lam.stub.add_response("update_function_configuration", conf(LastUpdateStatus="InProgress", RevisionId="r2"),
+                          {"FunctionName": FN, "MemorySize": 256, "RevisionId": "r1"})
+    polled(lam.stub, State="Active", LastUpdateStatus="Failed", LastUpdateStatusReasonCode="InvalidParameterValue",
+           LastUpdateStatusReason=f"cannot apply DB_PASSWORD={value}")
+    with pytest.raises(AwsError, match="Lambda reports the update Failed: InvalidParameterValue") as err:
+        lam.update_configuration(FN, {"MemorySize": 256}, "r1")
+    assert value not in str(err.value)
