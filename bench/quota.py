@@ -22,7 +22,6 @@ decides), with the requests and throttles per class and whether the run failed.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import re
 import shutil
@@ -35,17 +34,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from harness.benchfleet import load_fleet  # noqa: E402
 from harness.quotaproxy import QuotaProxy  # noqa: E402
 
 
-def _fleet():
-    spec = importlib.util.spec_from_file_location("bench_fleet", ROOT / "bench" / "fleet.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-fleet = _fleet()
+fleet = load_fleet()
 
 
 def run(env: dict, *args: str) -> tuple[float, int, dict, str]:

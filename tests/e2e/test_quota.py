@@ -4,33 +4,24 @@ tests take seconds), or that throttles every other Lambda call."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from e2e_util import check
+from harness.benchfleet import load_fleet
 from harness.faultproxy import FaultProxy
 from harness.quotaproxy import QuotaProxy
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 N = 8
 NO_RETRY = {"status": 400, "error_type": "InvalidParameterValueException"}
 
 
-def _fleet():
-    spec = importlib.util.spec_from_file_location("bench_fleet", REPO / "bench" / "fleet.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-fleet = _fleet()
+fleet = load_fleet()
 NAMES = [f"fn{i:04d}" for i in range(N)]
 
 

@@ -3,28 +3,19 @@ refresh at the API floor (--stats), one S3 HEAD per distinct artifact."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from e2e_util import check
+from harness.benchfleet import load_fleet
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 
 
-def _fleet():
-    spec = importlib.util.spec_from_file_location("bench_fleet", REPO / "bench" / "fleet.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-fleet = _fleet()
+fleet = load_fleet()
 
 
 def _stats(stderr: str) -> dict:
