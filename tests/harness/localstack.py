@@ -27,7 +27,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from harness.motoserver import free_port
+from harness.motoserver import free_port, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYTHON_ENV = "RECONCILER_TEST_LOCALSTACK_PYTHON"
@@ -112,13 +112,7 @@ class LocalStack:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()  # its state is thrown away: no need for a long shutdown
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_process(proc, grace=3)  # its state is thrown away: no need for a long shutdown
         if self._log is not None:
             self._log.close()
             self._log = None
