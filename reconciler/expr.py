@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -224,6 +225,18 @@ def resolve_tree(data: Any, scope: Scope, doc: Doc, path: PathT = ()) -> Any:
     if isinstance(data, str):
         return resolve_string(data, scope, lambda: (doc.file, doc.line(path)))
     return data
+
+
+def leaves(node: Any, path: tuple = ()) -> Iterator[tuple[Any, tuple]]:
+    """Every value below `node` that is neither a mapping nor a list, with its path."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from leaves(v, path + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from leaves(v, path + (i,))
+    else:
+        yield node, path
 
 
 def is_runtime_input(value: Any) -> bool:

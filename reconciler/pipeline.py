@@ -39,7 +39,7 @@ from typing import Any, Callable
 from reconciler import secrets as sec
 from reconciler import state as st
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
-from reconciler.expr import Scope, input_default, is_runtime_input, resolve_expr, resolve_string
+from reconciler.expr import Scope, input_default, is_runtime_input, leaves, resolve_expr, resolve_string
 from reconciler.load import Entity, Workspace, load_workspace, pipe_skipped_stages, pipeline_stages, stage_skipped
 from reconciler.model import IDENTIFIER, IDENTIFIER_RULE, FunctionSpec, Plan, Target
 from reconciler.render import Options, render_target, stage_targets, target_scope, variable_input
@@ -788,35 +788,32 @@ class Runner:
         errs: list[ConfigError] = []
         given = self.settings.variables
 
-        def walk(node: Any, path: tuple) -> None:
-            if isinstance(node, dict):
-                for k, v in node.items():
-                    walk(v, path + (k,))
-            elif isinstance(node, list):
-                for i, v in enumerate(node):
-                    walk(v, path + (i,))
-            elif is_runtime_input(node) and not input_default(node)[0]:
-                if path and (path[-1] in SERVICE_DECIDES or "artifacts" in path) and "serviceInputs" in path:
-                    return  # the service's own sources and artifact choice apply (--artifact, --var artifact.FIELD)
-                if path[-1:] in (("serviceRef",), ("environmentRef",), ("infrastructureDefinitions",)) \
-                        or path[-2:-1] == ("infrastructureDefinitions",) or "infrastructureDefinitions" in path:
-                    return  # chosen with -s/-e/-i: rendering says so when missing
-                if path[-1] == "value" and len(path) >= 3 and path[-3] == "variables":
-                    holder = _at(pipe.body, path[:-1])
-                    if isinstance(holder, dict) and holder.get("name") in given:
-                        return
-                    what = f"variable '{(holder or {}).get('name')}'"
-                    hint = f"give it with --var {(holder or {}).get('name')}=VALUE or in an --inputs file"
-                else:
-                    what = _dotted(path)
-                    hint = "give it in an --inputs FILE (a Harness input set)"
-                errs.append(pipe.error(path, f"runtime input {what} (<+input>) has no value", hint))
+        def check(node: Any, path: tuple) -> None:
+            if not is_runtime_input(node) or input_default(node)[0]:
+                return
+            if path and (path[-1] in SERVICE_DECIDES or "artifacts" in path) and "serviceInputs" in path:
+                return  # the service's own sources and artifact choice apply (--artifact, --var artifact.FIELD)
+            if path[-1:] in (("serviceRef",), ("environmentRef",), ("infrastructureDefinitions",)) \
+                    or path[-2:-1] == ("infrastructureDefinitions",) or "infrastructureDefinitions" in path:
+                return  # chosen with -s/-e/-i: rendering says so when missing
+            if path[-1] == "value" and len(path) >= 3 and path[-3] == "variables":
+                holder = _at(pipe.body, path[:-1])
+                if isinstance(holder, dict) and holder.get("name") in given:
+                    return
+                what = f"variable '{(holder or {}).get('name')}'"
+                hint = f"give it with --var {(holder or {}).get('name')}=VALUE or in an --inputs file"
+            else:
+                what = _dotted(path)
+                hint = "give it in an --inputs FILE (a Harness input set)"
+            errs.append(pipe.error(path, f"runtime input {what} (<+input>) has no value", hint))
 
         # only what the run uses: the pipeline's variables and its AwsLambda stages (a CI stage's
         # inputs or properties.ci.codebase are not reconciler's to ask for)
-        walk(pipe.body.get("variables"), ("variables",))
-        for path in dict.fromkeys(s.path for s in stages):
-            walk(_at(pipe.body, path), path)
+        for value, path in leaves(pipe.body.get("variables"), ("variables",)):
+            check(value, path)
+        for at in dict.fromkeys(s.path for s in stages):
+            for value, path in leaves(_at(pipe.body, at), at):
+                check(value, path)
         return errs
 
     def _check_expressions(self, stage: StageDef, t: Target, opts: Options, spec: FunctionSpec, scope: Scope) -> list[ConfigError]:

@@ -106,3 +106,14 @@ def test_lookup_pending_then_known():
     with pytest.raises(KeyError) as e:
         resolver(_Ws(), _Infra(), done)("vpc")
     assert "the steps (has: region_name)" in e.value.args[0]
+
+
+def test_step_strings_finds_every_expression_in_spec_and_timeout():
+    class _Step:
+        path = ("pipeline", "stages", 0)
+        body = {"spec": {"a": "plain", "b": ["x", {"c": "<+pipeline.variables.v>"}], "n": 3}, "timeout": "<+input>"}
+
+    assert provisioners.step_strings(_Step()) == [
+        ("<+pipeline.variables.v>", ("pipeline", "stages", 0, "spec", "b", 1, "c")),
+        ("<+input>", ("pipeline", "stages", 0, "timeout")),
+    ]

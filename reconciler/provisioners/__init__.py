@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from reconciler.errors import ConfigError, ReconcilerError
+from reconciler.expr import leaves
 
 MASK = "(sensitive)"
 PROVISION_PHASES = ("provision", "provision_rollback")
@@ -182,19 +183,7 @@ def check_step(pipe, s) -> list[ConfigError]:
 
 def step_strings(s) -> list[tuple[str, tuple]]:
     """Every string with an expression in a provisioner step's spec and timeout, with its path."""
-    out: list[tuple[str, tuple]] = []
-
-    def walk(node: Any, path: tuple) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, path + (k,))
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                walk(v, path + (i,))
-        elif isinstance(node, str) and "<+" in node:
-            out.append((node, path))
-
-    walk(s.body.get("spec"), s.path + ("spec",))
+    out = [(v, p) for v, p in leaves(s.body.get("spec"), s.path + ("spec",)) if isinstance(v, str) and "<+" in v]
     if isinstance(s.body.get("timeout"), str) and "<+" in s.body["timeout"]:
         out.append((s.body["timeout"], s.path + ("timeout",)))
     return out
