@@ -228,13 +228,6 @@ def sealer_by_kid(seal: str) -> Sealer | None:
     return _by_kid.get(seal[len(SEAL_PREFIX):].split(":", 1)[0])
 
 
-def ephemeral_sealer() -> Sealer:
-    s = Sealer(os.urandom(32))
-    with _sealers_lock:
-        _by_kid[s.kid] = s
-    return s
-
-
 def env_vars(config: dict | None) -> dict:
     env = (config or {}).get("Environment") or {}
     v = env.get("Variables") if isinstance(env, dict) else None
