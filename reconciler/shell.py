@@ -70,13 +70,8 @@ class _Lexer:
                 self.contexts.append({"N": "plain", "B": "plain", "C": "plain", "D": "double", "S": "single", "A": "single"}[top])
                 i += 1
                 continue
-            if top == "S":
-                if c == "'":
-                    stack.pop()
-                i += 1
-                continue
-            if top == "A":
-                if c == "\\":
+            if top in ("S", "A"):
+                if top == "A" and c == "\\":  # only $'...' knows backslash escapes
                     i += 2
                     continue
                 if c == "'":

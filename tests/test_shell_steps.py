@@ -225,3 +225,8 @@ def test_a_provisioner_script_with_a_background_job_ends_with_its_shell(tmp_path
     got = _script_outputs(workspace, infra, "sleep 1000 & echo $! > bg.pid; echo '{\"region_name\": \"eu-west-1\"}'; echo note >&2", 60)
     assert got == {"region_name": "eu-west-1"} and time.monotonic() - t0 < 10
     assert [p for p in pids_in(ws / "bg.pid") if alive(p)] == []
+
+
+def test_only_dollar_quotes_know_backslash_escapes():
+    got, _ = prepare_script("$'d\\' <+x>' '\\' <+y>'\n", lambda e: e.source, lambda: ("f", 1))
+    assert got == "$'d\\' '\"${RECONCILER_EXPR_1}\"'' '\\' \"${RECONCILER_EXPR_2}\"'\n"
