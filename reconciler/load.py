@@ -13,7 +13,7 @@ from typing import Any, Iterator
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
 from reconciler.expr import input_default
 from reconciler.model import IDENTIFIER, IDENTIFIER_RULE
-from reconciler.yamlsrc import MAX_FILE_BYTES, Doc, PathT, decode_text, load_data_file, load_yaml_documents, read_regular_file
+from reconciler.yamlsrc import MAX_FILE_BYTES, MAX_NODES, Doc, PathT, decode_text, load_data_file, load_yaml_documents, read_regular_file
 
 KINDS = ("service", "environment", "infrastructureDefinition", "pipeline", "connector", "overrides")
 OVERRIDE_TYPES = ("ENV_GLOBAL_OVERRIDE", "ENV_SERVICE_OVERRIDE", "INFRA_GLOBAL_OVERRIDE", "INFRA_SERVICE_OVERRIDE")
@@ -503,11 +503,11 @@ def stage_iterations(pipe: Entity, path: PathT, stage: dict) -> list[dict]:
             values = list(range(_count(times)))
         else:
             raise pipe.error(sp + ("repeat",), f"stage '{sid}': strategy.repeat needs items (a non-empty list written in the pipeline) "
-                                               "or times (a number); a runtime input or an expression is not supported here")
+                                               f"or times (a number from 1 to {MAX_ITERATIONS}); a runtime input or an expression is not supported here")
     elif "parallelism" in strategy:
         n = _count(strategy["parallelism"])
         if n is None:
-            raise pipe.error(sp + ("parallelism",), f"stage '{sid}': strategy.parallelism must be a number of at least 1")
+            raise pipe.error(sp + ("parallelism",), f"stage '{sid}': strategy.parallelism must be a number from 1 to {MAX_ITERATIONS}")
         values = list(range(n))
     else:
         raise pipe.error(sp, f"stage '{sid}': strategy {_listing([str(k) for k in strategy])} is not supported; use repeat or parallelism")
@@ -526,6 +526,10 @@ def stage_iterations(pipe: Entity, path: PathT, stage: dict) -> list[dict]:
 LOOP = "__loop__"  # the iteration's values, in a looping stage's copies
 
 
+# a loop runs no more times than a list of items written in the pipeline could have
+MAX_ITERATIONS = MAX_NODES
+
+
 def _count(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
@@ -533,7 +537,7 @@ def _count(value: Any) -> int | None:
         n = int(str(value).strip())
     except ValueError:
         return None
-    return n if n >= 1 else None
+    return n if 1 <= n <= MAX_ITERATIONS else None
 
 
 def _substitute(node: Any, loop: dict) -> Any:

@@ -101,7 +101,9 @@ def test_repeat_items_times_and_parallelism_give_one_stage_per_iteration():
 @pytest.mark.parametrize("strategy, message", [
     ({"matrix": {"region": ["a", "b"]}}, "strategy.matrix is not supported"),
     ({"repeat": {"items": "<+input>"}}, "strategy.repeat needs items"),
-    ({"parallelism": 0}, "strategy.parallelism must be a number of at least 1"),
+    ({"parallelism": 0}, "strategy.parallelism must be a number from 1 to 100000"),
+    ({"parallelism": 100_001}, "strategy.parallelism must be a number from 1 to 100000"),
+    ({"repeat": {"times": 10**12}}, r"or times \(a number from 1 to 100000\)"),
     ({"foo": 1}, "strategy foo is not supported"),
 ])
 def test_unsupported_loop_forms_say_so(strategy, message):
