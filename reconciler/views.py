@@ -6,10 +6,9 @@ import json
 from typing import Any
 
 from reconciler.model import Change, FunctionPlan, Plan
+from reconciler.secrets import CHANGED, MASK
 
 SYMBOL = {"create": "+", "update": "~", "delete": "-", "noop": " ", "orphan": "!"}
-MASK = "(sensitive)"
-CHANGED = "(sensitive, changed)"
 COMMENT_LIMIT = 65_536
 ENV_PREFIX = "Environment.Variables."
 
