@@ -47,7 +47,7 @@ def region_problem(value: Any) -> str | None:
     text = str(value)
     if DEFERRED in text:
         return None
-    if isinstance(value, str) and any(p.match(text) for p in _region_patterns()):
+    if isinstance(value, str) and any(p.fullmatch(text) for p in _region_patterns()):
         return None
     return f"'{text}' is not an AWS region (like us-east-1, eu-west-2, cn-north-1, us-gov-west-1)"
 

@@ -123,7 +123,7 @@ def test_region_names_follow_botocore_partitions():
     for ok in ("us-east-1", "eu-central-2", "cn-north-1", "us-gov-west-1", "us-iso-east-1", "ap-southeast-7", "mx-central-1",
                "us-east-9", "(provisioner.region_name)"):
         assert region_problem(ok) is None, ok
-    for bad in ("AWS_REGION", "<REGION>", "your_aws_region", "us-east-1 ", "useast1", "", 1):
+    for bad in ("AWS_REGION", "<REGION>", "your_aws_region", "us-east-1 ", "us-east-1\n", "useast1", "", 1):
         assert region_problem(bad), bad
 
 
