@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
-from reconciler.expr import input_default
+from reconciler.expr import _text, input_default
 from reconciler.model import IDENTIFIER, IDENTIFIER_RULE
 from reconciler.yamlsrc import MAX_FILE_BYTES, MAX_NODES, Doc, PathT, decode_text, load_data_file, load_yaml_documents, read_regular_file
 
@@ -549,7 +549,7 @@ def _substitute(node: Any, loop: dict) -> Any:
         whole = LOOP_EXPR.fullmatch(node.strip())
         if whole:
             return loop[whole.group(1)]
-        return LOOP_EXPR.sub(lambda m: str(loop[m.group(1)]), node)
+        return LOOP_EXPR.sub(lambda m: _text(loop[m.group(1)]), node)
     return node
 
 

@@ -173,3 +173,14 @@ def test_parallel_iterations_of_one_function_deploy_it_once_and_differing_ones_c
     fn.write_text(json.dumps(d))
     with pytest.raises(ConfigError, match=r"defined by two targets: greeter → prod/prod_lambda \(deploy_0\).*\(deploy_1\)"):
         render(load_workspace(ws), Options())
+
+
+def test_a_repeat_item_in_text_reads_as_an_expression_value_does():
+    """`<+repeat.item>` inside a string: a YAML true is `true` (as every expression's value), not Python's `True`."""
+    from reconciler.load import pipeline_stages
+
+    pipe = _pipe({"repeat": {"items": [True, 2]}})
+    pipe.body["stages"][0]["stage"]["description"] = "item=<+repeat.item>"
+    got = [s for _, s in pipeline_stages(pipe)]
+    assert [s["description"] for s in got] == ["item=true", "item=2"]
+    assert got[0]["variables"][0]["value"] is True  # the whole value keeps its type
