@@ -59,7 +59,7 @@ STAGE_STATUSES = ("Success", "Failure", "All")
 DURATION = re.compile(r"^(?:\d+(?:w|d|h|m|s|ms))+$")
 DURATION_PART = re.compile(r"(\d+)(ms|w|d|h|m|s)")
 UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
-SHELL_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SHELL_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # fullmatch: "$" would let a trailing newline through
 DEFAULT_TIMEOUT = "10m"
 OUTPUT_TAIL = 16000  # characters of a script's output kept for the summary
 
@@ -443,9 +443,9 @@ def _check_step(pipe: Entity, s: StepDef) -> list[ConfigError]:
                 continue
             for i, v in enumerate(items):
                 vp = p + ("spec", key, i)
-                if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not SHELL_VAR.match(v["name"]):
+                if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not SHELL_VAR.fullmatch(v["name"]):
                     errs.append(pipe.error(vp, f"step '{s.identifier}': each of {key} needs a 'name' that is a shell variable name"))
-                elif key == "outputVariables" and v.get("value") not in (None, "") and not SHELL_VAR.match(str(v.get("value"))):
+                elif key == "outputVariables" and v.get("value") not in (None, "") and not SHELL_VAR.fullmatch(str(v.get("value"))):
                     errs.append(pipe.error(vp + ("value",), f"output variable '{v['name']}': value names the script's shell variable to read, "
                                                             f"and '{v.get('value')}' is not a shell variable name"))
     if s.phase in provisioners.PROVISION_PHASES:

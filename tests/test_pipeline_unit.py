@@ -116,6 +116,13 @@ def test_timeouts_when_and_output_variables_are_checked(smoke_ws):
     assert any("'checked-version' is not a shell variable name" in m for m in msgs)
 
 
+def test_a_trailing_newline_is_no_shell_variable_name(smoke_ws):
+    pipe = smoke_ws / ".harness" / "pipeline.yaml"
+    edit(pipe, "value: checked_version", 'value: "checked_version\\n"')
+    msgs = [str(e) for e in check_workspace(load_workspace(smoke_ws))]
+    assert any("is not a shell variable name" in m for m in msgs), msgs
+
+
 def test_an_unknown_expression_in_a_script_is_found_before_anything_runs(smoke_ws, tmp_path):
     pipe = smoke_ws / ".harness" / "pipeline.yaml"
     edit(pipe, "<+serviceVariables.healthy>", "<+serviceVariables.healthz>")

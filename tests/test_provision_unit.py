@@ -31,6 +31,8 @@ def test_shell_script_provision_check():
     assert "not supported" in check("ShellScriptProvision", {"source": {"type": "Http", "spec": {}}})[0]
     assert "shell variable name" in check("ShellScriptProvision", {"source": {"type": "Inline", "spec": {"script": "x"}},
                                                                    "environmentVariables": [{"name": "1BAD", "value": "x"}]})[0]
+    assert "shell variable name" in check("ShellScriptProvision", {"source": {"type": "Inline", "spec": {"script": "x"}},
+                                                                   "environmentVariables": [{"name": "OK\n", "value": "x"}]})[0]
 
 
 def test_cloudformation_checks():

@@ -16,13 +16,12 @@ from pathlib import Path
 
 from reconciler.errors import ConfigError
 
-SHELL_VAR = r"^[A-Za-z_][A-Za-z0-9_]*$"
 FILE_SOURCES = ("Harness", "File", "Local")
 
 
 class ShellScriptProvision:
     def check(self, spec: dict, err: Callable[..., ConfigError]) -> list[ConfigError]:
-        import re
+        from reconciler.pipeline import SHELL_VAR
 
         errs = []
         shell = spec.get("shell", "Bash")
@@ -45,7 +44,7 @@ class ShellScriptProvision:
             errs.append(err(("environmentVariables",), "environmentVariables must be a list of {name, type, value}"))
         else:
             for i, v in enumerate(items):
-                if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not re.match(SHELL_VAR, v["name"]):
+                if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not SHELL_VAR.fullmatch(v["name"]):
                     errs.append(err(("environmentVariables", i), "each of environmentVariables needs a 'name' that is a shell variable name"))
         return errs
 
