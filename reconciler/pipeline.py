@@ -1259,9 +1259,7 @@ class Runner:
         conn = json.dumps(s.connector, sort_keys=True) if s.connector else None
         where = f"ShellScript step {step.identifier} ({self.pipe.file}:{self.pipe.line(*step.path)})"
         values = sec.read_values(self.aws, {(s.region, sid, conn): [where] for sid in ids})
-        masker = getattr(self, "masker", None)  # the run's step-output masking, where the runner has one
-        if masker is not None:
-            masker.add(*values.values())
+        self.masker.add(*values.values())
         return sec.fill(script, s.region, values), sec.fill(env, s.region, values)
 
     def _credentials(self, sr: StageRun) -> dict[str, str]:

@@ -251,9 +251,7 @@ def run_step(runner, sr, step, timeout: float) -> tuple[dict, str]:
     for k, v in shown.items():  # a sensitive value is scrubbed from every later output of the run
         if v == MASK and got.outputs[k] is not None:
             secrets.remember(str(got.outputs[k]), secret=True)
-    masker = getattr(runner, "masker", None)  # the script runner's own masking, where the runner has one
-    if masker is not None:
-        masker.add(*(str(got.outputs[k]) for k, v in shown.items() if v == MASK and got.outputs[k] is not None))
+    runner.masker.add(*(str(got.outputs[k]) for k, v in shown.items() if v == MASK and got.outputs[k] is not None))
     if step.phase == "provision":
         mem["outputs"].update(got.outputs)
         mem.setdefault("sensitive", set()).update(k for k in got.outputs if k in got.sensitive or is_secret(k))
