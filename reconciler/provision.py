@@ -113,7 +113,7 @@ def resolver(ws, infra, settings: dict | None) -> Callable[[str], Any]:
                 return known[name]
             if stage.get("pending"):
                 stage.setdefault("used", []).append(name)
-                return f"(provisioner.{name})"  # known once the steps have run
+                return f"{DEFERRED}{name})"  # known once the steps have run
             tried.append(f"{stage.get('where') or 'the outputs of the stage provisioner steps'} (has: {', '.join(sorted(known or {})) or 'nothing'})")
         prov = (infra.body.get("spec") or {}).get("provisioner")
         if prov is not None:
@@ -129,7 +129,7 @@ def resolver(ws, infra, settings: dict | None) -> Callable[[str], Any]:
         staged = stage_provisioner_of(ws, infra)
         if staged and not tried:
             if not settings.get("live", True):
-                return f"(provisioner.{name})"  # validate: the stage's provisioner steps give it when run
+                return f"{DEFERRED}{name})"  # validate: the stage's provisioner steps give it when run
             raise KeyError(f"provisioner output '{name}' comes from the provisioner steps of stage '{staged[1]}' of pipeline "
                            f"'{staged[0]}', which only `reconciler run` runs",
                            f"run the pipeline (reconciler run {staged[0]}), see it with plan --pipeline {staged[0]}, "

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.expr import leaves
+from reconciler.schema import DEFERRED
 
 MASK = "(sensitive)"
 PROVISION_PHASES = ("provision", "provision_rollback")
@@ -336,10 +337,10 @@ def _record(runner, sr, status: str) -> None:
 
     mem = memory(runner, sr)
     spec, s = sr.spec, runner.settings
-    rec = {"id": mem.get("record_id") or str(uuid.uuid4()), "function": spec.name if "(provisioner." not in str(spec.name) else None, "service": spec.service,
+    rec = {"id": mem.get("record_id") or str(uuid.uuid4()), "function": spec.name if DEFERRED not in str(spec.name) else None, "service": spec.service,
            "operation": "provision", "status": status, "started_at": mem.get("started_at") or _now(), "finished_at": _now(),
            "version": None, "code_sha256": None, "pipeline": runner.pipe.identifier, "stage": sr.stage.identifier,
-           "region": spec.region if "(provisioner." not in str(spec.region) else None,
+           "region": spec.region if DEFERRED not in str(spec.region) else None,
            "outputs": masked(mem["outputs"], mem.get("sensitive", set())), "provisioned": mem["records"]}
     with st.locked(st.state_path(s.state_dir, sr.target.environment, sr.target.infrastructure), "provision", timeout=s.lock_timeout):
         state = st.load(s.state_dir, sr.target.environment, sr.target.infrastructure)
