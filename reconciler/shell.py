@@ -5,7 +5,7 @@ outlive their step.
 - `prepare_script`: each `<+...>` of a script becomes a reference to an environment
   variable `RECONCILER_EXPR_<n>` holding its value, quoted for where it stands (unquoted:
   `"${V}"`, in double quotes or an unquoted here-document: `${V}`, in single quotes:
-  `'"${V}"'`). No expression value is ever read by the shell as code. An expression in a
+  `'"${V}"'`, in $'...': `'"${V}"$'`). No expression value is ever read by the shell as code. An expression in a
   quoted here-document (`<<'EOF'`), where the shell expands nothing, is an error.
 - `base_environment`: PATH, HOME, LANG, LC_ALL, TZ and TMPDIR of the runner; nothing else of
   its environment (no credentials) reaches a script unless the step asks for it.
@@ -67,7 +67,7 @@ class _Lexer:
             c = t[i]
             top = stack[-1][0]
             if c == _SENTINEL:
-                self.contexts.append({"N": "plain", "B": "plain", "C": "plain", "D": "double", "S": "single", "A": "single"}[top])
+                self.contexts.append({"N": "plain", "B": "plain", "C": "plain", "D": "double", "S": "single", "A": "dollar"}[top])
                 i += 1
                 continue
             if top in ("S", "A"):
@@ -195,7 +195,7 @@ def prepare_script(text: str, resolve: Callable[[Expr], Any], where: Callable[[]
             value = resolve(p)
             values[name] = "" if value is None else ("true" if value is True else "false" if value is False else str(value))
         ref = "${" + name + "}"
-        out.append({"plain": f'"{ref}"', "double": ref, "single": f"'\"{ref}\"'"}[ctx])
+        out.append({"plain": f'"{ref}"', "double": ref, "single": f"'\"{ref}\"'", "dollar": f"'\"{ref}\"$'"}[ctx])
     return "".join(out), values
 
 

@@ -19,7 +19,7 @@ from ruamel.yaml import YAML
 from reconciler.errors import ConfigError
 from reconciler.secrets import MASK
 from reconciler.pipeline import Runner, RunSettings
-from reconciler.shell import prepare_script, run_script
+from reconciler.shell import base_environment, prepare_script, run_script
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 HOSTILE = ["$(touch x)", "`touch x`", '"; touch x; echo "', "'; touch x; echo '", "a\nb $HOME \\ <+pw> %s"]
@@ -229,4 +229,10 @@ def test_a_provisioner_script_with_a_background_job_ends_with_its_shell(tmp_path
 
 def test_only_dollar_quotes_know_backslash_escapes():
     got, _ = prepare_script("$'d\\' <+x>' '\\' <+y>'\n", lambda e: e.source, lambda: ("f", 1))
-    assert got == "$'d\\' '\"${RECONCILER_EXPR_1}\"'' '\\' \"${RECONCILER_EXPR_2}\"'\n"
+    assert got == "$'d\\' '\"${RECONCILER_EXPR_1}\"$'' '\\' \"${RECONCILER_EXPR_2}\"'\n"
+
+
+def test_an_expression_in_dollar_quotes_keeps_the_escapes_after_it(tmp_path):
+    script, values = prepare_script("printf '%s' $'<+x>\\tb'\n", lambda e: "a'b", lambda: ("f", 1))
+    result = run_script(script, {**base_environment(), **values}, tmp_path, 10, [])
+    assert result.exit_code == 0 and result.output == "a'b\tb"
