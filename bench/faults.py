@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 from harness.faultproxy import FaultProxy, is_mutating  # noqa: E402
 from harness.motoserver import MotoServer  # noqa: E402
 
-from reconciler import state as st  # noqa: E402
+from reconciler.store import state as st  # noqa: E402
 from reconciler.errors import ReconcilerError  # noqa: E402
 
 REGION = "us-east-1"

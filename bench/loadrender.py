@@ -27,9 +27,9 @@ IN_PROCESS = r"""
 import sys, time
 from pathlib import Path
 t = time.perf_counter()
-from reconciler.load import load_workspace
-from reconciler.render import Options, render
-import reconciler.provision
+from reconciler.workspace.load import load_workspace
+from reconciler.workspace.render import Options, render
+import reconciler.workspace.provision
 imports = time.perf_counter() - t
 rows = []
 for _ in range(int(sys.argv[2])):
@@ -45,8 +45,8 @@ t = time.perf_counter()
 import importlib.util
 if importlib.util.find_spec('typer._adapters'):  # typer >= 0.29 validates options through it
     import typer._adapters
-import reconciler.cli, reconciler.engine, reconciler.aws, reconciler.plan, reconciler.views, reconciler.schema
-reconciler.schema.lambda_model()
+import reconciler.cli.app, reconciler.engine.refresh, reconciler.aws.client, reconciler.engine.diff, reconciler.cli.views, reconciler.workspace.schema
+reconciler.workspace.schema.lambda_model()
 print(time.perf_counter() - t)
 """
 

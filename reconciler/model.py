@@ -178,3 +178,43 @@ class Plan:
             prune=bool(data.get("prune", False)),
             format_version=int(data.get("format_version", 0)),
         )
+
+
+# Ownership: the tags every function reconciler deploys carries.
+OWNER_SERVICE = "reconciler:service"
+OWNER_ENVIRONMENT = "reconciler:environment"
+OWNER_INFRASTRUCTURE = "reconciler:infrastructure"
+OWNER_TAGS = (OWNER_SERVICE, OWNER_ENVIRONMENT, OWNER_INFRASTRUCTURE)
+
+
+def owner_conflict(spec_service: str, spec_environment: str, live_tags: dict, spec_infrastructure: str | None = None) -> str | None:
+    """Why a live function may not be taken over by this service (and infrastructure), or None."""
+    owner = (live_tags or {}).get(OWNER_SERVICE)
+    env = (live_tags or {}).get(OWNER_ENVIRONMENT)
+    infra = (live_tags or {}).get(OWNER_INFRASTRUCTURE)
+    if owner and owner != spec_service:
+        return f"it is managed by service '{owner}'" + (f" in environment '{env}'" if env else "")
+    if env and env != spec_environment:
+        return f"it is managed for environment '{env}'"
+    if infra and spec_infrastructure and infra != spec_infrastructure:
+        return f"it is managed by infrastructure '{infra}' of environment '{env or spec_environment}'"
+    return None
+
+
+def owned_by(owner_tags: dict, live_tags: dict) -> bool:
+    """Whether a live function carries the ownership tags among `owner_tags` (a function's
+    desired tags), every one with the same value."""
+    mine = {k: v for k, v in (owner_tags or {}).items() if k in OWNER_TAGS}
+    return bool(mine) and all((live_tags or {}).get(k) == v for k, v in mine.items())
+
+
+# Deployment records of the state's history.
+IN_FLIGHT = ("in_progress", "rolling_back")
+
+
+def unfinished(record: dict) -> bool:
+    """A deployment that left Lambda half-changed and that no later deployment has finished
+    or undone: in flight (its process was killed), or an apply whose rollback failed
+    ("rollback_failed", until a later apply or rollback sets its `converged_by`)."""
+    status = record.get("status")
+    return status in IN_FLIGHT or (status == "rollback_failed" and not record.get("converged_by"))

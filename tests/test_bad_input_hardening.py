@@ -35,7 +35,7 @@ def test_a_state_path_never_leaves_the_state_directory(run_cli, ws, tmp_path):
     make_ws(ws)
     r = run_cli("state", "pull", "-w", str(ws), "--state-dir", str(tmp_path / "state"), "-e", "..", "-i", "x", cwd=tmp_path)
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    from reconciler.backend import LocalBackend
+    from reconciler.store.backend import LocalBackend
     from reconciler.errors import ReconcilerError
 
     for env, infra in [("../../../tmp", "x"), ("a/b", "c"), ("dev", "../x"), ("dev", "")]:

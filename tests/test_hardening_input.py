@@ -9,7 +9,7 @@ import pytest
 from test_load_render import basic, fdef, one
 
 from reconciler.errors import ConfigError
-from reconciler.expr import MAX_EXPANDED, Scope, resolve_string
+from reconciler.workspace.expr import MAX_EXPANDED, Scope, resolve_string
 
 
 def WHERE():
@@ -69,7 +69,7 @@ def test_a_var_value_holding_expression_syntax_reaches_the_function_as_it_is(tmp
 
 
 def test_a_non_ascii_literal_in_a_condition_matches():
-    from reconciler.pipeline import evaluate_condition
+    from reconciler.pipeline.runner import evaluate_condition
 
     assert evaluate_condition('<+v> == "café ✓"', lambda e: "café ✓") is True
     assert evaluate_condition("<+v> == 'a\\'b\\\\c'", lambda e: "a'b\\c") is True

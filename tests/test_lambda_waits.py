@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from botocore.stub import ANY, Stubber
 
-from reconciler.aws import Aws, Lambda
+from reconciler.aws.client import Aws, Lambda
 from reconciler.errors import AwsError
 
 FN = "greeter"
@@ -110,7 +110,7 @@ def test_a_change_that_lands_as_the_update_finishes_is_refused(lam):
 def test_lambdas_failure_reason_is_scrubbed_of_environment_values(lam):
     """Lambda's reason for a Failed update is AWS's text, like an error's: an environment
     value it echoes is masked as in any AWS error."""
-    from reconciler.secrets import remember
+    from reconciler.util.secrets import remember
 
     value = "db-password-7f3a91c2e4"
     remember(value)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError
-from reconciler.expr import Scope, resolve_string
-from reconciler.load import load_workspace
-from reconciler.render import Options, render, targets
+from reconciler.workspace.expr import Scope, resolve_string
+from reconciler.workspace.load import load_workspace
+from reconciler.workspace.render import Options, render, targets
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 ROLE = "arn:aws:iam::123456789012:role/r"
@@ -158,7 +158,7 @@ def test_keys_normalised_to_pascal_case_at_every_level(tmp_path):
     assert spec.tags == {"camelTag": "x", "Owner": "me", "reconciler:service": "svc", "reconciler:environment": "dev",
                          "reconciler:infrastructure": spec.infrastructure}
     # the plan's copy of the spec is what dataclasses.asdict gives, and a copy
-    from reconciler.plan import spec_dict
+    from reconciler.engine.diff import spec_dict
 
     d = spec_dict(spec)
     assert d == spec.to_dict() and list(d) == list(spec.to_dict())
@@ -647,8 +647,8 @@ def test_errors_are_reconciler_errors_not_crashes(tmp_path):
 
 def test_sample_secrets(tmp_path):
     """payments renders with references, not values: a Secret variable and a getValue with a JSON key selector."""
-    from reconciler.backend import config_document
-    from reconciler.secrets import read_config, references
+    from reconciler.util.settings import config_document
+    from reconciler.util.secrets import read_config, references
 
     root = _sample(tmp_path, "secrets")
     spec = one(root)
@@ -676,8 +676,8 @@ def test_secret_references_are_checked(tmp_path):
         one(root)
     assert exc.value.file == "lambda-definition.json" and exc.value.line == 4
     (root / "reconciler.yaml").write_text("secrets:\n  store: vault\n")
-    from reconciler.backend import config_document
-    from reconciler.secrets import read_config
+    from reconciler.util.settings import config_document
+    from reconciler.util.secrets import read_config
 
     with pytest.raises(ConfigError, match="reconciler.yaml:2: secrets.store must be one of secretsmanager, ssm"):
         read_config(config_document(root))

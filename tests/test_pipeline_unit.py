@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import ConfigError, ErrorList
-from reconciler.load import load_workspace
-from reconciler.pipeline import (Runner, RunSettings, check_pipeline, check_workspace, evaluate_condition, overlay, parse_duration,
-                                 run_script)
-from reconciler.provision import parse_outputs, resolver
-from reconciler.render import Options, render, stage_targets
+from reconciler.workspace.load import load_workspace
+from reconciler.pipeline.runner import Runner, RunSettings, check_pipeline, check_workspace, evaluate_condition, overlay, parse_duration, run_script
+from reconciler.workspace.provision import parse_outputs, resolver
+from reconciler.workspace.render import Options, render, stage_targets
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler import provisioners
+from reconciler.pipeline import provisioners
 from reconciler.errors import ConfigError
 
 
@@ -94,7 +94,7 @@ class _Ws:
 
 
 def test_lookup_pending_then_known():
-    from reconciler.provision import resolver
+    from reconciler.workspace.provision import resolver
 
     pending = provisioners.pending_settings({"outputs": None, "source": None, "live": True})
     lookup = resolver(_Ws(), _Infra(), pending)

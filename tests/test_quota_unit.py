@@ -1,4 +1,4 @@
-"""reconciler.quota: the shared Lambda rate limiter, its classes, priority, adaptation and
+"""reconciler.aws.quota: the shared Lambda rate limiter, its classes, priority, adaptation and
 the time-bounded throttle retries (on a real botocore client whose requests are answered
 by a before-send hook: 429 as Lambda sends it, then success)."""
 
@@ -11,8 +11,8 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from reconciler import quota
-from reconciler.quota import Limiter, QuotaStats, floor_seconds, install, quota_class, throttle_timeout, urgent
+from reconciler.aws import quota
+from reconciler.aws.quota import Limiter, QuotaStats, floor_seconds, install, quota_class, throttle_timeout, urgent
 
 
 class FakeClock:
@@ -135,7 +135,7 @@ OK = (200, {"Content-Type": "application/json"}, b'{"Aliases": []}')
 
 def _client(answers: list, timeout: float, key: tuple):
     c = boto3.client("lambda", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b",
-                     endpoint_url="http://127.0.0.1:9", config=__import__("reconciler.aws", fromlist=["RETRY"]).RETRY)
+                     endpoint_url="http://127.0.0.1:9", config=__import__("reconciler.aws.client", fromlist=["RETRY"]).RETRY)
     stats = QuotaStats()
     # a fast bucket of its own that these tests' throttles do not slow down (that is
     # tested above): they are about the retries

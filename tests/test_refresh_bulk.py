@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from botocore.stub import Stubber
 
-from reconciler.aws import Aws
-from reconciler.engine import BULK_MIN, Want, refresh_all, resolve_artifact
-from reconciler.live import fingerprint, snapshot
+from reconciler.aws.client import Aws
+from reconciler.engine.refresh import BULK_MIN, Want, refresh_all, resolve_artifact
+from reconciler.engine.live import fingerprint, snapshot
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"
@@ -143,7 +143,7 @@ YAML_CASES = [
 
 def test_fast_yaml_answers_for_service_files(tmp_path, monkeypatch):
     """Service files like the samples' and the fleet benchmark's take the fast path."""
-    from reconciler import yamlsrc
+    from reconciler.util import yamlsrc
 
     monkeypatch.syspath_prepend(str(REPO / "bench"))
     import fleet
@@ -168,7 +168,7 @@ def _files() -> list[Path]:
 
 @pytest.mark.parametrize("text", YAML_CASES + [p.read_text() for p in _files()])
 def test_fast_yaml_gives_what_ruamel_gives(text):
-    from reconciler import yamlsrc
+    from reconciler.util import yamlsrc
 
     try:
         slow = [(d.data, d.lines) for d in yamlsrc._load_yaml_documents_rt(text, "f")]
@@ -182,7 +182,7 @@ def test_fast_yaml_gives_what_ruamel_gives(text):
 
 
 def test_duplicate_keys_still_fail_through_ruamel():
-    from reconciler import yamlsrc
+    from reconciler.util import yamlsrc
     from reconciler.errors import ConfigError
 
     with pytest.raises(ConfigError, match="duplicate key"):

@@ -8,7 +8,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from reconciler import aws as awsmod
+from reconciler.aws import client as awsmod
 from reconciler.errors import AwsError
 
 # ---------------------------------------------------------------- item 8: a 404 is not-found only when AWS says so
@@ -64,8 +64,8 @@ def test_s3_head_of_a_missing_object_is_missing():
     ({"replicaCount": 2}, None, None),
 ])
 def test_entity_kind(data, kind, why):
-    from reconciler.load import entity_kind
-    from reconciler.yamlsrc import Doc
+    from reconciler.workspace.load import entity_kind
+    from reconciler.util.yamlsrc import Doc
 
     got_kind, got_why = entity_kind(Doc("f.yaml", data))
     assert got_kind == kind
@@ -76,8 +76,8 @@ def test_entity_kind(data, kind, why):
 
 
 def _pipe(strategy):
-    from reconciler.load import Entity
-    from reconciler.yamlsrc import Doc
+    from reconciler.workspace.load import Entity
+    from reconciler.util.yamlsrc import Doc
 
     stage = {"identifier": "deploy", "name": "Deploy", "type": "Deployment", "strategy": strategy,
              "variables": [{"name": "region", "type": "String", "value": "<+repeat.item>"}],
@@ -87,7 +87,7 @@ def _pipe(strategy):
 
 
 def test_repeat_items_times_and_parallelism_give_one_stage_per_iteration():
-    from reconciler.load import LOOP, pipeline_stages
+    from reconciler.workspace.load import LOOP, pipeline_stages
 
     got = [s for _, s in pipeline_stages(_pipe({"repeat": {"items": ["us-east-1", "eu-west-1"], "maxConcurrency": 1}}))]
     assert [(s["identifier"], s["name"]) for s in got] == [("deploy_0", "Deploy_0"), ("deploy_1", "Deploy_1")]
@@ -108,7 +108,7 @@ def test_repeat_items_times_and_parallelism_give_one_stage_per_iteration():
 ])
 def test_unsupported_loop_forms_say_so(strategy, message):
     from reconciler.errors import ConfigError
-    from reconciler.load import pipeline_stages
+    from reconciler.workspace.load import pipeline_stages
 
     with pytest.raises(ConfigError, match=message):
         pipeline_stages(_pipe(strategy))
@@ -118,7 +118,7 @@ def test_unsupported_loop_forms_say_so(strategy, message):
 
 
 def test_region_names_follow_botocore_partitions():
-    from reconciler.schema import region_problem
+    from reconciler.workspace.schema import region_problem
 
     for ok in ("us-east-1", "eu-central-2", "cn-north-1", "us-gov-west-1", "us-iso-east-1", "ap-southeast-7", "mx-central-1",
                "us-east-9", "(provisioner.region_name)"):
@@ -128,8 +128,8 @@ def test_region_names_follow_botocore_partitions():
 
 
 def test_lambda_model_patterns_are_checked_with_the_shape_rules():
-    from reconciler.schema import input_shape, normalise
-    from reconciler.yamlsrc import Doc
+    from reconciler.workspace.schema import input_shape, normalise
+    from reconciler.util.yamlsrc import Doc
 
     errors: list = []
     normalise({"FunctionName": "Hello World", "Role": "<YOUR_AWS_ARN>", "Handler": "app.handler",
@@ -150,8 +150,8 @@ def test_parallel_iterations_of_one_function_deploy_it_once_and_differing_ones_c
     from pathlib import Path
 
     from reconciler.errors import ConfigError
-    from reconciler.load import load_workspace
-    from reconciler.render import Options, render
+    from reconciler.workspace.load import load_workspace
+    from reconciler.workspace.render import Options, render
 
     ws = tmp_path / "ws"
     shutil.copytree(Path(__file__).parent / "fixtures" / "loop-pipeline", ws)
@@ -177,7 +177,7 @@ def test_parallel_iterations_of_one_function_deploy_it_once_and_differing_ones_c
 
 def test_a_repeat_item_in_text_reads_as_an_expression_value_does():
     """`<+repeat.item>` inside a string: a YAML true is `true` (as every expression's value), not Python's `True`."""
-    from reconciler.load import pipeline_stages
+    from reconciler.workspace.load import pipeline_stages
 
     pipe = _pipe({"repeat": {"items": [True, 2]}})
     pipe.body["stages"][0]["stage"]["description"] = "item=<+repeat.item>"

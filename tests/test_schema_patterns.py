@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from reconciler import schema
+from reconciler.workspace import schema
 
 TAG_KEY = r"([\p{L}\p{Z}\p{N}_.:/=+\-@]*)"
 

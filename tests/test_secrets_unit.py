@@ -1,4 +1,4 @@
-"""reconciler.secrets: seals, the masking policy of the views, scrubbing, the state's
+"""reconciler.util.secrets: seals, the masking policy of the views, scrubbing, the state's
 fingerprint key and the sealing of the stored state."""
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ import json
 
 import pytest
 
-from reconciler import backend as be
-from reconciler import secrets as sec
-from reconciler import state as st
+from reconciler.store import backend as be
+from reconciler.util import secrets as sec
+from reconciler.store import state as st
+from reconciler.store import seals
 from reconciler.model import Change, FunctionPlan, Plan
-from reconciler.views import render_json, render_markdown, render_text
+from reconciler.cli.views import render_json, render_markdown, render_text
 
 SECRET = "hunter2-very-secret"
 
@@ -121,13 +122,13 @@ def test_s3_fingerprint_key_is_an_encrypted_object_beside_the_state(monkeypatch,
         s3.create_bucket(Bucket="team-state")
         be.use(be.make(be.read_config(".", ["type=s3", "bucket=team-state"], environ={})))
         path = st.state_path(tmp_path, "prod", "use1")
-        sec._sealers.pop(str(path), None)
-        assert sec.sealer_for(path, create=False) is None
-        made = sec.sealer_for(path)
+        seals._sealers.pop(str(path), None)
+        assert seals.sealer_for(path, create=False) is None
+        made = seals.sealer_for(path)
         head = s3.head_object(Bucket="team-state", Key="reconciler/prod/use1.json.key")
         assert head["ServerSideEncryption"] == "AES256"
-        sec._sealers.pop(str(path), None)
-        assert sec.sealer_for(path, create=False).kid == made.kid, "read back, not made again"
+        seals._sealers.pop(str(path), None)
+        assert seals.sealer_for(path, create=False).kid == made.kid, "read back, not made again"
         assert be.current().create_key(path, b"other") != b"other", "a key that exists is kept"
         assert be.current().targets(tmp_path) == [], "the key object is not a state"
 

@@ -17,9 +17,9 @@ import pytest
 from ruamel.yaml import YAML
 
 from reconciler.errors import ConfigError
-from reconciler.secrets import MASK
-from reconciler.pipeline import Runner, RunSettings
-from reconciler.shell import base_environment, prepare_script, run_script
+from reconciler.util.secrets import MASK
+from reconciler.pipeline.runner import Runner, RunSettings
+from reconciler.workspace.shell import base_environment, prepare_script, run_script
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 HOSTILE = ["$(touch x)", "`touch x`", '"; touch x; echo "', "'; touch x; echo '", "a\nb $HOME \\ <+pw> %s"]
@@ -214,8 +214,8 @@ def test_sigterm_of_reconciler_run_kills_the_running_script(smoke_ws, tmp_path, 
 def test_a_provisioner_script_with_a_background_job_ends_with_its_shell(tmp_path):
     """A Script provisioner that leaves a job behind: its outputs are read when its shell
     ends, and the job is killed."""
-    from reconciler.load import load_workspace
-    from reconciler.provision import _script_outputs
+    from reconciler.workspace.load import load_workspace
+    from reconciler.workspace.provision import _script_outputs
 
     ws = tmp_path / "ws"
     shutil.copytree(SAMPLES / "pipeline-smoke", ws)

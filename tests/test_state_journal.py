@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from reconciler import backend as be
-from reconciler import state as st
-from reconciler.apply import StateWriter, close_interrupted
+from reconciler.store import backend as be
+from reconciler.store import state as st
+from reconciler.engine.apply import StateWriter, close_interrupted
 from test_state_unit import BUCKET, _s3, mocked  # noqa: F401  (mocked: the moto S3 fixture)
 
 PAD = {"configuration": {"Description": "x" * 20_000}}  # keeps a test's journal below the compaction threshold
@@ -306,7 +306,7 @@ def test_s3_backend_append_falls_back_to_full_writes(mocked, tmp_path):
 def test_cli_state_commands_see_journaled_steps(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from reconciler.cli import app
+    from reconciler.cli.app import app
 
     monkeypatch.chdir(tmp_path)
     s = _new(tmp_path / "st")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import backend as be
-from reconciler import state as st
+from reconciler.store import backend as be
+from reconciler.store import state as st
 from reconciler.errors import ConfigError, LockError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -165,7 +165,7 @@ def test_config_errors(tmp_path, text, overrides, message):
 def test_reconciler_yaml_is_not_a_harness_entity(tmp_path):
     import shutil
 
-    from reconciler.load import load_workspace
+    from reconciler.workspace.load import load_workspace
 
     ws = tmp_path / "ws"
     shutil.copytree(SAMPLES / "two-environments", ws)
@@ -332,7 +332,7 @@ def test_s3_backend_region_from_the_environment_or_a_clear_error(monkeypatch, tm
 
 def test_interrupted_deployment_follows_history_changes():
     """The per-history index sees appends, records replaced in place and status changes."""
-    from reconciler.plan import interrupted_deployment
+    from reconciler.engine.diff import interrupted_deployment
 
     history = [{"id": "1", "function": "a", "operation": "apply", "status": "succeeded"},
                {"id": "2", "function": "b", "operation": "apply", "status": "in_progress"},

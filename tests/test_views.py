@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from reconciler.model import Change, FunctionPlan, Plan
-from reconciler.views import COMMENT_LIMIT, render_json, render_markdown, render_text
+from reconciler.cli.views import COMMENT_LIMIT, render_json, render_markdown, render_text
 
 SECRET = "s3cr3t-value"
 

@@ -90,9 +90,9 @@ def _three_services(ws):
 
 
 def _plan(ws, state_dir):
-    from reconciler.aws import Aws
-    from reconciler.engine import Context, make_plan
-    from reconciler.render import Options
+    from reconciler.aws.client import Aws
+    from reconciler.engine.refresh import Context, make_plan
+    from reconciler.workspace.render import Options
 
     ctx = Context(workspace=ws, state_dir=state_dir, options=Options(environments=["staging"]))
     aws = Aws()
@@ -101,7 +101,7 @@ def _plan(ws, state_dir):
 
 @pytest.mark.parametrize("simultaneous", [False, True])
 def test_parallelism_applies_functions_concurrently(aws, ws, tmp_path, simultaneous):
-    from reconciler.apply import apply_plan
+    from reconciler.engine.apply import apply_plan
 
     names = _three_services(ws)
     if simultaneous:
@@ -130,7 +130,7 @@ def test_parallelism_applies_functions_concurrently(aws, ws, tmp_path, simultane
 
 
 def test_parallelism_one_failure_rolls_back_that_function_only(aws, ws, tmp_path, fault_proxy, monkeypatch):
-    from reconciler.apply import ApplyFailed, apply_plan
+    from reconciler.engine.apply import ApplyFailed, apply_plan
 
     names = _three_services(ws)
     state_dir = tmp_path / "state"

@@ -31,7 +31,7 @@ from e2e_util import check
 from harness.faultproxy import is_mutating
 from harness.localstack import on_both_emulators
 
-from reconciler import state as st
+from reconciler.store import state as st
 
 pytestmark = pytest.mark.e2e
 

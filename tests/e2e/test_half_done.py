@@ -338,8 +338,8 @@ def test_function_deployed_before_the_infrastructure_tag_is_kept_by_its_state(d)
 def test_restore_never_deletes_a_function_without_this_functions_ownership_tags(aws):
     """The rollback of a create deletes only a function carrying the ownership tags of the
     function being deployed: not one made by another tool or for another infrastructure."""
-    from reconciler.apply import restore
-    from reconciler.aws import Aws
+    from reconciler.engine.apply import restore
+    from reconciler.aws.client import Aws
 
     aws.create_role("greeter-lambda-role")
     lam = aws.client("lambda")

@@ -144,7 +144,7 @@ def test_a_built_wheel_carries_the_demo_workspace(tmp_path):
         assert f"reconciler/demo_workspace/{f}" in names, names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    r = check(subprocess.run([sys.executable, "-c", "from reconciler import demo; print(demo.SAMPLE)"], cwd=tmp_path,
+    r = check(subprocess.run([sys.executable, "-c", "from reconciler.cli import demo; print(demo.SAMPLE)"], cwd=tmp_path,
                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)}, capture_output=True, text=True))
     assert r.stdout.strip() == str(site / "reconciler" / "demo_workspace")
     r = check(subprocess.run([sys.executable, "-m", "reconciler", "validate", "-w", r.stdout.strip(), "--state-dir", str(tmp_path / "state")],

@@ -13,7 +13,7 @@ from e2e_util import hello  # noqa: F401  (the seed workspace fixture)
 from test_backend import BUCKET, KEY, _no_lock_left, team  # noqa: F401  (the S3 team fixture)
 
 from reconciler.errors import ReconcilerError
-from reconciler.state import load
+from reconciler.store.state import load
 
 pytestmark = pytest.mark.e2e
 

@@ -1,0 +1,7 @@
+"""The reconciler itself: refresh what is live (`refresh`, `live`), plan the difference
+(`diff`: pure, no I/O), apply it with snapshots and restore (`apply`), roll back
+(`rollback`), report drift (`drift`) and adopt existing functions (`adopt`).
+
+May import: `reconciler.workspace`, `reconciler.store`, `reconciler.aws`, `reconciler.util`,
+`reconciler.model`, `reconciler.errors`; never `reconciler.pipeline` or `reconciler.cli`.
+"""

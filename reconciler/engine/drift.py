@@ -1,0 +1,194 @@
+"""Drift: what changed in Lambda since reconciler last recorded each function.
+
+Compares live AWS with the state files only (no workspace needed), the way a nightly
+job runs it; changes nothing. Also `refresh` (accept what is live into the state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from reconciler.store import state as st
+from reconciler.model import Change
+from reconciler.engine.diff import drift as drift_changes
+from reconciler.engine.diff import interrupted_deployment, publish_description
+
+DRIFT_FORMAT_VERSION = 1
+
+
+@dataclass
+class FunctionDrift:
+    name: str
+    service: str
+    environment: str
+    infrastructure: str
+    region: str
+    status: str  # in_sync | drifted | deleted | unfinished
+    changes: list[Change] = field(default_factory=list)
+    # unfinished: reconciler's own deployment that left the function half done (see
+    # plan.unfinished); its differences are not changes made outside reconciler
+    note: str = ""
+    live: dict = field(default_factory=dict)  # the live snapshot (for refresh), not rendered
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("live")
+        d["changes"] = [c.to_dict() for c in self.changes]
+        return d
+
+
+@dataclass
+class DriftReport:
+    functions: list[FunctionDrift]
+    checked_at: str = ""
+
+    @property
+    def drifted(self) -> list[FunctionDrift]:
+        return [f for f in self.functions if f.status != "in_sync"]
+
+    def to_dict(self, mask: Callable[[Change], Change] | None = None) -> dict:
+        out = []
+        for f in self.functions:
+            d = f.to_dict()
+            if mask:
+                d["changes"] = [mask(c).to_dict() for c in f.changes]
+            out.append(d)
+        summary = {"checked": len(self.functions), "drifted": sum(1 for f in self.functions if f.status == "drifted"),
+                   "deleted": sum(1 for f in self.functions if f.status == "deleted")}
+        unfinished = sum(1 for f in self.functions if f.status == "unfinished")
+        if unfinished:  # only then: the summary of a report without one is as it always was
+            summary["unfinished"] = unfinished
+        return {"format_version": DRIFT_FORMAT_VERSION, "checked_at": self.checked_at, "summary": summary, "functions": out}
+
+
+def selected_states(state_dir: Path, environments: list[str], infrastructures: list[str], errors: list | None = None) -> list[st.State]:
+    """The states of these environments and infrastructures (all when none is given). With
+    `errors`, a state that cannot be read is appended there and the others are returned."""
+    if errors is not None:
+        return st.readable_states(state_dir, errors, environments, infrastructures)
+    return [s for s in st.all_states(state_dir)
+            if (not environments or s.environment in environments) and (not infrastructures or s.infrastructure in infrastructures)]
+
+
+def check(aws, states: list[st.State], services: list[str], functions: list[str] | None = None,
+          log: Callable[[str], None] = lambda m: None, parallelism: int = 10,
+          progress: Callable[[str, int, int, str], None] | None = None) -> DriftReport:
+    from reconciler.aws.client import Lambda
+    from reconciler.engine.refresh import Want, parallel_map, refresh_all
+
+    report = DriftReport(functions=[], checked_at=st.now())
+    picked: list[tuple[st.State, str, dict, str]] = []
+    for s in states:
+        for name, rec in sorted(s.functions.items()):
+            if services and rec.get("service") not in services:
+                continue
+            if functions and name not in functions:
+                continue
+            picked.append((s, name, rec, rec.get("region") or s.region))
+    log(f"checking {len(picked)} function(s)")
+    wants = [Want(region, rec.get("connector"), name) for _, name, rec, region in picked]
+    kwargs = {"progress": progress} if progress else {}
+    lives, listed = refresh_all(aws, wants, parallelism, with_versions=True, **kwargs)
+
+    def known_versions(item) -> tuple[set[str], int | None]:
+        s, name, rec, _ = item
+        known = set()
+        for h in s.history:
+            if h.get("function") != name:
+                continue
+            if h.get("version"):
+                known.add(str(h["version"]))
+            # versions a refresh accepted
+            known.update(str(c.get("path")) for c in h.get("accepted") or () if isinstance(c, dict) and c.get("kind") == "version")
+        if rec.get("version"):
+            known.add(str(rec["version"]))
+        return known, min((int(v) for v in known if v.isdigit()), default=None)
+
+    def own_descriptions(item) -> set[str]:
+        """The descriptions of versions reconciler's deployments of this function publish:
+        a version carrying one is reconciler's, even if its apply never recorded it (killed
+        or interrupted while PublishVersion was answered, then rolled back)."""
+        s, name, _, _ = item
+        return {publish_description(h["id"]) for h in s.history
+                if h.get("function") == name and h.get("operation") == "apply" and isinstance(h.get("id"), str)}
+
+    # versions published by someone else since reconciler's first one: from the bulk
+    # listing, else one ListVersionsByFunction per function that has a recorded version
+    def versions_of(k: int) -> list[dict]:
+        s, name, rec, region = picked[k]
+        if not lives[k].get("exists") or known_versions(picked[k])[1] is None:
+            return []
+        if listed[k] is not None:
+            return listed[k]
+        return Lambda(aws, region, rec.get("connector")).list_versions(name)
+
+    all_versions = parallel_map(versions_of, list(range(len(picked))), parallelism)
+    for (s, name, rec, region), live, versions in zip(picked, lives, all_versions):
+        fd = FunctionDrift(name=name, service=rec.get("service", ""), environment=s.environment,
+                           infrastructure=s.infrastructure, region=region, status="in_sync", live=live)
+        if not live.get("exists"):
+            fd.status = "deleted"
+            fd.changes.append(Change("function", name, "exists", None, "delete"))
+        else:
+            fd.changes = drift_changes(rec, live)
+            known, first = known_versions((s, name, rec, region))
+            if first is not None:
+                own = own_descriptions((s, name, rec, region))
+                for v in sorted(versions, key=lambda v: int(v["Version"]) if str(v.get("Version")).isdigit() else -1):
+                    num = str(v.get("Version"))
+                    if num.isdigit() and num not in known and int(num) > first and v.get("Description") not in own:
+                        fd.changes.append(Change("version", num, None, num, "create"))
+            half = interrupted_deployment(s.history, name)
+            if half is not None:
+                fd.status = "unfinished"
+                fd.note = (f"reconciler's own {half.get('operation', 'apply')} started at {half.get('started_at')} did not finish ("
+                           + ("its rollback failed" if half.get("status") == "rollback_failed" else "it was interrupted")
+                           + "), so Lambda holds part of reconciler's own change; `reconciler apply` finishes it, `reconciler rollback` undoes it")
+            elif fd.changes:
+                fd.status = "drifted"
+        report.functions.append(fd)
+    return report
+
+
+def accept(report: DriftReport, states: list[st.State], log: Callable[[str], None]) -> int:
+    """Record what is live as the new truth for every drifted function (`refresh`)."""
+    from reconciler.engine.live import project
+
+    by_key = {(s.environment, s.infrastructure): s for s in states}
+    touched: set[tuple[str, str]] = set()
+    changed = 0
+    for fd in report.drifted:
+        s = by_key[(fd.environment, fd.infrastructure)]
+        rec = s.functions.get(fd.name)
+        if rec is None:
+            continue
+        if fd.status == "unfinished":
+            log(f"{fd.name}: not accepted: {fd.note}")
+            continue
+        if fd.status == "deleted":
+            s.functions.pop(fd.name)
+            log(f"{fd.name}: deleted in Lambda; forgotten")
+        else:
+            live = fd.live
+            rec.update(
+                configuration=project(live.get("configuration") or {}, rec.get("configuration") or {}),
+                code_sha256=live.get("code_sha256"),
+                tags=dict(live.get("tags") or {}),
+                aliases={n: a for n, a in (live.get("aliases") or {}).items() if n in (rec.get("aliases") or {})},
+                updated_at=st.now(),
+            )
+            if any(c.kind == "code" for c in fd.changes):
+                # the recorded source no longer produces this code
+                rec.update(code_params=None, code_source=None)
+            log(f"{fd.name}: accepted {len(fd.changes)} difference(s) into the state")
+        s.history.append({"id": st.now(), "function": fd.name, "service": fd.service, "operation": "refresh", "status": "succeeded",
+                          "started_at": st.now(), "finished_at": st.now(), "version": (s.functions.get(fd.name) or {}).get("version"),
+                          "code_sha256": (s.functions.get(fd.name) or {}).get("code_sha256"),
+                          "accepted": [c.to_dict() for c in fd.changes]})
+        touched.add((fd.environment, fd.infrastructure))
+        changed += 1
+    for key in touched:
+        by_key[key].write()
+    return changed
