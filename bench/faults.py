@@ -72,8 +72,15 @@ KEY1 = "greeter/greeter-1.0.0.zip"
 KEY2 = "greeter/greeter-2.0.0.zip"
 FN = "greeter-staging"
 NO_RETRY = {"status": 400, "error_type": "InvalidParameterValueException"}
-ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-       "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true", "NO_COLOR": "1"}
+ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_REGION": REGION,
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "NO_COLOR": "1",
+}
 
 
 def make_zip(text: str) -> bytes:
@@ -102,8 +109,13 @@ class Bench:
         self.work = work
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self.env.update(ENV, PYTHONPATH=str(ROOT))
-        kw = dict(region_name=REGION, endpoint_url=self.moto.endpoint, aws_access_key_id="testing",
-                  aws_secret_access_key="testing", aws_session_token="testing")
+        kw = dict(
+            region_name=REGION,
+            endpoint_url=self.moto.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            aws_session_token="testing",
+        )
         self.lam, self.s3, self.iam = boto3.client("lambda", **kw), boto3.client("s3", **kw), boto3.client("iam", **kw)
         self.ws1 = work / "v1"
         shutil.copytree(ROOT / "samples" / "two-environments", self.ws1)
@@ -111,7 +123,10 @@ class Bench:
         shutil.copytree(self.ws1, self.ws2)
         svc = self.ws2 / ".harness" / "service.yaml"
         svc.write_text(svc.read_text().replace(KEY1, KEY2))
-        self.zip1, self.zip2 = make_zip("def handler(e, c):\n    return 'v1'\n"), make_zip("def handler(e, c):\n    return 'v2'\n")
+        self.zip1, self.zip2 = (
+            make_zip("def handler(e, c):\n    return 'v1'\n"),
+            make_zip("def handler(e, c):\n    return 'v2'\n"),
+        )
         self.n = 0
 
     def close(self) -> None:
@@ -120,19 +135,51 @@ class Bench:
 
     def seed(self) -> None:
         self.moto.reset()
-        self.iam.create_role(RoleName="greeter-lambda-role", AssumeRolePolicyDocument=json.dumps({
-            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]}))
+        self.iam.create_role(
+            RoleName="greeter-lambda-role",
+            AssumeRolePolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "lambda.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                }
+            ),
+        )
         self.s3.create_bucket(Bucket=BUCKET)
         self.s3.put_object(Bucket=BUCKET, Key=KEY1, Body=self.zip1, ChecksumAlgorithm="SHA256")
         self.s3.put_object(Bucket=BUCKET, Key=KEY2, Body=self.zip2, ChecksumAlgorithm="SHA256")
 
     def cmd(self, verb: str, ws: Path, state: Path, *extra) -> list[str]:
-        return [sys.executable, "-m", "reconciler", verb, "-w", str(ws), "--state-dir", str(state), "-e", "staging", *map(str, extra)]
+        return [
+            sys.executable,
+            "-m",
+            "reconciler",
+            verb,
+            "-w",
+            str(ws),
+            "--state-dir",
+            str(state),
+            "-e",
+            "staging",
+            *map(str, extra),
+        ]
 
     def run(self, verb, ws, state, *extra, proxy=False) -> subprocess.CompletedProcess:
         env = dict(self.env, AWS_ENDPOINT_URL=self.proxy.endpoint if proxy else self.moto.endpoint)
-        return subprocess.run(self.cmd(verb, ws, state, *extra), env=env, cwd=ws, capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=300)
+        return subprocess.run(
+            self.cmd(verb, ws, state, *extra),
+            env=env,
+            cwd=ws,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=300,
+        )
 
     def killed(self, k: int, ws, state, *extra) -> tuple[int, str]:
         holder = {}
@@ -143,8 +190,15 @@ class Bench:
 
         hook = self.proxy.after(is_mutating, k, kill)
         env = dict(self.env, AWS_ENDPOINT_URL=self.proxy.endpoint)
-        holder["p"] = p = subprocess.Popen(self.cmd("apply", ws, state, "--auto-approve", *extra), env=env, cwd=ws,
-                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        holder["p"] = p = subprocess.Popen(
+            self.cmd("apply", ws, state, "--auto-approve", *extra),
+            env=env,
+            cwd=ws,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
         _, err = p.communicate(timeout=300)
         if not hook.fired:
             raise SystemExit(f"mutating call {k} never came:\n{err}")
@@ -152,7 +206,11 @@ class Bench:
 
     def versions(self) -> list[str]:
         try:
-            return [v["Version"] for v in self.lam.list_versions_by_function(FunctionName=FN)["Versions"] if v["Version"] != "$LATEST"]
+            return [
+                v["Version"]
+                for v in self.lam.list_versions_by_function(FunctionName=FN)["Versions"]
+                if v["Version"] != "$LATEST"
+            ]
         except self.lam.exceptions.ResourceNotFoundException:
             return []
 
@@ -209,7 +267,11 @@ def sweep(b: Bench, name: str) -> list[dict]:
                 json.loads(path.with_name(path.name + ".backup").read_text())
         except (OSError, ValueError, ReconcilerError) as exc:
             valid, doc = f"INVALID ({exc})", {"history": []}
-        stuck = [h for h in doc.get("history", []) if h.get("function") == FN and h.get("status") in ("in_progress", "rolling_back")]
+        stuck = [
+            h
+            for h in doc.get("history", [])
+            if h.get("function") == FN and h.get("status") in ("in_progress", "rolling_back")
+        ]
         last_step = "-"
         if stuck:
             steps = stuck[-1].get("steps") or []
@@ -224,14 +286,35 @@ def sweep(b: Bench, name: str) -> list[dict]:
         newest = max(versions, key=int) if versions else None
         after = json.loads(path.read_text())
         last = after["history"][-1]
-        reused = next((s["step"].split()[-1] for s in last.get("steps", []) if s["step"].startswith("reused version")), None)
-        ok = (nxt.returncode == 0 and live.get("sha") == want["sha"] and live.get("memory") == want["memory"]
-              and live.get("aliases") == {"live": newest} and len(new) <= 1 and last.get("status") == "succeeded")
+        reused = next(
+            (s["step"].split()[-1] for s in last.get("steps", []) if s["step"].startswith("reused version")), None
+        )
+        ok = (
+            nxt.returncode == 0
+            and live.get("sha") == want["sha"]
+            and live.get("memory") == want["memory"]
+            and live.get("aliases") == {"live": newest}
+            and len(new) <= 1
+            and last.get("status") == "succeeded"
+        )
         outcome = "converged" if ok else f"NOT CONVERGED (exit {nxt.returncode}: {nxt.stderr.strip()[-200:]})"
         if nxt.returncode == 0 and last.get("status") == "rolled_back":
             outcome = "rolled back"
-        rows.append({"scenario": name, "k": k, "operation": ops[k - 1], "killed": code, "state": valid, "recorded": last_step,
-                     "plan_note": noted, "outcome": outcome, "new_versions": len(new), "reused": reused, "seconds": took})
+        rows.append(
+            {
+                "scenario": name,
+                "k": k,
+                "operation": ops[k - 1],
+                "killed": code,
+                "state": valid,
+                "recorded": last_step,
+                "plan_note": noted,
+                "outcome": outcome,
+                "new_versions": len(new),
+                "reused": reused,
+                "seconds": took,
+            }
+        )
         print(f"  {name} k={k} {ops[k - 1]}: {outcome}", file=sys.stderr, flush=True)
     return rows
 
@@ -247,9 +330,16 @@ def _other_create(b: Bench, tags: dict, body: bytes):
     def match(entry) -> bool:
         if entry["operation"] == "CreateFunction" and not done:
             done.append(True)
-            b.lam.create_function(FunctionName=FN, Runtime="python3.12", Handler="handler.handler", Code={"ZipFile": body},
-                                  Role="arn:aws:iam::123456789012:role/greeter-lambda-role", Tags=tags)
+            b.lam.create_function(
+                FunctionName=FN,
+                Runtime="python3.12",
+                Handler="handler.handler",
+                Code={"ZipFile": body},
+                Role="arn:aws:iam::123456789012:role/greeter-lambda-role",
+                Tags=tags,
+            )
         return False
+
     return match
 
 
@@ -264,16 +354,28 @@ def _arm(b: Bench, case: str, holder: dict) -> None:
     elif case == "sigterm-twice":
         first = []
         p.after("UpdateFunctionConfiguration", 1, lambda: (holder["p"].send_signal(signal.SIGTERM), first.append(1)))
-        p.after(lambda e: e["operation"] == "GetFunction" and bool(first), 1, lambda: holder["p"].send_signal(signal.SIGTERM))
+        p.after(
+            lambda e: e["operation"] == "GetFunction" and bool(first),
+            1,
+            lambda: holder["p"].send_signal(signal.SIGTERM),
+        )
     elif case == "lost-answer-create":
         p.add_rule("CreateFunction", "cut", times=1)
     elif case == "lost-answer-publish":
         p.add_rule("PublishVersion", "cut", times=1)
     elif case == "concurrent-create":
-        p.add_rule(_other_create(b, {"reconciler:service": "billing", "reconciler:environment": "staging"}, b.zip2), "fail")
+        p.add_rule(
+            _other_create(b, {"reconciler:service": "billing", "reconciler:environment": "staging"}, b.zip2), "fail"
+        )
     elif case == "concurrent-create-same":
-        tags = {"service": "greeter", "environment": "staging", "environment-type": "PreProduction", "reconciler:service": "greeter",
-                "reconciler:environment": "staging", "reconciler:infrastructure": "staging_use1"}
+        tags = {
+            "service": "greeter",
+            "environment": "staging",
+            "environment-type": "PreProduction",
+            "reconciler:service": "greeter",
+            "reconciler:environment": "staging",
+            "reconciler:infrastructure": "staging_use1",
+        }
         p.add_rule(_other_create(b, tags, b.zip1), "fail")
 
 
@@ -303,33 +405,63 @@ def run_case(b: Bench, case: str) -> dict:
     holder: dict = {}
     _arm(b, case, holder)
     env = dict(b.env, AWS_ENDPOINT_URL=b.proxy.endpoint)
-    holder["p"] = p = subprocess.Popen(b.cmd("apply", ws, state, "--auto-approve", *extra), env=env, cwd=ws, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    holder["p"] = p = subprocess.Popen(
+        b.cmd("apply", ws, state, "--auto-approve", *extra),
+        env=env,
+        cwd=ws,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     _, err = p.communicate(timeout=300)
     b.proxy.clear(rules=True)
     first = p.returncode
     live = b.live()
     if case == "concurrent-create":
-        tags = b.lam.list_tags(Resource=b.lam.get_function_configuration(FunctionName=FN)["FunctionArn"])["Tags"] if live else {}
+        tags = (
+            b.lam.list_tags(Resource=b.lam.get_function_configuration(FunctionName=FN)["FunctionArn"])["Tags"]
+            if live
+            else {}
+        )
         intact = live.get("sha") == sha256_b64(b.zip2) and tags.get("reconciler:service") == "billing"
     else:
         serving = (live.get("aliases") or {}).get("live")
         code = b.lam.get_function_configuration(FunctionName=FN, Qualifier=serving)["CodeSha256"] if serving else None
-        intact = bool(live) and (code in (sha256_b64(b.zip1), sha256_b64(b.zip2)) or first == 0 or not v1_first and not serving)
+        intact = bool(live) and (
+            code in (sha256_b64(b.zip1), sha256_b64(b.zip2)) or first == 0 or not v1_first and not serving
+        )
     plan = b.run("plan", ws, state, "--detailed-exitcode", *extra)
-    shown = ("shows it unfinished" if "finishes it" in plan.stdout or "converges it" in plan.stdout else
-             "adopts it" if "will be adopted" in plan.stdout else "refuses it" if plan.returncode == 1 else
-             "no changes" if plan.returncode == 0 else "changes")
+    shown = (
+        "shows it unfinished"
+        if "finishes it" in plan.stdout or "converges it" in plan.stdout
+        else "adopts it"
+        if "will be adopted" in plan.stdout
+        else "refuses it"
+        if plan.returncode == 1
+        else "no changes"
+        if plan.returncode == 0
+        else "changes"
+    )
     nxt = b.run("apply", ws, state, "--auto-approve", *extra)
     live, versions = b.live(), b.versions()
     new = [v for v in versions if v not in before]
     newest = max(versions, key=int) if versions else None
     if case == "concurrent-create":
-        outcome = ("refused, the other service's function left alone" if nxt.returncode == 1 and "managed by service 'billing'" in nxt.stderr
-                   and live.get("sha") == sha256_b64(b.zip2) else f"UNEXPECTED (exit {nxt.returncode}: {nxt.stderr.strip()[-200:]})")
+        outcome = (
+            "refused, the other service's function left alone"
+            if nxt.returncode == 1
+            and "managed by service 'billing'" in nxt.stderr
+            and live.get("sha") == sha256_b64(b.zip2)
+            else f"UNEXPECTED (exit {nxt.returncode}: {nxt.stderr.strip()[-200:]})"
+        )
     else:
-        ok = (nxt.returncode == 0 and live.get("sha") == want["sha"] and live.get("memory") == want["memory"]
-              and live.get("aliases") == {"live": newest})
+        ok = (
+            nxt.returncode == 0
+            and live.get("sha") == want["sha"]
+            and live.get("memory") == want["memory"]
+            and live.get("aliases") == {"live": newest}
+        )
         outcome = "converged" if ok else f"NOT CONVERGED (exit {nxt.returncode}: {nxt.stderr.strip()[-200:]})"
     drift = b.run("drift", ws, state, "--format", "json")
     try:
@@ -337,16 +469,26 @@ def run_case(b: Bench, case: str) -> dict:
         leaked = sum(1 for f in report["functions"] for c in f["changes"] if c["kind"] == "version")
     except ValueError:
         leaked = None
-    row = {"case": case, "first": first, "error": (err.strip().splitlines() or [""])[-1][:160], "intact": intact,
-           "plan": shown, "outcome": outcome, "new_versions": len(new),
-           "leaked": leaked, "drift": drift.returncode}
+    row = {
+        "case": case,
+        "first": first,
+        "error": (err.strip().splitlines() or [""])[-1][:160],
+        "intact": intact,
+        "plan": shown,
+        "outcome": outcome,
+        "new_versions": len(new),
+        "leaked": leaked,
+        "drift": drift.returncode,
+    }
     print(f"  {case}: first apply exit {first}; {outcome}", file=sys.stderr, flush=True)
     return row
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-s", "--scenario", action="append", choices=list(SCENARIOS), help="only this scenario (repeatable)")
+    ap.add_argument(
+        "-s", "--scenario", action="append", choices=list(SCENARIOS), help="only this scenario (repeatable)"
+    )
     ap.add_argument("-c", "--case", action="append", choices=list(CASES), help="only this fault case (repeatable)")
     ap.add_argument("--cases", action="store_true", help="the fault cases only (no kill sweep)")
     args = ap.parse_args()
@@ -362,29 +504,57 @@ def main() -> int:
     finally:
         b.close()
         shutil.rmtree(work, ignore_errors=True)
-    bad_cases = [r for r in case_rows if not r["intact"] or r["outcome"].startswith(("NOT", "UNEXPECTED")) or r["leaked"] != 0]
+    bad_cases = [
+        r for r in case_rows if not r["intact"] or r["outcome"].startswith(("NOT", "UNEXPECTED")) or r["leaked"] != 0
+    ]
     if case_rows:
-        head = ["case", "first apply", "function intact", "the next plan", "after the next apply", "new versions",
-                "versions leaked", "drift after"]
+        head = [
+            "case",
+            "first apply",
+            "function intact",
+            "the next plan",
+            "after the next apply",
+            "new versions",
+            "versions leaked",
+            "drift after",
+        ]
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
         for r in case_rows:
-            print(f"| {r['case']} | exit {r['first']} | {'yes' if r['intact'] else 'NO'} | {r['plan']} | {r['outcome']} | "
-                  f"{r['new_versions']} | {r['leaked']} | exit {r['drift']} |")
-        print(f"\n{len(case_rows)} fault cases, {len(case_rows) - len(bad_cases)} intact, converged (or rightly refused), "
-              "no version leaked.\n")
+            print(
+                f"| {r['case']} | exit {r['first']} | {'yes' if r['intact'] else 'NO'} | {r['plan']} | {r['outcome']} | "
+                f"{r['new_versions']} | {r['leaked']} | exit {r['drift']} |"
+            )
+        print(
+            f"\n{len(case_rows)} fault cases, {len(case_rows) - len(bad_cases)} intact, converged (or rightly refused), "
+            "no version leaked.\n"
+        )
     if not rows:
         return 1 if bad_cases else 0
-    head = ["scenario", "k", "killed after", "state file", "in-flight record", "plan notes it", "after the next apply",
-            "new versions in all", "reused", "next apply"]
+    head = [
+        "scenario",
+        "k",
+        "killed after",
+        "state file",
+        "in-flight record",
+        "plan notes it",
+        "after the next apply",
+        "new versions in all",
+        "reused",
+        "next apply",
+    ]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        print(f"| {r['scenario']} | {r['k']} | {r['operation']} | {r['state']} | {r['recorded']} | {r['plan_note']} | {r['outcome']} | "
-              f"{r['new_versions']} | {'version ' + r['reused'] if r['reused'] else '-'} | {r['seconds']:.1f} s |")
+        print(
+            f"| {r['scenario']} | {r['k']} | {r['operation']} | {r['state']} | {r['recorded']} | {r['plan_note']} | {r['outcome']} | "
+            f"{r['new_versions']} | {'version ' + r['reused'] if r['reused'] else '-'} | {r['seconds']:.1f} s |"
+        )
     bad = [r for r in rows if r["outcome"].startswith("NOT") or r["state"] != "valid" or r["plan_note"] != "yes"]
-    print(f"\n{len(rows)} crash points, {len(rows) - len(bad)} converged with at most one new version; "
-          f"{time.monotonic() - started:.0f} s.")
+    print(
+        f"\n{len(rows)} crash points, {len(rows) - len(bad)} converged with at most one new version; "
+        f"{time.monotonic() - started:.0f} s."
+    )
     return 1 if bad or bad_cases else 0
 
 

@@ -52,8 +52,12 @@ def free_port() -> int:
 def start_moto() -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "MOTO_LAMBDA_STUB_ECR": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     for _ in range(150):
         try:
@@ -77,11 +81,22 @@ def workspace(root: Path, n: int, changed: int = 0) -> None:
     h = root / ".harness"
     h.mkdir(parents=True, exist_ok=True)
     (h / "env.yaml").write_text("environment:\n  name: bench\n  identifier: bench\n  type: PreProduction\n")
-    (h / "infra.yaml").write_text("infrastructureDefinition:\n  name: bench\n  identifier: bench\n  environmentRef: bench\n"
-                                  f"  type: AwsLambda\n  spec:\n    connectorRef: aws\n    region: {REGION}\n")
+    (h / "infra.yaml").write_text(
+        "infrastructureDefinition:\n  name: bench\n  identifier: bench\n  environmentRef: bench\n"
+        f"  type: AwsLambda\n  spec:\n    connectorRef: aws\n    region: {REGION}\n"
+    )
     (root / "alias.json").write_text(json.dumps({"name": "live"}))
-    (root / "fn.json").write_text(json.dumps({"functionName": "<+service.identifier>", "runtime": "python3.12", "handler": "handler.handler",
-                                             "role": f"arn:aws:iam::123456789012:role/{ROLE}", "memorySize": 128}))
+    (root / "fn.json").write_text(
+        json.dumps(
+            {
+                "functionName": "<+service.identifier>",
+                "runtime": "python3.12",
+                "handler": "handler.handler",
+                "role": f"arn:aws:iam::123456789012:role/{ROLE}",
+                "memorySize": 128,
+            }
+        )
+    )
     for i in range(n):
         key = "v2.zip" if i < changed else "v1.zip"
         (h / f"svc{i:04d}.yaml").write_text(f"""service:
@@ -121,8 +136,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 def baseline_env(endpoint: str) -> dict:
     pp = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + pp if pp else ""), "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION, "NO_COLOR": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + (os.pathsep + pp if pp else ""),
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "NO_COLOR": "1",
+    }
 
 
 BASELINE_READ = r"""
@@ -167,7 +190,9 @@ def run_size(n: int, rounds: int) -> list[list[str]]:
     rows = []
     try:
         env = baseline_env(endpoint)
-        c = lambda s: boto3.client(s, region_name=REGION, endpoint_url=endpoint, aws_access_key_id="b", aws_secret_access_key="b")  # noqa: E731
+        c = lambda s: boto3.client(
+            s, region_name=REGION, endpoint_url=endpoint, aws_access_key_id="b", aws_secret_access_key="b"
+        )  # noqa: E731
         c("iam").create_role(RoleName=ROLE, AssumeRolePolicyDocument="{}")
         s3 = c("s3")
         s3.create_bucket(Bucket=BUCKET)
@@ -176,17 +201,32 @@ def run_size(n: int, rounds: int) -> list[list[str]]:
         s3.put_object(Bucket=BUCKET, Key="v3.zip", Body=make_zip("v3"), ChecksumAlgorithm="SHA256")
         # the apply baseline's own 100 functions, in another region, seeded with boto3
         m = min(100, n)
-        west = boto3.client("s3", region_name=BASELINE_REGION, endpoint_url=endpoint, aws_access_key_id="b", aws_secret_access_key="b")
+        west = boto3.client(
+            "s3", region_name=BASELINE_REGION, endpoint_url=endpoint, aws_access_key_id="b", aws_secret_access_key="b"
+        )
         west.create_bucket(Bucket=BASELINE_BUCKET, CreateBucketConfiguration={"LocationConstraint": BASELINE_REGION})
         for v in ("v1", "v2", "v3"):
             west.put_object(Bucket=BASELINE_BUCKET, Key=f"{v}.zip", Body=make_zip(v))
-        wl = boto3.client("lambda", region_name=BASELINE_REGION, endpoint_url=endpoint, aws_access_key_id="b", aws_secret_access_key="b")
+        wl = boto3.client(
+            "lambda",
+            region_name=BASELINE_REGION,
+            endpoint_url=endpoint,
+            aws_access_key_id="b",
+            aws_secret_access_key="b",
+        )
 
         def seed_baseline(i: int) -> None:
             name = f"base{i:04d}"
-            wl.create_function(FunctionName=name, Runtime="python3.12", Handler="handler.handler", Role=f"arn:aws:iam::123456789012:role/{ROLE}",
-                               Code={"S3Bucket": BASELINE_BUCKET, "S3Key": "v1.zip"})
-            wl.create_alias(FunctionName=name, Name="live", FunctionVersion=wl.publish_version(FunctionName=name)["Version"])
+            wl.create_function(
+                FunctionName=name,
+                Runtime="python3.12",
+                Handler="handler.handler",
+                Role=f"arn:aws:iam::123456789012:role/{ROLE}",
+                Code={"S3Bucket": BASELINE_BUCKET, "S3Key": "v1.zip"},
+            )
+            wl.create_alias(
+                FunctionName=name, Name="live", FunctionVersion=wl.publish_version(FunctionName=name)["Version"]
+            )
 
         with ThreadPoolExecutor(10) as ex:
             list(ex.map(seed_baseline, range(m)))
@@ -204,9 +244,16 @@ def run_size(n: int, rounds: int) -> list[list[str]]:
             plan_t.append(w)
             base_t.append(py(env, BASELINE_READ))
         calls = sum(v for k, v in plan_stats.get("calls", {}).items() if k.startswith("lambda."))
-        rows.append([f"plan N={n}", f"{statistics.median(plan_t):.2f}s", f"{statistics.median(base_t):.2f}s",
-                     f"{statistics.median(plan_t) / statistics.median(base_t):.2f}x", f"{calls / n:.2f}",
-                     f"{plan_stats.get('peak_rss_mb', 0):.0f} MB"])
+        rows.append(
+            [
+                f"plan N={n}",
+                f"{statistics.median(plan_t):.2f}s",
+                f"{statistics.median(base_t):.2f}s",
+                f"{statistics.median(plan_t) / statistics.median(base_t):.2f}x",
+                f"{calls / n:.2f}",
+                f"{plan_stats.get('peak_rss_mb', 0):.0f} MB",
+            ]
+        )
 
         names = ",".join(f"base{i:04d}" for i in range(m))
         apply_t, base_apply_t, apply_stats = [], [], {}
@@ -217,9 +264,16 @@ def run_size(n: int, rounds: int) -> list[list[str]]:
             apply_t.append(w)
             base_apply_t.append(py(env, BASELINE_APPLY, names, "v3.zip" if r_ % 2 == 0 else "v2.zip"))
         calls = sum(v for k, v in apply_stats.get("calls", {}).items() if k.startswith("lambda."))
-        rows.append([f"apply {m} changed of N={n}", f"{statistics.median(apply_t):.2f}s", f"{statistics.median(base_apply_t):.2f}s",
-                     f"{statistics.median(apply_t) / statistics.median(base_apply_t):.2f}x", f"{calls / m:.2f}",
-                     f"{apply_stats.get('peak_rss_mb', 0):.0f} MB"])
+        rows.append(
+            [
+                f"apply {m} changed of N={n}",
+                f"{statistics.median(apply_t):.2f}s",
+                f"{statistics.median(base_apply_t):.2f}s",
+                f"{statistics.median(apply_t) / statistics.median(base_apply_t):.2f}x",
+                f"{calls / m:.2f}",
+                f"{apply_stats.get('peak_rss_mb', 0):.0f} MB",
+            ]
+        )
     finally:
         proc.kill()
         proc.wait()
@@ -236,7 +290,9 @@ def main() -> None:
         rows.extend(run_size(n, args.rounds))
     head = ["case", "reconciler", "boto3 baseline", "ratio", "Lambda calls/function", "peak RSS"]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, moto_server on 127.0.0.1")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, moto_server on 127.0.0.1"
+    )
     print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:

@@ -73,12 +73,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="reconciler-loadrender-") as tmp:
         ws = Path(tmp) / "ws"
         fleet.workspace(ws, args.n)
-        r = subprocess.run([sys.executable, "-c", IN_PROCESS, str(ws), str(args.rounds)], env=env, check=True, capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-c", IN_PROCESS, str(ws), str(args.rounds)],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         imports, load1, render1, load, render = map(float, r.stdout.split())
         validate = best([sys.executable, "-m", "reconciler", "validate", "-w", str(ws)], env, args.rounds)
     version = best([sys.executable, "-m", "reconciler", "--version"], env, args.rounds)
-    plan_imports = min(float(subprocess.run([sys.executable, "-c", PLAN_IMPORTS], env=env, check=True, capture_output=True,
-                                            text=True).stdout) for _ in range(args.rounds))
+    plan_imports = min(
+        float(
+            subprocess.run(
+                [sys.executable, "-c", PLAN_IMPORTS], env=env, check=True, capture_output=True, text=True
+            ).stdout
+        )
+        for _ in range(args.rounds)
+    )
     print(f"N={args.n}, {os.cpu_count()} cores, best of {args.rounds}")
     print(f"  load (cold / warm)           {load1:7.3f} / {load:.3f} s")
     print(f"  render (cold / warm)         {render1:7.3f} / {render:.3f} s")

@@ -43,7 +43,9 @@ fleet = load_fleet()
 
 def run(env: dict, *args: str) -> tuple[float, int, dict, str]:
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "reconciler", *args, "--stats"], env=env, capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "reconciler", *args, "--stats"], env=env, capture_output=True, text=True, cwd=ROOT
+    )
     wall = time.perf_counter() - t
     m = re.search(r"^stats: (\{.*\})$", r.stderr, re.M)
     return wall, r.returncode, json.loads(m.group(1)) if m else {}, r.stderr
@@ -57,8 +59,15 @@ def through(proxy: QuotaProxy, env: dict, ok: tuple[int, ...], *args: str) -> di
     failed = code not in ok
     if failed:
         print(f"FAILED (exit {code}): {err[-1500:]}", file=sys.stderr)
-    return {"wall": wall, "floor": floor, "ratio": wall / floor if floor else float("nan"), "calls": calls,
-            "throttles": throttles, "failed": failed, "waited": {k: v["waited_s"] for k, v in stats.get("quotas", {}).items()}}
+    return {
+        "wall": wall,
+        "floor": floor,
+        "ratio": wall / floor if floor else float("nan"),
+        "calls": calls,
+        "throttles": throttles,
+        "failed": failed,
+        "waited": {k: v["waited_s"] for k, v in stats.get("quotas", {}).items()},
+    }
 
 
 def fmt_classes(d: dict) -> str:
@@ -66,8 +75,15 @@ def fmt_classes(d: dict) -> str:
 
 
 def row(case: str, r: dict) -> list[str]:
-    return [case, f"{r['wall']:.1f}s", f"{r['floor']:.1f}s", f"{r['ratio']:.2f}x", fmt_classes(r["calls"]),
-            fmt_classes(r["throttles"]), "FAILED" if r["failed"] else "ok"]
+    return [
+        case,
+        f"{r['wall']:.1f}s",
+        f"{r['floor']:.1f}s",
+        f"{r['ratio']:.2f}x",
+        fmt_classes(r["calls"]),
+        fmt_classes(r["throttles"]),
+        "FAILED" if r["failed"] else "ok",
+    ]
 
 
 def seed(env: dict, common: list[str], n: int) -> None:
@@ -85,7 +101,9 @@ def main() -> None:
     ap.add_argument("--plan", type=int, default=1000, help="functions planned and checked for drift")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--parallelism", type=int, default=10)
-    ap.add_argument("--plan-parallelism", type=int, default=None, help="--parallelism of plan and drift (default: --parallelism)")
+    ap.add_argument(
+        "--plan-parallelism", type=int, default=None, help="--parallelism of plan and drift (default: --parallelism)"
+    )
     ap.add_argument("--skip-release", action="store_true", help="only plan and drift")
     args = ap.parse_args()
     import boto3
@@ -94,7 +112,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="reconciler-quota-bench-"))
     rows: list[list[str]] = []
     try:
-        c = lambda s: boto3.client(s, region_name=fleet.REGION, endpoint_url=endpoint, aws_access_key_id="b", aws_secret_access_key="b")  # noqa: E731
+        c = lambda s: boto3.client(
+            s, region_name=fleet.REGION, endpoint_url=endpoint, aws_access_key_id="b", aws_secret_access_key="b"
+        )  # noqa: E731
         c("iam").create_role(RoleName=fleet.ROLE, AssumeRolePolicyDocument="{}")
         s3 = c("s3")
         s3.create_bucket(Bucket=fleet.BUCKET)

@@ -33,7 +33,9 @@ class Target:
     context: Any = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
-        return f"{self.service} → {self.environment}/{self.infrastructure}" + (f" ({self.iteration})" if self.iteration else "")
+        return f"{self.service} → {self.environment}/{self.infrastructure}" + (
+            f" ({self.iteration})" if self.iteration else ""
+        )
 
 
 @dataclass
@@ -65,7 +67,7 @@ class FunctionSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FunctionSpec":
+    def from_dict(cls, data: dict) -> FunctionSpec:
         return _from_dict(cls, data)
 
 
@@ -83,7 +85,7 @@ class Change:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Change":
+    def from_dict(cls, data: dict) -> Change:
         return _from_dict(cls, data)
 
 
@@ -126,7 +128,7 @@ class FunctionPlan:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FunctionPlan":
+    def from_dict(cls, data: dict) -> FunctionPlan:
         fp = _from_dict(cls, data)
         fp.changes = [Change.from_dict(c) for c in data.get("changes", [])]
         fp.drift = [Change.from_dict(c) for c in data.get("drift", [])]
@@ -169,7 +171,7 @@ class Plan:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Plan":
+    def from_dict(cls, data: dict) -> Plan:
         return cls(
             functions=[FunctionPlan.from_dict(f) for f in data.get("functions", [])],
             state_refs=data.get("state_refs", {}),
@@ -187,7 +189,9 @@ OWNER_INFRASTRUCTURE = "reconciler:infrastructure"
 OWNER_TAGS = (OWNER_SERVICE, OWNER_ENVIRONMENT, OWNER_INFRASTRUCTURE)
 
 
-def owner_conflict(spec_service: str, spec_environment: str, live_tags: dict, spec_infrastructure: str | None = None) -> str | None:
+def owner_conflict(
+    spec_service: str, spec_environment: str, live_tags: dict, spec_infrastructure: str | None = None
+) -> str | None:
     """Why a live function may not be taken over by this service (and infrastructure), or None."""
     owner = (live_tags or {}).get(OWNER_SERVICE)
     env = (live_tags or {}).get(OWNER_ENVIRONMENT)

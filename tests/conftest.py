@@ -43,9 +43,7 @@ ACCOUNT = "123456789012"
 
 
 def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "e2e: end-to-end test running moto_server and/or the CLI "
-                   "in subprocesses")
+    config.addinivalue_line("markers", "e2e: end-to-end test running moto_server and/or the CLI in subprocesses")
 
 
 # ----------------------------------------------------------------------
@@ -75,8 +73,10 @@ AWS_ENV_REMOVE = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "MOTO_ACCOUNT_ID")
 def localstack_server():
     """LocalStack for the session, or a skip (a failure under CI) saying why not."""
     if localstack_python() is None:
-        why = ("LocalStack is not installed: set RECONCILER_TEST_LOCALSTACK_PYTHON to the python of a venv "
-               "with localstack-core[runtime] and tests/localstack_plugin (README, Development)")
+        why = (
+            "LocalStack is not installed: set RECONCILER_TEST_LOCALSTACK_PYTHON to the python of a venv "
+            "with localstack-core[runtime] and tests/localstack_plugin (README, Development)"
+        )
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(why)
         pytest.skip(why)
@@ -107,8 +107,7 @@ def aws_env(emulator, request, monkeypatch):
         server.reset()
         key = "testing"
     values = dict(AWS_TEST_ENV, AWS_ENDPOINT_URL=server.endpoint, AWS_ACCESS_KEY_ID=key)
-    remove = [k for k in os.environ
-              if k in AWS_ENV_REMOVE or k.startswith("AWS_ENDPOINT_URL_")]
+    remove = [k for k in os.environ if k in AWS_ENV_REMOVE or k.startswith("AWS_ENDPOINT_URL_")]
     for k in remove:
         monkeypatch.delenv(k, raising=False)
     for k, v in values.items():
@@ -144,9 +143,7 @@ def sha256_b64(body: bytes) -> str:
 
 LAMBDA_TRUST_POLICY = {
     "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow",
-                   "Principal": {"Service": "lambda.amazonaws.com"},
-                   "Action": "sts:AssumeRole"}],
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}],
 }
 
 
@@ -169,14 +166,19 @@ class AwsHelper:
         e.g. with a FaultProxy endpoint; extra kwargs such as ``config`` go
         to ``boto3.client``).  Clients without kwargs are cached."""
         import boto3
+
         key = (service, region) if not kwargs else None
         if key and key in self._clients:
             return self._clients[key]
         kwargs.setdefault("endpoint_url", self.endpoint)
-        c = boto3.client(service, region_name=region,
-                         aws_access_key_id=self.access_key,
-                         aws_secret_access_key="testing",
-                         aws_session_token="testing", **kwargs)
+        c = boto3.client(
+            service,
+            region_name=region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key="testing",
+            aws_session_token="testing",
+            **kwargs,
+        )
         if key:
             self._clients[key] = c
         return c
@@ -205,11 +207,9 @@ class AwsHelper:
             if region == "us-east-1":
                 s3.create_bucket(Bucket=bucket)
             else:
-                s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={
-                    "LocationConstraint": region})
+                s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
 
-    def put_zip(self, bucket: str, key: str, body: bytes,
-                checksum: bool = True, region: str = REGION) -> str:
+    def put_zip(self, bucket: str, key: str, body: bytes, checksum: bool = True, region: str = REGION) -> str:
         """Upload ``body``; returns base64(sha256(body)) (== Lambda's
         CodeSha256).  ``checksum=True`` stores an S3 SHA256 checksum
         (readable via HeadObject ChecksumMode=ENABLED); a plain put stores
@@ -217,8 +217,7 @@ class AwsHelper:
         self.ensure_bucket(bucket, region)
         s3 = self.client("s3", region)
         if checksum:
-            s3.put_object(Bucket=bucket, Key=key, Body=body,
-                          ChecksumAlgorithm="SHA256")
+            s3.put_object(Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256")
         else:
             s3.put_object(Bucket=bucket, Key=key, Body=body)
         return sha256_b64(body)
@@ -227,8 +226,7 @@ class AwsHelper:
     def image_uri(self, repo: str, tag: str, region: str = REGION) -> str:
         return f"{self.account}.dkr.ecr.{region}.amazonaws.com/{repo}:{tag}"
 
-    def push_image(self, repo: str, tag: str, seed: str | None = None,
-                   region: str = REGION) -> str:
+    def push_image(self, repo: str, tag: str, seed: str | None = None, region: str = REGION) -> str:
         """Create the repository if missing and put an image manifest under
         ``tag``; returns the imageDigest (``sha256:...``).  The layer
         digests derive from ``seed`` (default ``repo:tag``), and moto
@@ -244,24 +242,29 @@ class AwsHelper:
         manifest = {
             "schemaVersion": 2,
             "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-            "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-                       "size": 1024, "digest": h("config:" + seed)},
-            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                        "size": 2048, "digest": h("layer:" + seed)}],
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "size": 1024,
+                "digest": h("config:" + seed),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "size": 2048,
+                    "digest": h("layer:" + seed),
+                }
+            ],
         }
-        resp = ecr.put_image(repositoryName=repo, imageTag=tag,
-                             imageManifest=json.dumps(manifest))
+        resp = ecr.put_image(repositoryName=repo, imageTag=tag, imageManifest=json.dumps(manifest))
         return resp["image"]["imageId"]["imageDigest"]
 
     # -- Lambda ----------------------------------------------------------
     def lambda_config(self, name: str, region: str = REGION) -> dict:
-        return self.client("lambda", region).get_function_configuration(
-            FunctionName=name)
+        return self.client("lambda", region).get_function_configuration(FunctionName=name)
 
     def aliases(self, name: str, region: str = REGION) -> dict:
         out = {}
-        pages = self.client("lambda", region).get_paginator(
-            "list_aliases").paginate(FunctionName=name)
+        pages = self.client("lambda", region).get_paginator("list_aliases").paginate(FunctionName=name)
         for page in pages:
             for a in page["Aliases"]:
                 out[a["Name"]] = a["FunctionVersion"]
@@ -269,11 +272,9 @@ class AwsHelper:
 
     def versions(self, name: str, region: str = REGION) -> list:
         out = []
-        pages = self.client("lambda", region).get_paginator(
-            "list_versions_by_function").paginate(FunctionName=name)
+        pages = self.client("lambda", region).get_paginator("list_versions_by_function").paginate(FunctionName=name)
         for page in pages:
-            out += [v["Version"] for v in page["Versions"]
-                    if v["Version"] != "$LATEST"]
+            out += [v["Version"] for v in page["Versions"] if v["Version"] != "$LATEST"]
         return out
 
 
@@ -307,20 +308,24 @@ class CliRunner:
     def command(self, *args):
         return [sys.executable, "-m", "reconciler", *map(str, args)]
 
-    def __call__(self, *args, cwd=None, env_extra=None, input=None,
-                 timeout=120) -> subprocess.CompletedProcess:
-        return subprocess.run(self.command(*args), cwd=cwd, env=self._env(env_extra),
-                              input=input, text=True, capture_output=True,
-                              timeout=timeout,
-                              stdin=None if input is not None else subprocess.DEVNULL)
+    def __call__(self, *args, cwd=None, env_extra=None, input=None, timeout=120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self.command(*args),
+            cwd=cwd,
+            env=self._env(env_extra),
+            input=input,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
 
     def popen(self, *args, cwd=None, env_extra=None, **kwargs) -> subprocess.Popen:
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
         kwargs.setdefault("stdin", subprocess.DEVNULL)
         kwargs.setdefault("text", True)
-        return subprocess.Popen(self.command(*args), cwd=cwd,
-                                env=self._env(env_extra), **kwargs)
+        return subprocess.Popen(self.command(*args), cwd=cwd, env=self._env(env_extra), **kwargs)
 
 
 @pytest.fixture
@@ -333,6 +338,7 @@ def run_cli(aws_env):
 def workspace(tmp_path):
     """``copy_sample(name) -> Path``: copy ``samples/<name>`` (file or
     directory) into ``tmp_path`` and return the copy."""
+
     def copy_sample(name: str) -> Path:
         src = SAMPLES / name
         if not src.exists():
@@ -343,6 +349,7 @@ def workspace(tmp_path):
         else:
             shutil.copy2(src, dst)
         return dst
+
     copy_sample.root = tmp_path
     return copy_sample
 

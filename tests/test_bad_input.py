@@ -65,8 +65,13 @@ infrastructureDefinition:
   spec:
     region: us-east-1
 """
-FDEF = [("functionName", "fn"), ("runtime", "python3.12"), ("handler", "app.handler"), ("role", ROLE),
-        ("memorySize", "<+serviceVariables.memorySize>")]
+FDEF = [
+    ("functionName", "fn"),
+    ("runtime", "python3.12"),
+    ("handler", "app.handler"),
+    ("role", ROLE),
+    ("memorySize", "<+serviceVariables.memorySize>"),
+]
 
 
 def fdef_text(pairs) -> str:
@@ -76,8 +81,12 @@ def fdef_text(pairs) -> str:
 
 def make_ws(root: Path, fdef=None, **files) -> Path:
     """A valid workspace; `files` replaces or adds files (relative path with '/' given as '__')."""
-    content = {".harness/service.yaml": SERVICE, ".harness/env.yaml": ENVIRONMENT, ".harness/infra.yaml": INFRA,
-               "fn.json": fdef_text(fdef if fdef is not None else FDEF)}
+    content = {
+        ".harness/service.yaml": SERVICE,
+        ".harness/env.yaml": ENVIRONMENT,
+        ".harness/infra.yaml": INFRA,
+        "fn.json": fdef_text(fdef if fdef is not None else FDEF),
+    }
     content.update({k.replace("__", "/"): v for k, v in files.items()})
     root.mkdir(parents=True, exist_ok=True)
     for rel, text in content.items():
@@ -106,6 +115,7 @@ def one_error(r: subprocess.CompletedProcess, *fragments: str) -> str:
 def validate(run_cli, tmp_path):
     def run(ws: Path, *extra):
         return run_cli("validate", "-w", str(ws), "--state-dir", str(tmp_path / "state"), *extra, cwd=tmp_path)
+
     return run
 
 
@@ -193,7 +203,7 @@ def test_unknown_nested_field_suggests_closest(validate, ws):
 
 
 def test_wrong_type_integer(validate, ws):
-    """"timeout": "abc" is not an integer."""
+    """ "timeout": "abc" is not an integer."""
     make_ws(ws, fdef=with_fdef(timeout="abc"))
     one_error(validate(ws), "fn.json:7:", "Timeout", "integer", "abc")
 
@@ -321,23 +331,40 @@ def test_infrastructure_with_undefined_environment(validate, ws):
 
 def test_override_with_unknown_type(validate, ws):
     """An overrides entity with a misspelt type suggests the right one."""
-    make_ws(ws, **{".harness__ov.yaml": "overrides:\n  identifier: o\n  environmentRef: dev\n  type: ENV_GLOBAL_OVERIDE\n"
-                                       "  spec:\n    variables: []\n"})
+    make_ws(
+        ws,
+        **{
+            ".harness__ov.yaml": "overrides:\n  identifier: o\n  environmentRef: dev\n  type: ENV_GLOBAL_OVERIDE\n"
+            "  spec:\n    variables: []\n"
+        },
+    )
     one_error(validate(ws), ".harness/ov.yaml:4:", "did you mean 'ENV_GLOBAL_OVERRIDE'?")
 
 
 def test_broken_yaml_that_is_no_harness_entity_is_ignored(validate, ws):
     """A Helm template and a broken CI workflow (neither valid YAML, no Harness top-level key) do not stop validate."""
-    make_ws(ws, **{"chart__templates__svc.yaml": "{{- if .Values.enabled }}\nkind: Service\nspec:\n  service:\n    name: {{ .Release.Name }}\n{{- end }}\n",
-                   ".github__workflows__ci.yml": "on: [push\n"})
+    make_ws(
+        ws,
+        **{
+            "chart__templates__svc.yaml": "{{- if .Values.enabled }}\nkind: Service\nspec:\n  service:\n    name: {{ .Release.Name }}\n{{- end }}\n",
+            ".github__workflows__ci.yml": "on: [push\n",
+        },
+    )
     r = validate(ws)
     assert r.returncode == 0, r.stderr
 
 
 def test_wrong_structural_type_in_service(validate, ws):
     """The manifest store given as a string instead of a mapping is a configuration error, not a crash."""
-    make_ws(ws, **{".harness__service.yaml": SERVICE.replace("              store:\n                type: Harness\n",
-                                                            "              store: Harness\n              x:\n                type: Harness\n")})
+    make_ws(
+        ws,
+        **{
+            ".harness__service.yaml": SERVICE.replace(
+                "              store:\n                type: Harness\n",
+                "              store: Harness\n              x:\n                type: Harness\n",
+            )
+        },
+    )
     one_error(validate(ws), ".harness/service.yaml:12:", "store", "mapping")
 
 
@@ -378,8 +405,15 @@ def test_plan_with_bad_input_sends_no_request(run_cli, fault_proxy, ws, tmp_path
     else:
         make_ws(ws, **{".harness__infra.yaml": INFRA + "  bad: [\n"})
         expect = (".harness/infra.yaml:", "invalid YAML")
-    r = run_cli("plan", "-w", str(ws), "--state-dir", str(tmp_path / "state"), cwd=tmp_path,
-                env_extra={"AWS_ENDPOINT_URL": fault_proxy.endpoint})
+    r = run_cli(
+        "plan",
+        "-w",
+        str(ws),
+        "--state-dir",
+        str(tmp_path / "state"),
+        cwd=tmp_path,
+        env_extra={"AWS_ENDPOINT_URL": fault_proxy.endpoint},
+    )
     one_error(r, *expect)
     assert fault_proxy.log == [], fault_proxy.operations()
 
@@ -392,11 +426,19 @@ def test_help_and_version_do_not_import_aws_libraries(args):
     """`reconciler --help` / `--version` import neither boto3, botocore nor moto (they start fast)."""
     repo = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "reconciler", *args], capture_output=True, text=True,
-                       env=env, timeout=60, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "reconciler", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert r.returncode == 0, r.stderr
     assert "reconciler" in r.stdout
-    imported = {m.group(1).strip() for m in re.finditer(r"^import time:\s*\d+\s*\|\s*\d+\s*\|\s*(\S.*)$", r.stderr, re.M)}
+    imported = {
+        m.group(1).strip() for m in re.finditer(r"^import time:\s*\d+\s*\|\s*\d+\s*\|\s*(\S.*)$", r.stderr, re.M)
+    }
     assert imported, r.stderr[:500]  # the import log was produced
     heavy = sorted(m for m in imported if m.split(".")[0] in ("boto3", "botocore", "moto"))
     assert heavy == []
@@ -406,11 +448,17 @@ def test_service_without_artifact_or_code(tmp_path, run_cli):
     """A service with neither an artifact nor Code in its definition: one clear line, not a crash."""
     h = tmp_path / ".harness"
     h.mkdir()
-    (h / "s.yaml").write_text("service:\n  name: s\n  identifier: s\n  serviceDefinition:\n    type: AwsLambda\n    spec:\n      manifests:\n"
-                              "        - manifest: {identifier: d, type: AwsLambdaFunctionDefinition, spec: {store: {type: Harness, spec: {files: [/f.json]}}}}\n")
-    (h / "e.yaml").write_text("environment:\n  name: e\n  identifier: e\n  type: PreProduction\n---\ninfrastructureDefinition:\n"
-                              "  name: i\n  identifier: i\n  environmentRef: e\n  spec:\n    region: us-east-1\n")
-    (tmp_path / "f.json").write_text('{"functionName": "x", "role": "arn:aws:iam::123456789012:role/r", "runtime": "python3.12", "handler": "a.b"}')
+    (h / "s.yaml").write_text(
+        "service:\n  name: s\n  identifier: s\n  serviceDefinition:\n    type: AwsLambda\n    spec:\n      manifests:\n"
+        "        - manifest: {identifier: d, type: AwsLambdaFunctionDefinition, spec: {store: {type: Harness, spec: {files: [/f.json]}}}}\n"
+    )
+    (h / "e.yaml").write_text(
+        "environment:\n  name: e\n  identifier: e\n  type: PreProduction\n---\ninfrastructureDefinition:\n"
+        "  name: i\n  identifier: i\n  environmentRef: e\n  spec:\n    region: us-east-1\n"
+    )
+    (tmp_path / "f.json").write_text(
+        '{"functionName": "x", "role": "arn:aws:iam::123456789012:role/r", "runtime": "python3.12", "handler": "a.b"}'
+    )
     r = run_cli("validate", "-w", str(tmp_path))
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()

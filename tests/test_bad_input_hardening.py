@@ -33,7 +33,9 @@ def test_infrastructure_identifier_with_a_slash(validate, ws):
 def test_a_state_path_never_leaves_the_state_directory(run_cli, ws, tmp_path):
     """state pull names its target itself: the identifier check is in the state path."""
     make_ws(ws)
-    r = run_cli("state", "pull", "-w", str(ws), "--state-dir", str(tmp_path / "state"), "-e", "..", "-i", "x", cwd=tmp_path)
+    r = run_cli(
+        "state", "pull", "-w", str(ws), "--state-dir", str(tmp_path / "state"), "-e", "..", "-i", "x", cwd=tmp_path
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr
     from reconciler.store.backend import LocalBackend
     from reconciler.errors import ReconcilerError
@@ -51,8 +53,14 @@ def test_aliases_count_at_their_expanded_size(validate, ws):
     """20,000 environment keys aliasing one 50 KB string: under the value budget, but a GB expanded."""
     big = "x" * 50_000
     keys = "".join(f"    K{i}: *big\n" for i in range(20_000))
-    make_ws(ws, **{".harness__service.yaml": None, ".harness__svc.yaml": "service:\n  name: svc\n  identifier: svc\n"
-                   f"  big: &big {big}\n  environment:\n{keys}"})
+    make_ws(
+        ws,
+        **{
+            ".harness__service.yaml": None,
+            ".harness__svc.yaml": "service:\n  name: svc\n  identifier: svc\n"
+            f"  big: &big {big}\n  environment:\n{keys}",
+        },
+    )
     t0 = time.monotonic()
     one_error(validate(ws), ".harness/svc.yaml:", "document expands to more than")
     assert time.monotonic() - t0 < 20

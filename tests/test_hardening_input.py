@@ -42,7 +42,9 @@ def test_a_doubling_chain_of_variables_stops_quickly_with_a_clear_error(tmp_path
     capped at MAX_EXPANDED characters with an error naming the file and line."""
     lines = ["- name: v0\n  type: String\n  value: " + "x" * 1000 + "\n"]
     for i in range(1, 40):
-        lines.append(f"- name: v{i}\n  type: String\n  value: <+serviceVariables.v{i-1}><+serviceVariables.v{i-1}>\n")
+        lines.append(
+            f"- name: v{i}\n  type: String\n  value: <+serviceVariables.v{i - 1}><+serviceVariables.v{i - 1}>\n"
+        )
     root = basic(tmp_path, fdef(description="<+serviceVariables.v39>"), variables="".join(lines))
     with pytest.raises(ConfigError) as err:
         one(root)
@@ -59,8 +61,11 @@ def test_an_unclosed_expression_is_an_error_that_does_not_echo_the_value():
 
 def test_a_var_value_holding_expression_syntax_reaches_the_function_as_it_is(tmp_path):
     """--var values are data: a password like `p<+w>d` is not resolved (it used to be refused)."""
-    root = basic(tmp_path, fdef(environment={"variables": {"PW": "<+serviceVariables.pw>"}}),
-                 variables="- name: pw\n  type: String\n  value: default\n")
+    root = basic(
+        tmp_path,
+        fdef(environment={"variables": {"PW": "<+serviceVariables.pw>"}}),
+        variables="- name: pw\n  type: String\n  value: default\n",
+    )
     spec = one(root, variables={"pw": "p<+w>d<+"})
     assert spec.config["Environment"]["Variables"]["PW"] == "p<+w>d<+"
 

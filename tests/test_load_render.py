@@ -30,7 +30,9 @@ def write(root: Path, files: dict) -> Path:
     return root
 
 
-def service_yaml(identifier="svc", name=None, variables="", sources=None, ref="zip", files=("/fn.json",), aliases=()) -> str:
+def service_yaml(
+    identifier="svc", name=None, variables="", sources=None, ref="zip", files=("/fn.json",), aliases=()
+) -> str:
     sources = sources if sources is not None else {"zip": ("bkt", "app.zip")}
     src = "".join(
         f"""
@@ -89,9 +91,11 @@ def env_yaml(identifier="dev", name=None, type_="PreProduction", variables="") -
 
 
 def infra_yaml(identifier="use1", env="dev", region="us-east-1", name=None) -> str:
-    return (f"infrastructureDefinition:\n  name: {name or identifier}\n  identifier: {identifier}\n  environmentRef: {env}\n"
-            f"  deploymentType: AwsLambda\n  type: AwsLambda\n  spec:\n    connectorRef: awscp\n    region: {region}\n"
-            f"  allowSimultaneousDeployments: false\n")
+    return (
+        f"infrastructureDefinition:\n  name: {name or identifier}\n  identifier: {identifier}\n  environmentRef: {env}\n"
+        f"  deploymentType: AwsLambda\n  type: AwsLambda\n  spec:\n    connectorRef: awscp\n    region: {region}\n"
+        f"  allowSimultaneousDeployments: false\n"
+    )
 
 
 def fdef(**extra) -> dict:
@@ -101,12 +105,15 @@ def fdef(**extra) -> dict:
 
 
 def basic(tmp_path: Path, fn: dict | None = None, **service_kw) -> Path:
-    return write(tmp_path, {
-        ".harness/service.yaml": service_yaml(**service_kw),
-        ".harness/env.yaml": env_yaml(),
-        ".harness/infra.yaml": infra_yaml(),
-        "fn.json": fn if fn is not None else fdef(),
-    })
+    return write(
+        tmp_path,
+        {
+            ".harness/service.yaml": service_yaml(**service_kw),
+            ".harness/env.yaml": env_yaml(),
+            ".harness/infra.yaml": infra_yaml(),
+            "fn.json": fn if fn is not None else fdef(),
+        },
+    )
 
 
 def render_ws(root: Path, **opts):
@@ -155,20 +162,31 @@ def test_keys_normalised_to_pascal_case_at_every_level(tmp_path):
         "LoggingConfig": {"LogFormat": "JSON", "ApplicationLogLevel": "INFO"},
         "DeadLetterConfig": {"TargetArn": "arn:aws:sqs:us-east-1:123456789012:dlq"},
     }
-    assert spec.tags == {"camelTag": "x", "Owner": "me", "reconciler:service": "svc", "reconciler:environment": "dev",
-                         "reconciler:infrastructure": spec.infrastructure}
+    assert spec.tags == {
+        "camelTag": "x",
+        "Owner": "me",
+        "reconciler:service": "svc",
+        "reconciler:environment": "dev",
+        "reconciler:infrastructure": spec.infrastructure,
+    }
     # the plan's copy of the spec is what dataclasses.asdict gives, and a copy
     from reconciler.engine.diff import spec_dict
 
     d = spec_dict(spec)
     assert d == spec.to_dict() and list(d) == list(spec.to_dict())
-    assert d["config"] is not spec.config and d["config"]["VpcConfig"]["SubnetIds"] is not spec.config["VpcConfig"]["SubnetIds"]
+    assert (
+        d["config"] is not spec.config
+        and d["config"]["VpcConfig"]["SubnetIds"] is not spec.config["VpcConfig"]["SubnetIds"]
+    )
 
 
 def test_string_numbers_coerced_to_integers(tmp_path):
-    """"256" written literally and "30" coming from a String variable become integers for integer fields."""
-    root = basic(tmp_path, fdef(memorySize="256", timeout="<+serviceVariables.t>", ephemeralStorage={"size": "1024"}),
-                 variables="- name: t\n  type: String\n  value: '30'\n")
+    """ "256" written literally and "30" coming from a String variable become integers for integer fields."""
+    root = basic(
+        tmp_path,
+        fdef(memorySize="256", timeout="<+serviceVariables.t>", ephemeralStorage={"size": "1024"}),
+        variables="- name: t\n  type: String\n  value: '30'\n",
+    )
     spec = one(root)
     assert spec.config["MemorySize"] == 256
     assert spec.config["Timeout"] == 30
@@ -179,7 +197,10 @@ def test_yaml_function_definition(tmp_path):
     """A function definition written as YAML (not JSON) with camelCase keys loads the same way."""
     root = basic(tmp_path, files=("/fn.yaml",))
     (root / "fn.json").unlink()
-    write(root, {"fn.yaml": f"functionName: fn\nruntime: python3.12\nhandler: app.handler\nrole: {ROLE}\nmemorySize: 512\n"})
+    write(
+        root,
+        {"fn.yaml": f"functionName: fn\nruntime: python3.12\nhandler: app.handler\nrole: {ROLE}\nmemorySize: 512\n"},
+    )
     spec = one(root)
     assert spec.config["MemorySize"] == 512 and spec.config["Handler"] == "app.handler"
 
@@ -187,7 +208,15 @@ def test_yaml_function_definition(tmp_path):
 # ------------------------------------------------------------------ variables
 
 
-LAYERS = ["service", "env", "ENV_GLOBAL_OVERRIDE", "ENV_SERVICE_OVERRIDE", "INFRA_GLOBAL_OVERRIDE", "INFRA_SERVICE_OVERRIDE", "cli"]
+LAYERS = [
+    "service",
+    "env",
+    "ENV_GLOBAL_OVERRIDE",
+    "ENV_SERVICE_OVERRIDE",
+    "INFRA_GLOBAL_OVERRIDE",
+    "INFRA_SERVICE_OVERRIDE",
+    "cli",
+]
 
 
 def _override(ident, type_, value, service="svc", infra="use1") -> str:
@@ -204,9 +233,13 @@ def test_variable_precedence_each_layer_replaces_the_previous(tmp_path, n):
     """Variable `v` defined in the first n precedence layers (service → env → four override types → --var) takes the value of the highest one; overrides for another service or infrastructure never apply."""
     present = LAYERS[:n]
     files = {
-        ".harness/service.yaml": service_yaml(variables="- name: v\n  type: String\n  value: service\n- name: keep\n  type: String\n  value: kept\n"),
+        ".harness/service.yaml": service_yaml(
+            variables="- name: v\n  type: String\n  value: service\n- name: keep\n  type: String\n  value: kept\n"
+        ),
         ".harness/other.yaml": service_yaml(identifier="other", files=("/fn.json",)),
-        ".harness/env.yaml": env_yaml(variables="- name: v\n  type: String\n  value: env\n" if "env" in present else ""),
+        ".harness/env.yaml": env_yaml(
+            variables="- name: v\n  type: String\n  value: env\n" if "env" in present else ""
+        ),
         ".harness/infra.yaml": infra_yaml(),
         ".harness/infra2.yaml": infra_yaml(identifier="use2"),
         "fn.json": fdef(description="<+serviceVariables.v>/<+serviceVariables.keep>"),
@@ -225,12 +258,17 @@ def test_variable_precedence_each_layer_replaces_the_previous(tmp_path, n):
 
 def test_env_variable_only_replaces_a_service_variable_of_the_same_name(tmp_path):
     """Environment variables are visible as <+env.variables.X>, and only replace serviceVariables of the same name."""
-    write(tmp_path, {
-        ".harness/service.yaml": service_yaml(variables="- name: a\n  type: String\n  value: svc-a\n"),
-        ".harness/env.yaml": env_yaml(variables="- name: a\n  type: String\n  value: env-a\n- name: b\n  type: String\n  value: env-b\n"),
-        ".harness/infra.yaml": infra_yaml(),
-        "fn.json": fdef(description="<+serviceVariables.a> <+env.variables.a> <+env.variables.b>"),
-    })
+    write(
+        tmp_path,
+        {
+            ".harness/service.yaml": service_yaml(variables="- name: a\n  type: String\n  value: svc-a\n"),
+            ".harness/env.yaml": env_yaml(
+                variables="- name: a\n  type: String\n  value: env-a\n- name: b\n  type: String\n  value: env-b\n"
+            ),
+            ".harness/infra.yaml": infra_yaml(),
+            "fn.json": fdef(description="<+serviceVariables.a> <+env.variables.a> <+env.variables.b>"),
+        },
+    )
     assert one(tmp_path).config["Description"] == "env-a env-a env-b"
     (tmp_path / "fn.json").write_text(json.dumps(fdef(description="<+serviceVariables.b>")))
     with pytest.raises(ConfigError, match=r"serviceVariables\.b> names no variable"):
@@ -242,14 +280,36 @@ def test_env_variable_only_replaces_a_service_variable_of_the_same_name(tmp_path
 
 def test_every_expression_of_the_spec(tmp_path):
     """Every expression SPEC §2 lists resolves, names and identifiers kept apart, embedded in one longer string."""
-    exprs = ["service.name", "service.identifier", "env.name", "env.identifier", "env.type", "infra.name",
-             "infra.identifier", "infra.region", "serviceVariables.sv", "env.variables.ev"]
-    write(tmp_path, {
-        ".harness/service.yaml": service_yaml(identifier="svc_id", name="Svc Name", variables="- name: sv\n  type: String\n  value: S\n"),
-        ".harness/env.yaml": env_yaml(identifier="env_id", name="Env Name", type_="Production", variables="- name: ev\n  type: String\n  value: E\n"),
-        ".harness/infra.yaml": infra_yaml(identifier="infra_id", env="env_id", name="Infra Name", region="eu-west-1"),
-        "fn.json": fdef(description="|".join(f"<+{e}>" for e in exprs)),
-    })
+    exprs = [
+        "service.name",
+        "service.identifier",
+        "env.name",
+        "env.identifier",
+        "env.type",
+        "infra.name",
+        "infra.identifier",
+        "infra.region",
+        "serviceVariables.sv",
+        "env.variables.ev",
+    ]
+    write(
+        tmp_path,
+        {
+            ".harness/service.yaml": service_yaml(
+                identifier="svc_id", name="Svc Name", variables="- name: sv\n  type: String\n  value: S\n"
+            ),
+            ".harness/env.yaml": env_yaml(
+                identifier="env_id",
+                name="Env Name",
+                type_="Production",
+                variables="- name: ev\n  type: String\n  value: E\n",
+            ),
+            ".harness/infra.yaml": infra_yaml(
+                identifier="infra_id", env="env_id", name="Infra Name", region="eu-west-1"
+            ),
+            "fn.json": fdef(description="|".join(f"<+{e}>" for e in exprs)),
+        },
+    )
     spec = one(tmp_path)
     assert spec.config["Description"] == "Svc Name|svc_id|Env Name|env_id|Production|Infra Name|infra_id|eu-west-1|S|E"
     assert spec.region == "eu-west-1"
@@ -257,10 +317,15 @@ def test_every_expression_of_the_spec(tmp_path):
 
 def test_expressions_embedded_in_longer_strings_and_in_yaml(tmp_path):
     """Expressions inside longer strings resolve in the definition and in the service YAML (artifact path), a Number variable rendered as text."""
-    root = basic(tmp_path, fdef(functionName="app-<+env.name>-<+serviceVariables.n>",
-                                environment={"variables": {"WHERE": "in <+infra.region>!", "NUM": "<+serviceVariables.n>"}}),
-                 variables="- name: n\n  type: Number\n  value: 3\n",
-                 sources={"zip": ("bkt-<+env.identifier>", "builds/<+service.identifier>/<+serviceVariables.n>.zip")})
+    root = basic(
+        tmp_path,
+        fdef(
+            functionName="app-<+env.name>-<+serviceVariables.n>",
+            environment={"variables": {"WHERE": "in <+infra.region>!", "NUM": "<+serviceVariables.n>"}},
+        ),
+        variables="- name: n\n  type: Number\n  value: 3\n",
+        sources={"zip": ("bkt-<+env.identifier>", "builds/<+service.identifier>/<+serviceVariables.n>.zip")},
+    )
     spec = one(root)
     assert spec.name == "app-dev-3"
     assert spec.config["Environment"]["Variables"] == {"WHERE": "in us-east-1!", "NUM": "3"}
@@ -279,8 +344,11 @@ def test_number_variable_keeps_its_type_as_a_whole_expression():
 
 def test_number_variable_feeds_an_integer_field(tmp_path):
     """A Number variable used as the whole memorySize value renders as an int (and a numeric string Number variable too)."""
-    root = basic(tmp_path, fdef(memorySize="<+serviceVariables.m>", timeout="<+serviceVariables.t>"),
-                 variables="- name: m\n  type: Number\n  value: 384\n- name: t\n  type: Number\n  value: '45'\n")
+    root = basic(
+        tmp_path,
+        fdef(memorySize="<+serviceVariables.m>", timeout="<+serviceVariables.t>"),
+        variables="- name: m\n  type: Number\n  value: 384\n- name: t\n  type: Number\n  value: '45'\n",
+    )
     spec = one(root)
     assert spec.config["MemorySize"] == 384 and isinstance(spec.config["MemorySize"], int)
     assert spec.config["Timeout"] == 45
@@ -288,8 +356,11 @@ def test_number_variable_feeds_an_integer_field(tmp_path):
 
 def test_variable_referring_to_other_expressions(tmp_path):
     """A variable whose value is itself an expression is resolved lazily, in the target's context."""
-    root = basic(tmp_path, fdef(functionName="<+serviceVariables.fname>"),
-                 variables="- name: fname\n  type: String\n  value: <+service.identifier>-<+env.name>\n")
+    root = basic(
+        tmp_path,
+        fdef(functionName="<+serviceVariables.fname>"),
+        variables="- name: fname\n  type: String\n  value: <+service.identifier>-<+env.name>\n",
+    )
     assert one(root).name == "svc-dev"
 
 
@@ -303,9 +374,19 @@ def test_manifest_path_with_expression(tmp_path):
 def test_aliases_rendered(tmp_path):
     """Alias definition files are CreateAlias requests with keys in any case; the function name/version are not required."""
     root = basic(tmp_path, aliases=("/alias.json",))
-    write(root, {"alias.json": {"name": "live", "description": "for <+env.name>",
-                                "routingConfig": {"additionalVersionWeights": {"1": 0.25}}}})
-    assert one(root).aliases == [{"Name": "live", "Description": "for dev", "RoutingConfig": {"AdditionalVersionWeights": {"1": 0.25}}}]
+    write(
+        root,
+        {
+            "alias.json": {
+                "name": "live",
+                "description": "for <+env.name>",
+                "routingConfig": {"additionalVersionWeights": {"1": 0.25}},
+            }
+        },
+    )
+    assert one(root).aliases == [
+        {"Name": "live", "Description": "for dev", "RoutingConfig": {"AdditionalVersionWeights": {"1": 0.25}}}
+    ]
 
 
 # ------------------------------------------------------------------ FunctionName ARN
@@ -349,9 +430,13 @@ def test_input_artifact_with_several_sources_needs_artifact_option(tmp_path):
 
 def test_input_default_honoured(tmp_path):
     """`<+input>.default(x)` gives x: for a variable, in a definition value and for primaryArtifactRef; --var and --artifact still win."""
-    root = basic(tmp_path, fdef(memorySize="<+serviceVariables.m>", description="<+input>.default(hello)"),
-                 ref="<+input>.default(b)", sources={"a": ("bkt", "a.zip"), "b": ("bkt", "b.zip")},
-                 variables="- name: m\n  type: Number\n  value: <+input>.default(384)\n")
+    root = basic(
+        tmp_path,
+        fdef(memorySize="<+serviceVariables.m>", description="<+input>.default(hello)"),
+        ref="<+input>.default(b)",
+        sources={"a": ("bkt", "a.zip"), "b": ("bkt", "b.zip")},
+        variables="- name: m\n  type: Number\n  value: <+input>.default(384)\n",
+    )
     spec = one(root)
     assert spec.config["MemorySize"] == 384
     assert spec.config["Description"] == "hello"
@@ -363,7 +448,9 @@ def test_input_default_honoured(tmp_path):
 
 def test_runtime_input_variable_without_value_is_an_error(tmp_path):
     """A variable that is a bare <+input> must be given with --var."""
-    root = basic(tmp_path, fdef(memorySize="<+serviceVariables.m>"), variables="- name: m\n  type: Number\n  value: <+input>\n")
+    root = basic(
+        tmp_path, fdef(memorySize="<+serviceVariables.m>"), variables="- name: m\n  type: Number\n  value: <+input>\n"
+    )
     with pytest.raises(ConfigError, match="--var m=VALUE"):
         render_ws(root)
     assert one(root, variables={"m": "640"}).config["MemorySize"] == 640
@@ -371,18 +458,26 @@ def test_runtime_input_variable_without_value_is_an_error(tmp_path):
 
 def test_ecr_artifact_makes_an_image_function(tmp_path):
     """An Ecr source gives a PackageType Image function without runtime/handler."""
-    write(tmp_path, {
-        ".harness/service.yaml": service_yaml().replace(
-            "type: AmazonS3\n              spec:\n                bucketName: bkt\n                filePath: app.zip",
-            "type: Ecr\n              spec:\n                imagePath: repo\n                tag: v2\n                registryId: '210987654321'"),
-        ".harness/env.yaml": env_yaml(),
-        ".harness/infra.yaml": infra_yaml(),
-        "fn.json": {"functionName": "img", "role": ROLE},
-    })
+    write(
+        tmp_path,
+        {
+            ".harness/service.yaml": service_yaml().replace(
+                "type: AmazonS3\n              spec:\n                bucketName: bkt\n                filePath: app.zip",
+                "type: Ecr\n              spec:\n                imagePath: repo\n                tag: v2\n                registryId: '210987654321'",
+            ),
+            ".harness/env.yaml": env_yaml(),
+            ".harness/infra.yaml": infra_yaml(),
+            "fn.json": {"functionName": "img", "role": ROLE},
+        },
+    )
     spec = one(tmp_path)
     assert spec.package_type == "Image"
     assert spec.artifact["type"] == "ECR"
-    assert (spec.artifact["repository"], spec.artifact["tag"], spec.artifact["registry_id"]) == ("repo", "v2", "210987654321")
+    assert (spec.artifact["repository"], spec.artifact["tag"], spec.artifact["registry_id"]) == (
+        "repo",
+        "v2",
+        "210987654321",
+    )
 
 
 # ------------------------------------------------------------------ targets
@@ -464,8 +559,14 @@ def test_targets_without_pipelines_are_every_service_times_every_infrastructure(
 def test_selectors_narrow_the_targets(tmp_path):
     """-s, -e and -i narrow the targets (repeatable, combined with AND)."""
     ws = load_workspace(_targets_ws(tmp_path, None))
-    assert _triples(targets(ws, Options(services=["other"], environments=["prod"]))) == [("other", "prod", "p1"), ("other", "prod", "p2")]
-    assert _triples(targets(ws, Options(infrastructures=["use2", "p2"], services=["svc"]))) == [("svc", "dev", "use2"), ("svc", "prod", "p2")]
+    assert _triples(targets(ws, Options(services=["other"], environments=["prod"]))) == [
+        ("other", "prod", "p1"),
+        ("other", "prod", "p2"),
+    ]
+    assert _triples(targets(ws, Options(infrastructures=["use2", "p2"], services=["svc"]))) == [
+        ("svc", "dev", "use2"),
+        ("svc", "prod", "p2"),
+    ]
     assert [f.name for f in render(ws, Options(services=["svc"], infrastructures=["p1"])).functions] == ["svc-p1"]
 
 
@@ -489,30 +590,40 @@ def test_unknown_selector_is_an_error_naming_what_exists(tmp_path):
 
 def test_runtime_input_stage_refs_chosen_by_selectors(tmp_path):
     """A stage whose environment and infrastructures are <+input> gets them from -e/-i; with a .default() it needs no selector."""
-    pipe = PIPELINE.replace("environmentRef: dev\n            deployToAll: false\n            infrastructureDefinitions:\n              - identifier: use1",
-                            "environmentRef: <+input>\n            deployToAll: false\n            infrastructureDefinitions: <+input>")
+    pipe = PIPELINE.replace(
+        "environmentRef: dev\n            deployToAll: false\n            infrastructureDefinitions:\n              - identifier: use1",
+        "environmentRef: <+input>\n            deployToAll: false\n            infrastructureDefinitions: <+input>",
+    )
     ws = load_workspace(_targets_ws(tmp_path, pipe.split("    - parallel:")[0]))
     with pytest.raises(ConfigError, match="runtime input"):
         targets(ws, Options())
     assert _triples(targets(ws, Options(environments=["prod"], infrastructures=["p2"]))) == [("svc", "prod", "p2")]
     with pytest.raises(ConfigError, match="infrastructure 'p2' of environment 'dev'"):
         targets(ws, Options(environments=["dev"], infrastructures=["p2"]))
-    (tmp_path / ".harness/pipeline.yaml").write_text(pipe.split("    - parallel:")[0].replace(
-        "environmentRef: <+input>", "environmentRef: <+input>.default(dev)").replace(
-        "infrastructureDefinitions: <+input>", "infrastructureDefinitions:\n              - identifier: <+input>.default(use2)"))
+    (tmp_path / ".harness/pipeline.yaml").write_text(
+        pipe.split("    - parallel:")[0]
+        .replace("environmentRef: <+input>", "environmentRef: <+input>.default(dev)")
+        .replace(
+            "infrastructureDefinitions: <+input>",
+            "infrastructureDefinitions:\n              - identifier: <+input>.default(use2)",
+        )
+    )
     ws = load_workspace(tmp_path)
     assert _triples(targets(ws, Options())) == [("svc", "dev", "use2")]
 
 
 def test_same_function_from_two_targets_is_an_error(tmp_path):
     """Two targets rendering the same function name in the same region are refused."""
-    write(tmp_path, {
-        ".harness/service.yaml": service_yaml(),
-        ".harness/env.yaml": env_yaml(),
-        ".harness/infra.yaml": infra_yaml(),
-        ".harness/infra2.yaml": infra_yaml(identifier="use1b"),
-        "fn.json": fdef(),
-    })
+    write(
+        tmp_path,
+        {
+            ".harness/service.yaml": service_yaml(),
+            ".harness/env.yaml": env_yaml(),
+            ".harness/infra.yaml": infra_yaml(),
+            ".harness/infra2.yaml": infra_yaml(identifier="use1b"),
+            "fn.json": fdef(),
+        },
+    )
     with pytest.raises(ConfigError, match="defined by two targets"):
         render_ws(tmp_path)
 
@@ -524,10 +635,17 @@ def test_discovery_skips_state_node_modules_and_dot_dirs(tmp_path):
     """YAML under state/, node_modules and dot-directories other than .harness is not read; non-Harness YAML (even a Helm template that is not valid YAML) is ignored."""
     root = basic(tmp_path)
     broken = "service: [unclosed\n"
-    write(root, {"state/x.yaml": broken, "node_modules/x.yaml": broken, ".git/x.yaml": broken,
-                 ".github/workflows/ci.yml": "on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n",
-                 "cfn.yaml": "Resources:\n  B:\n    Type: AWS::S3::Bucket\n    Properties:\n      BucketName: !Ref Name\n",
-                 "helm/templates/x.yaml": "{{- if .Values.on }}\nbackend:\n  service:\n    name: {{ .Release.Name }}\n{{- end }}\n"})
+    write(
+        root,
+        {
+            "state/x.yaml": broken,
+            "node_modules/x.yaml": broken,
+            ".git/x.yaml": broken,
+            ".github/workflows/ci.yml": "on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n",
+            "cfn.yaml": "Resources:\n  B:\n    Type: AWS::S3::Bucket\n    Properties:\n      BucketName: !Ref Name\n",
+            "helm/templates/x.yaml": "{{- if .Values.on }}\nbackend:\n  service:\n    name: {{ .Release.Name }}\n{{- end }}\n",
+        },
+    )
     ws = load_workspace(root, state_dir=root / "state")
     assert list(ws.services) == ["svc"]
     assert [f.name for f in render(ws, Options()).functions] == ["fn"]
@@ -536,8 +654,10 @@ def test_discovery_skips_state_node_modules_and_dot_dirs(tmp_path):
 def test_line_numbers_recorded_for_nested_values(tmp_path):
     """Errors in nested YAML and JSON values carry the line of the offending value."""
     root = basic(tmp_path, fdef(environment={"variable": {"A": "b"}}))
-    (root / "fn.json").write_text('{\n  "functionName": "fn",\n  "runtime": "python3.12",\n  "handler": "a.b",\n'
-                                  f'  "role": "{ROLE}",\n  "environment": {{\n    "variable": {{"A": "b"}}\n  }}\n}}\n')
+    (root / "fn.json").write_text(
+        '{\n  "functionName": "fn",\n  "runtime": "python3.12",\n  "handler": "a.b",\n'
+        f'  "role": "{ROLE}",\n  "environment": {{\n    "variable": {{"A": "b"}}\n  }}\n}}\n'
+    )
     with pytest.raises(ConfigError) as exc:
         render_ws(root)
     assert (exc.value.file, exc.value.line) == ("fn.json", 7)
@@ -568,9 +688,16 @@ def test_sample_hello_world(tmp_path):
     assert (spec.name, spec.region, spec.package_type) == ("Hello_World", "us-east-2", "Zip")
     assert (spec.service, spec.environment, spec.infrastructure) == ("helloworld", "aws", "awslambda")
     assert spec.artifact["type"] == "S3"
-    assert (spec.artifact["bucket"], spec.artifact["key"], spec.artifact["region"]) == ("mylambda", "workloadNameValue", "us-east-2")
-    assert spec.config == {"Runtime": "nodejs14.x", "Handler": "handler.hello",
-                           "Role": "arn:aws:iam::123456789012:role/hello-world-lambda-role"}
+    assert (spec.artifact["bucket"], spec.artifact["key"], spec.artifact["region"]) == (
+        "mylambda",
+        "workloadNameValue",
+        "us-east-2",
+    )
+    assert spec.config == {
+        "Runtime": "nodejs14.x",
+        "Handler": "handler.hello",
+        "Role": "arn:aws:iam::123456789012:role/hello-world-lambda-role",
+    }
     assert spec.aliases == [] and spec.connector is None
 
 
@@ -593,11 +720,21 @@ def test_sample_two_environments(tmp_path):
     assert (st.config["MemorySize"], st.config["Timeout"]) == (128, 10)
     assert (pr.config["MemorySize"], pr.config["Timeout"]) == (512, 30)
     assert st.config["Environment"]["Variables"] == {
-        "LOG_LEVEL": "DEBUG", "GREETING": "Hello from staging", "API_BASE_URL": "https://api.staging.example.com",
-        "DEPLOY_ENV": "staging", "DEPLOY_INFRA": "staging_use1", "DEPLOY_REGION": "us-east-1"}
+        "LOG_LEVEL": "DEBUG",
+        "GREETING": "Hello from staging",
+        "API_BASE_URL": "https://api.staging.example.com",
+        "DEPLOY_ENV": "staging",
+        "DEPLOY_INFRA": "staging_use1",
+        "DEPLOY_REGION": "us-east-1",
+    }
     assert pr.config["Environment"]["Variables"] == {
-        "LOG_LEVEL": "WARN", "GREETING": "Hello", "API_BASE_URL": "https://api.example.com",
-        "DEPLOY_ENV": "production", "DEPLOY_INFRA": "production_use1", "DEPLOY_REGION": "us-east-1"}
+        "LOG_LEVEL": "WARN",
+        "GREETING": "Hello",
+        "API_BASE_URL": "https://api.example.com",
+        "DEPLOY_ENV": "production",
+        "DEPLOY_INFRA": "production_use1",
+        "DEPLOY_REGION": "us-east-1",
+    }
     assert st.config["Description"] == "greeter in staging (PreProduction) on staging-us-east-1"
     assert pr.config["Description"] == "greeter in production (Production) on production-us-east-1"
     for f in (st, pr):
@@ -607,12 +744,26 @@ def test_sample_two_environments(tmp_path):
         assert (f.artifact["bucket"], f.artifact["key"]) == ("reconciler-artifacts", "greeter/greeter-1.0.0.zip")
         assert [a["Name"] for a in f.aliases] == ["live"]
     owner = {"reconciler:service": "greeter"}
-    assert st.tags == {"service": "greeter", "environment": "staging", "environment-type": "PreProduction", **owner, "reconciler:environment": "staging",
-                       "reconciler:infrastructure": "staging_use1"}
-    assert pr.tags == {"service": "greeter", "environment": "production", "environment-type": "Production", **owner, "reconciler:environment": "production",
-                       "reconciler:infrastructure": "production_use1"}
+    assert st.tags == {
+        "service": "greeter",
+        "environment": "staging",
+        "environment-type": "PreProduction",
+        **owner,
+        "reconciler:environment": "staging",
+        "reconciler:infrastructure": "staging_use1",
+    }
+    assert pr.tags == {
+        "service": "greeter",
+        "environment": "production",
+        "environment-type": "Production",
+        **owner,
+        "reconciler:environment": "production",
+        "reconciler:infrastructure": "production_use1",
+    }
     # --var beats every override
-    assert {f.config["MemorySize"] for f in render_ws(tmp_path / "two-environments", variables={"memorySize": "256"})} == {256}
+    assert {
+        f.config["MemorySize"] for f in render_ws(tmp_path / "two-environments", variables={"memorySize": "256"})
+    } == {256}
 
 
 def test_sample_ecr_image(tmp_path):
@@ -620,14 +771,26 @@ def test_sample_ecr_image(tmp_path):
     spec = one(_sample(tmp_path, "ecr-image"))
     assert (spec.name, spec.package_type, spec.region) == ("hello-image", "Image", "us-east-1")
     assert spec.artifact["type"] == "ECR"
-    assert (spec.artifact["repository"], spec.artifact["tag"], spec.artifact["region"]) == ("hello-image", "v1", "us-east-1")
+    assert (spec.artifact["repository"], spec.artifact["tag"], spec.artifact["region"]) == (
+        "hello-image",
+        "v1",
+        "us-east-1",
+    )
     assert spec.config["MemorySize"] == 512 and spec.config["Timeout"] == 15
     assert "Runtime" not in spec.config and "Handler" not in spec.config
     assert spec.config["Description"] == "hello-image deployed to aws-lambda-us-east-1 (us-east-1)"
-    assert spec.config["Environment"]["Variables"] == {"SERVICE": "helloimage", "DEPLOY_ENV": "dev", "DEPLOY_REGION": "us-east-1"}
-    assert spec.tags == {"service": "hello-image", "environment-type": "PreProduction",
-                         "reconciler:service": "helloimage", "reconciler:environment": "dev",
-                         "reconciler:infrastructure": spec.infrastructure}
+    assert spec.config["Environment"]["Variables"] == {
+        "SERVICE": "helloimage",
+        "DEPLOY_ENV": "dev",
+        "DEPLOY_REGION": "us-east-1",
+    }
+    assert spec.tags == {
+        "service": "hello-image",
+        "environment-type": "PreProduction",
+        "reconciler:service": "helloimage",
+        "reconciler:environment": "dev",
+        "reconciler:infrastructure": spec.infrastructure,
+    }
     assert [a["Name"] for a in spec.aliases] == ["live"]
 
 
@@ -636,9 +799,11 @@ def test_errors_are_reconciler_errors_not_crashes(tmp_path):
     root = basic(tmp_path)
     svc = root / ".harness/service.yaml"
     good = svc.read_text()
-    for old, new in [("          sources:", "          sources: 5\n          x:"),
-                     ("              store:\n", "              store: oops\n              stor:\n"),
-                     ("            - identifier: zip", "            - identifier: [zip]")]:
+    for old, new in [
+        ("          sources:", "          sources: 5\n          x:"),
+        ("              store:\n", "              store: oops\n              stor:\n"),
+        ("            - identifier: zip", "            - identifier: [zip]"),
+    ]:
         svc.write_text(good.replace(old, new, 1))
         with pytest.raises(ReconcilerError) as exc:
             render_ws(root)
@@ -656,7 +821,9 @@ def test_sample_secrets(tmp_path):
     assert env["LOG_LEVEL"] == "info"
     assert references(env["DB_PASSWORD"]) == ["payments/db-password"], "account. is dropped"
     assert references(env["API_KEY"]) == ["payments/api#key"]
-    assert references(env["DATABASE_URL"]) == ["payments/db-password"] and env["DATABASE_URL"].startswith("postgres://payments:")
+    assert references(env["DATABASE_URL"]) == ["payments/db-password"] and env["DATABASE_URL"].startswith(
+        "postgres://payments:"
+    )
     cfg = read_config(config_document(root))
     assert (cfg.store, cfg.prefix, cfg.mask_all) == ("secretsmanager", "prod/", False)
     assert cfg.store_name("payments/api#key") == ("prod/payments/api", "key")

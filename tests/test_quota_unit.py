@@ -29,8 +29,18 @@ class FakeClock:
 def test_classes_follow_lambdas_documented_quotas():
     assert quota_class("lambda", "GetFunction") == "get-function"
     assert quota_class("lambda", "GetPolicy") == "get-policy"
-    for op in ("ListFunctions", "ListAliases", "GetAlias", "GetFunctionConfiguration", "UpdateFunctionCode",
-               "PublishVersion", "UpdateAlias", "ListVersionsByFunction", "TagResource", "ListTags"):
+    for op in (
+        "ListFunctions",
+        "ListAliases",
+        "GetAlias",
+        "GetFunctionConfiguration",
+        "UpdateFunctionCode",
+        "PublishVersion",
+        "UpdateAlias",
+        "ListVersionsByFunction",
+        "TagResource",
+        "ListTags",
+    ):
         assert quota_class("lambda", op) == "control", op
     assert quota_class("lambda", "Invoke") is None
     assert quota_class("s3", "HeadObject") is None
@@ -128,14 +138,23 @@ def test_throttle_timeout_from_the_environment():
     assert throttle_timeout({"RECONCILER_THROTTLE_TIMEOUT": "soon"}) == quota.THROTTLE_TIMEOUT_DEFAULT
 
 
-THROTTLE = (429, {"x-amzn-ErrorType": "TooManyRequestsException", "Content-Type": "application/json"},
-            b'{"Type":"User","message":"Rate exceeded"}')
+THROTTLE = (
+    429,
+    {"x-amzn-ErrorType": "TooManyRequestsException", "Content-Type": "application/json"},
+    b'{"Type":"User","message":"Rate exceeded"}',
+)
 OK = (200, {"Content-Type": "application/json"}, b'{"Aliases": []}')
 
 
 def _client(answers: list, timeout: float, key: tuple):
-    c = boto3.client("lambda", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b",
-                     endpoint_url="http://127.0.0.1:9", config=__import__("reconciler.aws.client", fromlist=["RETRY"]).RETRY)
+    c = boto3.client(
+        "lambda",
+        region_name="us-east-1",
+        aws_access_key_id="a",
+        aws_secret_access_key="b",
+        endpoint_url="http://127.0.0.1:9",
+        config=__import__("reconciler.aws.client", fromlist=["RETRY"]).RETRY,
+    )
     stats = QuotaStats()
     # a fast bucket of its own that these tests' throttles do not slow down (that is
     # tested above): they are about the retries

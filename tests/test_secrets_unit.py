@@ -41,18 +41,30 @@ def test_reference_ids_drop_harness_scopes():
 
 
 def _plan(changes, drift=()):
-    fp = FunctionPlan(name="f", service="s", environment="e", infrastructure="i", region="r", action="update",
-                      changes=list(changes), drift=list(drift))
+    fp = FunctionPlan(
+        name="f",
+        service="s",
+        environment="e",
+        infrastructure="i",
+        region="r",
+        action="update",
+        changes=list(changes),
+        drift=list(drift),
+    )
     return Plan(functions=[fp])
 
 
 def test_views_show_plain_values_and_mask_sensitive_ones():
     seal = sec.Sealer(b"k")
-    plan = _plan([Change("config", "Environment.Variables.LOG_LEVEL", "info", "debug"),
-                  Change("config", "Environment.Variables.DB_PASSWORD", "old-" + SECRET, SECRET),
-                  Change("config", "Environment.Variables.DSN", seal.seal("a"), seal.seal("b")),
-                  Change("config", "Environment.Variables.NEW_TOKEN", None, SECRET, "create")],
-                 drift=[Change("config", "Environment.Variables.DSN", seal.seal("a"), seal.seal("c"))])
+    plan = _plan(
+        [
+            Change("config", "Environment.Variables.LOG_LEVEL", "info", "debug"),
+            Change("config", "Environment.Variables.DB_PASSWORD", "old-" + SECRET, SECRET),
+            Change("config", "Environment.Variables.DSN", seal.seal("a"), seal.seal("b")),
+            Change("config", "Environment.Variables.NEW_TOKEN", None, SECRET, "create"),
+        ],
+        drift=[Change("config", "Environment.Variables.DSN", seal.seal("a"), seal.seal("c"))],
+    )
     text = render_text(plan)
     assert 'Environment.Variables.LOG_LEVEL: "info" → "debug"' in text
     assert "Environment.Variables.DB_PASSWORD: (sensitive, changed)" in text
@@ -89,11 +101,22 @@ def test_scrub_replaces_known_values_and_the_stream_scrubs_lines():
 def test_the_state_file_keeps_seals_and_references_never_values(tmp_path):
     s = st.load(tmp_path, "prod", "use1")
     sec.remember(SECRET, secret=True)
-    s.functions["f"] = {"service": "svc", "configuration": {"Environment": {"Variables": {
-        "DB_PASSWORD": "pw-by-name-1234", "DSN": SECRET, "LOG_LEVEL": "info"}}},
-        "secrets": {"DSN": '<+secrets.getValue("dsn")>'}}
-    s.history.append({"id": "1", "function": "f", "status": "failed", "error": f"AWS echoed {SECRET}",
-                      "previous": {"exists": True, "configuration": {"Environment": {"Variables": {"DSN": SECRET}}}}})
+    s.functions["f"] = {
+        "service": "svc",
+        "configuration": {
+            "Environment": {"Variables": {"DB_PASSWORD": "pw-by-name-1234", "DSN": SECRET, "LOG_LEVEL": "info"}}
+        },
+        "secrets": {"DSN": '<+secrets.getValue("dsn")>'},
+    }
+    s.history.append(
+        {
+            "id": "1",
+            "function": "f",
+            "status": "failed",
+            "error": f"AWS echoed {SECRET}",
+            "previous": {"exists": True, "configuration": {"Environment": {"Variables": {"DSN": SECRET}}}},
+        }
+    )
     s.write()
     s.functions["f"]["configuration"]["Environment"]["Variables"]["DSN"] = SECRET
     s.append(["f"])

@@ -34,8 +34,15 @@ def smoke_ws(tmp_path) -> Path:
 
 
 def _script(ident: str, script: str, **spec) -> dict:
-    return {"step": {"type": "ShellScript", "name": ident, "identifier": ident, "timeout": "20s",
-                     "spec": {"shell": "Bash", "source": {"type": "Inline", "spec": {"script": script}}, **spec}}}
+    return {
+        "step": {
+            "type": "ShellScript",
+            "name": ident,
+            "identifier": ident,
+            "timeout": "20s",
+            "spec": {"shell": "Bash", "source": {"type": "Inline", "spec": {"script": script}}, **spec},
+        }
+    }
 
 
 def scripts_pipeline(ws: Path, *steps: dict, variables: tuple = ()) -> None:
@@ -81,17 +88,23 @@ def test_expression_values_never_run_as_shell_code(smoke_ws, tmp_path, value):
     expression stands (unquoted, in double or single quotes, in a here-document, in $(...)),
     and nothing in them runs."""
     v = "<+pipeline.variables.v>"
-    first = _script("first", "\n".join([
-        f"printf '%s' {v} > plain.txt",
-        f'printf "%s" "{v}" > double.txt',
-        f"printf '%s' '{v}' > single.txt",
-        "# it's a comment with an apostrophe",
-        f'echo "$(printf "%s" {v})" > subst.txt',
-        "cat > heredoc.txt <<EOF",
-        f"{v}",
-        "EOF",
-        f"out={v}",
-    ]), outputVariables=[{"name": "out", "type": "String", "value": "out"}])
+    first = _script(
+        "first",
+        "\n".join(
+            [
+                f"printf '%s' {v} > plain.txt",
+                f'printf "%s" "{v}" > double.txt',
+                f"printf '%s' '{v}' > single.txt",
+                "# it's a comment with an apostrophe",
+                f'echo "$(printf "%s" {v})" > subst.txt',
+                "cat > heredoc.txt <<EOF",
+                f"{v}",
+                "EOF",
+                f"out={v}",
+            ]
+        ),
+        outputVariables=[{"name": "out", "type": "String", "value": "out"}],
+    )
     second = _script("second", "printf '%s' \"<+execution.steps.first.output.outputVariables.out>\" > fromstep.txt")
     scripts_pipeline(smoke_ws, first, second, variables=("v",))
     runner = run(smoke_ws, tmp_path, v=value)
@@ -103,9 +116,14 @@ def test_expression_values_never_run_as_shell_code(smoke_ws, tmp_path, value):
 
 
 def test_expression_in_a_quoted_heredoc_is_refused_before_anything_runs(smoke_ws, tmp_path):
-    scripts_pipeline(smoke_ws, _script("first", "touch ran\nbash <<'EOF'\necho <+pipeline.variables.v>\nEOF"), variables=("v",))
-    runner = Runner(RunSettings(smoke_ws, tmp_path / "state", "smokeDeploy", variables={"v": "x"}), lambda: pytest.fail("no AWS"),
-                    lambda m: None)
+    scripts_pipeline(
+        smoke_ws, _script("first", "touch ran\nbash <<'EOF'\necho <+pipeline.variables.v>\nEOF"), variables=("v",)
+    )
+    runner = Runner(
+        RunSettings(smoke_ws, tmp_path / "state", "smokeDeploy", variables={"v": "x"}),
+        lambda: pytest.fail("no AWS"),
+        lambda m: None,
+    )
     with pytest.raises(ConfigError) as err:
         runner.run()
     assert "quoted here-document" in str(err.value) and err.value.file.endswith("pipeline.yaml") and err.value.line
@@ -113,9 +131,14 @@ def test_expression_in_a_quoted_heredoc_is_refused_before_anything_runs(smoke_ws
 
 
 def test_references_follow_the_quoting_they_stand_in():
-    got, values = prepare_script("a <+x> \"b <+x>\" 'c <+y>' $'d' `e <+x>` # f's <+y>\n", lambda e: e.source, lambda: ("f", 1))
-    assert got == "a \"${RECONCILER_EXPR_1}\" \"b ${RECONCILER_EXPR_1}\" 'c '\"${RECONCILER_EXPR_2}\"'' $'d' `e \"${RECONCILER_EXPR_1}\"` " \
-                  "# f's \"${RECONCILER_EXPR_2}\"\n"
+    got, values = prepare_script(
+        "a <+x> \"b <+x>\" 'c <+y>' $'d' `e <+x>` # f's <+y>\n", lambda e: e.source, lambda: ("f", 1)
+    )
+    assert (
+        got
+        == 'a "${RECONCILER_EXPR_1}" "b ${RECONCILER_EXPR_1}" \'c \'"${RECONCILER_EXPR_2}"\'\' $\'d\' `e "${RECONCILER_EXPR_1}"` '
+        '# f\'s "${RECONCILER_EXPR_2}"\n'
+    )
     assert values == {"RECONCILER_EXPR_1": "<+x>", "RECONCILER_EXPR_2": "<+y>"}
 
 
@@ -126,9 +149,12 @@ def test_scripts_get_a_minimal_environment_and_credentials_are_masked(smoke_ws, 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "runner-secret-key-value")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "runner-session-token-value")
     monkeypatch.setenv("SOME_RUNNER_SETTING", "runner-only")
-    step = _script("first", "env | sort > env.txt; echo \"key: $LEAK\"; leaked=$LEAK",
-                   environmentVariables=[{"name": "LEAK", "type": "String", "value": "<+pipeline.variables.v>"}],
-                   outputVariables=[{"name": "leaked", "type": "String", "value": "leaked"}])
+    step = _script(
+        "first",
+        'env | sort > env.txt; echo "key: $LEAK"; leaked=$LEAK',
+        environmentVariables=[{"name": "LEAK", "type": "String", "value": "<+pipeline.variables.v>"}],
+        outputVariables=[{"name": "leaked", "type": "String", "value": "leaked"}],
+    )
     scripts_pipeline(smoke_ws, step, variables=("v",))
     runner = run(smoke_ws, tmp_path, v="runner-secret-key-value")
     names = {line.split("=", 1)[0] for line in (smoke_ws / "env.txt").read_text().splitlines() if "=" in line}
@@ -141,11 +167,19 @@ def test_scripts_get_a_minimal_environment_and_credentials_are_masked(smoke_ws, 
 
 class FakeAws:
     def credentials(self, region, connector):
-        return {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "connector-secret-value", "AWS_SESSION_TOKEN": "connector-token"}
+        return {
+            "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+            "AWS_SECRET_ACCESS_KEY": "connector-secret-value",
+            "AWS_SESSION_TOKEN": "connector-token",
+        }
 
 
 def test_a_step_asks_for_the_connector_credentials_with_include_infra_selectors(smoke_ws, tmp_path):
-    asks = _script("asks", 'echo "$AWS_ACCESS_KEY_ID $AWS_SECRET_ACCESS_KEY $AWS_SESSION_TOKEN $AWS_REGION"', includeInfraSelectors=True)
+    asks = _script(
+        "asks",
+        'echo "$AWS_ACCESS_KEY_ID $AWS_SECRET_ACCESS_KEY $AWS_SESSION_TOKEN $AWS_REGION"',
+        includeInfraSelectors=True,
+    )
     plain = _script("plain", 'echo "[${AWS_SECRET_ACCESS_KEY:-none}]"')
     scripts_pipeline(smoke_ws, asks, plain)
     runner = run(smoke_ws, tmp_path, aws=FakeAws())
@@ -165,10 +199,12 @@ def test_a_background_job_does_not_hold_the_step_and_is_killed(tmp_path):
 
 
 def test_the_timeout_holds_for_setsid_children_and_everything_is_killed(tmp_path):
-    script = ("setsid sleep 1000 & echo $! >> pids\n"
-              "setsid bash -c 'sleep 1000 & echo $! >> pids; exec env -i /bin/sleep 1000' & echo $! >> pids\n"
-              "(setsid env -i /bin/sleep 1000 & echo $! >> pids) \n"
-              "sleep 1000")
+    script = (
+        "setsid sleep 1000 & echo $! >> pids\n"
+        "setsid bash -c 'sleep 1000 & echo $! >> pids; exec env -i /bin/sleep 1000' & echo $! >> pids\n"
+        "(setsid env -i /bin/sleep 1000 & echo $! >> pids) \n"
+        "sleep 1000"
+    )
     t0 = time.monotonic()
     got = run_script(script, PATH_ONLY, tmp_path, 2, [])
     assert got.timed_out and time.monotonic() - t0 < 12
@@ -177,7 +213,9 @@ def test_the_timeout_holds_for_setsid_children_and_everything_is_killed(tmp_path
 
 
 def test_a_successful_step_leaves_nothing_running(tmp_path):
-    script = "(setsid env -i /bin/sleep 1000 & echo $! >> pids); nohup sleep 1000 >/dev/null 2>&1 & echo $! >> pids; exit 0"
+    script = (
+        "(setsid env -i /bin/sleep 1000 & echo $! >> pids); nohup sleep 1000 >/dev/null 2>&1 & echo $! >> pids; exit 0"
+    )
     got = run_script(script, PATH_ONLY, tmp_path, 60, [])
     assert got.exit_code == 0
     pids = pids_in(tmp_path / "pids")
@@ -189,11 +227,29 @@ def test_a_successful_step_leaves_nothing_running(tmp_path):
 def test_sigterm_of_reconciler_run_kills_the_running_script(smoke_ws, tmp_path, sig):
     """The real CLI: SIGTERM (a cancelled CI job) or SIGINT while a script runs kills the script
     and everything it started, and the run exits 130."""
-    script = ("echo $$ >> pids; setsid sleep 1000 & echo $! >> pids; sleep 1000 & echo $! >> pids; touch started; sleep 1000")
+    script = (
+        "echo $$ >> pids; setsid sleep 1000 & echo $! >> pids; sleep 1000 & echo $! >> pids; touch started; sleep 1000"
+    )
     scripts_pipeline(smoke_ws, _script("first", script))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "smokeDeploy", "-w", str(smoke_ws), "--state-dir", str(tmp_path / "s")],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "run",
+            "smokeDeploy",
+            "-w",
+            str(smoke_ws),
+            "--state-dir",
+            str(tmp_path / "s"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not (smoke_ws / "started").exists():
@@ -222,7 +278,9 @@ def test_a_provisioner_script_with_a_background_job_ends_with_its_shell(tmp_path
     workspace = load_workspace(ws)
     infra = next(iter(workspace.infrastructures.values()))
     t0 = time.monotonic()
-    got = _script_outputs(workspace, infra, "sleep 1000 & echo $! > bg.pid; echo '{\"region_name\": \"eu-west-1\"}'; echo note >&2", 60)
+    got = _script_outputs(
+        workspace, infra, 'sleep 1000 & echo $! > bg.pid; echo \'{"region_name": "eu-west-1"}\'; echo note >&2', 60
+    )
     assert got == {"region_name": "eu-west-1"} and time.monotonic() - t0 < 10
     assert [p for p in pids_in(ws / "bg.pid") if alive(p)] == []
 

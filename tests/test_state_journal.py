@@ -62,14 +62,20 @@ def test_append_is_one_line_and_load_replays_it(tmp_path):
     lines = _journal(tmp_path).read_bytes().split(b"\n")
     assert len(lines) == 5 and lines[-1] == b""
     first = json.loads(lines[0])
-    assert list(first)[:2] == ["lineage", "serial"] and first["serial"] == 2 and first["functions"] == {"f": {"version": "2"}}
+    assert (
+        list(first)[:2] == ["lineage", "serial"]
+        and first["serial"] == 2
+        and first["functions"] == {"f": {"version": "2"}}
+    )
     assert json.loads(lines[3])["functions"] == {"f": None}, "a removed entry is null"
     assert b" " not in lines[1].replace(b"code updated", b""), "compact separators"
 
     again = st.load(tmp_path, "dev", "i")
     assert (again.lineage, again.serial, again.ref) == (s.lineage, 5, {"lineage": s.lineage, "serial": 5})
     assert again.functions == s.functions and "f" not in again.functions and again.functions["g"] == {"version": "7"}
-    assert again.history == [{"id": "r1", "function": "f", "status": "in_progress", "steps": [{"step": "code updated"}]}]
+    assert again.history == [
+        {"id": "r1", "function": "f", "status": "in_progress", "steps": [{"step": "code updated"}]}
+    ]
     assert again.region == "eu-west-1"
     assert again.read_version[:2] == (s.lineage, 5)
     # views of the state see it too: pull's text, a file parsed with its journal, all states
@@ -243,11 +249,13 @@ def test_state_writer_appends_each_step_and_close_compacts(tmp_path):
         def begin(state):
             close_interrupted(state, "f", record)
             state.history.append(record)
+
         w.update(begin, records=[record], closing="f")
 
         def finish(state):
             state.functions["f"] = {"version": "2"}
             record["status"] = "succeeded"
+
         w.update(finish, functions=["f"], records=[record])
         file_serial = json.loads(path.read_text())["serial"]
         seen = st.load(tmp_path, "dev", "i")
@@ -261,7 +269,10 @@ def test_state_writer_appends_each_step_and_close_compacts(tmp_path):
         w.close()
     assert not _journal(tmp_path).exists()
     doc = json.loads(path.read_text())
-    assert doc["serial"] == w.state.serial and {h["id"]: h["status"] for h in doc["history"]} == {"old": "interrupted", "new": "succeeded"}
+    assert doc["serial"] == w.state.serial and {h["id"]: h["status"] for h in doc["history"]} == {
+        "old": "interrupted",
+        "new": "succeeded",
+    }
 
 
 def test_shared_state_writer_appends_under_the_lock(tmp_path):

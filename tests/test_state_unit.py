@@ -65,7 +65,11 @@ def test_local_stale_read_is_detected_not_overwritten(tmp_path):
     b.functions["b"] = {"version": "1"}
     with pytest.raises(st.StateConflictError) as ei:
         b.write()
-    assert "changed since this run read it" in str(ei.value) and "serial 1" in str(ei.value) and "serial 2" in str(ei.value)
+    assert (
+        "changed since this run read it" in str(ei.value)
+        and "serial 1" in str(ei.value)
+        and "serial 2" in str(ei.value)
+    )
     assert b.serial == 1, "a refused write leaves the serial as it was"
     on_disk = json.loads((tmp_path / "dev" / "i.json").read_text())
     assert on_disk["serial"] == 2 and "a" in on_disk["functions"] and "b" not in on_disk["functions"]
@@ -133,12 +137,22 @@ def test_config_defaults_to_local(tmp_path):
 
 def test_config_file_env_and_flags(tmp_path):
     (tmp_path / "reconciler.yaml").write_text(
-        "backend:\n  type: s3\n  bucket: team-state\n  key_prefix: lambda/prod\n  region: eu-west-1\n  lock: dynamodb\n  table: locks\n")
+        "backend:\n  type: s3\n  bucket: team-state\n  key_prefix: lambda/prod\n  region: eu-west-1\n  lock: dynamodb\n  table: locks\n"
+    )
     cfg = be.read_config(tmp_path, environ={})
-    assert (cfg.type, cfg.bucket, cfg.key_prefix, cfg.region, cfg.lock, cfg.table) == ("s3", "team-state", "lambda/prod", "eu-west-1", "dynamodb", "locks")
+    assert (cfg.type, cfg.bucket, cfg.key_prefix, cfg.region, cfg.lock, cfg.table) == (
+        "s3",
+        "team-state",
+        "lambda/prod",
+        "eu-west-1",
+        "dynamodb",
+        "locks",
+    )
     cfg = be.read_config(tmp_path, environ={"RECONCILER_BACKEND_BUCKET": "from-env", "RECONCILER_BACKEND_LOCK": "s3"})
     assert (cfg.bucket, cfg.lock) == ("from-env", "s3")
-    cfg = be.read_config(tmp_path, ["bucket=from-flag", "key-prefix=x"], environ={"RECONCILER_BACKEND_BUCKET": "from-env"})
+    cfg = be.read_config(
+        tmp_path, ["bucket=from-flag", "key-prefix=x"], environ={"RECONCILER_BACKEND_BUCKET": "from-env"}
+    )
     assert (cfg.bucket, cfg.key_prefix) == ("from-flag", "x")
     cfg = be.read_config(tmp_path, ["type=local"], environ={})
     assert cfg.type == "local"
@@ -146,15 +160,22 @@ def test_config_file_env_and_flags(tmp_path):
     assert str(b.state_path(tmp_path, "prod", "use1")) == "s3://team-state/lambda/prod/prod/use1.json"
 
 
-@pytest.mark.parametrize("text, overrides, message", [
-    ("backend:\n  type: s3\n  buckett: x\n", [], "reconciler.yaml:3: unknown backend key 'buckett' (did you mean 'bucket'?)"),
-    ("backend:\n  type: gcs\n", [], "reconciler.yaml:2: backend type must be one of local, s3, not 'gcs'"),
-    ("backend:\n  type: s3\n", [], "the s3 backend needs a bucket"),
-    ("backend:\n  type: s3\n  bucket: b\n  lock: dynamodb\n", [], "lock: dynamodb needs a table"),
-    ("backends:\n  type: s3\n", [], "unknown key 'backends'"),
-    ("", ["nokey"], "--backend-config 'nokey' is not KEY=VALUE"),
-    ("", ["colour=red"], "--backend-config: unknown key 'colour'"),
-])
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        (
+            "backend:\n  type: s3\n  buckett: x\n",
+            [],
+            "reconciler.yaml:3: unknown backend key 'buckett' (did you mean 'bucket'?)",
+        ),
+        ("backend:\n  type: gcs\n", [], "reconciler.yaml:2: backend type must be one of local, s3, not 'gcs'"),
+        ("backend:\n  type: s3\n", [], "the s3 backend needs a bucket"),
+        ("backend:\n  type: s3\n  bucket: b\n  lock: dynamodb\n", [], "lock: dynamodb needs a table"),
+        ("backends:\n  type: s3\n", [], "unknown key 'backends'"),
+        ("", ["nokey"], "--backend-config 'nokey' is not KEY=VALUE"),
+        ("", ["colour=red"], "--backend-config: unknown key 'colour'"),
+    ],
+)
 def test_config_errors(tmp_path, text, overrides, message):
     (tmp_path / "reconciler.yaml").write_text(text)
     with pytest.raises(ConfigError) as ei:
@@ -173,8 +194,11 @@ def test_reconciler_yaml_is_not_a_harness_entity(tmp_path):
     (ws / "reconciler.yaml").write_text("backend:\n  type: s3\n  bucket: team-state\n  region: us-east-1\n")
     after = load_workspace(ws)
     assert "reconciler.yaml" not in " ".join(map(str, after.files))
-    assert (len(after.services), len(after.environments), len(after.infrastructures)) == \
-           (len(before.services), len(before.environments), len(before.infrastructures))
+    assert (len(after.services), len(after.environments), len(after.infrastructures)) == (
+        len(before.services),
+        len(before.environments),
+        len(before.infrastructures),
+    )
 
 
 # ---------------------------------------------------------------- S3 backend (mock_aws)
@@ -189,8 +213,12 @@ def mocked(monkeypatch):
     for k in list(os.environ):
         if k.startswith("AWS_ENDPOINT_URL") or k in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
             monkeypatch.delenv(k, raising=False)
-    for k, v in {"AWS_ACCESS_KEY_ID": "AKIDUNITTEST", "AWS_SECRET_ACCESS_KEY": "unit-secret-never-stored",
-                 "AWS_SESSION_TOKEN": "unit-token-never-stored", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "AKIDUNITTEST",
+        "AWS_SECRET_ACCESS_KEY": "unit-secret-never-stored",
+        "AWS_SESSION_TOKEN": "unit-token-never-stored",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(k, v)
     from moto import mock_aws
 
@@ -201,13 +229,18 @@ def mocked(monkeypatch):
         s3.create_bucket(Bucket=BUCKET)
         s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
         boto3.client("dynamodb", region_name="us-east-1").create_table(
-            TableName=TABLE, KeySchema=[{"AttributeName": "LockID", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "LockID", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "LockID", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "LockID", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
         yield s3
 
 
 def _s3(lock="s3", prefix="reconciler"):
-    cfg = be.read_config(".", [f"type=s3", f"bucket={BUCKET}", f"key_prefix={prefix}", f"lock={lock}", f"table={TABLE}"], environ={})
+    cfg = be.read_config(
+        ".", [f"type=s3", f"bucket={BUCKET}", f"key_prefix={prefix}", f"lock={lock}", f"table={TABLE}"], environ={}
+    )
     return be.use(be.make(cfg)) or be.current()
 
 
@@ -241,7 +274,11 @@ def test_s3_concurrent_writer_is_detected(mocked, tmp_path):
     mine.functions["mine"] = {}
     with pytest.raises(st.StateConflictError) as ei:
         mine.write()
-    assert "serial 1" in str(ei.value) and "serial 2" in str(ei.value) and "s3://team-state/reconciler/e/i.json" in str(ei.value)
+    assert (
+        "serial 1" in str(ei.value)
+        and "serial 2" in str(ei.value)
+        and "s3://team-state/reconciler/e/i.json" in str(ei.value)
+    )
     doc = json.loads(mocked.get_object(Bucket=BUCKET, Key="reconciler/e/i.json")["Body"].read())
     assert "theirs" in doc["functions"] and "mine" not in doc["functions"]
     # and two creators of a new object: If-None-Match
@@ -262,10 +299,13 @@ def test_s3_backend_locks(mocked, tmp_path, lock):
             info = json.loads(mocked.get_object(Bucket=BUCKET, Key="reconciler/e/i.json.lock")["Body"].read())
         else:
             item = boto3.client("dynamodb", region_name="us-east-1").get_item(
-                TableName=TABLE, Key={"LockID": {"S": f"{BUCKET}/reconciler/e/i.json"}})["Item"]
+                TableName=TABLE, Key={"LockID": {"S": f"{BUCKET}/reconciler/e/i.json"}}
+            )["Item"]
             info = json.loads(item["Info"]["S"])
             assert item["ID"]["S"] == lock_id
-        assert info["id"] == lock_id and info["operation"] == "apply" and info["who"] and info["where"] and info["created"]
+        assert (
+            info["id"] == lock_id and info["operation"] == "apply" and info["who"] and info["where"] and info["created"]
+        )
         assert not any(k.lower().startswith(("aws", "secret", "token")) for k in info)
         t0 = time.monotonic()
         with pytest.raises(LockError) as ei:
@@ -334,9 +374,11 @@ def test_interrupted_deployment_follows_history_changes():
     """The per-history index sees appends, records replaced in place and status changes."""
     from reconciler.engine.diff import interrupted_deployment
 
-    history = [{"id": "1", "function": "a", "operation": "apply", "status": "succeeded"},
-               {"id": "2", "function": "b", "operation": "apply", "status": "in_progress"},
-               {"id": "3", "function": "b", "operation": "delete", "status": "succeeded"}]
+    history = [
+        {"id": "1", "function": "a", "operation": "apply", "status": "succeeded"},
+        {"id": "2", "function": "b", "operation": "apply", "status": "in_progress"},
+        {"id": "3", "function": "b", "operation": "delete", "status": "succeeded"},
+    ]
     assert interrupted_deployment(history, "a") is None
     assert interrupted_deployment(history, "b") is history[1]
     assert interrupted_deployment(history, "c") is None
@@ -412,7 +454,10 @@ def test_history_limit_is_configured_and_checked(tmp_path):
         be.read_config(tmp_path, ["encryption=rot13", "history_limit=3"], environ={})
 
 
-@pytest.mark.parametrize("extra,want", [((), ("AES256", None)), (("encryption=aws:kms", "kms_key_id=alias/state"), ("aws:kms", "alias/state"))])
+@pytest.mark.parametrize(
+    "extra,want",
+    [((), ("AES256", None)), (("encryption=aws:kms", "kms_key_id=alias/state"), ("aws:kms", "alias/state"))],
+)
 def test_s3_state_and_lock_objects_are_encrypted_at_rest(mocked, tmp_path, extra, want):
     cfg = be.read_config(".", ["type=s3", f"bucket={BUCKET}", "lock=s3", *extra], environ={})
     be.use(be.make(cfg))

@@ -11,7 +11,9 @@ SECRET = "s3cr3t-value"
 
 
 def fplan(name: str, action: str = "update", drift: bool = False) -> FunctionPlan:
-    fp = FunctionPlan(name=name, service="svc", environment="prod", infrastructure="use1", region="us-east-1", action=action)
+    fp = FunctionPlan(
+        name=name, service="svc", environment="prod", infrastructure="use1", region="us-east-1", action=action
+    )
     if action in ("update", "create"):
         fp.changes = [
             Change("config", "MemorySize", 128, 256),
@@ -23,7 +25,10 @@ def fplan(name: str, action: str = "update", drift: bool = False) -> FunctionPla
         fp.publish, fp.next_version = True, "4"
         fp.code = {"sha256": "b" * 44, "source": {"type": "S3", "uri": "s3://bucket/key.zip"}}
     if drift:
-        fp.drift = [Change("config", "MemorySize", 128, 1024), Change("config", "Environment.Variables.TOKEN", None, "hand-" + SECRET, "create")]
+        fp.drift = [
+            Change("config", "MemorySize", 128, 1024),
+            Change("config", "Environment.Variables.TOKEN", None, "hand-" + SECRET, "create"),
+        ]
     return fp
 
 
@@ -31,7 +36,11 @@ def test_every_format_shows_the_changes_and_masks_values():
     """One plan, three formats: each change old → new, the version, the alias move; secrets masked."""
     plan = Plan(functions=[fplan("api", drift=True), fplan("worker", action="noop")])
     text, js, md = render_text(plan), render_json(plan), render_markdown(plan)
-    assert "MemorySize: 128 → 256" in text and "version 4 will be published" in text and "alias live: version 3 → 4" in text
+    assert (
+        "MemorySize: 128 → 256" in text
+        and "version 4 will be published" in text
+        and "alias live: version 3 → 4" in text
+    )
     assert "from s3://bucket/key.zip" in text
     assert "Changed outside reconciler" in text and "MemorySize: 128 → 1024" in text
     assert "Plan: 0 to create, 1 to update, 1 unchanged; drift: 1." in text
@@ -39,7 +48,11 @@ def test_every_format_shows_the_changes_and_masks_values():
     assert doc["summary"]["update"] == 1 and doc["summary"]["drift"] == 1
     assert {c["path"] for c in doc["functions"][0]["changes"]} >= {"MemorySize", "CodeSha256", "live"}
     assert md.startswith("## reconciler plan: prod/use1")
-    assert "**0 to create, 1 to update, 1 unchanged; drift: 1**" in md and "<details>" in md and "### Changed outside reconciler" in md
+    assert (
+        "**0 to create, 1 to update, 1 unchanged; drift: 1**" in md
+        and "<details>" in md
+        and "### Changed outside reconciler" in md
+    )
     for out in (text, js, md):
         assert SECRET not in out and "(sensitive)" in out
     shown = render_text(plan, show_values=True)

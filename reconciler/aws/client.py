@@ -16,24 +16,32 @@ import hashlib
 import threading
 import time
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
-from reconciler.errors import AwsError
 from reconciler.aws.quota import QuotaStats, install
+from reconciler.errors import AwsError
 from reconciler.util.secrets import scrub
 
 RETRY = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10, read_timeout=70)
 # "not found" is what AWS's error code says, never the HTTP status alone: a 404 from a proxy or
 # a wrong endpoint carries no such code, and taking it for "missing" would report a function
 # deleted that is still there
-NOT_FOUND = ("ResourceNotFoundException", "NoSuchKey", "NotFound", "NoSuchBucket", "RepositoryNotFoundException", "ImageNotFoundException")
+NOT_FOUND = (
+    "ResourceNotFoundException",
+    "NoSuchKey",
+    "NotFound",
+    "NoSuchBucket",
+    "RepositoryNotFoundException",
+    "ImageNotFoundException",
+)
 # S3 answers a HEAD of a missing object with a bare 404 (a HEAD response has no body to carry a
 # code), which botocore reports as the code "404": for HeadObject that is S3's own answer
-S3_HEAD_NOT_FOUND = NOT_FOUND + ("404",)
+S3_HEAD_NOT_FOUND = (*NOT_FOUND, "404")
 # AwsError.code of an update whose end showed someone else's change (not an AWS code)
 CHANGED_WHILE_UPDATING = "ChangedWhileUpdating"
 MUTATING_PREFIXES = ("Create", "Update", "Delete", "Publish", "Put", "Tag", "Untag")
@@ -107,7 +115,9 @@ class Aws:
         try:
             creds = sts.assume_role(**kwargs)["Credentials"]
         except (ClientError, BotoCoreError) as exc:
-            raise AwsError(f"cannot assume role {connector['role_arn']} of connector '{connector.get('identifier')}': {exc}") from None
+            raise AwsError(
+                f"cannot assume role {connector['role_arn']} of connector '{connector.get('identifier')}': {exc}"
+            ) from None
         return boto3.session.Session(
             aws_access_key_id=creds["AccessKeyId"],
             aws_secret_access_key=creds["SecretAccessKey"],
@@ -182,7 +192,12 @@ class Lambda:
         return call(f"reading function {name}", self.c.get_function, not_found_none=True, **kwargs)
 
     def get_configuration(self, name: str) -> dict | None:
-        return call(f"reading the configuration of {name}", self.c.get_function_configuration, not_found_none=True, FunctionName=name)
+        return call(
+            f"reading the configuration of {name}",
+            self.c.get_function_configuration,
+            not_found_none=True,
+            FunctionName=name,
+        )
 
     def list_aliases(self, name: str, missing_ok: bool = False) -> dict[str, dict] | None:
         """The aliases of a function by name; None for a function that does not exist (with
@@ -209,7 +224,10 @@ class Lambda:
         return (call(f"reading the tags of {arn}", self.c.list_tags, Resource=arn) or {}).get("Tags") or {}
 
     def list_versions(self, name: str) -> list[dict]:
-        pages = call(f"listing versions of {name}", lambda: list(self.c.get_paginator("list_versions_by_function").paginate(FunctionName=name)))
+        pages = call(
+            f"listing versions of {name}",
+            lambda: list(self.c.get_paginator("list_versions_by_function").paginate(FunctionName=name)),
+        )
         return [v for p in pages for v in p.get("Versions", []) if v.get("Version") != "$LATEST"]
 
     # ------------------------------------------------------------ writes
@@ -222,8 +240,15 @@ class Lambda:
     # qualifier.
     POLL_FIRST = 0.25  # seconds before the second poll; doubled each time up to the waiter's delay
 
-    def _poll(self, what: str, name: str, waiters: tuple[str, ...], qualifier: str | None = None,
-              absent_ok: tuple[str, ...] = (), limit: float | None = None) -> dict:
+    def _poll(
+        self,
+        what: str,
+        name: str,
+        waiters: tuple[str, ...],
+        qualifier: str | None = None,
+        absent_ok: tuple[str, ...] = (),
+        limit: float | None = None,
+    ) -> dict:
         """GetFunction until the answer satisfies every waiter in `waiters` (all of their
         success acceptors on the same answer); returns that answer's Configuration. A
         failure acceptor (State or LastUpdateStatus `Failed`) raises with Lambda's reason;
@@ -240,7 +265,7 @@ class Lambda:
             got = call(what, self.c.get_function, **kwargs)
             conf = got.get("Configuration") or {}
             done = True
-            for w, cfg in zip(waiters, configs):
+            for w, cfg in zip(waiters, configs, strict=False):
                 state = next((a.state for a in cfg.acceptors if a.matcher_func(got)), None)
                 if state == "failure":
                     raise AwsError(scrub(f"{what}: {_failure(conf, _status_field(cfg))}", errors=True))
@@ -259,13 +284,22 @@ class Lambda:
 
     def wait_active(self, name: str, qualifier: str | None = None) -> dict:
         """Until State is Active (function_active_v2, of a version with `qualifier`)."""
-        what = f"waiting for version {qualifier} of {name} to become active" if qualifier else f"waiting for {name} to become active"
+        what = (
+            f"waiting for version {qualifier} of {name} to become active"
+            if qualifier
+            else f"waiting for {name} to become active"
+        )
         return self._poll(what, name, ("function_active_v2",), qualifier)
 
     def wait_idle(self, name: str, what: str, limit: float) -> dict:
         """Until the function is Active and no update is in progress (at most `limit` s)."""
-        return self._poll(f"{what}: waiting for the update in progress", name, ("function_active_v2", "function_updated_v2"),
-                          absent_ok=("function_updated_v2",), limit=limit)
+        return self._poll(
+            f"{what}: waiting for the update in progress",
+            name,
+            ("function_active_v2", "function_updated_v2"),
+            absent_ok=("function_updated_v2",),
+            limit=limit,
+        )
 
     CONFLICT_WAIT = 300.0  # seconds a change waits out updates in progress before it fails
 
@@ -292,7 +326,9 @@ class Lambda:
             return self.wait_active(params["FunctionName"])
         return out
 
-    def update_code(self, name: str, code: dict, architectures: list[str] | None, revision_id: str | None = None) -> dict:
+    def update_code(
+        self, name: str, code: dict, architectures: list[str] | None, revision_id: str | None = None
+    ) -> dict:
         """UpdateFunctionCode, refused by Lambda if the function is no longer at `revision_id`;
         returns the Configuration once the update is over (the answer, or the poll that
         waited for it)."""
@@ -308,13 +344,25 @@ class Lambda:
         kwargs = {"FunctionName": name, **config}
         if revision_id:
             kwargs["RevisionId"] = revision_id
-        out = self._change(f"updating the configuration of {name}", name, self.c.update_function_configuration, **kwargs)
+        out = self._change(
+            f"updating the configuration of {name}", name, self.c.update_function_configuration, **kwargs
+        )
         return self._settled(name, out)
 
     # what an update's answer already holds and the end of its wait must still hold: a
     # difference is a change made by someone else between the update finishing and the poll
     # that saw it finish (Lambda refuses changes while the update is in progress)
-    SETTLED_FIELDS = ("CodeSha256", "Description", "Timeout", "MemorySize", "Handler", "Runtime", "Role", "KMSKeyArn", "Environment")
+    SETTLED_FIELDS = (
+        "CodeSha256",
+        "Description",
+        "Timeout",
+        "MemorySize",
+        "Handler",
+        "Runtime",
+        "Role",
+        "KMSKeyArn",
+        "Environment",
+    )
 
     def _settled(self, name: str, out: dict) -> dict:
         out = {k: v for k, v in out.items() if k != "ResponseMetadata"}
@@ -323,13 +371,17 @@ class Lambda:
         polled = self.wait_updated(name)
         moved = [k for k in self.SETTLED_FIELDS if k in out and polled.get(k) != out[k]]
         if moved:
-            err = AwsError(f"waiting for {name} to finish updating: {', '.join(moved)} changed meanwhile "
-                           f"(RevisionId {out.get('RevisionId')} → {polled.get('RevisionId')})")
+            err = AwsError(
+                f"waiting for {name} to finish updating: {', '.join(moved)} changed meanwhile "
+                f"(RevisionId {out.get('RevisionId')} → {polled.get('RevisionId')})"
+            )
             err.code = CHANGED_WHILE_UPDATING
             raise err
         return polled
 
-    def publish_version(self, name: str, code_sha256: str | None, revision_id: str | None, description: str = "") -> dict:
+    def publish_version(
+        self, name: str, code_sha256: str | None, revision_id: str | None, description: str = ""
+    ) -> dict:
         """PublishVersion guarded by the code and the RevisionId of $LATEST; the new
         version's Configuration once it is Active."""
         kwargs: dict[str, Any] = {"FunctionName": name, "Description": description}
@@ -345,12 +397,19 @@ class Lambda:
     def put_alias(self, name: str, alias: dict, version: str, exists: bool, revision_id: str | None = None) -> dict:
         """UpdateAlias guarded by the alias's own RevisionId, or CreateAlias (which has none:
         an alias created meanwhile makes it fail)."""
-        kwargs = {"FunctionName": name, "Name": alias["Name"], "FunctionVersion": version,
-                  "Description": alias.get("Description", ""), "RoutingConfig": alias.get("RoutingConfig") or {"AdditionalVersionWeights": {}}}
+        kwargs = {
+            "FunctionName": name,
+            "Name": alias["Name"],
+            "FunctionVersion": version,
+            "Description": alias.get("Description", ""),
+            "RoutingConfig": alias.get("RoutingConfig") or {"AdditionalVersionWeights": {}},
+        }
         if exists:
             if revision_id:
                 kwargs["RevisionId"] = revision_id
-            return self._change(f"moving alias {alias['Name']} of {name} to version {version}", name, self.c.update_alias, **kwargs)
+            return self._change(
+                f"moving alias {alias['Name']} of {name} to version {version}", name, self.c.update_alias, **kwargs
+            )
         kwargs.pop("RoutingConfig") if not alias.get("RoutingConfig") else None
         return call(f"creating alias {alias['Name']} of {name}", self.c.create_alias, **kwargs)
 
@@ -375,7 +434,9 @@ def lambda_tag_pages(aws: Aws, region: str, connector: dict | None = None):
     """The tags of every function of a region through the Resource Groups Tagging API,
     page by page: [{ResourceARN, Tags: [{Key, Value}]}]."""
     c = aws.client("resourcegroupstaggingapi", region, connector)
-    return pages(f"reading the tags of the functions of {region}", c, "get_resources", ResourceTypeFilters=["lambda:function"])
+    return pages(
+        f"reading the tags of the functions of {region}", c, "get_resources", ResourceTypeFilters=["lambda:function"]
+    )
 
 
 # ---------------------------------------------------------------- artifacts
@@ -386,7 +447,14 @@ def s3_sha256(aws: Aws, art: dict, cache: dict) -> dict:
     has a full-object one, else the object streamed and hashed once, cached by ETag/VersionId."""
     s3 = aws.client("s3", art["region"], art.get("connector"))
     where = f"s3://{art['bucket']}/{art['key']}"
-    head = call(f"reading artifact {where}", s3.head_object, not_found_none=S3_HEAD_NOT_FOUND, Bucket=art["bucket"], Key=art["key"], ChecksumMode="ENABLED")
+    head = call(
+        f"reading artifact {where}",
+        s3.head_object,
+        not_found_none=S3_HEAD_NOT_FOUND,
+        Bucket=art["bucket"],
+        Key=art["key"],
+        ChecksumMode="ENABLED",
+    )
     if head is None:
         raise AwsError(f"artifact {where} does not exist (artifact source '{art.get('id')}')")
     etag = head.get("ETag", "").strip('"')
@@ -424,9 +492,17 @@ def ecr_image(aws: Aws, art: dict, repos_cache: dict | None = None) -> dict:
     repo_key = (art["region"], (art.get("connector") or {}).get("role_arn"), art.get("registry_id"), repo)
     uri = (repos_cache or {}).get(repo_key)
     if uri is None:
-        repos = call(f"reading ECR repository {repo}", ecr.describe_repositories, not_found_none=True, repositoryNames=[repo], **reg)
+        repos = call(
+            f"reading ECR repository {repo}",
+            ecr.describe_repositories,
+            not_found_none=True,
+            repositoryNames=[repo],
+            **reg,
+        )
         if not repos or not repos.get("repositories"):
-            raise AwsError(f"ECR repository '{repo}' does not exist in {art['region']} (artifact source '{art.get('id')}')")
+            raise AwsError(
+                f"ECR repository '{repo}' does not exist in {art['region']} (artifact source '{art.get('id')}')"
+            )
         uri = repos["repositories"][0]["repositoryUri"]
         if repos_cache is not None:
             repos_cache[repo_key] = uri
@@ -440,7 +516,14 @@ def ecr_image(aws: Aws, art: dict, repos_cache: dict | None = None) -> dict:
         ids = None
         pinned = f"tagRegex {art['tag_regex']}"
     if ids:
-        got = call(f"reading ECR image {repo} {pinned}", ecr.describe_images, not_found_none=True, repositoryName=repo, imageIds=ids, **reg)
+        got = call(
+            f"reading ECR image {repo} {pinned}",
+            ecr.describe_images,
+            not_found_none=True,
+            repositoryName=repo,
+            imageIds=ids,
+            **reg,
+        )
         details = (got or {}).get("imageDetails") or []
         if not details:
             raise AwsError(f"ECR image {repo} {pinned} does not exist (artifact source '{art.get('id')}')")
@@ -450,7 +533,10 @@ def ecr_image(aws: Aws, art: dict, repos_cache: dict | None = None) -> dict:
         import re
 
         rx = re.compile(art["tag_regex"])
-        pages = call(f"listing ECR images of {repo}", lambda: list(ecr.get_paginator("describe_images").paginate(repositoryName=repo, **reg)))
+        pages = call(
+            f"listing ECR images of {repo}",
+            lambda: list(ecr.get_paginator("describe_images").paginate(repositoryName=repo, **reg)),
+        )
         best = None
         tag = None
         for p in pages:
@@ -462,16 +548,29 @@ def ecr_image(aws: Aws, art: dict, repos_cache: dict | None = None) -> dict:
             raise AwsError(f"no image in ECR repository {repo} has a tag matching {art['tag_regex']!r}")
         image = best
     digest = image["imageDigest"]
-    return {"sha256": digest.split(":", 1)[1], "digest": digest, "image_uri": f"{uri}@{digest}", "tag": tag, "uri": f"{uri}:{tag}" if tag else f"{uri}@{digest}"}
+    return {
+        "sha256": digest.split(":", 1)[1],
+        "digest": digest,
+        "image_uri": f"{uri}@{digest}",
+        "tag": tag,
+        "uri": f"{uri}:{tag}" if tag else f"{uri}@{digest}",
+    }
 
 
 def read_secret(aws: Aws, region: str, connector: dict | None, store: str, name: str) -> str | None:
     """A secret's string value: Secrets Manager GetSecretValue, or SSM GetParameter with
     decryption (a SecureString). Errors are AwsError with AWS's code (never the value)."""
     if store == "ssm":
-        got = call(f"reading SSM parameter {name}", aws.client("ssm", region, connector).get_parameter, Name=name, WithDecryption=True)
+        got = call(
+            f"reading SSM parameter {name}",
+            aws.client("ssm", region, connector).get_parameter,
+            Name=name,
+            WithDecryption=True,
+        )
         return (got.get("Parameter") or {}).get("Value")
-    got = call(f"reading secret {name}", aws.client("secretsmanager", region, connector).get_secret_value, SecretId=name)
+    got = call(
+        f"reading secret {name}", aws.client("secretsmanager", region, connector).get_secret_value, SecretId=name
+    )
     return got.get("SecretString")
 
 
@@ -515,8 +614,12 @@ class CloudFormation:
         return stacks[0] if stacks else None
 
     def template(self, stack: str) -> str:
-        body = call(f"reading the template of CloudFormation stack {stack}", self.c.get_template, StackName=stack,
-                    TemplateStage="Original").get("TemplateBody")
+        body = call(
+            f"reading the template of CloudFormation stack {stack}",
+            self.c.get_template,
+            StackName=stack,
+            TemplateStage="Original",
+        ).get("TemplateBody")
         if isinstance(body, str):
             return body
         import json
@@ -524,7 +627,9 @@ class CloudFormation:
         return json.dumps(body)  # boto3 gives a JSON template back parsed
 
     def create(self, params: dict) -> str:
-        return call(f"creating CloudFormation stack {params['StackName']} ({self.region})", self.c.create_stack, **params)["StackId"]
+        return call(
+            f"creating CloudFormation stack {params['StackName']} ({self.region})", self.c.create_stack, **params
+        )["StackId"]
 
     def update(self, params: dict) -> bool:
         """UpdateStack; False when CloudFormation says there is nothing to update."""
@@ -542,8 +647,12 @@ class CloudFormation:
     def wait(self, waiter: str, stack: str, timeout: float) -> None:
         """stack_create_complete, stack_update_complete or stack_delete_complete, polling every 2 s up to `timeout`."""
         attempts = max(1, int(timeout // 2))
-        call(f"waiting for CloudFormation stack {stack} ({waiter.replace('_', ' ')})", self.c.get_waiter(waiter).wait,
-             StackName=stack, WaiterConfig={"Delay": 2, "MaxAttempts": attempts})
+        call(
+            f"waiting for CloudFormation stack {stack} ({waiter.replace('_', ' ')})",
+            self.c.get_waiter(waiter).wait,
+            StackName=stack,
+            WaiterConfig={"Delay": 2, "MaxAttempts": attempts},
+        )
 
 
 def _raise(exc: Exception):

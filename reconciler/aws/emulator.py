@@ -22,8 +22,9 @@ def start() -> tuple[Any, str]:
     try:
         from moto.server import ThreadedMotoServer
     except ImportError:
-        raise ReconcilerError("the demo runs on the moto emulator, which is not installed",
-                              hint=f"install it with: {INSTALL_HINT}") from None
+        raise ReconcilerError(
+            "the demo runs on the moto emulator, which is not installed", hint=f"install it with: {INSTALL_HINT}"
+        ) from None
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -33,5 +34,6 @@ def start() -> tuple[Any, str]:
 
 def client(service: str, endpoint: str, region: str):
     """A boto3 client of the emulated account, as a user's own scripts would make one."""
-    return boto3.client(service, region_name=region, endpoint_url=endpoint, aws_access_key_id="demo",
-                        aws_secret_access_key="demo")
+    return boto3.client(
+        service, region_name=region, endpoint_url=endpoint, aws_access_key_id="demo", aws_secret_access_key="demo"
+    )

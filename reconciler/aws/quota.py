@@ -245,8 +245,13 @@ class QuotaStats:
             out = {}
             for cls in sorted(self.sent):
                 n = self.sent[cls]
-                out[cls] = {"rate": QUOTAS[cls], "calls": n, "throttled": self.throttled.get(cls, 0),
-                            "waited_s": round(self.waited.get(cls, 0.0), 3), "floor_s": round(floor_seconds(n, QUOTAS[cls]), 3)}
+                out[cls] = {
+                    "rate": QUOTAS[cls],
+                    "calls": n,
+                    "throttled": self.throttled.get(cls, 0),
+                    "waited_s": round(self.waited.get(cls, 0.0), 3),
+                    "floor_s": round(floor_seconds(n, QUOTAS[cls]), 3),
+                }
             return out
 
 
@@ -264,7 +269,9 @@ def install(client, stats: QuotaStats, key: tuple, timeout: float | None = None)
     # as attempts and spend its retry quota on them) and called from here for the rest
     events = client.meta.events
     events.unregister(f"needs-retry.{service}", unique_id=f"retry-config-{service}")
-    fallback = standard.register_retry_handler(client, max_attempts=client.meta.config.retries.get("total_max_attempts"))
+    fallback = standard.register_retry_handler(
+        client, max_attempts=client.meta.config.retries.get("total_max_attempts")
+    )
     events.unregister(f"needs-retry.{service}", unique_id=f"retry-config-{service}")
 
     def before_send(event_name: str = "", **_kwargs) -> None:
@@ -279,12 +286,18 @@ def install(client, stats: QuotaStats, key: tuple, timeout: float | None = None)
     def needs_retry(operation=None, request_dict=None, attempts=1, **kwargs):
         context = request_dict.setdefault("context", {})
         cls = quota_class(service, operation.name) if operation is not None else None
-        throttle = detector.is_throttling_error(operation=operation, request_dict=request_dict, attempts=attempts, **kwargs)
+        throttle = detector.is_throttling_error(
+            operation=operation, request_dict=request_dict, attempts=attempts, **kwargs
+        )
         if cls is None or not throttle:
             if cls is not None and kwargs.get("response") is not None:
                 limiter(key, cls).succeeded()
-            return fallback.needs_retry(operation=operation, request_dict=request_dict,
-                                        attempts=attempts - context.get("reconciler_throttles", 0), **kwargs)
+            return fallback.needs_retry(
+                operation=operation,
+                request_dict=request_dict,
+                attempts=attempts - context.get("reconciler_throttles", 0),
+                **kwargs,
+            )
         lim = limiter(key, cls)
         stats.add(cls, throttled=1)
         lim.throttled(getattr(sends, "last", 0.0))

@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 from reconciler.errors import ReconcilerError
-from reconciler.util.secrets import SecretError, expression, remember
 from reconciler.util import secrets as _secrets
+from reconciler.util.secrets import SecretError, expression, remember
 
 
 def read_values(aws, wanted: dict[tuple[str, str, Any], list[str]]) -> dict[tuple[str, str], str]:
@@ -27,15 +27,26 @@ def read_values(aws, wanted: dict[tuple[str, str, Any], list[str]]) -> dict[tupl
         try:
             value = read_secret(aws, region, json.loads(conn) if conn else None, cfg.store, name)
         except AwsError as exc:
-            why = {"ResourceNotFoundException": "not found", "ParameterNotFound": "not found",
-                   "AccessDeniedException": "reading it was denied", "AccessDenied": "reading it was denied",
-                   "DecryptionFailure": "it could not be decrypted"}.get(exc.code, f"cannot be read ({exc.code or 'error'})")
-            errors.append(SecretError(f"secret {expression(sid)} ({store} '{name}' in {region}) {why}; {used}",
-                                      hint="create it, or grant this identity secretsmanager:GetSecretValue / ssm:GetParameter"
-                                      if why != "not found" else f"create it in {store}, or correct the reference"))
+            why = {
+                "ResourceNotFoundException": "not found",
+                "ParameterNotFound": "not found",
+                "AccessDeniedException": "reading it was denied",
+                "AccessDenied": "reading it was denied",
+                "DecryptionFailure": "it could not be decrypted",
+            }.get(exc.code, f"cannot be read ({exc.code or 'error'})")
+            errors.append(
+                SecretError(
+                    f"secret {expression(sid)} ({store} '{name}' in {region}) {why}; {used}",
+                    hint="create it, or grant this identity secretsmanager:GetSecretValue / ssm:GetParameter"
+                    if why != "not found"
+                    else f"create it in {store}, or correct the reference",
+                )
+            )
             continue
         if value is None:
-            errors.append(SecretError(f"secret {expression(sid)} ({store} '{name}' in {region}) has no string value; {used}"))
+            errors.append(
+                SecretError(f"secret {expression(sid)} ({store} '{name}' in {region}) has no string value; {used}")
+            )
             continue
         if key is not None:
             try:
@@ -43,10 +54,18 @@ def read_values(aws, wanted: dict[tuple[str, str, Any], list[str]]) -> dict[tupl
             except ValueError:
                 doc = None
             if not isinstance(doc, dict):
-                errors.append(SecretError(f"secret {expression(sid)} selects key '{key}' but {store} '{name}' is not a JSON object; {used}"))
+                errors.append(
+                    SecretError(
+                        f"secret {expression(sid)} selects key '{key}' but {store} '{name}' is not a JSON object; {used}"
+                    )
+                )
                 continue
             if key not in doc:
-                errors.append(SecretError(f"secret {expression(sid)}: {store} '{name}' has no key '{key}' (keys: {', '.join(sorted(doc))}); {used}"))
+                errors.append(
+                    SecretError(
+                        f"secret {expression(sid)}: {store} '{name}' has no key '{key}' (keys: {', '.join(sorted(doc))}); {used}"
+                    )
+                )
                 continue
             value = doc[key] if isinstance(doc[key], str) else json.dumps(doc[key])
         remember(value, secret=True)

@@ -10,7 +10,7 @@ import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -30,21 +30,54 @@ app.add_typer(state_app, name="state")
 
 # ------------------------------------------------------------------ common options
 
-Workspace = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace directory holding the Harness YAML.", show_default=True)]
-Services = Annotated[Optional[list[str]], typer.Option("--service", "-s", help="Only this service (repeatable).")]
-Envs = Annotated[Optional[list[str]], typer.Option("--env", "-e", help="Only this environment (repeatable).")]
-Infras = Annotated[Optional[list[str]], typer.Option("--infra", "-i", help="Only this infrastructure definition (repeatable).")]
-Vars = Annotated[Optional[list[str]], typer.Option("--var", help="Set a variable: NAME=VALUE (repeatable; highest precedence). artifact.FIELD=VALUE gives an artifact source's <+input> FIELD.")]
-Artifact = Annotated[Optional[str], typer.Option("--artifact", help="Artifact source identifier for a primaryArtifactRef of <+input>.")]
-StateDir = Annotated[Optional[Path], typer.Option("--state-dir", help="State directory [default: ./state, or RECONCILER_STATE_DIR].")]
+Workspace = Annotated[
+    Path, typer.Option("--workspace", "-w", help="Workspace directory holding the Harness YAML.", show_default=True)
+]
+Services = Annotated[list[str] | None, typer.Option("--service", "-s", help="Only this service (repeatable).")]
+Envs = Annotated[list[str] | None, typer.Option("--env", "-e", help="Only this environment (repeatable).")]
+Infras = Annotated[
+    list[str] | None, typer.Option("--infra", "-i", help="Only this infrastructure definition (repeatable).")
+]
+Vars = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--var",
+        help="Set a variable: NAME=VALUE (repeatable; highest precedence). artifact.FIELD=VALUE gives an artifact source's <+input> FIELD.",
+    ),
+]
+Artifact = Annotated[
+    str | None, typer.Option("--artifact", help="Artifact source identifier for a primaryArtifactRef of <+input>.")
+]
+StateDir = Annotated[
+    Path | None, typer.Option("--state-dir", help="State directory [default: ./state, or RECONCILER_STATE_DIR].")
+]
 Format = Annotated[str, typer.Option("--format", help="Output format: text, json or markdown.")]
 NoColor = Annotated[bool, typer.Option("--no-color", help="No colours (also NO_COLOR).")]
-ShowValues = Annotated[bool, typer.Option("--show-values", help="Show the values of sensitive environment variables (by name, or all with secrets.mask_all) instead of masking them; values from secrets are never shown.")]
+ShowValues = Annotated[
+    bool,
+    typer.Option(
+        "--show-values",
+        help="Show the values of sensitive environment variables (by name, or all with secrets.mask_all) instead of masking them; values from secrets are never shown.",
+    ),
+]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log each step on stderr.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
-LockTimeout = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for the state lock (default: fail at once).")]
-Parallelism = Annotated[int, typer.Option("--parallelism", min=1, help="How many functions are read or changed at once (as Terraform's -parallelism).")]
-ShowStats = Annotated[bool, typer.Option("--stats", help="Print API calls by operation, Lambda requests by quota class (throttles, time waiting for capacity, the floor they imply), wall time per phase and peak memory on stderr.")]
+LockTimeout = Annotated[
+    float, typer.Option("--lock-timeout", help="Seconds to wait for the state lock (default: fail at once).")
+]
+Parallelism = Annotated[
+    int,
+    typer.Option(
+        "--parallelism", min=1, help="How many functions are read or changed at once (as Terraform's -parallelism)."
+    ),
+]
+ShowStats = Annotated[
+    bool,
+    typer.Option(
+        "--stats",
+        help="Print API calls by operation, Lambda requests by quota class (throttles, time waiting for capacity, the floor they imply), wall time per phase and peak memory on stderr.",
+    ),
+]
 
 
 class Out:
@@ -93,10 +126,10 @@ def _fail(exc: BaseException, debug: bool) -> None:
 
 def _context(workspace: Path, service, env, infra, var, artifact, state_dir, out: Out, parallelism: int = 10):
     from reconciler.engine.refresh import Context
-    from reconciler.util.stats import Progress
     from reconciler.errors import ConfigError
-    from reconciler.workspace.render import Options
     from reconciler.store.state import state_dir_default
+    from reconciler.util.stats import Progress
+    from reconciler.workspace.render import Options
 
     variables = {}
     for item in var or []:
@@ -110,10 +143,21 @@ def _context(workspace: Path, service, env, infra, var, artifact, state_dir, out
     from reconciler.store.backend import configure  # the state backend: reconciler.yaml, RECONCILER_BACKEND_*
 
     configure(workspace)
-    opts = Options(services=list(service or []), environments=list(env or []), infrastructures=list(infra or []),
-                   variables=variables, artifact=artifact)
-    return Context(workspace=workspace, state_dir=sd, options=opts, log=out.debug, parallelism=parallelism,
-                   progress=Progress(out.verbose, color=out.color))
+    opts = Options(
+        services=list(service or []),
+        environments=list(env or []),
+        infrastructures=list(infra or []),
+        variables=variables,
+        artifact=artifact,
+    )
+    return Context(
+        workspace=workspace,
+        state_dir=sd,
+        options=opts,
+        log=out.debug,
+        parallelism=parallelism,
+        progress=Progress(out.verbose, color=out.color),
+    )
 
 
 def _finish(ctx, aws, show_stats: bool, functions: int | None = None) -> None:
@@ -159,15 +203,26 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def main_callback(
-    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """reconciler: exact plans, safe applies and drift detection for AWS Lambda."""
 
 
 @app.command()
-def validate(workspace: Workspace = Path("."), service: Services = None, env: Envs = None, infra: Infras = None,
-             var: Vars = None, artifact: Artifact = None, state_dir: StateDir = None, verbose: Verbose = False,
-             debug: Debug = False, no_color: NoColor = False) -> None:
+def validate(
+    workspace: Workspace = Path("."),
+    service: Services = None,
+    env: Envs = None,
+    infra: Infras = None,
+    var: Vars = None,
+    artifact: Artifact = None,
+    state_dir: StateDir = None,
+    verbose: Verbose = False,
+    debug: Debug = False,
+    no_color: NoColor = False,
+) -> None:
     """Load, render and check everything. Makes no AWS call."""
     out = Out(verbose, no_color)
     try:
@@ -177,7 +232,9 @@ def validate(workspace: Workspace = Path("."), service: Services = None, env: En
         ws, rendered = load_and_render(ctx)
         _warn_all(ctx, out)
         for f in rendered.functions:
-            out.result(f"ok  {f.name}  [{f.service} → {f.environment}/{f.infrastructure}, {f.region}] from {f.source}\n")
+            out.result(
+                f"ok  {f.name}  [{f.service} → {f.environment}/{f.infrastructure}, {f.region}] from {f.source}\n"
+            )
         out.result(_skipped_report(ws))
         out.result(f"Valid: {len(rendered.functions)} function(s).\n")
     except ReconcilerError as exc:
@@ -191,27 +248,45 @@ def _skipped_report(ws) -> str:
     lines = [f"skipped  {file}:{line or 1}  {why}\n" for file, line, why in ws.skipped + skipped_stages(ws)]
     files = len({file for file, _, _ in ws.skipped})
     if files or ws.other_files:
-        lines.append(f"Skipped: {files} YAML file(s) with documents reconciler does not deploy (listed above), "
-                     f"{ws.other_files} YAML file(s) with no Harness entity.\n")
+        lines.append(
+            f"Skipped: {files} YAML file(s) with documents reconciler does not deploy (listed above), "
+            f"{ws.other_files} YAML file(s) with no Harness entity.\n"
+        )
     return "".join(lines)
 
 
 @app.command()
-def plan(workspace: Workspace = Path("."), service: Services = None, env: Envs = None, infra: Infras = None,
-         var: Vars = None, artifact: Artifact = None, state_dir: StateDir = None,
-         format: Format = "text", out_file: Annotated[Optional[Path], typer.Option("--out", help="Save the plan to this file for `apply FILE`.")] = None,
-         detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode", help="Exit 0 no changes, 2 changes, 1 error.")] = False,
-         prune: Annotated[bool, typer.Option("--prune", help="Plan to delete functions in state that the workspace no longer defines.")] = False,
-         parallelism: Parallelism = 10, stats: ShowStats = False,
-         show_values: ShowValues = False, verbose: Verbose = False, debug: Debug = False, no_color: NoColor = False) -> None:
+def plan(
+    workspace: Workspace = Path("."),
+    service: Services = None,
+    env: Envs = None,
+    infra: Infras = None,
+    var: Vars = None,
+    artifact: Artifact = None,
+    state_dir: StateDir = None,
+    format: Format = "text",
+    out_file: Annotated[Path | None, typer.Option("--out", help="Save the plan to this file for `apply FILE`.")] = None,
+    detailed_exitcode: Annotated[
+        bool, typer.Option("--detailed-exitcode", help="Exit 0 no changes, 2 changes, 1 error.")
+    ] = False,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Plan to delete functions in state that the workspace no longer defines.")
+    ] = False,
+    parallelism: Parallelism = 10,
+    stats: ShowStats = False,
+    show_values: ShowValues = False,
+    verbose: Verbose = False,
+    debug: Debug = False,
+    no_color: NoColor = False,
+) -> None:
     """Refresh what is live, diff it, and print the plan. Read-only."""
     out = Out(verbose, no_color)
     ctx = aws = the_plan = None
     try:
         import json
 
-        from reconciler.engine.refresh import make_plan
         from reconciler.cli.views import render_plan
+        from reconciler.engine.refresh import make_plan
 
         _check_format(format)
         ctx = _context(workspace, service, env, infra, var, artifact, state_dir, out, parallelism)
@@ -234,25 +309,42 @@ def plan(workspace: Workspace = Path("."), service: Services = None, env: Envs =
 
 
 @app.command()
-def apply(planfile: Annotated[Optional[Path], typer.Argument(help="A plan saved with `plan --out`; applied exactly, or refused if stale.")] = None,
-          workspace: Workspace = Path("."), service: Services = None, env: Envs = None, infra: Infras = None,
-          var: Vars = None, artifact: Artifact = None, state_dir: StateDir = None,
-          auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Apply without asking.")] = False,
-          prune: Annotated[bool, typer.Option("--prune", help="Delete functions in state that the workspace no longer defines.")] = False,
-          no_rollback: Annotated[bool, typer.Option("--no-rollback", help="On failure, leave things as they are for inspection.")] = False,
-          lock_timeout: LockTimeout = 0, parallelism: Parallelism = 10, stats: ShowStats = False,
-          show_values: ShowValues = False, verbose: Verbose = False, debug: Debug = False,
-          no_color: NoColor = False) -> None:
+def apply(
+    planfile: Annotated[
+        Path | None, typer.Argument(help="A plan saved with `plan --out`; applied exactly, or refused if stale.")
+    ] = None,
+    workspace: Workspace = Path("."),
+    service: Services = None,
+    env: Envs = None,
+    infra: Infras = None,
+    var: Vars = None,
+    artifact: Artifact = None,
+    state_dir: StateDir = None,
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Apply without asking.")] = False,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Delete functions in state that the workspace no longer defines.")
+    ] = False,
+    no_rollback: Annotated[
+        bool, typer.Option("--no-rollback", help="On failure, leave things as they are for inspection.")
+    ] = False,
+    lock_timeout: LockTimeout = 0,
+    parallelism: Parallelism = 10,
+    stats: ShowStats = False,
+    show_values: ShowValues = False,
+    verbose: Verbose = False,
+    debug: Debug = False,
+    no_color: NoColor = False,
+) -> None:
     """Create or update functions, publish a version, move aliases, and record the result."""
     out = Out(verbose, no_color)
     ctx = aws = the_plan = None
     try:
         import json
 
+        from reconciler.cli.views import render_text
         from reconciler.engine.apply import apply_plan
         from reconciler.engine.refresh import make_plan
         from reconciler.model import PLAN_FORMAT_VERSION, Plan
-        from reconciler.cli.views import render_text
 
         ctx = _context(workspace, service, env, infra, var, artifact, state_dir, out, parallelism)
         aws = _aws()
@@ -266,7 +358,10 @@ def apply(planfile: Annotated[Optional[Path], typer.Argument(help="A plan saved 
                 except (OSError, ValueError, TypeError, KeyError) as exc:
                     raise ReconcilerError(f"not a saved plan: {exc}", str(planfile)) from None
                 if the_plan.format_version != PLAN_FORMAT_VERSION:
-                    raise ReconcilerError(f"saved plan has format_version {the_plan.format_version}; expected {PLAN_FORMAT_VERSION}", str(planfile))
+                    raise ReconcilerError(
+                        f"saved plan has format_version {the_plan.format_version}; expected {PLAN_FORMAT_VERSION}",
+                        str(planfile),
+                    )
                 saved = True
             else:
                 the_plan = make_plan(ctx, aws, prune=prune, hold=hold, lock_timeout=lock_timeout)
@@ -279,12 +374,29 @@ def apply(planfile: Annotated[Optional[Path], typer.Argument(help="A plan saved 
                     _finish(ctx, aws, stats, len(the_plan.functions))
                     return
                 if not auto_approve:
-                    confirm(out, "apply", "Do you want to perform these actions?", ", or apply a saved plan (plan --out FILE)")
+                    confirm(
+                        out,
+                        "apply",
+                        "Do you want to perform these actions?",
+                        ", or apply a saved plan (plan --out FILE)",
+                    )
             with ctx.stats.phase("apply"):
-                results = apply_plan(the_plan, aws, ctx.state_dir, out.log, saved=saved, rollback_on_failure=not no_rollback,
-                                     lock_timeout=lock_timeout, parallelism=parallelism)
+                results = apply_plan(
+                    the_plan,
+                    aws,
+                    ctx.state_dir,
+                    out.log,
+                    saved=saved,
+                    rollback_on_failure=not no_rollback,
+                    lock_timeout=lock_timeout,
+                    parallelism=parallelism,
+                )
         n = len(results["applied"]) + len(results["deleted"])
-        out.result(f"\nApply complete: {len(results['applied'])} applied, {len(results['deleted'])} deleted.\n" if n else "\nNothing to apply.\n")
+        out.result(
+            f"\nApply complete: {len(results['applied'])} applied, {len(results['deleted'])} deleted.\n"
+            if n
+            else "\nNothing to apply.\n"
+        )
     except ReconcilerError as exc:
         _finish(ctx, aws, stats, len(the_plan.functions) if the_plan else None)
         _fail(exc, debug)
@@ -292,12 +404,25 @@ def apply(planfile: Annotated[Optional[Path], typer.Argument(help="A plan saved 
 
 
 @app.command()
-def rollback(workspace: Workspace = Path("."), service: Services = None, env: Envs = None, infra: Infras = None,
-             state_dir: StateDir = None,
-             to_version: Annotated[Optional[str], typer.Option("--to-version", help="Roll back to this published version instead of the previous deployment.")] = None,
-             function: Annotated[Optional[list[str]], typer.Option("--function", "-f", help="Only this function (repeatable).")] = None,
-             auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Roll back without asking.")] = False,
-             lock_timeout: LockTimeout = 0, verbose: Verbose = False, debug: Debug = False, no_color: NoColor = False) -> None:
+def rollback(
+    workspace: Workspace = Path("."),
+    service: Services = None,
+    env: Envs = None,
+    infra: Infras = None,
+    state_dir: StateDir = None,
+    to_version: Annotated[
+        str | None,
+        typer.Option("--to-version", help="Roll back to this published version instead of the previous deployment."),
+    ] = None,
+    function: Annotated[
+        list[str] | None, typer.Option("--function", "-f", help="Only this function (repeatable).")
+    ] = None,
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Roll back without asking.")] = False,
+    lock_timeout: LockTimeout = 0,
+    verbose: Verbose = False,
+    debug: Debug = False,
+    no_color: NoColor = False,
+) -> None:
     """Restore the previous successful deployment recorded in state (aliases, $LATEST code and configuration)."""
     out = Out(verbose, no_color)
     try:
@@ -316,9 +441,17 @@ def rollback(workspace: Workspace = Path("."), service: Services = None, env: En
 
 
 @app.command()
-def history(workspace: Workspace = Path("."), state_dir: StateDir = None, env: Envs = None, infra: Infras = None,
-            function: Annotated[Optional[list[str]], typer.Option("--function", "-f", help="Only this function (repeatable).")] = None,
-            format: Annotated[str, typer.Option("--format", help="text or json.")] = "text", debug: Debug = False) -> None:
+def history(
+    workspace: Workspace = Path("."),
+    state_dir: StateDir = None,
+    env: Envs = None,
+    infra: Infras = None,
+    function: Annotated[
+        list[str] | None, typer.Option("--function", "-f", help="Only this function (repeatable).")
+    ] = None,
+    format: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+    debug: Debug = False,
+) -> None:
     """The deployments recorded in state: time, version, code SHA-256, outcome; and what pipeline
     stages' provisioner steps provisioned (outputs, stacks), under the table."""
     out = Out()
@@ -335,20 +468,48 @@ def history(workspace: Workspace = Path("."), state_dir: StateDir = None, env: E
             for h in s.history:
                 if function and h.get("function") not in function:
                     continue
-                rows.append({"time": h.get("started_at"), "environment": s.environment, "infrastructure": s.infrastructure,
-                             "function": h.get("function"), "operation": h.get("operation"), "version": h.get("version"),
-                             "code_sha256": h.get("code_sha256"), "status": h.get("status"), "id": h.get("id"), "error": h.get("error"),
-                             **({k: h.get(k) for k in ("pipeline", "stage", "region", "outputs", "provisioned")}
-                                if h.get("operation") == "provision" else {})})
+                rows.append(
+                    {
+                        "time": h.get("started_at"),
+                        "environment": s.environment,
+                        "infrastructure": s.infrastructure,
+                        "function": h.get("function"),
+                        "operation": h.get("operation"),
+                        "version": h.get("version"),
+                        "code_sha256": h.get("code_sha256"),
+                        "status": h.get("status"),
+                        "id": h.get("id"),
+                        "error": h.get("error"),
+                        **(
+                            {k: h.get(k) for k in ("pipeline", "stage", "region", "outputs", "provisioned")}
+                            if h.get("operation") == "provision"
+                            else {}
+                        ),
+                    }
+                )
         rows.sort(key=lambda r: r["time"] or "")
         if format == "json":
             out.result(json.dumps(rows, indent=2) + "\n")
         elif not rows:
             out.result("No deployments recorded.\n")
         else:
-            out.result(_table(["time", "function", "target", "operation", "version", "code_sha256", "status"],
-                              [[r["time"], r["function"] or "-", f"{r['environment']}/{r['infrastructure']}", r["operation"], r["version"] or "-",
-                                r["code_sha256"] or "-", r["status"]] for r in rows]))
+            out.result(
+                _table(
+                    ["time", "function", "target", "operation", "version", "code_sha256", "status"],
+                    [
+                        [
+                            r["time"],
+                            r["function"] or "-",
+                            f"{r['environment']}/{r['infrastructure']}",
+                            r["operation"],
+                            r["version"] or "-",
+                            r["code_sha256"] or "-",
+                            r["status"],
+                        ]
+                        for r in rows
+                    ],
+                )
+            )
             from reconciler.pipeline.provisioners import history_lines
 
             out.result(history_lines(rows))
@@ -359,8 +520,8 @@ def history(workspace: Workspace = Path("."), state_dir: StateDir = None, env: E
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [headers, *rows]]
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=False)).rstrip() for r in [headers, *rows]]
     return "\n".join(lines) + "\n"
 
 
@@ -375,7 +536,15 @@ def state_list(state_dir: StateDir = None, debug: Debug = False) -> None:
         rows = []
         for s in st.all_states(ctx.state_dir):
             for name, f in sorted(s.functions.items()):
-                rows.append([f"{s.environment}/{s.infrastructure}", name, f.get("service", ""), f.get("version") or "-", f.get("code_sha256") or "-"])
+                rows.append(
+                    [
+                        f"{s.environment}/{s.infrastructure}",
+                        name,
+                        f.get("service", ""),
+                        f.get("version") or "-",
+                        f.get("code_sha256") or "-",
+                    ]
+                )
         if not rows:
             out.result(f"No functions recorded in {ctx.state_dir}.\n")
             return
@@ -385,10 +554,15 @@ def state_list(state_dir: StateDir = None, debug: Debug = False) -> None:
 
 
 @state_app.command("show")
-def state_show(name: Annotated[str, typer.Argument(help="Function name.")], state_dir: StateDir = None,
-               env: Envs = None, infra: Infras = None,
-               format: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
-               show_values: ShowValues = False, debug: Debug = False) -> None:
+def state_show(
+    name: Annotated[str, typer.Argument(help="Function name.")],
+    state_dir: StateDir = None,
+    env: Envs = None,
+    infra: Infras = None,
+    format: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+    show_values: ShowValues = False,
+    debug: Debug = False,
+) -> None:
     """Everything recorded about one function."""
     out = Out()
     try:
@@ -398,13 +572,18 @@ def state_show(name: Annotated[str, typer.Argument(help="Function name.")], stat
 
         _check_format(format, ("text", "json"))
         ctx = _context(Path("."), None, env, infra, None, None, state_dir, out)
-        found = [(s, s.functions[name]) for s in st.all_states(ctx.state_dir) if name in s.functions
-                 and (not env or s.environment in env) and (not infra or s.infrastructure in infra)]
+        found = [
+            (s, s.functions[name])
+            for s in st.all_states(ctx.state_dir)
+            if name in s.functions and (not env or s.environment in env) and (not infra or s.infrastructure in infra)
+        ]
         if not found:
             known = sorted({n for s in st.all_states(ctx.state_dir) for n in s.functions})
             from reconciler.errors import did_you_mean
 
-            raise ReconcilerError(f"no function '{name}' in the state ({ctx.state_dir})", hint=did_you_mean(name, known))
+            raise ReconcilerError(
+                f"no function '{name}' in the state ({ctx.state_dir})", hint=did_you_mean(name, known)
+            )
         docs = []
         for s, f in found:
             f = json.loads(json.dumps(f))
@@ -413,7 +592,15 @@ def state_show(name: Annotated[str, typer.Argument(help="Function name.")], stat
                 from reconciler.util.secrets import mask_vars
 
                 f["configuration"]["Environment"]["Variables"] = mask_vars(env_vars, show_values)
-            docs.append({"function": name, "environment": s.environment, "infrastructure": s.infrastructure, "state_file": str(s.path), **f})
+            docs.append(
+                {
+                    "function": name,
+                    "environment": s.environment,
+                    "infrastructure": s.infrastructure,
+                    "state_file": str(s.path),
+                    **f,
+                }
+            )
         if format == "json":
             out.result(json.dumps(docs if len(docs) > 1 else docs[0], indent=2) + "\n")
             return
@@ -426,8 +613,12 @@ def state_show(name: Annotated[str, typer.Argument(help="Function name.")], stat
 
 
 @app.command()
-def demo(keep: Annotated[Optional[Path], typer.Option("--keep", help="Keep the demo workspace and state in this directory.")] = None,
-         debug: Debug = False) -> None:
+def demo(
+    keep: Annotated[
+        Path | None, typer.Option("--keep", help="Keep the demo workspace and state in this directory.")
+    ] = None,
+    debug: Debug = False,
+) -> None:
     """The whole story on an embedded AWS emulator (moto): plan, apply, a code change, drift, rollback. No AWS account needed."""
     try:
         from reconciler.cli.demo import run_demo
@@ -458,12 +649,16 @@ def main() -> None:
     except Exception as exc:  # a bug: one line, the traceback only with --debug
         if "--debug" in sys.argv:
             raise
-        print(f"error: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"error: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr
+        )
         sys.exit(1)
 
 
 # drift, refresh, import, state rm, force-unlock
-from reconciler.cli import ops  # noqa: E402,F401  (registers its commands on `app`)
-from reconciler.cli import state  # noqa: E402,F401  (state pull / push, on `state_app`)
 # run, plan --pipeline, --provisioner-outputs
-from reconciler.cli import run  # noqa: E402,F401  (registers `run` and the pipeline options on `app`)
+from reconciler.cli import (
+    ops,  # noqa: E402,F401  (registers its commands on `app`)
+    run,  # noqa: E402,F401  (registers `run` and the pipeline options on `app`)
+    state,  # noqa: E402,F401  (state pull / push, on `state_app`)
+)

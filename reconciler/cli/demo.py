@@ -21,7 +21,11 @@ from reconciler.errors import ReconcilerError
 # an installed reconciler carries the sample as package data (see setup.py); a source
 # checkout (an editable install) has it in samples/
 PACKAGED_SAMPLE = Path(__file__).resolve().parent.parent / "demo_workspace"
-SAMPLE = PACKAGED_SAMPLE if PACKAGED_SAMPLE.is_dir() else Path(__file__).resolve().parent.parent.parent / "samples" / "hello-world"
+SAMPLE = (
+    PACKAGED_SAMPLE
+    if PACKAGED_SAMPLE.is_dir()
+    else Path(__file__).resolve().parent.parent.parent / "samples" / "hello-world"
+)
 REGION = "us-east-2"
 BUCKET = "mylambda"
 ROLE = "hello-world-lambda-role"
@@ -51,8 +55,15 @@ def run_demo(keep: Path | None) -> int:
         shutil.rmtree(ws)
     shutil.copytree(SAMPLE, ws)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo", AWS_REGION=REGION,
-               AWS_DEFAULT_REGION=REGION, RECONCILER_STATE_DIR=str(scratch / "state"), NO_COLOR="1")
+    env.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="demo",
+        AWS_SECRET_ACCESS_KEY="demo",
+        AWS_REGION=REGION,
+        AWS_DEFAULT_REGION=REGION,
+        RECONCILER_STATE_DIR=str(scratch / "state"),
+        NO_COLOR="1",
+    )
     try:
         return _story(ws, endpoint, env)
     finally:
@@ -81,7 +92,10 @@ def _story(ws: Path, endpoint: str, env: dict) -> int:
 
     _say(f"An emulated AWS (moto) listens on {endpoint}; the workspace is a copy of samples/hello-world")
     iam, s3, lam = client("iam"), client("s3"), client("lambda")
-    iam.create_role(RoleName=ROLE, AssumeRolePolicyDocument='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}')
+    iam.create_role(
+        RoleName=ROLE,
+        AssumeRolePolicyDocument='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}',
+    )
     s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     s3.put_object(Bucket=BUCKET, Key="workloadNameValue", Body=build_zip(ws / "src"), ChecksumAlgorithm="SHA256")
     print(f"created role {ROLE}, bucket {BUCKET}, and uploaded the build of src/ to s3://{BUCKET}/workloadNameValue")
@@ -104,8 +118,12 @@ def _story(ws: Path, endpoint: str, env: dict) -> int:
     _cli(ws, env, "apply", "--auto-approve")
 
     _say("5. Someone changes the function by hand in the console")
-    lam.update_function_configuration(FunctionName="Hello_World", MemorySize=512, Environment={"Variables": {"DEBUG": "1"}})
-    print("aws lambda update-function-configuration --function-name Hello_World --memory-size 512 --environment Variables={DEBUG=1}")
+    lam.update_function_configuration(
+        FunctionName="Hello_World", MemorySize=512, Environment={"Variables": {"DEBUG": "1"}}
+    )
+    print(
+        "aws lambda update-function-configuration --function-name Hello_World --memory-size 512 --environment Variables={DEBUG=1}"
+    )
     _say("6. The nightly drift check finds it (exit 2), and plan shows it apart and plans to undo it")
     _cli(ws, env, "drift", expect=(2,))
     _cli(ws, env, "plan", "--detailed-exitcode", expect=(2,))

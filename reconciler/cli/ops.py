@@ -4,14 +4,40 @@ force-unlock. Registered on the app of cli.py."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from reconciler.cli.app import confirm, Debug, Envs, Infras, LockTimeout, NoColor, Out, Parallelism, Services, ShowStats, ShowValues, StateDir, Vars, Verbose, Workspace, Artifact, _aws, _check_format, _context, _fail, _finish, _table, _warn_all, app, state_app
+from reconciler.cli.app import (
+    Artifact,
+    Debug,
+    Envs,
+    Infras,
+    LockTimeout,
+    NoColor,
+    Out,
+    Parallelism,
+    Services,
+    ShowStats,
+    ShowValues,
+    StateDir,
+    Vars,
+    Verbose,
+    Workspace,
+    _aws,
+    _check_format,
+    _context,
+    _fail,
+    _finish,
+    _table,
+    _warn_all,
+    app,
+    confirm,
+    state_app,
+)
 from reconciler.errors import ErrorList, ReconcilerError
 
-Functions = Annotated[Optional[list[str]], typer.Option("--function", "-f", help="Only this function (repeatable).")]
+Functions = Annotated[list[str] | None, typer.Option("--function", "-f", help="Only this function (repeatable).")]
 
 
 def _drift_text(report, show_values: bool) -> str:
@@ -20,7 +46,9 @@ def _drift_text(report, show_values: bool) -> str:
     lines = []
     for f in report.functions:
         mark = {"in_sync": " ", "drifted": "~", "deleted": "-", "unfinished": "!"}[f.status]
-        lines.append(f"{mark} {f.name}  [{f.service} → {f.environment}/{f.infrastructure}, {f.region}] {f.status.replace('_', ' ')}")
+        lines.append(
+            f"{mark} {f.name}  [{f.service} → {f.environment}/{f.infrastructure}, {f.region}] {f.status.replace('_', ' ')}"
+        )
         if f.status == "unfinished":
             lines.append(f"      {f.note}")
             continue
@@ -30,8 +58,11 @@ def _drift_text(report, show_values: bool) -> str:
     if not report.functions:
         return "No functions recorded in the selected state.\n"
     unfinished = f"{s.get('unfinished', 0)} unfinished, " if s.get("unfinished") else ""
-    lines += ["", f"Drift: {s['drifted']} drifted, {s['deleted']} deleted, {unfinished}"
-                  f"{s['checked'] - s['drifted'] - s['deleted'] - s.get('unfinished', 0)} in sync ({s['checked']} checked)."]
+    lines += [
+        "",
+        f"Drift: {s['drifted']} drifted, {s['deleted']} deleted, {unfinished}"
+        f"{s['checked'] - s['drifted'] - s['deleted'] - s.get('unfinished', 0)} in sync ({s['checked']} checked).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -48,37 +79,65 @@ def _drift_markdown(report, show_values: bool) -> str:
 
     s = report.to_dict()["summary"]
     unfinished = f"{s.get('unfinished', 0)} unfinished, " if s.get("unfinished") else ""
-    lines = ["## reconciler drift", "",
-             f"**{s['drifted']} drifted, {s['deleted']} deleted, {unfinished}{s['checked'] - s['drifted'] - s['deleted'] - s.get('unfinished', 0)} in sync**", "",
-             "| | function | service | target | status |", "|---|---|---|---|---|"]
+    lines = [
+        "## reconciler drift",
+        "",
+        f"**{s['drifted']} drifted, {s['deleted']} deleted, {unfinished}{s['checked'] - s['drifted'] - s['deleted'] - s.get('unfinished', 0)} in sync**",
+        "",
+        "| | function | service | target | status |",
+        "|---|---|---|---|---|",
+    ]
     for f in report.functions:
-        lines.append(f"| {dict(in_sync='·', drifted='~', deleted='-', unfinished='!')[f.status]} | `{f.name}` | {f.service} | {f.environment}/{f.infrastructure} | {f.status} |")
+        lines.append(
+            f"| { {'in_sync': '·', 'drifted': '~', 'deleted': '-', 'unfinished': '!'}[f.status] } | `{f.name}` | {f.service} | {f.environment}/{f.infrastructure} | {f.status} |"
+        )
     for f in report.drifted:
         if f.status == "unfinished":
             lines += ["", f"`{f.name}`: {f.note}"]
             continue
-        lines += ["", f"<details><summary><code>{f.name}</code>: {len(f.changes)} difference(s)</summary>", "", "```",
-                  *[_drift_line(c, show_values, _change_line, masked) for c in f.changes], "```", "", "</details>"]
+        lines += [
+            "",
+            f"<details><summary><code>{f.name}</code>: {len(f.changes)} difference(s)</summary>",
+            "",
+            "```",
+            *[_drift_line(c, show_values, _change_line, masked) for c in f.changes],
+            "```",
+            "",
+            "</details>",
+        ]
     text = "\n".join(lines) + "\n"
     if len(text) > COMMENT_LIMIT:
-        text = text[: COMMENT_LIMIT - 200].rsplit("\n", 1)[0] + "\n```\n</details>\n\n_Report truncated; run `reconciler drift` for all of it._\n"
+        text = (
+            text[: COMMENT_LIMIT - 200].rsplit("\n", 1)[0]
+            + "\n```\n</details>\n\n_Report truncated; run `reconciler drift` for all of it._\n"
+        )
     return text
 
 
 @app.command()
-def drift(workspace: Workspace = Path("."), service: Services = None, env: Envs = None, infra: Infras = None,
-          function: Functions = None, state_dir: StateDir = None,
-          format: Annotated[str, typer.Option("--format", help="Output format: text, json or markdown.")] = "text",
-          parallelism: Parallelism = 10, stats: ShowStats = False,
-          show_values: ShowValues = False, verbose: Verbose = False, debug: Debug = False, no_color: NoColor = False) -> None:
+def drift(
+    workspace: Workspace = Path("."),
+    service: Services = None,
+    env: Envs = None,
+    infra: Infras = None,
+    function: Functions = None,
+    state_dir: StateDir = None,
+    format: Annotated[str, typer.Option("--format", help="Output format: text, json or markdown.")] = "text",
+    parallelism: Parallelism = 10,
+    stats: ShowStats = False,
+    show_values: ShowValues = False,
+    verbose: Verbose = False,
+    debug: Debug = False,
+    no_color: NoColor = False,
+) -> None:
     """Compare live AWS with the state file; change nothing. Exit 0 no drift, 2 drift, 1 error."""
     out = Out(verbose, no_color)
     ctx = aws = report = None
     try:
         import json
 
-        from reconciler.engine.drift import check, selected_states
         from reconciler.cli.views import masked
+        from reconciler.engine.drift import check, selected_states
 
         _check_format(format)
         ctx = _context(workspace, service, env, infra, None, None, state_dir, out, parallelism)
@@ -87,7 +146,9 @@ def drift(workspace: Workspace = Path("."), service: Services = None, env: Envs 
         with ctx.stats.phase("load/render"):
             states = selected_states(ctx.state_dir, ctx.options.environments, ctx.options.infrastructures, unreadable)
         with ctx.stats.phase("refresh"):
-            report = check(aws, states, ctx.options.services, list(function or []), out.debug, parallelism, ctx.progress)
+            report = check(
+                aws, states, ctx.options.services, list(function or []), out.debug, parallelism, ctx.progress
+            )
         _finish(ctx, None, False)
         if format == "json":
             out.result(json.dumps(report.to_dict(lambda c: masked(c, show_values)), indent=2) + "\n")
@@ -106,20 +167,30 @@ def drift(workspace: Workspace = Path("."), service: Services = None, env: Envs 
 
 
 @app.command()
-def refresh(workspace: Workspace = Path("."), service: Services = None, env: Envs = None, infra: Infras = None,
-            function: Functions = None, state_dir: StateDir = None,
-            auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Accept without asking.")] = False,
-            lock_timeout: LockTimeout = 0, parallelism: Parallelism = 10, stats: ShowStats = False,
-            show_values: ShowValues = False, verbose: Verbose = False, debug: Debug = False,
-            no_color: NoColor = False) -> None:
+def refresh(
+    workspace: Workspace = Path("."),
+    service: Services = None,
+    env: Envs = None,
+    infra: Infras = None,
+    function: Functions = None,
+    state_dir: StateDir = None,
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Accept without asking.")] = False,
+    lock_timeout: LockTimeout = 0,
+    parallelism: Parallelism = 10,
+    stats: ShowStats = False,
+    show_values: ShowValues = False,
+    verbose: Verbose = False,
+    debug: Debug = False,
+    no_color: NoColor = False,
+) -> None:
     """Accept what is live into the state (for a hand change that was intended)."""
     out = Out(verbose, no_color)
     ctx = aws = report = None
     try:
         from contextlib import ExitStack
 
-        from reconciler.store import state as st
         from reconciler.engine.drift import accept, check, selected_states
+        from reconciler.store import state as st
 
         ctx = _context(workspace, service, env, infra, None, None, state_dir, out, parallelism)
         aws = _aws()
@@ -129,7 +200,9 @@ def refresh(workspace: Workspace = Path("."), service: Services = None, env: Env
             with ctx.stats.phase("load/render"):
                 states = selected_states(ctx.state_dir, ctx.options.environments, ctx.options.infrastructures)
             with ctx.stats.phase("refresh"):
-                report = check(aws, states, ctx.options.services, list(function or []), out.debug, parallelism, ctx.progress)
+                report = check(
+                    aws, states, ctx.options.services, list(function or []), out.debug, parallelism, ctx.progress
+                )
             _finish(ctx, None, False)
             out.result(_drift_text(report, show_values))
             if not report.drifted:
@@ -147,10 +220,22 @@ def refresh(workspace: Workspace = Path("."), service: Services = None, env: Env
 
 
 @app.command("import")
-def import_(names: Annotated[Optional[list[str]], typer.Argument(help="Function names to adopt (default: every selected target's function).")] = None,
-            workspace: Workspace = Path("."), service: Services = None, env: Envs = None, infra: Infras = None,
-            var: Vars = None, artifact: Artifact = None, state_dir: StateDir = None, lock_timeout: LockTimeout = 0,
-            verbose: Verbose = False, debug: Debug = False, no_color: NoColor = False) -> None:
+def import_(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Function names to adopt (default: every selected target's function).")
+    ] = None,
+    workspace: Workspace = Path("."),
+    service: Services = None,
+    env: Envs = None,
+    infra: Infras = None,
+    var: Vars = None,
+    artifact: Artifact = None,
+    state_dir: StateDir = None,
+    lock_timeout: LockTimeout = 0,
+    verbose: Verbose = False,
+    debug: Debug = False,
+    no_color: NoColor = False,
+) -> None:
     """Adopt functions that already exist in Lambda into the state, changing nothing in AWS."""
     out = Out(verbose, no_color)
     try:
@@ -165,13 +250,19 @@ def import_(names: Annotated[Optional[list[str]], typer.Argument(help="Function 
 
 
 @state_app.command("rm")
-def state_rm(names: Annotated[list[str], typer.Argument(help="Function names to forget.")], state_dir: StateDir = None,
-             env: Envs = None, infra: Infras = None, lock_timeout: LockTimeout = 0, debug: Debug = False) -> None:
+def state_rm(
+    names: Annotated[list[str], typer.Argument(help="Function names to forget.")],
+    state_dir: StateDir = None,
+    env: Envs = None,
+    infra: Infras = None,
+    lock_timeout: LockTimeout = 0,
+    debug: Debug = False,
+) -> None:
     """Forget functions in the state without touching AWS."""
     out = Out()
     try:
-        from reconciler.store import state as st
         from reconciler.errors import did_you_mean
+        from reconciler.store import state as st
 
         ctx = _context(Path("."), None, env, infra, None, None, state_dir, out)
         removed = []
@@ -185,14 +276,24 @@ def state_rm(names: Annotated[list[str], typer.Argument(help="Function names to 
                 fresh = st.load(ctx.state_dir, s.environment, s.infrastructure)
                 for n in hits:
                     fresh.functions.pop(n, None)
-                    fresh.history.append({"id": st.now(), "function": n, "operation": "state rm", "status": "succeeded",
-                                          "started_at": st.now(), "finished_at": st.now()})
+                    fresh.history.append(
+                        {
+                            "id": st.now(),
+                            "function": n,
+                            "operation": "state rm",
+                            "status": "succeeded",
+                            "started_at": st.now(),
+                            "finished_at": st.now(),
+                        }
+                    )
                     removed.append(f"{s.environment}/{s.infrastructure}/{n}")
                 fresh.write()
         missing = [n for n in names if not any(r.endswith("/" + n) for r in removed)]
         if missing:
             known = sorted({n for s in st.all_states(ctx.state_dir) for n in s.functions})
-            raise ReconcilerError(f"no function '{missing[0]}' in the state ({ctx.state_dir})", hint=did_you_mean(missing[0], known))
+            raise ReconcilerError(
+                f"no function '{missing[0]}' in the state ({ctx.state_dir})", hint=did_you_mean(missing[0], known)
+            )
         for r in removed:
             out.result(f"Removed {r} from the state (Lambda is unchanged).\n")
     except ReconcilerError as exc:
@@ -200,8 +301,11 @@ def state_rm(names: Annotated[list[str], typer.Argument(help="Function names to 
 
 
 @app.command("force-unlock")
-def force_unlock(lock_id: Annotated[str, typer.Argument(help="The lock ID that the lock error printed.")], state_dir: StateDir = None,
-                 debug: Debug = False) -> None:
+def force_unlock(
+    lock_id: Annotated[str, typer.Argument(help="The lock ID that the lock error printed.")],
+    state_dir: StateDir = None,
+    debug: Debug = False,
+) -> None:
     """Remove a state lock left behind by a runner that died."""
     out = Out()
     try:
@@ -214,4 +318,4 @@ def force_unlock(lock_id: Annotated[str, typer.Argument(help="The lock ID that t
         _fail(exc, debug)
 
 
-__all__ = ["drift", "refresh", "import_", "state_rm", "force_unlock", "_table"]
+__all__ = ["_table", "drift", "force_unlock", "import_", "refresh", "state_rm"]

@@ -7,27 +7,65 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 
-from reconciler.cli.app import Artifact, Debug, LockTimeout, NoColor, Out, ShowValues, StateDir, Vars, Verbose, Workspace, _aws, _check_format, _context, _fail, app
+from reconciler.cli.app import (
+    Artifact,
+    Debug,
+    LockTimeout,
+    NoColor,
+    Out,
+    ShowValues,
+    StateDir,
+    Vars,
+    Verbose,
+    Workspace,
+    _aws,
+    _check_format,
+    _context,
+    _fail,
+    app,
+)
 from reconciler.errors import ReconcilerError
 
-Inputs = Annotated[Optional[Path], typer.Option("--inputs", help="A Harness input set (YAML) giving the pipeline's <+input> values.")]
-ProvisionerOutputs = Annotated[Optional[Path], typer.Option(
-    "--provisioner-outputs", help="Provisioner outputs for <+provisioner.NAME>: `terraform output -json` or a flat JSON map.")]
-PipelineOpt = Annotated[Optional[str], typer.Option("--pipeline", help="Plan what this pipeline's stages would change (its targets and inputs only).")]
+Inputs = Annotated[
+    Path | None, typer.Option("--inputs", help="A Harness input set (YAML) giving the pipeline's <+input> values.")
+]
+ProvisionerOutputs = Annotated[
+    Path | None,
+    typer.Option(
+        "--provisioner-outputs",
+        help="Provisioner outputs for <+provisioner.NAME>: `terraform output -json` or a flat JSON map.",
+    ),
+]
+PipelineOpt = Annotated[
+    str | None,
+    typer.Option("--pipeline", help="Plan what this pipeline's stages would change (its targets and inputs only)."),
+]
 
 
 @app.command()
-def run(pipeline: Annotated[str, typer.Argument(help="The identifier of the pipeline to run.")],
-        workspace: Workspace = Path("."), var: Vars = None, artifact: Artifact = None, inputs: Inputs = None,
-        provisioner_outputs: ProvisionerOutputs = None, state_dir: StateDir = None,
-        format: Annotated[str, typer.Option("--format", help="text, or json: a machine summary of every step on stdout.")] = "text",
-        lock_timeout: LockTimeout = 0, show_values: ShowValues = False, verbose: Verbose = False, debug: Debug = False,
-        no_color: NoColor = False) -> None:
+def run(
+    pipeline: Annotated[str, typer.Argument(help="The identifier of the pipeline to run.")],
+    workspace: Workspace = Path("."),
+    var: Vars = None,
+    artifact: Artifact = None,
+    inputs: Inputs = None,
+    provisioner_outputs: ProvisionerOutputs = None,
+    state_dir: StateDir = None,
+    format: Annotated[
+        str, typer.Option("--format", help="text, or json: a machine summary of every step on stdout.")
+    ] = "text",
+    lock_timeout: LockTimeout = 0,
+    show_values: ShowValues = False,
+    verbose: Verbose = False,
+    debug: Debug = False,
+    no_color: NoColor = False,
+) -> None:
     """Execute a pipeline: its Deployment stages in order, their provisioner steps (environment.provisioner:
     ShellScriptProvision, CloudFormation, Terraform, Terragrunt), their steps (AwsLambdaDeploy, ShellScript,
     AwsLambdaRollback, Wait) and, on a failure, the failure strategy's rollback steps. Running the pipeline
@@ -41,7 +79,9 @@ def run(pipeline: Annotated[str, typer.Argument(help="The identifier of the pipe
         from reconciler.pipeline.runner import Runner
 
         _check_format(format, ("text", "json"))
-        settings = _settings(pipeline, workspace, var, artifact, inputs, provisioner_outputs, state_dir, show_values, lock_timeout, out)
+        settings = _settings(
+            pipeline, workspace, var, artifact, inputs, provisioner_outputs, state_dir, show_values, lock_timeout, out
+        )
         runner = Runner(settings, _aws, out.log)
         status = runner.run()
         if format == "json":
@@ -54,16 +94,26 @@ def run(pipeline: Annotated[str, typer.Argument(help="The identifier of the pipe
         raise typer.Exit(1)
 
 
-def _settings(pipeline, workspace, var, artifact, inputs, provisioner_outputs, state_dir, show_values, lock_timeout, out):
+def _settings(
+    pipeline, workspace, var, artifact, inputs, provisioner_outputs, state_dir, show_values, lock_timeout, out
+):
     from reconciler.pipeline.runner import RunSettings
 
     ctx = _context(workspace, None, None, None, var, artifact, state_dir, out)
-    return RunSettings(workspace=Path(workspace), state_dir=ctx.state_dir, pipeline=pipeline, variables=ctx.options.variables,
-                       artifact=artifact, inputs_file=inputs, provisioner=_provisioner_settings(provisioner_outputs, live=True),
-                       show_values=show_values, lock_timeout=lock_timeout)
+    return RunSettings(
+        workspace=Path(workspace),
+        state_dir=ctx.state_dir,
+        pipeline=pipeline,
+        variables=ctx.options.variables,
+        artifact=artifact,
+        inputs_file=inputs,
+        provisioner=_provisioner_settings(provisioner_outputs, live=True),
+        show_values=show_values,
+        lock_timeout=lock_timeout,
+    )
 
 
-def _provisioner_settings(path: Optional[Path], live: bool) -> dict:
+def _provisioner_settings(path: Path | None, live: bool) -> dict:
     from reconciler.workspace.provision import load_outputs_file
 
     if path is None:
@@ -80,7 +130,9 @@ def _extend(name: str, extra: dict[str, tuple[Any, Any]], hook: Callable[[Callab
     original = info.callback
     sig = inspect.signature(original, eval_str=True)
     params = list(sig.parameters.values())
-    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, (a, d) in extra.items()]
+    params += [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, (a, d) in extra.items()
+    ]
 
     @functools.wraps(original)
     def wrapper(*args, **kwargs):
@@ -133,8 +185,8 @@ def _check_pipelines(kwargs: dict) -> None:
     """validate: every pipeline's stages and steps (types, timeouts, when, failure strategies),
     and the shape of every infrastructure provisioner. Still no AWS call."""
     from reconciler.errors import ErrorList
-    from reconciler.workspace.load import load_workspace
     from reconciler.pipeline.runner import check_workspace
+    from reconciler.workspace.load import load_workspace
 
     out = Out()
     ctx = _context(kwargs.get("workspace", Path(".")), None, None, None, None, None, kwargs.get("state_dir"), out)
@@ -150,7 +202,10 @@ def _check_pipelines(kwargs: dict) -> None:
 def _plan_hook(original: Callable, kwargs: dict, extras: dict) -> Any:
     if not extras.get("pipeline"):
         if extras.get("inputs"):
-            _fail(ReconcilerError("--inputs needs --pipeline ID (an input set belongs to a pipeline)"), kwargs.get("debug", False))
+            _fail(
+                ReconcilerError("--inputs needs --pipeline ID (an input set belongs to a pipeline)"),
+                kwargs.get("debug", False),
+            )
         return _with_provisioner(True)(original, kwargs, extras)
     return _plan_pipeline(kwargs, extras)
 
@@ -162,17 +217,29 @@ def _plan_pipeline(kw: dict, extras: dict) -> None:
     try:
         import json
 
-        from reconciler.pipeline.runner import pipeline_plan
         from reconciler.cli.views import render_plan
+        from reconciler.pipeline.runner import pipeline_plan
 
         fmt = _check_format(kw.get("format", "text"))
         for opt in ("service", "env", "infra"):
             if kw.get(opt):
-                raise ReconcilerError(f"--{opt} cannot be combined with --pipeline: the pipeline's stages choose the targets")
+                raise ReconcilerError(
+                    f"--{opt} cannot be combined with --pipeline: the pipeline's stages choose the targets"
+                )
         if kw.get("prune"):
             raise ReconcilerError("--prune cannot be combined with --pipeline")
-        settings = _settings(extras["pipeline"], kw.get("workspace", Path(".")), kw.get("var"), kw.get("artifact"), extras.get("inputs"),
-                             extras.get("provisioner_outputs"), kw.get("state_dir"), kw.get("show_values", False), 0, out)
+        settings = _settings(
+            extras["pipeline"],
+            kw.get("workspace", Path(".")),
+            kw.get("var"),
+            kw.get("artifact"),
+            extras.get("inputs"),
+            extras.get("provisioner_outputs"),
+            kw.get("state_dir"),
+            kw.get("show_values", False),
+            0,
+            out,
+        )
         the_plan, warnings = pipeline_plan(settings, _aws(), out.debug)
         for w in warnings:
             out.warn(w)
@@ -186,8 +253,10 @@ def _plan_pipeline(kw: dict, extras: dict) -> None:
 
             write_private(out_file, json.dumps(saved, indent=2) + "\n")
             if provisioning:
-                out.log(f"Saved the plan to {out_file}; its stages have provisioner steps, which only `reconciler run "
-                        f"{extras['pipeline']}` runs: `apply` refuses it")
+                out.log(
+                    f"Saved the plan to {out_file}; its stages have provisioner steps, which only `reconciler run "
+                    f"{extras['pipeline']}` runs: `apply` refuses it"
+                )
             else:
                 out.log(f"Saved the plan to {out_file}; apply it with: reconciler apply {out_file}")
         shown = render_plan(the_plan, fmt, kw.get("show_values", False))
@@ -198,12 +267,22 @@ def _plan_pipeline(kw: dict, extras: dict) -> None:
         out.result(shown)
     except ReconcilerError as exc:
         _fail(exc, debug)
-    if kw.get("detailed_exitcode") and the_plan is not None and (the_plan.has_changes or getattr(the_plan, "provisioners", None)):
+    if (
+        kw.get("detailed_exitcode")
+        and the_plan is not None
+        and (the_plan.has_changes or getattr(the_plan, "provisioners", None))
+    ):
         raise typer.Exit(2)
 
 
-_extend("validate", {"provisioner_outputs": (ProvisionerOutputs, None)}, _with_provisioner(live=False, check_pipelines=True))
-_extend("plan", {"pipeline": (PipelineOpt, None), "inputs": (Inputs, None), "provisioner_outputs": (ProvisionerOutputs, None)}, _plan_hook)
+_extend(
+    "validate", {"provisioner_outputs": (ProvisionerOutputs, None)}, _with_provisioner(live=False, check_pipelines=True)
+)
+_extend(
+    "plan",
+    {"pipeline": (PipelineOpt, None), "inputs": (Inputs, None), "provisioner_outputs": (ProvisionerOutputs, None)},
+    _plan_hook,
+)
 _extend("apply", {"provisioner_outputs": (ProvisionerOutputs, None)}, _with_provisioner(live=True))
 _extend("import", {"provisioner_outputs": (ProvisionerOutputs, None)}, _with_provisioner(live=True))
 

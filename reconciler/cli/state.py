@@ -4,15 +4,20 @@ local state directory to S3 in one command). Registered on the state_app of cli.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from reconciler.cli.app import Debug, Envs, Infras, LockTimeout, Out, StateDir, Workspace, _context, _fail, state_app
 from reconciler.errors import ConfigError, ReconcilerError
 
-BackendConfigOpt = Annotated[Optional[list[str]], typer.Option(
-    "--backend-config", help="Override one backend setting: KEY=VALUE, keys type, bucket, key_prefix, region, lock, table (repeatable).")]
+BackendConfigOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--backend-config",
+        help="Override one backend setting: KEY=VALUE, keys type, bucket, key_prefix, region, lock, table (repeatable).",
+    ),
+]
 
 
 def _backend(workspace: Path, state_dir, backend_config, out: Out):
@@ -23,10 +28,21 @@ def _backend(workspace: Path, state_dir, backend_config, out: Out):
 
 
 @state_app.command("pull")
-def state_pull(env: Envs = None, infra: Infras = None,
-               out_dir: Annotated[Optional[Path], typer.Option("--out", help="Write <DIR>/<environment>/<infrastructure>.json for every selected state instead of printing one.")] = None,
-               workspace: Workspace = Path("."), state_dir: StateDir = None, backend_config: BackendConfigOpt = None,
-               debug: Debug = False) -> None:
+def state_pull(
+    env: Envs = None,
+    infra: Infras = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write <DIR>/<environment>/<infrastructure>.json for every selected state instead of printing one.",
+        ),
+    ] = None,
+    workspace: Workspace = Path("."),
+    state_dir: StateDir = None,
+    backend_config: BackendConfigOpt = None,
+    debug: Debug = False,
+) -> None:
     """Print the state JSON of one infrastructure from the configured backend (or --out DIR: write local files)."""
     out = Out()
     try:
@@ -35,12 +51,16 @@ def state_pull(env: Envs = None, infra: Infras = None,
         ctx, b = _backend(workspace, state_dir, backend_config, out)
         targets = [(e, i) for e, i in b.targets(ctx.state_dir) if (not env or e in env) and (not infra or i in infra)]
         if not targets:
-            raise ReconcilerError(f"no state{' for ' + '/'.join(filter(None, [','.join(env or []), ','.join(infra or [])])) if env or infra else ''} "
-                                  f"in {b.describe(ctx.state_dir)}")
+            raise ReconcilerError(
+                f"no state{' for ' + '/'.join(filter(None, [','.join(env or []), ','.join(infra or [])])) if env or infra else ''} "
+                f"in {b.describe(ctx.state_dir)}"
+            )
         if out_dir is None:
             if len(targets) > 1:
-                raise ReconcilerError(f"{len(targets)} states match: choose one with -e ENV -i INFRA, or write them all with --out DIR",
-                                      hint="states: " + ", ".join(f"{e}/{i}" for e, i in targets))
+                raise ReconcilerError(
+                    f"{len(targets)} states match: choose one with -e ENV -i INFRA, or write them all with --out DIR",
+                    hint="states: " + ", ".join(f"{e}/{i}" for e, i in targets),
+                )
             text = st.stored_text(b.state_path(ctx.state_dir, *targets[0]), b)
             if text is None:
                 raise ReconcilerError(f"state {targets[0][0]}/{targets[0][1]} disappeared while reading it")
@@ -80,10 +100,22 @@ def _state_files(paths: list[Path]) -> list[Path]:
 
 
 @state_app.command("push")
-def state_push(files: Annotated[list[Path], typer.Argument(help="State files to push; a directory pushes every <environment>/<infrastructure>.json below it (migration).")],
-               force: Annotated[bool, typer.Option("--force", help="Push even if the lineage differs or the serial is not higher.")] = False,
-               lock_timeout: LockTimeout = 0, workspace: Workspace = Path("."), state_dir: StateDir = None,
-               backend_config: BackendConfigOpt = None, debug: Debug = False) -> None:
+def state_push(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="State files to push; a directory pushes every <environment>/<infrastructure>.json below it (migration)."
+        ),
+    ],
+    force: Annotated[
+        bool, typer.Option("--force", help="Push even if the lineage differs or the serial is not higher.")
+    ] = False,
+    lock_timeout: LockTimeout = 0,
+    workspace: Workspace = Path("."),
+    state_dir: StateDir = None,
+    backend_config: BackendConfigOpt = None,
+    debug: Debug = False,
+) -> None:
     """Push local state files to the configured backend, under its lock. Refuses a lineage
     mismatch or a serial that is not higher than the stored one, unless --force."""
     out = Out()
@@ -105,12 +137,22 @@ def state_push(files: Annotated[list[Path], typer.Argument(help="State files to 
                         out.result(f"{cur.path} is already at serial {cur.serial}: nothing to push.\n")
                         continue
                     if cur.lineage != new.lineage and not force:
-                        raise ReconcilerError(f"cannot push {f}: its lineage {new.lineage} differs from the stored state's {cur.lineage} "
-                                              "(a different state history)", str(cur.path), hint="pull it first, or --force to replace it")
+                        raise ReconcilerError(
+                            f"cannot push {f}: its lineage {new.lineage} differs from the stored state's {cur.lineage} "
+                            "(a different state history)",
+                            str(cur.path),
+                            hint="pull it first, or --force to replace it",
+                        )
                     if new.serial <= cur.serial and not force:
-                        raise ReconcilerError(f"cannot push {f}: its serial {new.serial} is not higher than the stored state's {cur.serial} "
-                                              "(it would overwrite newer changes)", str(cur.path), hint="pull it first, or --force to replace it")
-                    if new.serial <= cur.serial:  # --force: still move forward, so saved plans made against it are stale
+                        raise ReconcilerError(
+                            f"cannot push {f}: its serial {new.serial} is not higher than the stored state's {cur.serial} "
+                            "(it would overwrite newer changes)",
+                            str(cur.path),
+                            hint="pull it first, or --force to replace it",
+                        )
+                    if (
+                        new.serial <= cur.serial
+                    ):  # --force: still move forward, so saved plans made against it are stale
                         new.serial = cur.serial + 1
                 new.write(bump=False)
                 out.result(f"Pushed {f} → {new.path} (serial {new.serial}, lineage {new.lineage}).\n")

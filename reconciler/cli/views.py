@@ -27,14 +27,20 @@ def masked(change: Change, show_values: bool) -> Change:
     if change.kind != "config":
         return change
     if change.path.startswith(ENV_PREFIX):
-        name = change.path[len(ENV_PREFIX):]
+        name = change.path[len(ENV_PREFIX) :]
         if not (hidden_value(name, change.old, show_values) or hidden_value(name, change.new, show_values)):
             return change
         old = None if change.old is None else MASK
         new = None if change.new is None else (CHANGED if change.old is not None else MASK)
         return Change(change.kind, change.path, old, new, change.action)
     if change.path in ("Environment", "Environment.Variables"):
-        return Change(change.kind, change.path, _hide_env(change.old, show_values), _hide_env(change.new, show_values), change.action)
+        return Change(
+            change.kind,
+            change.path,
+            _hide_env(change.old, show_values),
+            _hide_env(change.new, show_values),
+            change.action,
+        )
     return change
 
 
@@ -63,7 +69,7 @@ def summary_line(plan: Plan) -> str:
 def plan_dict(plan: Plan, show_values: bool = False) -> dict:
     """The plan as machine output: masked unless asked, without the deploy internals."""
     d = plan.to_dict()
-    for f, fp in zip(d["functions"], plan.functions):
+    for f, fp in zip(d["functions"], plan.functions, strict=False):
         f["changes"] = [masked(c, show_values).to_dict() for c in fp.changes]
         f["drift"] = [masked(c, show_values).to_dict() for c in fp.drift]
         f.pop("desired", None)
@@ -92,7 +98,9 @@ def _change_line(c: Change) -> str:
         return f"alias {c.path}: version {c.old} → {c.new}"
     if c.kind == "version":
         if c.path == "reuse":
-            return f"use version {c.new}, already published by the interrupted apply" + (f" (current {c.old})" if c.old else "")
+            return f"use version {c.new}, already published by the interrupted apply" + (
+                f" (current {c.old})" if c.old else ""
+            )
         return f"publish version {c.new}" + (f" (current {c.old})" if c.old else "")
     if c.action == "create":
         return f"{c.path}: {fmt(c.new)}" if c.kind == "config" and c.old is None else f"{c.path}: (none) → {fmt(c.new)}"
@@ -129,8 +137,13 @@ def render_text(plan: Plan, show_values: bool = False) -> str:
         out.append("")
     for fp in plan.functions:
         head = f"{SYMBOL.get(fp.action, '?')} {fp.name}"
-        what = {"create": "will be created", "update": "will be updated", "noop": "no changes", "delete": "will be deleted",
-                "orphan": "orphaned"}[fp.action]
+        what = {
+            "create": "will be created",
+            "update": "will be updated",
+            "noop": "no changes",
+            "delete": "will be deleted",
+            "orphan": "orphaned",
+        }[fp.action]
         extra = f", version {fp.next_version} will be published" if fp.publish and fp.next_version else ""
         out.append(f"{head}  [{fp.service} → {fp.environment}/{fp.infrastructure}, {fp.region}] {what}{extra}")
         for line in function_lines(fp, show_values):
@@ -148,19 +161,37 @@ def render_markdown(plan: Plan, show_values: bool = False, title: str | None = N
     lines = [f"## reconciler plan: {title or ', '.join(targets)}", "", f"**{summary_line(plan)}**", ""]
     lines += ["| | function | service | target | action | version |", "|---|---|---|---|---|---|"]
     for fp in plan.functions:
-        lines.append(f"| {SYMBOL.get(fp.action, '?').strip() or '·'} | `{fp.name}` | {fp.service} | {fp.environment}/{fp.infrastructure} | {fp.action} | "
-                     f"{fp.next_version if fp.publish else ''} |")
+        lines.append(
+            f"| {SYMBOL.get(fp.action, '?').strip() or '·'} | `{fp.name}` | {fp.service} | {fp.environment}/{fp.infrastructure} | {fp.action} | "
+            f"{fp.next_version if fp.publish else ''} |"
+        )
     for fp in plan.functions:
         body = function_lines(fp, show_values) + [f"note: {n}" for n in fp.notes]
         if not body:
             continue
-        lines += ["", f"<details><summary><code>{fp.name}</code>: {fp.action}</summary>", "", "```diff", *body, "```", "", "</details>"]
+        lines += [
+            "",
+            f"<details><summary><code>{fp.name}</code>: {fp.action}</summary>",
+            "",
+            "```diff",
+            *body,
+            "```",
+            "",
+            "</details>",
+        ]
     drifted = [fp for fp in plan.functions if fp.drift]
     if drifted:
         lines += ["", "### Changed outside reconciler", ""]
         for fp in drifted:
-            lines += [f"<details><summary><code>{fp.name}</code>: {len(fp.drift)} difference(s)</summary>", "", "```",
-                      *[_change_line(masked(c, show_values)) for c in fp.drift], "```", "", "</details>"]
+            lines += [
+                f"<details><summary><code>{fp.name}</code>: {len(fp.drift)} difference(s)</summary>",
+                "",
+                "```",
+                *[_change_line(masked(c, show_values)) for c in fp.drift],
+                "```",
+                "",
+                "</details>",
+            ]
     text = "\n".join(lines) + "\n"
     if len(text) > COMMENT_LIMIT:
         note = "\n\n_Plan truncated to fit a pull-request comment; run `reconciler plan` for all of it._\n"

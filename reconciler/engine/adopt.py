@@ -4,18 +4,19 @@ recording them as they are, without changing anything in AWS."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from reconciler.store import state as st
 from reconciler.errors import ReconcilerError, did_you_mean
 from reconciler.model import owner_conflict
+from reconciler.store import state as st
+
 
 def import_functions(ctx, aws, names: list[str], log: Callable[[str], None], lock_timeout: float = 0) -> list[str]:
     from reconciler.aws.client import Lambda
-    from reconciler.engine.refresh import load_and_render, refresh_function, resolve_artifact
-    from reconciler.engine.live import project
     from reconciler.engine.diff import desired_config
+    from reconciler.engine.live import project
+    from reconciler.engine.refresh import load_and_render, refresh_function, resolve_artifact
 
     _, rendered = load_and_render(ctx)
     specs = rendered.functions
@@ -29,7 +30,9 @@ def import_functions(ctx, aws, names: list[str], log: Callable[[str], None], loc
     for spec in specs:
         live = refresh_function(aws, spec.region, spec.connector, spec.name)
         if not live.get("exists"):
-            raise ReconcilerError(f"function {spec.name} does not exist in Lambda ({spec.region}); `reconciler apply` creates it")
+            raise ReconcilerError(
+                f"function {spec.name} does not exist in Lambda ({spec.region}); `reconciler apply` creates it"
+            )
         why = owner_conflict(spec.service, spec.environment, live.get("tags", {}), spec.infrastructure)
         if why:
             raise ReconcilerError(f"refusing to import {spec.name} for service '{spec.service}': {why}")
@@ -56,21 +59,38 @@ def import_functions(ctx, aws, names: list[str], log: Callable[[str], None], loc
             wanted_aliases = {a["Name"] for a in spec.aliases}
             state.region = state.region or spec.region
             state.functions[spec.name] = {
-                "service": spec.service, "region": spec.region, "arn": live.get("arn"), "package_type": live.get("package_type"),
-                "version": version, "code_sha256": live.get("code_sha256"),
-                "code_source": code.get("source") if code_params else None, "code_params": code_params,
-                "image_uri": live.get("image_uri"), "architectures": live.get("architectures"),
+                "service": spec.service,
+                "region": spec.region,
+                "arn": live.get("arn"),
+                "package_type": live.get("package_type"),
+                "version": version,
+                "code_sha256": live.get("code_sha256"),
+                "code_source": code.get("source") if code_params else None,
+                "code_params": code_params,
+                "image_uri": live.get("image_uri"),
+                "architectures": live.get("architectures"),
                 "configuration": project(live.get("configuration") or {}, config),
                 "tags": {k: v for k, v in (live.get("tags") or {}).items() if k in spec.tags},
                 "aliases": {n: a for n, a in (live.get("aliases") or {}).items() if n in wanted_aliases},
-                "connector": spec.connector, "updated_at": st.now(),
+                "connector": spec.connector,
+                "updated_at": st.now(),
             }
             refs = {k: shown(v) for k, v in env_vars(spec.config).items() if references(v)}
             if refs:  # kept as seals in the state, like an apply's (reconciler.secrets)
                 state.functions[spec.name]["secrets"] = refs
-            state.history.append({"id": str(uuid.uuid4()), "function": spec.name, "service": spec.service, "operation": "import",
-                                  "status": "succeeded", "started_at": st.now(), "finished_at": st.now(), "version": version,
-                                  "code_sha256": live.get("code_sha256")})
+            state.history.append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "function": spec.name,
+                    "service": spec.service,
+                    "operation": "import",
+                    "status": "succeeded",
+                    "started_at": st.now(),
+                    "finished_at": st.now(),
+                    "version": version,
+                    "code_sha256": live.get("code_sha256"),
+                }
+            )
             state.write()
             log(f"{spec.name}: imported (version {version or '-'}, code {live.get('code_sha256')})")
             imported.append(spec.name)

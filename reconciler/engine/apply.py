@@ -19,18 +19,16 @@ from __future__ import annotations
 import re
 import threading
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
-from reconciler.store import state as st
-from reconciler.model import owned_by
-from reconciler.errors import AwsError, LockError, ReconcilerError, StaleError
-from reconciler.engine.live import alias_view, fingerprint, project, snapshot
-from reconciler.model import FunctionPlan, FunctionSpec, Plan
-from reconciler.model import IN_FLIGHT, unfinished
 from reconciler.engine.diff import desired_config, interrupted_deployment, publish_description
+from reconciler.engine.live import alias_view, fingerprint, project, snapshot
+from reconciler.errors import AwsError, LockError, ReconcilerError, StaleError
+from reconciler.model import IN_FLIGHT, FunctionPlan, FunctionSpec, Plan, owned_by, unfinished
+from reconciler.store import state as st
 
 # how long a simultaneous deployment waits for another one's state write (they are short)
 STATE_WRITE_WAIT = 60.0
@@ -94,8 +92,13 @@ class StateWriter:
         with self._mutex:
             return st.load(self.state_dir, self.environment, self.infrastructure)
 
-    def update(self, change: Callable[[st.State], None], functions: Iterable[str] = (), records: Iterable[dict] = (),
-               closing: str | None = None) -> None:
+    def update(
+        self,
+        change: Callable[[st.State], None],
+        functions: Iterable[str] = (),
+        records: Iterable[dict] = (),
+        closing: str | None = None,
+    ) -> None:
         with self._mutex:
             if not self.shared:
                 self._record(self.state, change, functions, records, closing)
@@ -152,19 +155,36 @@ def function_lock(state_path: Path, name: str, operation: str, timeout: float = 
         return
 
     def busy(holder: dict) -> LockError:
-        who = ", ".join(f"{k}={holder[k]}" for k in ("id", "who", "pid", "operation", "created") if k in holder) or "unknown holder"
-        return LockError(f"function {name} is being deployed by another reconciler process ({who})", str(state_path),
-                         hint="wait with --lock-timeout")
+        who = (
+            ", ".join(f"{k}={holder[k]}" for k in ("id", "who", "pid", "operation", "created") if k in holder)
+            or "unknown holder"
+        )
+        return LockError(
+            f"function {name} is being deployed by another reconciler process ({who})",
+            str(state_path),
+            hint="wait with --lock-timeout",
+        )
 
-    with file_lock(function_lock_path(state_path, name), {**lock_info(operation, str(state_path)), "function": name}, timeout, busy) as lock_id:
+    with file_lock(
+        function_lock_path(state_path, name), {**lock_info(operation, str(state_path)), "function": name}, timeout, busy
+    ) as lock_id:
         yield lock_id
 
 
 # ---------------------------------------------------------------- apply
 
 
-def apply_plan(plan: Plan, aws, state_dir: Path, log: Callable[[str], None], *, saved: bool = False,
-               rollback_on_failure: bool = True, lock_timeout: float = 0, parallelism: int = 1) -> dict:
+def apply_plan(
+    plan: Plan,
+    aws,
+    state_dir: Path,
+    log: Callable[[str], None],
+    *,
+    saved: bool = False,
+    rollback_on_failure: bool = True,
+    lock_timeout: float = 0,
+    parallelism: int = 1,
+) -> dict:
     """Apply every function with changes, one state file (infrastructure) at a time.
 
     Functions of one state file are applied `parallelism` at a time (each function's
@@ -211,15 +231,27 @@ def _summarize(results: dict, fps: list[FunctionPlan], log: Callable[[str], None
     """The end of a failed apply: what was applied, what failed, what was never started."""
     seen = set(results["applied"]) | set(results["deleted"]) | set(results["failed"])
     results["not_started"] = [fp.name for fp in fps if fp.name not in seen]
-    parts = [f"{len(results['applied'])} applied", f"{len(results['deleted'])} deleted" if results["deleted"] else "",
-             f"{len(results['failed'])} failed ({', '.join(results['failed'])})" if results["failed"] else "",
-             f"{len(results['not_started'])} not started" if results["not_started"] else ""]
+    parts = [
+        f"{len(results['applied'])} applied",
+        f"{len(results['deleted'])} deleted" if results["deleted"] else "",
+        f"{len(results['failed'])} failed ({', '.join(results['failed'])})" if results["failed"] else "",
+        f"{len(results['not_started'])} not started" if results["not_started"] else "",
+    ]
     log("Apply failed: " + ", ".join(p for p in parts if p) + ".")
 
 
-def _apply_group(fps: list[FunctionPlan], writer: StateWriter, aws, log, rollback_on_failure: bool, lock_timeout: float,
-                 parallelism: int, results: dict, befores: dict[str, dict] | None = None) -> None:
-    abort = threading.Event()    # Ctrl-C: the running functions stop at their next step and roll back
+def _apply_group(
+    fps: list[FunctionPlan],
+    writer: StateWriter,
+    aws,
+    log,
+    rollback_on_failure: bool,
+    lock_timeout: float,
+    parallelism: int,
+    results: dict,
+    befores: dict[str, dict] | None = None,
+) -> None:
+    abort = threading.Event()  # Ctrl-C: the running functions stop at their next step and roll back
     failing = threading.Event()  # a function failed: no other one is started
     done_lock = threading.Lock()
 
@@ -230,7 +262,11 @@ def _apply_group(fps: list[FunctionPlan], writer: StateWriter, aws, log, rollbac
             raise NotStarted()
         # the state file's lock, held for the whole apply, already keeps other deployments
         # out unless deployments are simultaneous
-        with function_lock(writer.path, fp.name, "delete" if fp.action == "delete" else "apply", timeout=lock_timeout) if writer.shared else nullcontext():
+        with (
+            function_lock(writer.path, fp.name, "delete" if fp.action == "delete" else "apply", timeout=lock_timeout)
+            if writer.shared
+            else nullcontext()
+        ):
             if fp.action == "delete":
                 _delete(fp, writer, aws, log)
             else:
@@ -255,7 +291,7 @@ def _apply_group(fps: list[FunctionPlan], writer: StateWriter, aws, log, rollbac
                 if fut.cancelled():  # never started (cancelled after a failure)
                     continue
                 exc = fut.exception()
-                if exc is None or isinstance(exc, NotStarted) or isinstance(exc, Interrupted) and errors:
+                if exc is None or isinstance(exc, NotStarted) or (isinstance(exc, Interrupted) and errors):
                     continue
                 errors.append(exc)
                 results["failed"].append(futures[fut].name)
@@ -284,7 +320,9 @@ def _apply_group(fps: list[FunctionPlan], writer: StateWriter, aws, log, rollbac
         raise ApplyFailed("; ".join(str(e) for e in errors))
 
 
-def _check_fresh(plan: Plan, writer: StateWriter, fps: list[FunctionPlan], aws, parallelism: int = 10) -> dict[str, dict]:
+def _check_fresh(
+    plan: Plan, writer: StateWriter, fps: list[FunctionPlan], aws, parallelism: int = 10
+) -> dict[str, dict]:
     """Refuse a saved plan if the state or a function changed since it was made; returns
     what is live now, by function."""
     from reconciler.engine.refresh import parallel_map, refresh_function
@@ -293,26 +331,36 @@ def _check_fresh(plan: Plan, writer: StateWriter, fps: list[FunctionPlan], aws, 
     ref = plan.state_refs.get(str(state.path))
     # with simultaneous deployments other functions' deployments move the serial: only
     # what is live for this plan's functions decides then
-    if not writer.shared and ref is not None and (ref.get("lineage"), ref.get("serial")) != (state.ref["lineage"], state.ref["serial"]):
-        raise StaleError("saved plan is stale: the state changed since it was made (serial "
-                         f"{ref.get('serial')} → {state.ref['serial']})", str(state.path), hint="run plan again")
+    if (
+        not writer.shared
+        and ref is not None
+        and (ref.get("lineage"), ref.get("serial")) != (state.ref["lineage"], state.ref["serial"])
+    ):
+        raise StaleError(
+            "saved plan is stale: the state changed since it was made (serial "
+            f"{ref.get('serial')} → {state.ref['serial']})",
+            str(state.path),
+            hint="run plan again",
+        )
 
     def read(fp: FunctionPlan) -> dict:
         desired = FunctionSpec.from_dict(fp.desired) if fp.desired else None
         return refresh_function(aws, fp.region, desired.connector if desired else None, fp.name)
 
     lives = parallel_map(read, fps, parallelism)
-    for fp, live in zip(fps, lives):
+    for fp, live in zip(fps, lives, strict=False):
         if fingerprint(live) != fp.live_fingerprint:
-            raise StaleError(f"saved plan is stale: function {fp.name} changed in Lambda since it was made", hint="run plan again")
+            raise StaleError(
+                f"saved plan is stale: function {fp.name} changed in Lambda since it was made", hint="run plan again"
+            )
     # in simultaneous mode a function's lock is only taken later: it is read again then
-    return {} if writer.shared else {fp.name: live for fp, live in zip(fps, lives)}
+    return {} if writer.shared else {fp.name: live for fp, live in zip(fps, lives, strict=False)}
 
 
-def _with_secrets(fp: FunctionPlan, spec: FunctionSpec, config: dict, writer: "StateWriter", aws) -> dict:
-    from reconciler.util import secrets as sec
+def _with_secrets(fp: FunctionPlan, spec: FunctionSpec, config: dict, writer: StateWriter, aws) -> dict:
     from reconciler.aws.secrets import read_values as read_secret_values
     from reconciler.store.seals import sealer_for
+    from reconciler.util import secrets as sec
 
     if not any(sec.references(v) for v in sec.env_vars(config).values()):
         return config
@@ -322,12 +370,16 @@ def _with_secrets(fp: FunctionPlan, spec: FunctionSpec, config: dict, writer: "S
         sealer = sealer_for(writer.path, create=True)
         for k, v in sec.env_vars(config).items():
             if sec.references(v) and fp.secret_seals.get(k) != sealer.seal(sec.fill(v, spec.region, values)):
-                raise StaleError(f"saved plan is stale: secret {k} of function {spec.name} changed in the store since it was made",
-                                 hint="run plan again")
+                raise StaleError(
+                    f"saved plan is stale: secret {k} of function {spec.name} changed in the store since it was made",
+                    hint="run plan again",
+                )
     return sec.fill(config, spec.region, values)
 
 
-def _record(state: st.State, fp: FunctionPlan, spec: FunctionSpec, snap: dict, version: str | None, config: dict) -> None:
+def _record(
+    state: st.State, fp: FunctionPlan, spec: FunctionSpec, snap: dict, version: str | None, config: dict
+) -> None:
     from reconciler.util.secrets import env_vars, references, shown
 
     state.region = state.region or spec.region
@@ -359,16 +411,32 @@ def close_interrupted(state: st.State, name: str, by: dict) -> list[dict]:
     as converged (it keeps its status "rollback_failed"). Called under the function's lock."""
     closed = []
     for h in state.history:
-        if h.get("function") == name and h.get("status") == "rollback_failed" and unfinished(h) and h.get("id") != by["id"]:
+        if (
+            h.get("function") == name
+            and h.get("status") == "rollback_failed"
+            and unfinished(h)
+            and h.get("id") != by["id"]
+        ):
             h.update(converged_by=by["id"], converged_at=st.now())
             closed.append(h)
             continue
         if h.get("function") == name and h.get("status") in IN_FLIGHT and h.get("id") != by["id"]:
             steps = h.get("steps") or []
-            where = ("while rolling back" if h["status"] == "rolling_back" else
-                     f"after step {steps[-1]['step']!r}" if steps else "before its first recorded step")
-            h.update(status="interrupted", finished_at=None, interrupted_noticed_at=st.now(), converged_by=by["id"],
-                     error=(f"{h['error']}; " if h.get("error") else "") + f"interrupted {where}; converged by {by.get('operation')} {by['id']}")
+            where = (
+                "while rolling back"
+                if h["status"] == "rolling_back"
+                else f"after step {steps[-1]['step']!r}"
+                if steps
+                else "before its first recorded step"
+            )
+            h.update(
+                status="interrupted",
+                finished_at=None,
+                interrupted_noticed_at=st.now(),
+                converged_by=by["id"],
+                error=(f"{h['error']}; " if h.get("error") else "")
+                + f"interrupted {where}; converged by {by.get('operation')} {by['id']}",
+            )
             closed.append(h)
     return closed
 
@@ -378,9 +446,16 @@ def half_done(record: dict) -> str:
     return "whose rollback failed" if record.get("status") == "rollback_failed" else "which was interrupted"
 
 
-def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[str], None], rollback_on_failure: bool,
-                    abort: threading.Event | None = None, before: dict | None = None,
-                    failing: threading.Event | None = None) -> None:
+def _apply_function(
+    fp: FunctionPlan,
+    writer: StateWriter,
+    aws,
+    log: Callable[[str], None],
+    rollback_on_failure: bool,
+    abort: threading.Event | None = None,
+    before: dict | None = None,
+    failing: threading.Event | None = None,
+) -> None:
     """Deploy one function. `before` is what is live now when the caller knows it (the
     plan's snapshot, read under the state lock this apply still holds, or a saved plan's
     freshness check); otherwise it is read here. `failing` is set the moment a step
@@ -398,8 +473,11 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
     config = _with_secrets(fp, spec, config, writer, aws)
     # the deployments this apply converges: killed ones, and the last one if its rollback failed
     last = interrupted_deployment(current.history, spec.name)
-    stale = ([h for h in current.history if h.get("function") == spec.name and (h.get("status") in IN_FLIGHT or h is last)]
-             if _has_in_flight(current, spec.name) else [])
+    stale = (
+        [h for h in current.history if h.get("function") == spec.name and (h.get("status") in IN_FLIGHT or h is last)]
+        if _has_in_flight(current, spec.name)
+        else []
+    )
     reuse = next((c.new for c in fp.changes if c.kind == "version" and c.path == "reuse"), None)
 
     # 1. what runs now, recorded before anything changes: the rollback data. Converging a
@@ -408,15 +486,28 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
         before = refresh_function(aws, spec.region, spec.connector, spec.name)
     if fp.live_fingerprint and fingerprint(before) != fp.live_fingerprint:
         # e.g. another apply deployed it while this one waited for the lock
-        raise StaleError(f"function {spec.name} changed in Lambda since this plan was made (another apply, or a hand change)",
-                         hint="run plan or apply again")
-    killed = next((h for h in reversed(stale) if h.get("operation") == "apply" and isinstance(h.get("previous"), dict)), None)
+        raise StaleError(
+            f"function {spec.name} changed in Lambda since this plan was made (another apply, or a hand change)",
+            hint="run plan or apply again",
+        )
+    killed = next(
+        (h for h in reversed(stale) if h.get("operation") == "apply" and isinstance(h.get("previous"), dict)), None
+    )
     record = {
-        "id": str(uuid.uuid4()), "function": spec.name, "service": spec.service, "operation": "apply",
-        "status": "in_progress", "started_at": st.now(), "finished_at": None,
-        "version": None, "code_sha256": fp.code.get("sha256"), "code_source": fp.code.get("source"),
-        "code_params": fp.code.get("params"), "publish": bool(fp.publish or reuse),
-        "previous": killed["previous"] if killed else _previous(before, recorded), "steps": [],
+        "id": str(uuid.uuid4()),
+        "function": spec.name,
+        "service": spec.service,
+        "operation": "apply",
+        "status": "in_progress",
+        "started_at": st.now(),
+        "finished_at": None,
+        "version": None,
+        "code_sha256": fp.code.get("sha256"),
+        "code_source": fp.code.get("source"),
+        "code_params": fp.code.get("params"),
+        "publish": bool(fp.publish or reuse),
+        "previous": killed["previous"] if killed else _previous(before, recorded),
+        "steps": [],
     }
     secret_keys = sorted(set(fp.secret_seals) | set((recorded or {}).get("secrets") or {}))
     if secret_keys and not killed:
@@ -435,6 +526,7 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             record.update(fields)
             record["steps"].append({"at": st.now(), "step": what})
             _upsert(state, record)
+
         writer.update(change, records=[record])
         if abort is not None and abort.is_set():
             raise Interrupted()
@@ -459,8 +551,15 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             raise Interrupted()
         # 2-3. create, or update code then configuration, waiting for Lambda between steps
         if not before.get("exists"):
-            params = {"FunctionName": spec.name, "Code": fp.code["params"], "PackageType": spec.package_type,
-                      "Publish": False, "Tags": spec.tags, **config, **spec.create_only}
+            params = {
+                "FunctionName": spec.name,
+                "Code": fp.code["params"],
+                "PackageType": spec.package_type,
+                "Publish": False,
+                "Tags": spec.tags,
+                **config,
+                **spec.create_only,
+            }
             if spec.architectures:
                 params["Architectures"] = spec.architectures
             log(f"{spec.name}: creating function")
@@ -470,8 +569,10 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
                 mine = _created_by_lost_answer(exc, lam, spec, fp.code.get("sha256"))
                 if mine is None:
                     raise
-                log(f"{spec.name}: the answer to CreateFunction was lost and its retry found the function, with this "
-                    "apply's ownership tags and code: it was created by this apply")
+                log(
+                    f"{spec.name}: the answer to CreateFunction was lost and its retry found the function, with this "
+                    "apply's ownership tags and code: it was created by this apply"
+                )
                 answered(mine)
             created = True
             image_uri = fp.code["params"].get("ImageUri")
@@ -484,7 +585,9 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
                 image_uri = fp.code["params"].get("ImageUri") or image_uri
                 step("code updated")
             if any(c.kind == "config" for c in fp.changes):
-                log(f"{spec.name}: updating configuration ({', '.join(sorted({c.path.split('.')[0] for c in fp.changes if c.kind == 'config'}))})")
+                log(
+                    f"{spec.name}: updating configuration ({', '.join(sorted({c.path.split('.')[0] for c in fp.changes if c.kind == 'config'}))})"
+                )
                 answered(lam.update_configuration(spec.name, config, revision))
                 step("configuration updated")
 
@@ -496,7 +599,9 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             got = lam.get_function(spec.name, reuse)
             if got and got["Configuration"].get("CodeSha256") == fp.code.get("sha256"):
                 version = reuse
-                log(f"{spec.name}: version {reuse}, published by the interrupted apply, is used (nothing new to publish)")
+                log(
+                    f"{spec.name}: version {reuse}, published by the interrupted apply, is used (nothing new to publish)"
+                )
                 step(f"reused version {reuse}", version=reuse)
             else:
                 publish = True
@@ -504,8 +609,12 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             # what Lambda answered for the last change is the code it now holds (AWS also
             # refuses the publish itself if $LATEST is not that code)
             if conf.get("CodeSha256") != fp.code.get("sha256"):
-                raise AwsError(f"{spec.name}: Lambda reports code {conf.get('CodeSha256')} after the update, expected {fp.code.get('sha256')}")
-            out = lam.publish_version(spec.name, fp.code.get("sha256"), revision, description=publish_description(record["id"]))
+                raise AwsError(
+                    f"{spec.name}: Lambda reports code {conf.get('CodeSha256')} after the update, expected {fp.code.get('sha256')}"
+                )
+            out = lam.publish_version(
+                spec.name, fp.code.get("sha256"), revision, description=publish_description(record["id"])
+            )
             version = out["Version"]
             log(f"{spec.name}: published version {version}")
             step(f"published version {version}", version=version)
@@ -516,7 +625,9 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
         aliases_now = dict(live_aliases)
         for alias in spec.aliases:
             name = alias["Name"]
-            aliases_now[name] = alias_view(lam.put_alias(spec.name, alias, version, exists=name in live_aliases, revision_id=revisions.get(name)))
+            aliases_now[name] = alias_view(
+                lam.put_alias(spec.name, alias, version, exists=name in live_aliases, revision_id=revisions.get(name))
+            )
             log(f"{spec.name}: alias {name} → {version}")
             step(f"alias {name} → {version}")
         for c in fp.changes:
@@ -546,15 +657,22 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
         # version's answer: that has the version's own description), the tags as set, and
         # the aliases as Lambda answered when they were set
         arn = before.get("arn") if before.get("exists") else conf.get("FunctionArn")
-        after = {"exists": True, "arn": _unqualified(arn or conf.get("FunctionArn") or ""), "configuration": conf,
-                 "code_sha256": conf.get("CodeSha256"), "image_uri": image_uri,
-                 "architectures": conf.get("Architectures") or before.get("architectures") or ["x86_64"],
-                 "tags": tags_now, "aliases": dict(sorted(aliases_now.items()))}
+        after = {
+            "exists": True,
+            "arn": _unqualified(arn or conf.get("FunctionArn") or ""),
+            "configuration": conf,
+            "code_sha256": conf.get("CodeSha256"),
+            "image_uri": image_uri,
+            "architectures": conf.get("Architectures") or before.get("architectures") or ["x86_64"],
+            "tags": tags_now,
+            "aliases": dict(sorted(aliases_now.items())),
+        }
 
         def finish(state: st.State) -> None:
             _record(state, fp, spec, after, version, config)
             record.update(status="succeeded", finished_at=st.now(), version=version)
             _upsert(state, record)
+
         writer.update(finish, functions=[spec.name], records=[record])
     except AwsError as exc:
         if failing is not None:
@@ -567,9 +685,13 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             def not_ours(state: st.State) -> None:
                 record.update(status="failed", finished_at=st.now(), error=refusal)
                 _upsert(state, record)
+
             writer.update(not_ours, records=[record])
-            raise StaleError(f"function {spec.name} was created in Lambda by someone else since this plan read it; nothing was "
-                             "changed and it is left as it is", hint="run plan again to see whose it is") from None
+            raise StaleError(
+                f"function {spec.name} was created in Lambda by someone else since this plan read it; nothing was "
+                "changed and it is left as it is",
+                hint="run plan again to see whose it is",
+            ) from None
         if exc.code == "PreconditionFailedException" and not record["steps"] and not created:
             # Lambda refused the first change: the function moved since it was read, and
             # nothing was changed; there is nothing to roll back
@@ -578,9 +700,12 @@ def _apply_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[s
             def refused(state: st.State) -> None:
                 record.update(status="failed", finished_at=st.now(), error=refusal)
                 _upsert(state, record)
+
             writer.update(refused, records=[record])
-            raise StaleError(f"function {spec.name} changed in Lambda since this plan was made; nothing was changed",
-                             hint="run plan or apply again") from None
+            raise StaleError(
+                f"function {spec.name} changed in Lambda since this plan was made; nothing was changed",
+                hint="run plan or apply again",
+            ) from None
         if exc.code in ("PreconditionFailedException", CHANGED_WHILE_UPDATING):
             # a later change refused, or changed by someone else as it finished: what this
             # apply already changed is rolled back
@@ -644,8 +769,18 @@ def _reason(exc: BaseException) -> str:
     return scrub(f"{type(exc).__name__}: {exc}", errors=True)
 
 
-def _failed(exc: BaseException, fp: FunctionPlan, spec: FunctionSpec, config: dict, recorded: dict | None, record: dict,
-            writer: StateWriter, aws, log: Callable[[str], None], rollback_on_failure: bool) -> None:
+def _failed(
+    exc: BaseException,
+    fp: FunctionPlan,
+    spec: FunctionSpec,
+    config: dict,
+    recorded: dict | None,
+    record: dict,
+    writer: StateWriter,
+    aws,
+    log: Callable[[str], None],
+    rollback_on_failure: bool,
+) -> None:
     """Record the failure, put the function back as it was (unless --no-rollback), record
     that, and raise: ApplyFailed for an AWS/reconciler error or a state that cannot be
     written, else the exception itself.
@@ -671,18 +806,23 @@ def _failed(exc: BaseException, fp: FunctionPlan, spec: FunctionSpec, config: di
     def unrecorded_note() -> str:
         if not unrecorded:
             return ""
-        return (f"; the state could not record this ({unrecorded[0]}): it still shows this apply as started, and the "
-                "next plan converges it")
+        return (
+            f"; the state could not record this ({unrecorded[0]}): it still shows this apply as started, and the "
+            "next plan converges it"
+        )
 
     def failed(state: st.State) -> None:
         # "rolling_back" until the rollback is over: a process killed meanwhile leaves it
         # in flight, for the next plan to report and the next apply to converge
         record.update(status="rolling_back" if rollback_on_failure else "failed", finished_at=st.now(), error=reason)
         _upsert(state, record)
+
     record_safely(failed, records=[record])
     if not rollback_on_failure:
         if domain:
-            raise ApplyFailed(f"{spec.name}: {exc}; left as it is for inspection (--no-rollback){unrecorded_note()}") from None
+            raise ApplyFailed(
+                f"{spec.name}: {exc}; left as it is for inspection (--no-rollback){unrecorded_note()}"
+            ) from None
         raise exc
     log(f"{spec.name}: FAILED: {reason}; rolling back")
     try:
@@ -702,13 +842,18 @@ def _failed(exc: BaseException, fp: FunctionPlan, spec: FunctionSpec, config: di
                 # so that plan, drift and the next apply know it exists
                 _record(state, fp, spec, after, record.get("version"), config)
                 state.functions[spec.name]["rollback_failed"] = record["id"]
+
         record_safely(rollback_failed, functions=[spec.name], records=[record])
         todo = _todo(record["previous"])
-        log(f"{spec.name}: ROLLBACK FAILED: {_reason(rb_exc)}; restore it by hand: {todo}, or run apply again to finish "
-            "the change")
+        log(
+            f"{spec.name}: ROLLBACK FAILED: {_reason(rb_exc)}; restore it by hand: {todo}, or run apply again to finish "
+            "the change"
+        )
         if domain:
-            raise ApplyFailed(f"{spec.name}: {exc}; ROLLBACK FAILED: {_reason(rb_exc)}; restore it by hand: {todo}, or run "
-                              f"apply again to finish the change{unrecorded_note()}") from None
+            raise ApplyFailed(
+                f"{spec.name}: {exc}; ROLLBACK FAILED: {_reason(rb_exc)}; restore it by hand: {todo}, or run "
+                f"apply again to finish the change{unrecorded_note()}"
+            ) from None
         raise exc
     try:
         after = refresh_function(aws, spec.region, spec.connector, spec.name)
@@ -724,6 +869,7 @@ def _failed(exc: BaseException, fp: FunctionPlan, spec: FunctionSpec, config: di
             state.functions[spec.name] = {**recorded, "aliases": after.get("aliases", {}), "updated_at": st.now()}
         elif not after.get("exists"):
             state.functions.pop(spec.name, None)
+
     record_safely(rolled_back, functions=[spec.name], records=[record])
     log(f"{spec.name}: rolled back to what ran before")
     if domain:
@@ -739,8 +885,12 @@ def _previous(live: dict, recorded: dict | None) -> dict:
         "exists": True,
         "version": (recorded or {}).get("version"),
         "code_sha256": live.get("code_sha256"),
-        "code_params": (recorded or {}).get("code_params") if (recorded or {}).get("code_sha256") == live.get("code_sha256") else None,
-        "code_source": (recorded or {}).get("code_source") if (recorded or {}).get("code_sha256") == live.get("code_sha256") else None,
+        "code_params": (recorded or {}).get("code_params")
+        if (recorded or {}).get("code_sha256") == live.get("code_sha256")
+        else None,
+        "code_source": (recorded or {}).get("code_source")
+        if (recorded or {}).get("code_sha256") == live.get("code_sha256")
+        else None,
         "image_uri": live.get("image_uri"),
         "package_type": live.get("package_type"),
         "configuration": live.get("configuration"),
@@ -753,19 +903,52 @@ def _todo(prev: dict) -> str:
     if not prev.get("exists"):
         return "delete the function"
     aliases = ", ".join(f"{n} → {a['version']}" for n, a in prev.get("aliases", {}).items())
-    where = [w for w in ((prev.get("code_source") or {}).get("uri"), prev.get("image_uri"),
-                         f"the code of version {prev['version']}" if prev.get("version") else None) if w]
-    return (f"$LATEST code {prev.get('code_sha256')}" + (f" (from {' or '.join(where)})" if where else "")
-            + f", the configuration recorded as `previous` in the state history, aliases {aliases or 'none'}")
+    where = [
+        w
+        for w in (
+            (prev.get("code_source") or {}).get("uri"),
+            prev.get("image_uri"),
+            f"the code of version {prev['version']}" if prev.get("version") else None,
+        )
+        if w
+    ]
+    return (
+        f"$LATEST code {prev.get('code_sha256')}"
+        + (f" (from {' or '.join(where)})" if where else "")
+        + f", the configuration recorded as `previous` in the state history, aliases {aliases or 'none'}"
+    )
 
 
-RESTORABLE_CONFIG = ("Description", "Timeout", "MemorySize", "Environment", "Layers", "Handler", "Runtime", "Role",
-                     "TracingConfig", "EphemeralStorage", "VpcConfig", "DeadLetterConfig", "KMSKeyArn", "ImageConfig",
-                     "FileSystemConfigs", "SnapStart", "LoggingConfig")
+RESTORABLE_CONFIG = (
+    "Description",
+    "Timeout",
+    "MemorySize",
+    "Environment",
+    "Layers",
+    "Handler",
+    "Runtime",
+    "Role",
+    "TracingConfig",
+    "EphemeralStorage",
+    "VpcConfig",
+    "DeadLetterConfig",
+    "KMSKeyArn",
+    "ImageConfig",
+    "FileSystemConfigs",
+    "SnapStart",
+    "LoggingConfig",
+)
 
 
-def restore(aws, name: str, region: str, connector: dict | None, prev: dict, log: Callable[[str], None],
-            owner: dict | None = None) -> None:
+def restore(
+    aws,
+    name: str,
+    region: str,
+    connector: dict | None,
+    prev: dict,
+    log: Callable[[str], None],
+    owner: dict | None = None,
+) -> None:
     """Put a function back to a snapshot: delete it if it did not exist (only if it carries
     the ownership tags of `owner`, the desired tags: a function without them is not the
     one this apply created); else restore $LATEST configuration and code, then every alias.
@@ -776,8 +959,15 @@ def restore(aws, name: str, region: str, connector: dict | None, prev: dict, log
         _restore(aws, name, region, connector, prev, log, owner)
 
 
-def _restore(aws, name: str, region: str, connector: dict | None, prev: dict, log: Callable[[str], None],
-             owner: dict | None = None) -> None:
+def _restore(
+    aws,
+    name: str,
+    region: str,
+    connector: dict | None,
+    prev: dict,
+    log: Callable[[str], None],
+    owner: dict | None = None,
+) -> None:
     from reconciler.aws.client import Lambda
     from reconciler.engine.refresh import refresh_function
     from reconciler.workspace.schema import update_config_fields
@@ -789,7 +979,9 @@ def _restore(aws, name: str, region: str, connector: dict | None, prev: dict, lo
             log(f"{name}: it was not created; nothing to delete")
             return
         if owner is not None and not owned_by(owner, got.get("Tags") or {}):
-            log(f"{name}: not deleted: it does not carry this function's ownership tags, so this apply did not create it")
+            log(
+                f"{name}: not deleted: it does not carry this function's ownership tags, so this apply did not create it"
+            )
             return
         log(f"{name}: deleting the function this apply created")
         lam.delete_function(name)
@@ -802,15 +994,22 @@ def _restore(aws, name: str, region: str, connector: dict | None, prev: dict, lo
     want = {}
     for f in fields:
         v = project(prev_conf, {f: None}).get(f)
-        if v is None or f == "ImageConfig" and not v:
+        if v is None or (f == "ImageConfig" and not v):
             continue
         if f == "VpcConfig" and not v.get("SubnetIds"):
             continue
-        if f == "SnapStart" and v.get("ApplyOn") == "None" and not (prev_conf.get("SnapStartResponse") or prev_conf.get("SnapStart")):
+        if (
+            f == "SnapStart"
+            and v.get("ApplyOn") == "None"
+            and not (prev_conf.get("SnapStartResponse") or prev_conf.get("SnapStart"))
+        ):
             continue
         want[f] = v
     if "Environment" in want:
-        want["Environment"] = {**want["Environment"], "Variables": _unsealed(name, lam, prev, now, want["Environment"].get("Variables") or {})}
+        want["Environment"] = {
+            **want["Environment"],
+            "Variables": _unsealed(name, lam, prev, now, want["Environment"].get("Variables") or {}),
+        }
     # the configuration first, then the code: the reverse of the apply's order, so a
     # configuration Lambda could not apply (its update Failed) is gone before the code
     # update that would otherwise fail on it again
@@ -829,7 +1028,12 @@ def _restore(aws, name: str, region: str, connector: dict | None, prev: dict, lo
         cur = now.get("aliases", {}).get(alias_name)
         if cur != a:
             routing = {"AdditionalVersionWeights": a.get("weights") or {}}
-            lam.put_alias(name, {"Name": alias_name, "Description": a.get("description", ""), "RoutingConfig": routing}, a["version"], exists=cur is not None)
+            lam.put_alias(
+                name,
+                {"Name": alias_name, "Description": a.get("description", ""), "RoutingConfig": routing},
+                a["version"],
+                exists=cur is not None,
+            )
             log(f"{name}: alias {alias_name} → {a['version']}")
     for alias_name in set(now.get("aliases", {})) - set(prev.get("aliases") or {}):
         lam.delete_alias(name, alias_name)
@@ -863,8 +1067,10 @@ def _unsealed(name: str, lam, prev: dict, now: dict, variables: dict) -> dict:
                 found = value
                 break
         if found is None:
-            raise AwsError(f"{name}: the earlier value of environment variable {k} is sensitive and not kept in the state, and neither "
-                           f"$LATEST nor version {prev.get('version') or '(none)'} holds it; set it by hand")
+            raise AwsError(
+                f"{name}: the earlier value of environment variable {k} is sensitive and not kept in the state, and neither "
+                f"$LATEST nor version {prev.get('version') or '(none)'} holds it; set it by hand"
+            )
         out[k] = found
     return out
 
@@ -880,14 +1086,20 @@ def _code_params_for(prev: dict, lam, name: str) -> dict:
         from reconciler.aws.client import download
 
         got = lam.get_function(name, prev["version"])
-        if got and got["Configuration"].get("CodeSha256") == prev.get("code_sha256") and got.get("Code", {}).get("Location"):
+        if (
+            got
+            and got["Configuration"].get("CodeSha256") == prev.get("code_sha256")
+            and got.get("Code", {}).get("Location")
+        ):
             try:
                 return {"ZipFile": download(got["Code"]["Location"])}
             except AwsError:
                 pass
     if prev.get("code_params"):
         return dict(prev["code_params"])
-    raise AwsError(f"{name}: no way to bring back code {prev.get('code_sha256')} (no recorded source, no published version carrying it)")
+    raise AwsError(
+        f"{name}: no way to bring back code {prev.get('code_sha256')} (no recorded source, no published version carrying it)"
+    )
 
 
 def _delete(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[str], None]) -> None:
@@ -898,15 +1110,32 @@ def _delete(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[str], Non
     log(f"{fp.name}: deleting (pruned)")
     lam.delete_function(fp.name)
 
-    record = {"id": str(uuid.uuid4()), "function": fp.name, "service": rec.get("service"), "operation": "delete",
-              "status": "succeeded", "started_at": st.now(), "finished_at": st.now(),
-              "previous": {"exists": True, **{k: rec.get(k) for k in ("version", "code_sha256")}}}
+    record = {
+        "id": str(uuid.uuid4()),
+        "function": fp.name,
+        "service": rec.get("service"),
+        "operation": "delete",
+        "status": "succeeded",
+        "started_at": st.now(),
+        "finished_at": st.now(),
+        "previous": {"exists": True, **{k: rec.get(k) for k in ("version", "code_sha256")}},
+    }
 
     def change(state: st.State) -> None:
         close_interrupted(state, fp.name, record)
         state.history.append(record)
         state.functions.pop(fp.name, None)
+
     writer.update(change, functions=[fp.name], records=[record], closing=fp.name)
 
 
-__all__ = ["apply_plan", "restore", "ApplyFailed", "StateWriter", "function_lock", "close_interrupted", "alias_view", "snapshot"]
+__all__ = [
+    "ApplyFailed",
+    "StateWriter",
+    "alias_view",
+    "apply_plan",
+    "close_interrupted",
+    "function_lock",
+    "restore",
+    "snapshot",
+]

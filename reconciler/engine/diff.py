@@ -10,10 +10,18 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from reconciler.model import IN_FLIGHT, OWNER_INFRASTRUCTURE, OWNER_SERVICE, owner_conflict, unfinished  # noqa: F401  (IN_FLIGHT re-exported)
-from reconciler.errors import ReconcilerError
 from reconciler.engine.live import DEFAULTS, RESET, alias_view, canonical, fingerprint, project, user_tags
-from reconciler.model import Change, FunctionPlan, FunctionSpec
+from reconciler.errors import ReconcilerError
+from reconciler.model import (  # noqa: F401  (IN_FLIGHT re-exported)
+    IN_FLIGHT,
+    OWNER_INFRASTRUCTURE,
+    OWNER_SERVICE,
+    Change,
+    FunctionPlan,
+    FunctionSpec,
+    owner_conflict,
+    unfinished,
+)
 
 ABSENT = None
 
@@ -137,9 +145,11 @@ def interrupted_note(record: dict) -> str:
     if record.get("status") == "rolling_back":
         after = f"while rolling back (it failed: {record.get('error')})"
     if record.get("status") == "rollback_failed":
-        return (f"an {record.get('operation', 'apply')} started at {record.get('started_at')} failed ({record.get('error')}) and its "
-                f"rollback failed too ({record.get('rollback_error')}): Lambda may hold part of that change; this plan finishes it "
-                "(`reconciler rollback` undoes it instead)")
+        return (
+            f"an {record.get('operation', 'apply')} started at {record.get('started_at')} failed ({record.get('error')}) and its "
+            f"rollback failed too ({record.get('rollback_error')}): Lambda may hold part of that change; this plan finishes it "
+            "(`reconciler rollback` undoes it instead)"
+        )
     return f"an {record.get('operation', 'apply')} started at {record.get('started_at')} was interrupted {after}; this plan converges it"
 
 
@@ -169,7 +179,9 @@ def spec_dict(spec: FunctionSpec) -> dict:
 _SPEC_FIELDS = tuple(f.name for f in fields(FunctionSpec))
 
 
-def _secret_view(spec: FunctionSpec, config: dict, live: dict, recorded: dict | None, values: dict | None, sealer) -> tuple[dict, dict, list[str]]:
+def _secret_view(
+    spec: FunctionSpec, config: dict, live: dict, recorded: dict | None, values: dict | None, sealer
+) -> tuple[dict, dict, list[str]]:
     """The desired configuration with each secret environment value sealed, the live one
     likewise (compared seal to seal: a change shows, a value never), and the notes about
     secrets that changed in the store."""
@@ -185,8 +197,10 @@ def _secret_view(spec: FunctionSpec, config: dict, live: dict, recorded: dict | 
         for k in keys:
             sec.remember(live_env.get(k), secret=True)
         conf = dict(live["configuration"])
-        conf["Environment"] = {**(conf.get("Environment") or {}),
-                               "Variables": {k: (sealer.seal(v) if k in keys and v is not None else v) for k, v in live_env.items()}}
+        conf["Environment"] = {
+            **(conf.get("Environment") or {}),
+            "Variables": {k: (sealer.seal(v) if k in keys and v is not None else v) for k, v in live_env.items()},
+        }
         live = {**live, "configuration": conf}
     notes = []
     rec_env = sec.env_vars((recorded or {}).get("configuration"))
@@ -198,22 +212,40 @@ def _secret_view(spec: FunctionSpec, config: dict, live: dict, recorded: dict | 
     return config, live, notes
 
 
-def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: dict, state_file: str,
-                  interrupted: dict | None = None, secrets: dict | None = None, sealer=None) -> FunctionPlan:
+def plan_function(
+    spec: FunctionSpec,
+    recorded: dict | None,
+    live: dict,
+    code: dict,
+    state_file: str,
+    interrupted: dict | None = None,
+    secrets: dict | None = None,
+    sealer=None,
+) -> FunctionPlan:
     """One function's plan. `recorded` is its entry in state (or None), `live` a
     live.snapshot(), `code` the resolved artifact ({"sha256", "source", ...}),
     `interrupted` the in-flight record of a deployment that was killed (see
     interrupted_deployment): the plan then converges what it left half done."""
     fp = FunctionPlan(
-        name=spec.name, service=spec.service, environment=spec.environment, infrastructure=spec.infrastructure,
-        region=spec.region, action="noop", desired=spec_dict(spec), code=code, live_fingerprint=fingerprint(live),
+        name=spec.name,
+        service=spec.service,
+        environment=spec.environment,
+        infrastructure=spec.infrastructure,
+        region=spec.region,
+        action="noop",
+        desired=spec_dict(spec),
+        code=code,
+        live_fingerprint=fingerprint(live),
         state_file=state_file,
     )
     config, fp.notes = desired_config(spec, recorded)
     config, live_cmp, secret_notes = _secret_view(spec, config, live, recorded, secrets, sealer)
     fp.secrets = secrets
-    fp.secret_seals = {k: v for k, v in config.get("Environment", {}).get("Variables", {}).items()
-                       if k in (spec.config.get("Environment") or {}).get("Variables", {}) and _is_sealed(v)}
+    fp.secret_seals = {
+        k: v
+        for k, v in config.get("Environment", {}).get("Variables", {}).items()
+        if k in (spec.config.get("Environment") or {}).get("Variables", {}) and _is_sealed(v)
+    }
     fp.notes += secret_notes
     if interrupted:
         fp.notes.insert(0, interrupted_note(interrupted))
@@ -238,20 +270,32 @@ def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: d
     live_tags = live.get("tags") or {}
     why = owner_conflict(spec.service, spec.environment, live_tags, spec.infrastructure)
     if why:
-        raise ReconcilerError(f"function {spec.name} exists in Lambda but {why}; reconciler will not take it over for "
-                              f"service '{spec.service}' in '{spec.environment}/{spec.infrastructure}'", *_source(spec))
-    if recorded is None and not interrupted and live_tags.get(OWNER_SERVICE) and not live_tags.get(OWNER_INFRASTRUCTURE):
+        raise ReconcilerError(
+            f"function {spec.name} exists in Lambda but {why}; reconciler will not take it over for "
+            f"service '{spec.service}' in '{spec.environment}/{spec.infrastructure}'",
+            *_source(spec),
+        )
+    if (
+        recorded is None
+        and not interrupted
+        and live_tags.get(OWNER_SERVICE)
+        and not live_tags.get(OWNER_INFRASTRUCTURE)
+    ):
         # deployed by a reconciler that did not tag the infrastructure yet: the state of the
         # infrastructure that deployed it records it; this one's does not
         raise ReconcilerError(
             f"function {spec.name} exists in Lambda, deployed by reconciler for service '{live_tags.get(OWNER_SERVICE)}' without "
             f"a {OWNER_INFRASTRUCTURE} tag, and the state of '{spec.environment}/{spec.infrastructure}' does not record it: it may "
-            "be another infrastructure's; reconciler will not take it over", *_source(spec),
-            hint=f"if it is this infrastructure's, adopt it with `reconciler import {spec.name}`")
+            "be another infrastructure's; reconciler will not take it over",
+            *_source(spec),
+            hint=f"if it is this infrastructure's, adopt it with `reconciler import {spec.name}`",
+        )
     if live.get("package_type", "Zip") != spec.package_type:
         raise ReconcilerError(
             f"function {spec.name} is a {live.get('package_type')} function in Lambda but the definition makes it {spec.package_type}; "
-            "Lambda cannot change a function's package type (delete it first)", *_source(spec))
+            "Lambda cannot change a function's package type (delete it first)",
+            *_source(spec),
+        )
 
     changes: list[Change] = []
     if live.get("code_sha256") != code["sha256"]:
@@ -280,8 +324,11 @@ def plan_function(spec: FunctionSpec, recorded: dict | None, live: dict, code: d
         fp.notes.append("no version of this function is recorded: one is published for its aliases")
     target_version = "(new)" if fp.publish else current
     for alias in spec.aliases:
-        want = {"version": target_version, "description": alias.get("Description", "") or "",
-                "weights": alias_view(alias)["weights"]}
+        want = {
+            "version": target_version,
+            "description": alias.get("Description", "") or "",
+            "weights": alias_view(alias)["weights"],
+        }
         have = live["aliases"].get(alias["Name"])
         if have is None:
             changes.append(Change("alias", alias["Name"], None, target_version, "create"))
@@ -314,9 +361,13 @@ def number_versions(fp: FunctionPlan, versions: list[dict], interrupted: dict | 
     newest = max(published, key=lambda v: int(v["Version"]), default=None)
     fp.next_version = str(int(newest["Version"]) + 1) if newest else "1"
     reuse = None
-    if (interrupted and newest is not None and newest.get("Description") == publish_description(interrupted.get("id", ""))
-            and newest.get("CodeSha256") == (fp.code or {}).get("sha256")
-            and not any(c.kind in ("code", "config") for c in fp.changes)):
+    if (
+        interrupted
+        and newest is not None
+        and newest.get("Description") == publish_description(interrupted.get("id", ""))
+        and newest.get("CodeSha256") == (fp.code or {}).get("sha256")
+        and not any(c.kind in ("code", "config") for c in fp.changes)
+    ):
         reuse = str(newest["Version"])
     if reuse is None:
         for c in fp.changes:
@@ -357,8 +408,15 @@ def drift(recorded: dict, live: dict) -> list[Change]:
         if name not in rec_aliases:
             continue  # an alias reconciler never managed
         if a != b:
-            out.append(Change("alias", name, (a or {}).get("version"), (b or {}).get("version"),
-                              "delete" if b is None else "update"))
+            out.append(
+                Change(
+                    "alias",
+                    name,
+                    (a or {}).get("version"),
+                    (b or {}).get("version"),
+                    "delete" if b is None else "update",
+                )
+            )
     return out
 
 
@@ -390,10 +448,17 @@ def _sealed_like(applied: dict, live: dict) -> dict:
     return {**live, "Environment": {**(live.get("Environment") or {}), "Variables": out_env}}
 
 
-def orphan(name: str, recorded: dict, live: dict, prune: bool, state_file: str, environment: str, infrastructure: str) -> FunctionPlan:
+def orphan(
+    name: str, recorded: dict, live: dict, prune: bool, state_file: str, environment: str, infrastructure: str
+) -> FunctionPlan:
     fp = FunctionPlan(
-        name=name, service=recorded.get("service", ""), environment=environment, infrastructure=infrastructure,
-        region=recorded.get("region", ""), action="delete" if prune else "orphan", live_fingerprint=fingerprint(live),
+        name=name,
+        service=recorded.get("service", ""),
+        environment=environment,
+        infrastructure=infrastructure,
+        region=recorded.get("region", ""),
+        action="delete" if prune else "orphan",
+        live_fingerprint=fingerprint(live),
         state_file=state_file,
     )
     if not live.get("exists"):

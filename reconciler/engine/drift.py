@@ -6,14 +6,14 @@ job runs it; changes nothing. Also `refresh` (accept what is live into the state
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from reconciler.store import state as st
-from reconciler.model import Change
 from reconciler.engine.diff import drift as drift_changes
 from reconciler.engine.diff import interrupted_deployment, publish_description
+from reconciler.model import Change
+from reconciler.store import state as st
 
 DRIFT_FORMAT_VERSION = 1
 
@@ -55,26 +55,46 @@ class DriftReport:
             if mask:
                 d["changes"] = [mask(c).to_dict() for c in f.changes]
             out.append(d)
-        summary = {"checked": len(self.functions), "drifted": sum(1 for f in self.functions if f.status == "drifted"),
-                   "deleted": sum(1 for f in self.functions if f.status == "deleted")}
+        summary = {
+            "checked": len(self.functions),
+            "drifted": sum(1 for f in self.functions if f.status == "drifted"),
+            "deleted": sum(1 for f in self.functions if f.status == "deleted"),
+        }
         unfinished = sum(1 for f in self.functions if f.status == "unfinished")
         if unfinished:  # only then: the summary of a report without one is as it always was
             summary["unfinished"] = unfinished
-        return {"format_version": DRIFT_FORMAT_VERSION, "checked_at": self.checked_at, "summary": summary, "functions": out}
+        return {
+            "format_version": DRIFT_FORMAT_VERSION,
+            "checked_at": self.checked_at,
+            "summary": summary,
+            "functions": out,
+        }
 
 
-def selected_states(state_dir: Path, environments: list[str], infrastructures: list[str], errors: list | None = None) -> list[st.State]:
+def selected_states(
+    state_dir: Path, environments: list[str], infrastructures: list[str], errors: list | None = None
+) -> list[st.State]:
     """The states of these environments and infrastructures (all when none is given). With
     `errors`, a state that cannot be read is appended there and the others are returned."""
     if errors is not None:
         return st.readable_states(state_dir, errors, environments, infrastructures)
-    return [s for s in st.all_states(state_dir)
-            if (not environments or s.environment in environments) and (not infrastructures or s.infrastructure in infrastructures)]
+    return [
+        s
+        for s in st.all_states(state_dir)
+        if (not environments or s.environment in environments)
+        and (not infrastructures or s.infrastructure in infrastructures)
+    ]
 
 
-def check(aws, states: list[st.State], services: list[str], functions: list[str] | None = None,
-          log: Callable[[str], None] = lambda m: None, parallelism: int = 10,
-          progress: Callable[[str, int, int, str], None] | None = None) -> DriftReport:
+def check(
+    aws,
+    states: list[st.State],
+    services: list[str],
+    functions: list[str] | None = None,
+    log: Callable[[str], None] = lambda m: None,
+    parallelism: int = 10,
+    progress: Callable[[str, int, int, str], None] | None = None,
+) -> DriftReport:
     from reconciler.aws.client import Lambda
     from reconciler.engine.refresh import Want, parallel_map, refresh_all
 
@@ -101,7 +121,11 @@ def check(aws, states: list[st.State], services: list[str], functions: list[str]
             if h.get("version"):
                 known.add(str(h["version"]))
             # versions a refresh accepted
-            known.update(str(c.get("path")) for c in h.get("accepted") or () if isinstance(c, dict) and c.get("kind") == "version")
+            known.update(
+                str(c.get("path"))
+                for c in h.get("accepted") or ()
+                if isinstance(c, dict) and c.get("kind") == "version"
+            )
         if rec.get("version"):
             known.add(str(rec["version"]))
         return known, min((int(v) for v in known if v.isdigit()), default=None)
@@ -111,8 +135,11 @@ def check(aws, states: list[st.State], services: list[str], functions: list[str]
         a version carrying one is reconciler's, even if its apply never recorded it (killed
         or interrupted while PublishVersion was answered, then rolled back)."""
         s, name, _, _ = item
-        return {publish_description(h["id"]) for h in s.history
-                if h.get("function") == name and h.get("operation") == "apply" and isinstance(h.get("id"), str)}
+        return {
+            publish_description(h["id"])
+            for h in s.history
+            if h.get("function") == name and h.get("operation") == "apply" and isinstance(h.get("id"), str)
+        }
 
     # versions published by someone else since reconciler's first one: from the bulk
     # listing, else one ListVersionsByFunction per function that has a recorded version
@@ -125,9 +152,16 @@ def check(aws, states: list[st.State], services: list[str], functions: list[str]
         return Lambda(aws, region, rec.get("connector")).list_versions(name)
 
     all_versions = parallel_map(versions_of, list(range(len(picked))), parallelism)
-    for (s, name, rec, region), live, versions in zip(picked, lives, all_versions):
-        fd = FunctionDrift(name=name, service=rec.get("service", ""), environment=s.environment,
-                           infrastructure=s.infrastructure, region=region, status="in_sync", live=live)
+    for (s, name, rec, region), live, versions in zip(picked, lives, all_versions, strict=False):
+        fd = FunctionDrift(
+            name=name,
+            service=rec.get("service", ""),
+            environment=s.environment,
+            infrastructure=s.infrastructure,
+            region=region,
+            status="in_sync",
+            live=live,
+        )
         if not live.get("exists"):
             fd.status = "deleted"
             fd.changes.append(Change("function", name, "exists", None, "delete"))
@@ -143,9 +177,11 @@ def check(aws, states: list[st.State], services: list[str], functions: list[str]
             half = interrupted_deployment(s.history, name)
             if half is not None:
                 fd.status = "unfinished"
-                fd.note = (f"reconciler's own {half.get('operation', 'apply')} started at {half.get('started_at')} did not finish ("
-                           + ("its rollback failed" if half.get("status") == "rollback_failed" else "it was interrupted")
-                           + "), so Lambda holds part of reconciler's own change; `reconciler apply` finishes it, `reconciler rollback` undoes it")
+                fd.note = (
+                    f"reconciler's own {half.get('operation', 'apply')} started at {half.get('started_at')} did not finish ("
+                    + ("its rollback failed" if half.get("status") == "rollback_failed" else "it was interrupted")
+                    + "), so Lambda holds part of reconciler's own change; `reconciler apply` finishes it, `reconciler rollback` undoes it"
+                )
             elif fd.changes:
                 fd.status = "drifted"
         report.functions.append(fd)
@@ -183,10 +219,20 @@ def accept(report: DriftReport, states: list[st.State], log: Callable[[str], Non
                 # the recorded source no longer produces this code
                 rec.update(code_params=None, code_source=None)
             log(f"{fd.name}: accepted {len(fd.changes)} difference(s) into the state")
-        s.history.append({"id": st.now(), "function": fd.name, "service": fd.service, "operation": "refresh", "status": "succeeded",
-                          "started_at": st.now(), "finished_at": st.now(), "version": (s.functions.get(fd.name) or {}).get("version"),
-                          "code_sha256": (s.functions.get(fd.name) or {}).get("code_sha256"),
-                          "accepted": [c.to_dict() for c in fd.changes]})
+        s.history.append(
+            {
+                "id": st.now(),
+                "function": fd.name,
+                "service": fd.service,
+                "operation": "refresh",
+                "status": "succeeded",
+                "started_at": st.now(),
+                "finished_at": st.now(),
+                "version": (s.functions.get(fd.name) or {}).get("version"),
+                "code_sha256": (s.functions.get(fd.name) or {}).get("code_sha256"),
+                "accepted": [c.to_dict() for c in fd.changes],
+            }
+        )
         touched.add((fd.environment, fd.infrastructure))
         changed += 1
     for key in touched:

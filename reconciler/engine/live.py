@@ -39,10 +39,18 @@ RESET = {
     "FileSystemConfigs": [],
     "ImageConfig": {},
 }
-VOLATILE = ("State", "StateReason", "StateReasonCode", "LastUpdateStatus", "LastUpdateStatusReason", "LastUpdateStatusReasonCode", "ResponseMetadata")
+VOLATILE = (
+    "State",
+    "StateReason",
+    "StateReasonCode",
+    "LastUpdateStatus",
+    "LastUpdateStatusReason",
+    "LastUpdateStatusReasonCode",
+    "ResponseMetadata",
+)
 # What GetFunction gives and ListFunctions does not (AWS: "ListFunctions returns a subset
 # of the FunctionConfiguration fields"): a snapshot made from either compares equal.
-GET_ONLY = VOLATILE + ("RuntimeVersionConfig",)
+GET_ONLY = (*VOLATILE, "RuntimeVersionConfig")
 UNORDERED = {("VpcConfig", "SubnetIds"), ("VpcConfig", "SecurityGroupIds")}
 
 
@@ -57,8 +65,11 @@ def _live_field(conf: dict, key: str) -> Any:
         return {"ApplyOn": (conf.get("SnapStartResponse") or conf.get("SnapStart") or {}).get("ApplyOn", "None")}
     if key == "VpcConfig":
         v = conf.get("VpcConfig") or {}
-        return {"SubnetIds": list(v.get("SubnetIds") or []), "SecurityGroupIds": list(v.get("SecurityGroupIds") or []),
-                **({"Ipv6AllowedForDualStack": v["Ipv6AllowedForDualStack"]} if "Ipv6AllowedForDualStack" in v else {})}
+        return {
+            "SubnetIds": list(v.get("SubnetIds") or []),
+            "SecurityGroupIds": list(v.get("SecurityGroupIds") or []),
+            **({"Ipv6AllowedForDualStack": v["Ipv6AllowedForDualStack"]} if "Ipv6AllowedForDualStack" in v else {}),
+        }
     if key == "DeadLetterConfig":
         return dict(conf.get("DeadLetterConfig") or {"TargetArn": ""})
     if key == "KMSKeyArn":
@@ -71,7 +82,7 @@ def _live_field(conf: dict, key: str) -> Any:
 def _restrict(live: Any, desired: Any, path: tuple) -> Any:
     """Keep only the sub-fields of a structure that the desired value gives."""
     if isinstance(desired, dict) and isinstance(live, dict) and path[-1:] not in (("Variables",),):
-        return {k: _restrict(live.get(k), v, path + (k,)) for k, v in desired.items()}
+        return {k: _restrict(live.get(k), v, (*path, k)) for k, v in desired.items()}
     if path in UNORDERED and isinstance(live, list):
         return sorted(live)
     return live
@@ -94,8 +105,11 @@ def project(conf: dict, desired: dict) -> dict:
 def alias_view(alias: dict) -> dict:
     """An alias as recorded and compared: version, description, routing weights."""
     weights = ((alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights")) or {}
-    return {"version": alias.get("FunctionVersion"), "description": alias.get("Description", "") or "",
-            "weights": {str(k): float(v) for k, v in weights.items()}}
+    return {
+        "version": alias.get("FunctionVersion"),
+        "description": alias.get("Description", "") or "",
+        "weights": {str(k): float(v) for k, v in weights.items()},
+    }
 
 
 def user_tags(tags: dict | None) -> dict:

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
-from reconciler.store import state as st
 from reconciler.errors import AwsError, ConfigError
-from reconciler.workspace.load import Workspace, load_workspace
 from reconciler.model import FunctionSpec, Plan
-from reconciler.workspace.render import Options, Rendered, render, targets
+from reconciler.store import state as st
 from reconciler.util.stats import NO_PROGRESS, Stats
+from reconciler.workspace.load import Workspace, load_workspace
+from reconciler.workspace.render import Options, Rendered, render, targets
 
 # Below this many selected functions in a region, one GetFunction each is cheaper than
 # listing every function of the region (and its tags).
@@ -53,11 +54,17 @@ def resolve_artifact(aws, spec: FunctionSpec, cache: dict, ecr_repos: dict | Non
         params = {"S3Bucket": art["bucket"], "S3Key": art["key"]}
         if got.get("version_id") and got["version_id"] != "null":
             params["S3ObjectVersion"] = got["version_id"]
-        return {"sha256": got["sha256"], "source": {"type": "S3", "uri": got["uri"], "etag": got["etag"], "version_id": got.get("version_id")},
-                "params": params}
+        return {
+            "sha256": got["sha256"],
+            "source": {"type": "S3", "uri": got["uri"], "etag": got["etag"], "version_id": got.get("version_id")},
+            "params": params,
+        }
     got = ecr_image(aws, art, ecr_repos)
-    return {"sha256": got["sha256"], "source": {"type": "ECR", "uri": got["uri"], "digest": got["digest"], "tag": got.get("tag")},
-            "params": {"ImageUri": got["image_uri"]}}
+    return {
+        "sha256": got["sha256"],
+        "source": {"type": "ECR", "uri": got["uri"], "digest": got["digest"], "tag": got.get("tag")},
+        "params": {"ImageUri": got["image_uri"]},
+    }
 
 
 def refresh_function(aws, region: str, connector: dict | None, name: str) -> dict:
@@ -95,9 +102,13 @@ def alias_check(spec: FunctionSpec | None, recorded: dict | None) -> dict | None
     rec = (recorded or {}).get("aliases") or {}
     if not rec or any(a.get("weights") for a in rec.values()):
         return None
-    for a in (spec.aliases if spec is not None else []):
+    for a in spec.aliases if spec is not None else []:
         have, want = rec.get(a["Name"]), alias_view(a)
-        if have is None or have.get("description", "") != want["description"] or (have.get("weights") or {}) != want["weights"]:
+        if (
+            have is None
+            or have.get("description", "") != want["description"]
+            or (have.get("weights") or {}) != want["weights"]
+        ):
             return None
     return rec
 
@@ -117,8 +128,12 @@ def read_aliases(aws, w: Want, missing_ok: bool = True) -> dict[str, dict] | Non
             version = ((got or {}).get("Configuration") or {}).get("Version")
             if version is None or str(version) != str(rec.get("version")):
                 break
-            out[name] = {"Name": name, "FunctionVersion": version, "Description": rec.get("description", ""),
-                         "RoutingConfig": {"AdditionalVersionWeights": rec.get("weights") or {}}}
+            out[name] = {
+                "Name": name,
+                "FunctionVersion": version,
+                "Description": rec.get("description", ""),
+                "RoutingConfig": {"AdditionalVersionWeights": rec.get("weights") or {}},
+            }
         else:
             return out
     return lam.list_aliases(w.name, missing_ok=missing_ok)
@@ -127,9 +142,14 @@ def read_aliases(aws, w: Want, missing_ok: bool = True) -> dict[str, dict] | Non
 _UNKNOWN = object()
 
 
-def refresh_all(aws, wants: list[Want], parallelism: int = 10,
-                progress: Callable[[str, int, int, str], None] = NO_PROGRESS,
-                with_versions: bool = False, eager_aliases: bool = False) -> tuple[list[dict], list[list[dict] | None]]:
+def refresh_all(
+    aws,
+    wants: list[Want],
+    parallelism: int = 10,
+    progress: Callable[[str, int, int, str], None] = NO_PROGRESS,
+    with_versions: bool = False,
+    eager_aliases: bool = False,
+) -> tuple[list[dict], list[list[dict] | None]]:
     """live.snapshot() of many functions at the API floor, in the order asked.
 
     Per region with at least BULK_MIN functions: configurations from ListFunctions pages
@@ -149,8 +169,8 @@ def refresh_all(aws, wants: list[Want], parallelism: int = 10,
     from reconciler.engine.live import snapshot
 
     n = len(wants)
-    confs: list = [_UNKNOWN] * n           # a FunctionConfiguration, None (absent) or _UNKNOWN
-    tags: list[dict | None] = [None] * n   # None: not known (GetFunction or ListTags)
+    confs: list = [_UNKNOWN] * n  # a FunctionConfiguration, None (absent) or _UNKNOWN
+    tags: list[dict | None] = [None] * n  # None: not known (GetFunction or ListTags)
     versions: list[list[dict] | None] = [None] * n
     groups: dict[tuple, list[int]] = {}
     for i, w in enumerate(wants):
@@ -189,7 +209,9 @@ def refresh_all(aws, wants: list[Want], parallelism: int = 10,
     if eager_aliases:
         bulk = [i for idx in groups.values() if len(idx) >= BULK_MIN for i in idx]
         if bulk:
-            early_pool = ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(bulk))), thread_name_prefix="aliases")
+            early_pool = ThreadPoolExecutor(
+                max_workers=max(1, min(parallelism, len(bulk))), thread_name_prefix="aliases"
+            )
             for i in bulk:
                 eager[i] = early_pool.submit(read_aliases, aws, wants[i])
             early_pool.shutdown(wait=False)
@@ -271,8 +293,15 @@ def refresh_all(aws, wants: list[Want], parallelism: int = 10,
             f.result()
     # functions the tag pages did not cover: ListTags each
     untagged = [i for i in range(n) if confs[i] is not _UNKNOWN and confs[i] is not None and tags[i] is None]
-    for i, t in zip(untagged, parallel_map(lambda i: Lambda(aws, wants[i].region, wants[i].connector).list_tags(confs[i]["FunctionArn"]),
-                                           untagged, parallelism)):
+    for i, t in zip(
+        untagged,
+        parallel_map(
+            lambda i: Lambda(aws, wants[i].region, wants[i].connector).list_tags(confs[i]["FunctionArn"]),
+            untagged,
+            parallelism,
+        ),
+        strict=False,
+    ):
         tags[i] = t
     snaps = []
     for i in range(n):
@@ -321,20 +350,26 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
             if hold is not None and not shared:
                 hold.enter_context(st.locked(path, "apply", timeout=lock_timeout))
                 locked.add(str(path))
-            states[key] = early.states.get(key) if early is not None and key in early.states else st.load(ctx.state_dir, *key)
+            states[key] = (
+                early.states.get(key) if early is not None and key in early.states else st.load(ctx.state_dir, *key)
+            )
 
         # secrets: each reference read once from the store (an error names every reference
         # that cannot be read, and where it is used, never a value); the sealer of each state
         # (its fingerprint key: created when a function there uses a secret)
-        from reconciler.util import secrets as sec
         from reconciler.aws.secrets import read_values as read_secret_values
         from reconciler.store.seals import sealer_for
+        from reconciler.util import secrets as sec
 
         wanted = sec.wanted_by(specs)
         secret_values = read_secret_values(aws, wanted) if wanted else {}
-        sealers = {key: sealer_for(st.state_path(ctx.state_dir, *key),
-                                       create=any(sec.references(sec.env_vars(s.config)) for s in by_key[key]))
-                   for key in by_key}
+        sealers = {
+            key: sealer_for(
+                st.state_path(ctx.state_dir, *key),
+                create=any(sec.references(sec.env_vars(s.config)) for s in by_key[key]),
+            )
+            for key in by_key
+        }
         for s in specs:
             sec.remember_env(s.config)
 
@@ -343,6 +378,7 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
         cache: dict[str, str] = {}
         for s_ in states.values():
             cache.update(s_.artifacts)
+
         def resolve_all() -> dict[str, dict]:
             code_by_artifact: dict[str, dict] = {}
             ecr_repos: dict = {}
@@ -365,8 +401,10 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
                 if k not in accounts:
                     accounts[k] = caller_account(aws, s.region, s.connector)
                 if accounts[k] != s.account:
-                    raise ConfigError(f"FunctionName ARN is in account {s.account} but the credentials for {s.target} are for account {accounts[k]}",
-                                      *_split_source(s.source))
+                    raise ConfigError(
+                        f"FunctionName ARN is in account {s.account} but the credentials for {s.target} are for account {accounts[k]}",
+                        *_split_source(s.source),
+                    )
 
         ordered = sorted(specs, key=lambda x: (x.environment, x.infrastructure, x.name))
         # functions recorded in state that no target of the workspace deploys any more
@@ -377,14 +415,26 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
             for name, rec in sorted(state.functions.items()):
                 if name in desired_names:
                     continue
-                still = any(t.service == rec.get("service") and t.environment == env and t.infrastructure == infra for t in every)
+                still = any(
+                    t.service == rec.get("service") and t.environment == env and t.infrastructure == infra
+                    for t in every
+                )
                 if still:
                     continue  # another service's function, or one outside the selection
                 orphans.append((name, rec, state, env, infra))
 
-        wants = [Want(s.region, s.connector, s.name, alias_check(s, states[(s.environment, s.infrastructure)].functions.get(s.name)))
-                 for s in ordered]
-        wants += [Want(rec.get("region") or state.region, rec.get("connector"), name) for name, rec, state, _, _ in orphans]
+        wants = [
+            Want(
+                s.region,
+                s.connector,
+                s.name,
+                alias_check(s, states[(s.environment, s.infrastructure)].functions.get(s.name)),
+            )
+            for s in ordered
+        ]
+        wants += [
+            Want(rec.get("region") or state.region, rec.get("connector"), name) for name, rec, state, _, _ in orphans
+        ]
         ctx.log(f"refreshing {len(wants)} function(s)")
         try:
             if early is not None:
@@ -395,17 +445,29 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
             code_by_artifact = artifacts.result()
 
     with ctx.stats.phase("plan"):
-        plan = Plan(functions=[], created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    workspace=str(ctx.workspace), prune=prune, locked=locked)
+        plan = Plan(
+            functions=[],
+            created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            workspace=str(ctx.workspace),
+            prune=prune,
+            locked=locked,
+        )
         for key, s_ in sorted(states.items()):
             plan.state_refs[str(s_.path)] = s_.ref
-        for s, live in zip(ordered, lives):
+        for s, live in zip(ordered, lives, strict=False):
             state = states[(s.environment, s.infrastructure)]
             code = code_by_artifact[_artifact_key(s.artifact)]
             sec.remember_env(live.get("configuration"))
-            fp = plan_function(s, state.functions.get(s.name), live, code, str(state.path),
-                               interrupted=interrupted_deployment(state.history, s.name),
-                               secrets=secret_values, sealer=sealers[(s.environment, s.infrastructure)])
+            fp = plan_function(
+                s,
+                state.functions.get(s.name),
+                live,
+                code,
+                str(state.path),
+                interrupted=interrupted_deployment(state.history, s.name),
+                secrets=secret_values,
+                sealer=sealers[(s.environment, s.infrastructure)],
+            )
             fp.live = live
             plan.functions.append(fp)
 
@@ -416,7 +478,7 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
         # apply to converge (which may have published one already, to be reused).
         publishing = []
         newest_by_state: dict[tuple[str, str], dict[str, int]] = {}
-        for fp, s in zip(plan.functions, ordered):
+        for fp, s in zip(plan.functions, ordered, strict=False):
             if not (fp.publish and fp.action == "update"):
                 continue
             key = (s.environment, s.infrastructure)
@@ -424,8 +486,16 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
             if key not in newest_by_state:
                 newest_by_state[key] = _newest_versions(state)
             newest = newest_by_state[key].get(s.name)
-            seen = [int(a["version"]) for a in (fp.live or {}).get("aliases", {}).values() if str(a.get("version")).isdigit()]
-            if newest is not None and all(v <= newest for v in seen) and not interrupted_deployment(state.history, s.name):
+            seen = [
+                int(a["version"])
+                for a in (fp.live or {}).get("aliases", {}).values()
+                if str(a.get("version")).isdigit()
+            ]
+            if (
+                newest is not None
+                and all(v <= newest for v in seen)
+                and not interrupted_deployment(state.history, s.name)
+            ):
                 number_versions(fp, [{"Version": str(newest)}])
             else:
                 publishing.append((fp, s))
@@ -436,11 +506,11 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
 
         # the next version number; or, converging an apply that was killed after it
         # published, that version (reused, not published again)
-        for (fp, s), versions in zip(publishing, parallel_map(versions_of, publishing, ctx.parallelism)):
+        for (fp, s), versions in zip(publishing, parallel_map(versions_of, publishing, ctx.parallelism), strict=False):
             history = states[(s.environment, s.infrastructure)].history
             number_versions(fp, versions, interrupted_deployment(history, s.name))
 
-        for (name, rec, state, env, infra), live in zip(orphans, lives[len(ordered):]):
+        for (name, rec, state, env, infra), live in zip(orphans, lives[len(ordered) :], strict=False):
             plan.functions.append(orphan(name, rec, live, prune, str(state.path), env, infra))
     return plan
 
@@ -463,7 +533,9 @@ class _EarlyRefresh:
 
     def _run(self) -> None:
         try:
-            self.result, _ = refresh_all(self.aws, self.wants, self.ctx.parallelism, self.ctx.progress, eager_aliases=True)
+            self.result, _ = refresh_all(
+                self.aws, self.wants, self.ctx.parallelism, self.ctx.progress, eager_aliases=True
+            )
         except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread by complete()
             self.error = exc
 
@@ -471,16 +543,18 @@ class _EarlyRefresh:
         self.thread.join()
         if self.error is not None:  # read them the usual way: the error is reported if it matters
             return refresh_all(self.aws, wants, self.ctx.parallelism, self.ctx.progress)[0]
-        got = {_want_key(w): snap for w, snap in zip(self.wants, self.result or [])}
+        got = {_want_key(w): snap for w, snap in zip(self.wants, self.result or [], strict=False)}
         checked = {_want_key(w) for w in self.wants if w.aliases}
         rest = [w for w in wants if _want_key(w) not in got]
         if rest:
             snaps, _ = refresh_all(self.aws, rest, self.ctx.parallelism, self.ctx.progress)
-            got.update({_want_key(w): snap for w, snap in zip(rest, snaps)})
+            got.update({_want_key(w): snap for w, snap in zip(rest, snaps, strict=False)})
         # read early by version only, but the plan needs every fact of their aliases (an
         # alias desired that is not recorded, a new description or weights): ListAliases
         full = [w for w in wants if w.aliases is None and _want_key(w) in checked and got[_want_key(w)].get("exists")]
-        for w, aliases in zip(full, parallel_map(lambda w: read_aliases(self.aws, w), full, self.ctx.parallelism)):
+        for w, aliases in zip(
+            full, parallel_map(lambda w: read_aliases(self.aws, w), full, self.ctx.parallelism), strict=False
+        ):
             got[_want_key(w)] = _with_aliases(got[_want_key(w)], aliases or {})
         return [got[_want_key(w)] for w in wants]
 
@@ -488,25 +562,39 @@ class _EarlyRefresh:
 def _with_aliases(snap: dict, aliases: dict[str, dict]) -> dict:
     from reconciler.engine.live import alias_view
 
-    return {**snap, "aliases": {n: alias_view(a) for n, a in sorted(aliases.items())},
-            "alias_revisions": {n: a.get("RevisionId") for n, a in aliases.items() if a.get("RevisionId")}}
+    return {
+        **snap,
+        "aliases": {n: alias_view(a) for n, a in sorted(aliases.items())},
+        "alias_revisions": {n: a.get("RevisionId") for n, a in aliases.items() if a.get("RevisionId")},
+    }
 
 
 def _early_refresh(ctx: Context, aws) -> _EarlyRefresh | None:
     o = ctx.options
-    if o.services or o.environments or o.infrastructures or not isinstance(st.state_path(ctx.state_dir, "e", "i"), Path):
+    if (
+        o.services
+        or o.environments
+        or o.infrastructures
+        or not isinstance(st.state_path(ctx.state_dir, "e", "i"), Path)
+    ):
         return None
     try:
         states = {key: st.load(ctx.state_dir, *key) for key in st.targets(ctx.state_dir)}
     except Exception:  # noqa: BLE001 - an unreadable state is reported by the plan itself, later
         return None
-    wants = [Want(rec.get("region") or s_.region, rec.get("connector"), name, alias_check(None, rec))
-             for s_ in states.values() for name, rec in sorted(s_.functions.items()) if rec.get("region") or s_.region]
+    wants = [
+        Want(rec.get("region") or s_.region, rec.get("connector"), name, alias_check(None, rec))
+        for s_ in states.values()
+        for name, rec in sorted(s_.functions.items())
+        if rec.get("region") or s_.region
+    ]
     if not wants:
         return None
     # the clients first, here: importing botocore and building a client is CPU work that,
     # on the refresh thread, would compete with the loading it is meant to overlap
-    for region, connector in {(w.region, (w.connector or {}).get("role_arn")): (w.region, w.connector) for w in wants}.values():
+    for region, connector in {
+        (w.region, (w.connector or {}).get("role_arn")): (w.region, w.connector) for w in wants
+    }.values():
         aws.client("lambda", region, connector)
     return _EarlyRefresh(ctx, aws, states, wants)
 

@@ -4,11 +4,11 @@ or to a given published version."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from reconciler.store import state as st
 from reconciler.errors import ReconcilerError
+from reconciler.store import state as st
 
 
 @dataclass
@@ -24,8 +24,10 @@ class Step:
 
     def describe(self) -> str:
         aliases = ", ".join(f"{n} → {a['version']}" for n, a in sorted((self.target.get("aliases") or {}).items()))
-        return (f"~ {self.function} [{self.environment}/{self.infrastructure}]: version {self.current_version or '-'} → {self.target.get('version')}; "
-                f"$LATEST code {self.target.get('code_sha256')}" + (f"; aliases {aliases}" if aliases else ""))
+        return (
+            f"~ {self.function} [{self.environment}/{self.infrastructure}]: version {self.current_version or '-'} → {self.target.get('version')}; "
+            f"$LATEST code {self.target.get('code_sha256')}" + (f"; aliases {aliases}" if aliases else "")
+        )
 
 
 def prepare(ctx, aws, to_version: str | None = None, functions: list[str] | None = None) -> list[Step]:
@@ -36,7 +38,9 @@ def prepare(ctx, aws, to_version: str | None = None, functions: list[str] | None
     opts = ctx.options
     steps: list[Step] = []
     for s in st.all_states(ctx.state_dir):
-        if (opts.environments and s.environment not in opts.environments) or (opts.infrastructures and s.infrastructure not in opts.infrastructures):
+        if (opts.environments and s.environment not in opts.environments) or (
+            opts.infrastructures and s.infrastructure not in opts.infrastructures
+        ):
             continue
         for name, rec in sorted(s.functions.items()):
             if functions and name not in functions:
@@ -50,13 +54,22 @@ def prepare(ctx, aws, to_version: str | None = None, functions: list[str] | None
                 if got is None:
                     raise ReconcilerError(f"function {name} has no version {to_version} in Lambda")
                 conf = got["Configuration"]
-                deployed = next((h for h in reversed(s.history) if h.get("function") == name and h.get("version") == to_version), None)
+                deployed = next(
+                    (h for h in reversed(s.history) if h.get("function") == name and h.get("version") == to_version),
+                    None,
+                )
                 target = {
-                    "exists": True, "version": to_version, "code_sha256": conf.get("CodeSha256"),
+                    "exists": True,
+                    "version": to_version,
+                    "code_sha256": conf.get("CodeSha256"),
                     "code_params": (deployed or {}).get("code_params"),
-                    "image_uri": (got.get("Code") or {}).get("ImageUri"), "package_type": conf.get("PackageType", "Zip"),
-                    "configuration": conf, "tags": rec.get("tags", {}),
-                    "aliases": {a: {**v, "version": to_version, "weights": {}} for a, v in (rec.get("aliases") or {}).items()},
+                    "image_uri": (got.get("Code") or {}).get("ImageUri"),
+                    "package_type": conf.get("PackageType", "Zip"),
+                    "configuration": conf,
+                    "tags": rec.get("tags", {}),
+                    "aliases": {
+                        a: {**v, "version": to_version, "weights": {}} for a, v in (rec.get("aliases") or {}).items()
+                    },
                 }
             else:
                 half = interrupted_deployment(s.history, name)
@@ -64,21 +77,50 @@ def prepare(ctx, aws, to_version: str | None = None, functions: list[str] | None
                     # an apply whose own rollback failed: undo it, back to what ran before it
                     last = half
                 else:
-                    last = next((h for h in reversed(s.history) if h.get("function") == name and h.get("operation") == "apply"
-                                 and h.get("status") == "succeeded"), None)
+                    last = next(
+                        (
+                            h
+                            for h in reversed(s.history)
+                            if h.get("function") == name
+                            and h.get("operation") == "apply"
+                            and h.get("status") == "succeeded"
+                        ),
+                        None,
+                    )
                 if last is None or not (last.get("previous") or {}).get("exists"):
                     continue  # nothing earlier to go back to
                 target = last["previous"]
                 if not target.get("version"):
                     continue
                 if not target.get("code_params"):
-                    earlier = next((h for h in reversed(s.history) if h.get("function") == name and h.get("version") == target.get("version")
-                                    and h.get("status") == "succeeded"), None)
+                    earlier = next(
+                        (
+                            h
+                            for h in reversed(s.history)
+                            if h.get("function") == name
+                            and h.get("version") == target.get("version")
+                            and h.get("status") == "succeeded"
+                        ),
+                        None,
+                    )
                     target = {**target, "code_params": (earlier or {}).get("code_params")}
-            steps.append(Step(str(s.path), s.environment, s.infrastructure, name, region, rec.get("connector"), target, rec.get("version")))
+            steps.append(
+                Step(
+                    str(s.path),
+                    s.environment,
+                    s.infrastructure,
+                    name,
+                    region,
+                    rec.get("connector"),
+                    target,
+                    rec.get("version"),
+                )
+            )
     if not steps:
-        raise ReconcilerError("nothing to roll back: no selected function has an earlier successful deployment recorded in state",
-                              hint="see `reconciler history`")
+        raise ReconcilerError(
+            "nothing to roll back: no selected function has an earlier successful deployment recorded in state",
+            hint="see `reconciler history`",
+        )
     return steps
 
 
@@ -86,8 +128,8 @@ def execute(ctx, aws, steps: list[Step], log: Callable[[str], None], lock_timeou
     from contextlib import ExitStack
 
     from reconciler.engine.apply import close_interrupted, function_lock, half_done, restore
-    from reconciler.engine.refresh import refresh_function
     from reconciler.engine.live import project
+    from reconciler.engine.refresh import refresh_function
 
     for step in steps:
         with ExitStack() as stack:
@@ -98,25 +140,48 @@ def execute(ctx, aws, steps: list[Step], log: Callable[[str], None], lock_timeou
             stack.enter_context(function_lock(path, step.function, "rollback", timeout=lock_timeout))
             state = st.load(ctx.state_dir, step.environment, step.infrastructure)
             rec = state.functions.get(step.function, {})
-            record = {"id": str(uuid.uuid4()), "function": step.function, "service": rec.get("service"), "operation": "rollback",
-                      "status": "in_progress", "started_at": st.now(), "finished_at": None, "version": step.target.get("version"),
-                      "code_sha256": step.target.get("code_sha256"), "previous": {"exists": True, **{k: rec.get(k) for k in ("version", "code_sha256", "aliases")}},
-                      "steps": []}
+            record = {
+                "id": str(uuid.uuid4()),
+                "function": step.function,
+                "service": rec.get("service"),
+                "operation": "rollback",
+                "status": "in_progress",
+                "started_at": st.now(),
+                "finished_at": None,
+                "version": step.target.get("version"),
+                "code_sha256": step.target.get("code_sha256"),
+                "previous": {"exists": True, **{k: rec.get(k) for k in ("version", "code_sha256", "aliases")}},
+                "steps": [],
+            }
             for h in close_interrupted(state, step.function, record):
-                log(f"{step.function}: the {h.get('operation')} started at {h.get('started_at')}, {half_done(h)}, is rolled back")
+                log(
+                    f"{step.function}: the {h.get('operation')} started at {h.get('started_at')}, {half_done(h)}, is rolled back"
+                )
             state.history.append(record)
             state.write()
             try:
                 restore(aws, step.function, step.region, step.connector, step.target, log)
             except BaseException as exc:  # noqa: BLE001 - Ctrl-C too: never leave the record in_progress
-                reason = str(exc) if isinstance(exc, ReconcilerError) else "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+                reason = (
+                    str(exc)
+                    if isinstance(exc, ReconcilerError)
+                    else "interrupted"
+                    if isinstance(exc, KeyboardInterrupt)
+                    else f"{type(exc).__name__}: {exc}"
+                )
                 record.update(status="failed", finished_at=st.now(), error=reason)
                 state.write()
                 raise
             live = refresh_function(aws, step.region, step.connector, step.function)
-            rec.update(version=step.target.get("version"), code_sha256=live.get("code_sha256"), aliases=live.get("aliases", {}),
-                       configuration=project(live.get("configuration") or {}, rec.get("configuration") or {}),
-                       code_params=step.target.get("code_params"), code_source=step.target.get("code_source"), updated_at=st.now())
+            rec.update(
+                version=step.target.get("version"),
+                code_sha256=live.get("code_sha256"),
+                aliases=live.get("aliases", {}),
+                configuration=project(live.get("configuration") or {}, rec.get("configuration") or {}),
+                code_params=step.target.get("code_params"),
+                code_source=step.target.get("code_source"),
+                updated_at=st.now(),
+            )
             state.functions[step.function] = rec
             record.update(status="succeeded", finished_at=st.now())
             state.write()

@@ -32,29 +32,58 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from reconciler.util import secrets as sec
-from reconciler.store import state as st
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
-from reconciler.workspace.expr import Scope, input_default, is_runtime_input, leaves, resolve_expr, resolve_string
-from reconciler.workspace.load import Entity, Workspace, load_workspace, pipe_skipped_stages, pipeline_stages, stage_skipped
 from reconciler.model import IDENTIFIER, IDENTIFIER_RULE, FunctionSpec, Plan, Target
+from reconciler.store import state as st
+from reconciler.util import secrets as sec
+from reconciler.util.yamlsrc import Doc, load_data_file
+from reconciler.workspace.expr import Scope, input_default, is_runtime_input, leaves, resolve_expr, resolve_string
+from reconciler.workspace.load import (
+    Entity,
+    Workspace,
+    load_workspace,
+    pipe_skipped_stages,
+    pipeline_stages,
+    stage_skipped,
+)
 from reconciler.workspace.render import Options, render_target, stage_targets, target_scope, variable_input
 from reconciler.workspace.shell import ScriptResult, base_environment, prepare_script, run_script  # noqa: F401  (ScriptResult re-exported)
-from reconciler.util.yamlsrc import Doc, load_data_file
 
 SUPPORTED_STEPS = ("AwsLambdaDeploy", "AwsLambdaRollback", "ShellScript", "Wait")
 REJECTED_STEPS = {
     "HarnessApproval": "a pipeline run is the approval: run it once it is approved",
 }
-ERROR_TYPES = ("AllErrors", "Unknown", "Timeout", "Authentication", "Authorization", "Connectivity", "Verification",
-               "DelegateProvisioning", "PolicyEvaluationFailure", "InputTimeoutError", "ApprovalRejection", "DelegateRestart",
-               "UserMarkedFailure")
-ACTIONS = ("StageRollback", "PipelineRollback", "StepGroupRollback", "Abort", "MarkAsFailure", "Ignore", "MarkAsSuccess",
-           "Retry", "ManualIntervention")
+ERROR_TYPES = (
+    "AllErrors",
+    "Unknown",
+    "Timeout",
+    "Authentication",
+    "Authorization",
+    "Connectivity",
+    "Verification",
+    "DelegateProvisioning",
+    "PolicyEvaluationFailure",
+    "InputTimeoutError",
+    "ApprovalRejection",
+    "DelegateRestart",
+    "UserMarkedFailure",
+)
+ACTIONS = (
+    "StageRollback",
+    "PipelineRollback",
+    "StepGroupRollback",
+    "Abort",
+    "MarkAsFailure",
+    "Ignore",
+    "MarkAsSuccess",
+    "Retry",
+    "ManualIntervention",
+)
 STAGE_STATUSES = ("Success", "Failure", "All")
 DURATION = re.compile(r"^(?:\d+(?:w|d|h|m|s|ms))+$")
 DURATION_PART = re.compile(r"(\d+)(ms|w|d|h|m|s)")
@@ -78,7 +107,9 @@ def parse_duration(text: Any) -> float:
     return sum(int(n) * UNIT_SECONDS[u] for n, u in DURATION_PART.findall(t))
 
 
-_TOKEN = re.compile(r"""\s*(?:(?P<expr><\+)|(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<num>-?\d+(?:\.\d+)?(?![\w.]))|(?P<op>==|!=|<=|>=|&&|\|\||[!()<>])|(?P<word>[A-Za-z_][\w.\-]*))""")
+_TOKEN = re.compile(
+    r"""\s*(?:(?P<expr><\+)|(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<num>-?\d+(?:\.\d+)?(?![\w.]))|(?P<op>==|!=|<=|>=|&&|\|\||[!()<>])|(?P<word>[A-Za-z_][\w.\-]*))"""
+)
 
 
 def _tokens(text: str, value_of: Callable[[str], Any]) -> list[tuple[str, Any]]:
@@ -103,7 +134,7 @@ def _tokens(text: str, value_of: Callable[[str], Any]) -> list[tuple[str, Any]]:
                 j += 1
             if depth:
                 raise ValueError("an expression <+... is not closed")
-            out.append(("val", value_of(text[start: j + 1])))
+            out.append(("val", value_of(text[start : j + 1])))
             i = j + 1
             continue
         i = m.end()
@@ -231,10 +262,12 @@ def load_inputs(path: Path, pipeline_id: str) -> tuple[dict, Doc]:
     else:
         pipe, base = data.get("pipeline"), ("pipeline",)
     if not isinstance(pipe, dict):
-        raise doc.error((), "an inputs file needs inputSet.pipeline (a Harness input set) or pipeline: {identifier, stages: [...]}")
+        raise doc.error(
+            (), "an inputs file needs inputSet.pipeline (a Harness input set) or pipeline: {identifier, stages: [...]}"
+        )
     ident = pipe.get("identifier")
     if ident is not None and ident != pipeline_id:
-        raise doc.error(base + ("identifier",), f"the input set is for pipeline '{ident}', not '{pipeline_id}'")
+        raise doc.error((*base, "identifier"), f"the input set is for pipeline '{ident}', not '{pipeline_id}'")
     return pipe, doc
 
 
@@ -279,7 +312,11 @@ def _match(items: list, item: Any) -> int | None:
     if key[0] == "parallel":  # a parallel group: match by the identifiers inside
         inner = {_key_of(x) for x in item["parallel"]}
         for i, cand in enumerate(items):
-            if isinstance(cand, dict) and isinstance(cand.get("parallel"), list) and inner & {_key_of(x) for x in cand["parallel"]}:
+            if (
+                isinstance(cand, dict)
+                and isinstance(cand.get("parallel"), list)
+                and inner & {_key_of(x) for x in cand["parallel"]}
+            ):
                 return i
         return None
     for i, cand in enumerate(items):
@@ -333,7 +370,9 @@ class StageDef:
         return str(self.body.get("name") or self.identifier)
 
 
-def flatten_steps(pipe: Entity, items: Any, path: tuple, phase: str, errors: list, group_when=None, strategies=None, group=None) -> list[StepDef]:
+def flatten_steps(
+    pipe: Entity, items: Any, path: tuple, phase: str, errors: list, group_when=None, strategies=None, group=None
+) -> list[StepDef]:
     out: list[StepDef] = []
     if items is None:
         return out
@@ -341,18 +380,26 @@ def flatten_steps(pipe: Entity, items: Any, path: tuple, phase: str, errors: lis
         errors.append(pipe.error(path, "steps must be a list of {step: ...}"))
         return out
     for i, item in enumerate(items):
-        p = path + (i,)
+        p = (*path, i)
         if not isinstance(item, dict):
             errors.append(pipe.error(p, "each entry needs 'step', 'stepGroup' or 'parallel'"))
         elif isinstance(item.get("step"), dict):
-            out.append(StepDef(item["step"], p + ("step",), phase, list(group_when or []), strategies, group))
+            out.append(StepDef(item["step"], (*p, "step"), phase, list(group_when or []), strategies, group))
         elif isinstance(item.get("stepGroup"), dict):
             g = item["stepGroup"]
-            when = list(group_when or []) + ([(g["when"], p + ("stepGroup", "when"))] if g.get("when") else [])
-            out += flatten_steps(pipe, g.get("steps"), p + ("stepGroup", "steps"), phase, errors, when,
-                                 g.get("failureStrategies") or strategies, g.get("identifier"))
+            when = list(group_when or []) + ([(g["when"], (*p, "stepGroup", "when"))] if g.get("when") else [])
+            out += flatten_steps(
+                pipe,
+                g.get("steps"),
+                (*p, "stepGroup", "steps"),
+                phase,
+                errors,
+                when,
+                g.get("failureStrategies") or strategies,
+                g.get("identifier"),
+            )
         elif isinstance(item.get("parallel"), list):  # run one after the other
-            out += flatten_steps(pipe, item["parallel"], p + ("parallel",), phase, errors, group_when, strategies, group)
+            out += flatten_steps(pipe, item["parallel"], (*p, "parallel"), phase, errors, group_when, strategies, group)
         else:
             errors.append(pipe.error(p, "each entry needs 'step', 'stepGroup' or 'parallel'"))
     return out
@@ -374,26 +421,37 @@ def check_pipeline(pipe: Entity, ws: Workspace, strict: bool = False) -> tuple[l
         if stage_skipped(ws, stage):
             continue
         if not isinstance(sid, str) or not IDENTIFIER.fullmatch(sid):
-            errors.append(pipe.error(path + ("identifier",), f"stage identifier {str(sid)[:60]!r} is not a Harness identifier ({IDENTIFIER_RULE})"))
-        ex = path + ("spec", "execution")
+            errors.append(
+                pipe.error(
+                    (*path, "identifier"),
+                    f"stage identifier {str(sid)[:60]!r} is not a Harness identifier ({IDENTIFIER_RULE})",
+                )
+            )
+        ex = (*path, "spec", "execution")
         execution = (stage.get("spec") or {}).get("execution") or {}
-        steps = flatten_steps(pipe, execution.get("steps"), ex + ("steps",), "execution", errors)
-        rb = flatten_steps(pipe, execution.get("rollbackSteps"), ex + ("rollbackSteps",), "rollback", errors)
+        steps = flatten_steps(pipe, execution.get("steps"), (*ex, "steps"), "execution", errors)
+        rb = flatten_steps(pipe, execution.get("rollbackSteps"), (*ex, "rollbackSteps"), "rollback", errors)
         from reconciler.pipeline.provisioners import stage_provisioner
 
         psteps, prb = stage_provisioner(pipe, stage, path, errors, flatten_steps)
         for s in steps + rb + psteps + prb:
             errors += _check_step(pipe, s)
-        errors += _check_strategies(pipe, stage.get("failureStrategies"), path + ("failureStrategies",))
-        errors += _check_when(pipe, stage.get("when"), path + ("when",), "pipelineStatus")
+        errors += _check_strategies(pipe, stage.get("failureStrategies"), (*path, "failureStrategies"))
+        errors += _check_when(pipe, stage.get("when"), (*path, "when"), "pipelineStatus")
         seen: dict[str, tuple] = {}
         for s in steps + rb:
             if s.identifier in seen and s.phase == "execution":
-                errors.append(pipe.error(s.path + ("identifier",), f"step identifier '{s.identifier}' is used twice in stage '{sid}'"))
+                errors.append(
+                    pipe.error(
+                        (*s.path, "identifier"), f"step identifier '{s.identifier}' is used twice in stage '{sid}'"
+                    )
+                )
             seen.setdefault(s.identifier, s.path)
         stages.append(StageDef(stage, path, steps, rb, psteps, prb))
     if strict and not stages:
-        errors.append(pipe.error(("stages",), f"pipeline '{pipe.identifier}' has no Deployment stage of deploymentType AwsLambda"))
+        errors.append(
+            pipe.error(("stages",), f"pipeline '{pipe.identifier}' has no Deployment stage of deploymentType AwsLambda")
+        )
     return stages, errors
 
 
@@ -403,60 +461,99 @@ def _check_step(pipe: Entity, s: StepDef) -> list[ConfigError]:
     if not s.identifier:
         errs.append(pipe.error(p, "a step needs an 'identifier'"))
     elif not IDENTIFIER.fullmatch(s.identifier):
-        errs.append(pipe.error(p + ("identifier",), f"step identifier {s.identifier[:60]!r} is not a Harness identifier ({IDENTIFIER_RULE})"))
+        errs.append(
+            pipe.error(
+                (*p, "identifier"),
+                f"step identifier {s.identifier[:60]!r} is not a Harness identifier ({IDENTIFIER_RULE})",
+            )
+        )
     t = b.get("type")
     from reconciler.pipeline import provisioners
 
     supported = provisioners.supported(s.phase, SUPPORTED_STEPS)
     if t not in supported:
         hint = REJECTED_STEPS.get(t) or provisioners.rejected(t, s.phase) or did_you_mean(str(t), supported)
-        errs.append(pipe.error(p + ("type",), f"step '{s.identifier}' has type '{t}', which reconciler run does not support "
-                                              f"{provisioners.where(s.phase)}; supported: {', '.join(supported)}",
-                               hint if hint and not hint.startswith("valid:") else None))
+        errs.append(
+            pipe.error(
+                (*p, "type"),
+                f"step '{s.identifier}' has type '{t}', which reconciler run does not support "
+                f"{provisioners.where(s.phase)}; supported: {', '.join(supported)}",
+                hint if hint and not hint.startswith("valid:") else None,
+            )
+        )
         return errs
     timeout = b.get("timeout")
     if timeout is not None and not (isinstance(timeout, str) and "<+" in timeout):
         try:
             parse_duration(timeout)
         except ValueError as exc:
-            errs.append(pipe.error(p + ("timeout",), f"step '{s.identifier}': timeout {exc}"))
+            errs.append(pipe.error((*p, "timeout"), f"step '{s.identifier}': timeout {exc}"))
     spec = b.get("spec") or {}
     if not isinstance(spec, dict):
-        errs.append(pipe.error(p + ("spec",), f"step '{s.identifier}': spec must be a mapping"))
+        errs.append(pipe.error((*p, "spec"), f"step '{s.identifier}': spec must be a mapping"))
         return errs
     if t == "ShellScript":
         shell = spec.get("shell", "Bash")
         if shell not in ("Bash", "Sh"):
-            errs.append(pipe.error(p + ("spec", "shell"), f"step '{s.identifier}': shell '{shell}' is not supported; use Bash"))
+            errs.append(
+                pipe.error((*p, "spec", "shell"), f"step '{s.identifier}': shell '{shell}' is not supported; use Bash")
+            )
         src = spec.get("source") or {}
         if not isinstance(src, dict) or src.get("type", "Inline") != "Inline":
-            errs.append(pipe.error(p + ("spec", "source", "type"), f"step '{s.identifier}': only Inline scripts are supported (source.type: Inline)"))
+            errs.append(
+                pipe.error(
+                    (*p, "spec", "source", "type"),
+                    f"step '{s.identifier}': only Inline scripts are supported (source.type: Inline)",
+                )
+            )
         elif not isinstance((src.get("spec") or {}).get("script"), str):
-            errs.append(pipe.error(p + ("spec", "source"), f"step '{s.identifier}' has no source.spec.script"))
+            errs.append(pipe.error((*p, "spec", "source"), f"step '{s.identifier}' has no source.spec.script"))
         target = spec.get("executionTarget") or {}
         if isinstance(target, dict) and target.get("host"):
-            errs.append(pipe.error(p + ("spec", "executionTarget"), f"step '{s.identifier}': scripts run on this machine; executionTarget.host is not supported"))
+            errs.append(
+                pipe.error(
+                    (*p, "spec", "executionTarget"),
+                    f"step '{s.identifier}': scripts run on this machine; executionTarget.host is not supported",
+                )
+            )
         for key in ("environmentVariables", "outputVariables"):
             items = spec.get(key) or []
             if not isinstance(items, list):
-                errs.append(pipe.error(p + ("spec", key), f"step '{s.identifier}': {key} must be a list of {{name, type, value}}"))
+                errs.append(
+                    pipe.error(
+                        (*p, "spec", key), f"step '{s.identifier}': {key} must be a list of {{name, type, value}}"
+                    )
+                )
                 continue
             for i, v in enumerate(items):
-                vp = p + ("spec", key, i)
+                vp = (*p, "spec", key, i)
                 if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not SHELL_VAR.fullmatch(v["name"]):
-                    errs.append(pipe.error(vp, f"step '{s.identifier}': each of {key} needs a 'name' that is a shell variable name"))
-                elif key == "outputVariables" and v.get("value") not in (None, "") and not SHELL_VAR.fullmatch(str(v.get("value"))):
-                    errs.append(pipe.error(vp + ("value",), f"output variable '{v['name']}': value names the script's shell variable to read, "
-                                                            f"and '{v.get('value')}' is not a shell variable name"))
+                    errs.append(
+                        pipe.error(
+                            vp, f"step '{s.identifier}': each of {key} needs a 'name' that is a shell variable name"
+                        )
+                    )
+                elif (
+                    key == "outputVariables"
+                    and v.get("value") not in (None, "")
+                    and not SHELL_VAR.fullmatch(str(v.get("value")))
+                ):
+                    errs.append(
+                        pipe.error(
+                            (*vp, "value"),
+                            f"output variable '{v['name']}': value names the script's shell variable to read, "
+                            f"and '{v.get('value')}' is not a shell variable name",
+                        )
+                    )
     if s.phase in provisioners.PROVISION_PHASES:
         errs += provisioners.check_step(pipe, s)
     if t == "Wait":
         try:
             parse_duration(spec.get("duration"))
         except ValueError as exc:
-            errs.append(pipe.error(p + ("spec", "duration"), f"Wait step '{s.identifier}': duration {exc}"))
-    errs += _check_when(pipe, b.get("when"), p + ("when",), "stageStatus")
-    errs += _check_strategies(pipe, b.get("failureStrategies"), p + ("failureStrategies",))
+            errs.append(pipe.error((*p, "spec", "duration"), f"Wait step '{s.identifier}': duration {exc}"))
+    errs += _check_when(pipe, b.get("when"), (*p, "when"), "stageStatus")
+    errs += _check_strategies(pipe, b.get("failureStrategies"), (*p, "failureStrategies"))
     return errs
 
 
@@ -467,15 +564,20 @@ def _check_when(pipe: Entity, when: Any, path: tuple, status_key: str) -> list[C
         return [pipe.error(path, f"when must be a mapping {{{status_key}, condition}}")]
     errs = []
     if when.get(status_key, "Success") not in STAGE_STATUSES:
-        errs.append(pipe.error(path + (status_key,), f"when.{status_key} must be one of {', '.join(STAGE_STATUSES)}",
-                               did_you_mean(str(when.get(status_key)), STAGE_STATUSES)))
+        errs.append(
+            pipe.error(
+                (*path, status_key),
+                f"when.{status_key} must be one of {', '.join(STAGE_STATUSES)}",
+                did_you_mean(str(when.get(status_key)), STAGE_STATUSES),
+            )
+        )
     cond = when.get("condition")
     if cond is not None:
         try:
             evaluate_condition(cond, lambda e: "true")
         except ValueError as exc:
             if "is not true or false" not in str(exc):
-                errs.append(pipe.error(path + ("condition",), f"when.condition: {exc}"))
+                errs.append(pipe.error((*path, "condition"), f"when.condition: {exc}"))
     return errs
 
 
@@ -487,40 +589,60 @@ def _check_strategies(pipe: Entity, items: Any, path: tuple) -> list[ConfigError
     errs = []
     for i, item in enumerate(items):
         of = (item or {}).get("onFailure") if isinstance(item, dict) else None
-        p = path + (i, "onFailure")
+        p = (*path, i, "onFailure")
         if not isinstance(of, dict):
-            errs.append(pipe.error(path + (i,), "each failure strategy needs onFailure: {errors, action}"))
+            errs.append(pipe.error((*path, i), "each failure strategy needs onFailure: {errors, action}"))
             continue
         for j, e in enumerate(of.get("errors") or []):
             if e not in ERROR_TYPES:
-                errs.append(pipe.error(p + ("errors", j), f"error type '{e}' is not one of {', '.join(ERROR_TYPES)}", did_you_mean(str(e), ERROR_TYPES)))
-        errs += _check_action(pipe, of.get("action"), p + ("action",))
+                errs.append(
+                    pipe.error(
+                        (*p, "errors", j),
+                        f"error type '{e}' is not one of {', '.join(ERROR_TYPES)}",
+                        did_you_mean(str(e), ERROR_TYPES),
+                    )
+                )
+        errs += _check_action(pipe, of.get("action"), (*p, "action"))
     return errs
 
 
 def _check_action(pipe: Entity, action: Any, path: tuple) -> list[ConfigError]:
     t = action.get("type") if isinstance(action, dict) else None
     if t not in ACTIONS:
-        return [pipe.error(path + ("type",), f"failure action '{t}' is not supported; use one of {', '.join(ACTIONS)}", did_you_mean(str(t), ACTIONS))]
+        return [
+            pipe.error(
+                (*path, "type"),
+                f"failure action '{t}' is not supported; use one of {', '.join(ACTIONS)}",
+                did_you_mean(str(t), ACTIONS),
+            )
+        ]
     spec = action.get("spec") or {}
     if t == "Retry":
         errs = []
         count = spec.get("retryCount")
-        if count is not None and not (isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= 100) \
-                and not (isinstance(count, str) and count.isdigit() and int(count) <= 100):
-            errs.append(pipe.error(path + ("spec", "retryCount"), f"retryCount must be a whole number from 0 to 100, got {str(count)[:40]!r}"))
+        if (
+            count is not None
+            and not (isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= 100)
+            and not (isinstance(count, str) and count.isdigit() and int(count) <= 100)
+        ):
+            errs.append(
+                pipe.error(
+                    (*path, "spec", "retryCount"),
+                    f"retryCount must be a whole number from 0 to 100, got {str(count)[:40]!r}",
+                )
+            )
         for j, d in enumerate(spec.get("retryIntervals") or []):
             try:
                 parse_duration(d)
             except ValueError as exc:
-                errs.append(pipe.error(path + ("spec", "retryIntervals", j), f"retry interval {exc}"))
+                errs.append(pipe.error((*path, "spec", "retryIntervals", j), f"retry interval {exc}"))
         sub = (spec.get("onRetryFailure") or {}).get("action")
         if sub is not None:
-            errs += _check_action(pipe, sub, path + ("spec", "onRetryFailure", "action"))
+            errs += _check_action(pipe, sub, (*path, "spec", "onRetryFailure", "action"))
         return errs
     if t == "ManualIntervention":
         sub = (spec.get("onTimeout") or {}).get("action")
-        return _check_action(pipe, sub, path + ("spec", "onTimeout", "action")) if sub is not None else []
+        return _check_action(pipe, sub, (*path, "spec", "onTimeout", "action")) if sub is not None else []
     return []
 
 
@@ -558,10 +680,24 @@ class StepResult:
     reason: str | None = None  # why skipped, or the failure action taken
 
     def to_dict(self) -> dict:
-        return {"stage": self.stage, "stage_name": self.stage_name, "service": self.target.service, "environment": self.target.environment,
-                "infrastructure": self.target.infrastructure, "step": self.step, "name": self.name, "type": self.type, "phase": self.phase,
-                "status": self.status, "started_at": self.started_at, "duration": round(self.duration, 3), "outputs": self.outputs,
-                "output": self.output, "error": self.error, "reason": self.reason}
+        return {
+            "stage": self.stage,
+            "stage_name": self.stage_name,
+            "service": self.target.service,
+            "environment": self.target.environment,
+            "infrastructure": self.target.infrastructure,
+            "step": self.step,
+            "name": self.name,
+            "type": self.type,
+            "phase": self.phase,
+            "status": self.status,
+            "started_at": self.started_at,
+            "duration": round(self.duration, 3),
+            "outputs": self.outputs,
+            "output": self.output,
+            "error": self.error,
+            "reason": self.reason,
+        }
 
 
 @dataclass
@@ -575,8 +711,16 @@ class StageResult:
 
     def to_dict(self) -> dict:
         t = self.target
-        return {"stage": self.stage, "name": self.name, "service": t.service if t else None, "environment": t.environment if t else None,
-                "infrastructure": t.infrastructure if t else None, "status": self.status, "rolled_back": self.rolled_back, "reason": self.reason}
+        return {
+            "stage": self.stage,
+            "name": self.name,
+            "service": t.service if t else None,
+            "environment": t.environment if t else None,
+            "infrastructure": t.infrastructure if t else None,
+            "status": self.status,
+            "rolled_back": self.rolled_back,
+            "reason": self.reason,
+        }
 
 
 class StepFailed(Exception):
@@ -603,8 +747,17 @@ class RunSettings:
 class StageRun:
     """One stage for one target: its steps, its scope and what its deploys changed."""
 
-    def __init__(self, runner: "Runner", stage: StageDef, target: Target, opts: Options, spec: FunctionSpec, scope: Scope):
-        self.runner, self.stage, self.target, self.opts, self.spec, self.base_scope = runner, stage, target, opts, spec, scope
+    def __init__(
+        self, runner: Runner, stage: StageDef, target: Target, opts: Options, spec: FunctionSpec, scope: Scope
+    ):
+        self.runner, self.stage, self.target, self.opts, self.spec, self.base_scope = (
+            runner,
+            stage,
+            target,
+            opts,
+            spec,
+            scope,
+        )
         self.failed = False
         self.deployed: list[str] = []  # apply history record ids, in order
         self.outputs: dict[str, dict] = {}  # step identifier → outputs
@@ -615,27 +768,50 @@ class StageRun:
         r = self.runner
         fixed = dict(self.base_scope.fixed)
         fixed.update(r.pipeline_fixed)
-        fixed.update({"stage.name": self.stage.name, "stage.identifier": self.stage.identifier,
-                      "stage.description": self.stage.body.get("description", "")})
+        fixed.update(
+            {
+                "stage.name": self.stage.name,
+                "stage.identifier": self.stage.identifier,
+                "stage.description": self.stage.body.get("description", ""),
+            }
+        )
         for v in self.stage.body.get("variables") or []:
             if isinstance(v, dict) and "name" in v:
                 fixed[f"stage.variables.{v['name']}"] = r.variable_value(v, self.stage.path)
         art = self.spec.artifact or {}
-        fixed.update({f"artifact.{k}": v for k, v in {
-            "identifier": art.get("id"), "type": {"S3": "AmazonS3", "ECR": "Ecr"}.get(art.get("type"), art.get("type")),
-            "bucketName": art.get("bucket"), "filePath": art.get("key"), "region": art.get("region"),
-            "imagePath": art.get("repository"), "tag": art.get("tag"), "digest": art.get("digest")}.items() if v is not None})
+        fixed.update(
+            {
+                f"artifact.{k}": v
+                for k, v in {
+                    "identifier": art.get("id"),
+                    "type": {"S3": "AmazonS3", "ECR": "Ecr"}.get(art.get("type"), art.get("type")),
+                    "bucketName": art.get("bucket"),
+                    "filePath": art.get("key"),
+                    "region": art.get("region"),
+                    "imagePath": art.get("repository"),
+                    "tag": art.get("tag"),
+                    "digest": art.get("digest"),
+                }.items()
+                if v is not None
+            }
+        )
         if step is not None:
             fixed.update({"step.name": step.name, "step.identifier": step.identifier, "step.type": step.type})
         fixed.update(r.outputs_fixed)
         own = f"pipeline.stages.{self.stage.identifier}.spec.execution.steps."
         for k, v in r.outputs_fixed.items():  # this stage's own steps, relative forms
             if k.startswith(own):
-                fixed["execution.steps." + k[len(own):]] = v
-                fixed["steps." + k[len(own):]] = v
+                fixed["execution.steps." + k[len(own) :]] = v
+                fixed["steps." + k[len(own) :]] = v
         b = self.base_scope
-        return Scope(fixed=fixed, service_variables=b.service_variables, env_variables=b.env_variables,
-                     resolve_variable=b.resolve_variable, provisioner=b.provisioner, in_pipeline=True)
+        return Scope(
+            fixed=fixed,
+            service_variables=b.service_variables,
+            env_variables=b.env_variables,
+            resolve_variable=b.resolve_variable,
+            provisioner=b.provisioner,
+            in_pipeline=True,
+        )
 
     def resolve(self, value: Any, path: tuple, step: StepDef | None = None) -> Any:
         if not isinstance(value, str) or "<+" not in value:
@@ -645,7 +821,7 @@ class StageRun:
 
     def script(self, step: StepDef) -> tuple[str, dict[str, str]]:
         """A ShellScript step's script with its expressions as environment variable references, and their values."""
-        path = step.path + ("spec", "source", "spec", "script")
+        path = (*step.path, "spec", "source", "spec", "script")
         text = (((step.body.get("spec") or {}).get("source") or {}).get("spec") or {}).get("script") or ""
         pipe = self.runner.pipe
 
@@ -664,11 +840,18 @@ class StageRun:
         arn = rec.get("arn") or ""
         version = rec.get("version") or ""
         return {
-            "RECONCILER_FUNCTION_NAME": s.name, "RECONCILER_FUNCTION_ARN": arn, "RECONCILER_VERSION": version,
-            "RECONCILER_VERSION_ARN": f"{arn}:{version}" if arn and version else "", "RECONCILER_ALIAS": aliases[0] if aliases else "",
-            "RECONCILER_ALIASES": ",".join(aliases), "RECONCILER_REGION": s.region, "RECONCILER_SERVICE": s.service,
-            "RECONCILER_ENVIRONMENT": s.environment, "RECONCILER_INFRASTRUCTURE": s.infrastructure,
-            "RECONCILER_PIPELINE": self.runner.pipe.identifier, "RECONCILER_STAGE": self.stage.identifier,
+            "RECONCILER_FUNCTION_NAME": s.name,
+            "RECONCILER_FUNCTION_ARN": arn,
+            "RECONCILER_VERSION": version,
+            "RECONCILER_VERSION_ARN": f"{arn}:{version}" if arn and version else "",
+            "RECONCILER_ALIAS": aliases[0] if aliases else "",
+            "RECONCILER_ALIASES": ",".join(aliases),
+            "RECONCILER_REGION": s.region,
+            "RECONCILER_SERVICE": s.service,
+            "RECONCILER_ENVIRONMENT": s.environment,
+            "RECONCILER_INFRASTRUCTURE": s.infrastructure,
+            "RECONCILER_PIPELINE": self.runner.pipe.identifier,
+            "RECONCILER_STAGE": self.stage.identifier,
         }
 
 
@@ -703,8 +886,10 @@ class Runner:
         self.ws = load_workspace(s.workspace, s.state_dir)
         if s.pipeline not in self.ws.pipelines:
             hint = did_you_mean(s.pipeline, self.ws.pipelines)
-            raise ConfigError(f"no pipeline '{s.pipeline}' in the workspace; defined: {', '.join(sorted(self.ws.pipelines)) or 'none'}",
-                              hint=hint if hint and hint.startswith("did you mean") else None)
+            raise ConfigError(
+                f"no pipeline '{s.pipeline}' in the workspace; defined: {', '.join(sorted(self.ws.pipelines)) or 'none'}",
+                hint=hint if hint and hint.startswith("did you mean") else None,
+            )
         pipe = self.ws.pipelines[s.pipeline]
         inputs_doc = None
         if s.inputs_file:
@@ -716,17 +901,27 @@ class Runner:
         self.skipped = pipe_skipped_stages(self.ws, pipe)
         if errors:
             raise errors[0] if len(errors) == 1 else ErrorList(errors)
-        self.pipeline_fixed = {"pipeline.name": pipe.name, "pipeline.identifier": pipe.identifier,
-                               "pipeline.executionId": str(uuid.uuid4()), "pipeline.sequenceId": 1,
-                               "pipeline.startTs": int(time.time() * 1000)}
+        self.pipeline_fixed = {
+            "pipeline.name": pipe.name,
+            "pipeline.identifier": pipe.identifier,
+            "pipeline.executionId": str(uuid.uuid4()),
+            "pipeline.sequenceId": 1,
+            "pipeline.startTs": int(time.time() * 1000),
+        }
         for v in pipe.body.get("variables") or []:
             if isinstance(v, dict) and "name" in v:
                 self.pipeline_fixed[f"pipeline.variables.{v['name']}"] = self.variable_value(v, ("variables",))
         plan: list = []
         for stage in stages:
             items = []
-            base = Options(services=[], environments=[], infrastructures=[], variables=dict(s.variables), artifact=s.artifact,
-                           **({"provisioner": s.provisioner} if s.provisioner is not None else {}))
+            base = Options(
+                services=[],
+                environments=[],
+                infrastructures=[],
+                variables=dict(s.variables),
+                artifact=s.artifact,
+                **({"provisioner": s.provisioner} if s.provisioner is not None else {}),
+            )
             try:
                 tgts = stage_targets(self.ws, pipe, stage.path, stage.body, base)
             except ReconcilerError as exc:
@@ -768,11 +963,18 @@ class Runner:
     def stage_options(self, stage: StageDef, t: Target) -> Options:
         s = self.settings
         variables = {}
-        si = (((stage.body.get("spec") or {}).get("service") or {}).get("serviceInputs") or {})
+        si = ((stage.body.get("spec") or {}).get("service") or {}).get("serviceInputs") or {}
         sd_spec = ((si.get("serviceDefinition") or {}).get("spec") or {}) if isinstance(si, dict) else {}
-        env_inputs = ((((stage.body.get("spec") or {}).get("environment") or {}).get("environmentInputs") or {}).get("variables") or [])
+        env_inputs = (((stage.body.get("spec") or {}).get("environment") or {}).get("environmentInputs") or {}).get(
+            "variables"
+        ) or []
         for v in list(env_inputs) + list(sd_spec.get("variables") or []):
-            if isinstance(v, dict) and "name" in v and not is_runtime_input(v.get("value")) and v.get("value") is not None:
+            if (
+                isinstance(v, dict)
+                and "name" in v
+                and not is_runtime_input(v.get("value"))
+                and v.get("value") is not None
+            ):
                 variables[str(v["name"])] = v["value"]
         variables.update(s.variables)  # --var wins over the input set
         artifact = s.artifact
@@ -780,8 +982,15 @@ class Runner:
         if artifact is None and isinstance(ref, str) and ref and "<+" not in ref:
             artifact = ref
         kw = {"provisioner": s.provisioner} if s.provisioner is not None else {}
-        return Options(services=[t.service], environments=[t.environment], infrastructures=[t.infrastructure],
-                       variables=variables, artifact=artifact, only=[t], **kw)
+        return Options(
+            services=[t.service],
+            environments=[t.environment],
+            infrastructures=[t.infrastructure],
+            variables=variables,
+            artifact=artifact,
+            only=[t],
+            **kw,
+        )
 
     def _unresolved_inputs(self, pipe: Entity, inputs_doc: Doc | None, stages: list[StageDef]) -> list[ConfigError]:
         """Every `<+input>` without a default that nothing gives a value to."""
@@ -793,8 +1002,11 @@ class Runner:
                 return
             if path and (path[-1] in SERVICE_DECIDES or "artifacts" in path) and "serviceInputs" in path:
                 return  # the service's own sources and artifact choice apply (--artifact, --var artifact.FIELD)
-            if path[-1:] in (("serviceRef",), ("environmentRef",), ("infrastructureDefinitions",)) \
-                    or path[-2:-1] == ("infrastructureDefinitions",) or "infrastructureDefinitions" in path:
+            if (
+                path[-1:] in (("serviceRef",), ("environmentRef",), ("infrastructureDefinitions",))
+                or path[-2:-1] == ("infrastructureDefinitions",)
+                or "infrastructureDefinitions" in path
+            ):
                 return  # chosen with -s/-e/-i: rendering says so when missing
             if path[-1] == "value" and len(path) >= 3 and path[-3] == "variables":
                 holder = _at(pipe.body, path[:-1])
@@ -816,7 +1028,9 @@ class Runner:
                 check(value, path)
         return errs
 
-    def _check_expressions(self, stage: StageDef, t: Target, opts: Options, spec: FunctionSpec, scope: Scope) -> list[ConfigError]:
+    def _check_expressions(
+        self, stage: StageDef, t: Target, opts: Options, spec: FunctionSpec, scope: Scope
+    ) -> list[ConfigError]:
         sr = StageRun(self, stage, t, opts, spec, scope)
         errs: list[ConfigError] = []
         declared: dict[str, Any] = {}
@@ -826,23 +1040,31 @@ class Runner:
             for value, path in step_strings(s):
                 errs += self._try(lambda v=value, p=path, st=s: sr.resolve(v, p, st))
         for s in stage.steps + stage.rollback_steps:
-            sp = (s.body.get("spec") or {})
+            sp = s.body.get("spec") or {}
             for k in ("timeout",):
                 if isinstance(s.body.get(k), str) and "<+" in s.body[k]:
-                    errs += self._try(lambda: sr.resolve(s.body[k], s.path + (k,), s))
+                    errs += self._try(lambda: sr.resolve(s.body[k], (*s.path, k), s))
             if s.type == "ShellScript":
                 errs += self._try(lambda: sr.script(s))
                 for i, v in enumerate(sp.get("environmentVariables") or []):
-                    errs += self._try(lambda: sr.resolve(v.get("value"), s.path + ("spec", "environmentVariables", i, "value"), s))
+                    errs += self._try(
+                        lambda: sr.resolve(v.get("value"), (*s.path, "spec", "environmentVariables", i, "value"), s)
+                    )
                 for v in sp.get("outputVariables") or []:
                     declared[f"{s.identifier}"] = {**declared.get(s.identifier, {}), v["name"]: ""}
             when = s.body.get("when") or {}
             if isinstance(when, dict) and isinstance(when.get("condition"), str) and "<+" in when["condition"]:
-                errs += self._try(lambda: evaluate_condition(when["condition"], lambda e: sr.resolve(e, s.path + ("when", "condition"), s)),
-                                  ignore_value_errors=True)
+                errs += self._try(
+                    lambda: evaluate_condition(
+                        when["condition"], lambda e: sr.resolve(e, (*s.path, "when", "condition"), s)
+                    ),
+                    ignore_value_errors=True,
+                )
             for sid, outs in declared.items():
                 for k in outs:
-                    self.outputs_fixed[f"pipeline.stages.{stage.identifier}.spec.execution.steps.{sid}.output.outputVariables.{k}"] = ""
+                    self.outputs_fixed[
+                        f"pipeline.stages.{stage.identifier}.spec.execution.steps.{sid}.output.outputVariables.{k}"
+                    ] = ""
         return errs
 
     @staticmethod
@@ -865,8 +1087,15 @@ class Runner:
             self.log(f"warning: {w}")
         self.log(f"Pipeline {self.pipe.identifier} ({self.pipe.name}): {sum(len(i) for _, i in plan)} stage run(s)")
         for _path, stage, why in self.skipped:
-            self.stage_results.append(StageResult(str(stage.get("identifier")), str(stage.get("name") or stage.get("identifier")), None,
-                                                  status="Skipped", reason=why))
+            self.stage_results.append(
+                StageResult(
+                    str(stage.get("identifier")),
+                    str(stage.get("name") or stage.get("identifier")),
+                    None,
+                    status="Skipped",
+                    reason=why,
+                )
+            )
             self.log(f"== stage {stage.get('name') or stage.get('identifier')}: skipped ({why})")
         status = "Success"
         done: list[StageRun] = []
@@ -907,7 +1136,7 @@ class Runner:
         if want == "Failure" and pipeline_status == "Success":
             return "when.pipelineStatus is Failure and the pipeline has not failed"
         cond = when.get("condition") if isinstance(when, dict) else None
-        if cond is not None and not self._condition(sr, None, cond, sr.stage.path + ("when", "condition")):
+        if cond is not None and not self._condition(sr, None, cond, (*sr.stage.path, "when", "condition")):
             return f"when.condition {cond!r} evaluated to false"
         return None
 
@@ -958,7 +1187,7 @@ class Runner:
         return action_taken
 
     def _step_skipped(self, sr: StageRun, step: StepDef) -> str | None:
-        whens = list(step.group_when) + ([(step.body["when"], step.path + ("when",))] if step.body.get("when") else [])
+        whens = list(step.group_when) + ([(step.body["when"], (*step.path, "when"))] if step.body.get("when") else [])
         if not whens and sr.failed:
             return "an earlier step failed (stageStatus Success)"
         for when, path in whens:
@@ -970,19 +1199,32 @@ class Runner:
             if want == "Failure" and not sr.failed:
                 return "stageStatus Failure and no step has failed"
             cond = when.get("condition")
-            if cond is not None and not self._condition(sr, step, cond, path + ("condition",)):
+            if cond is not None and not self._condition(sr, step, cond, (*path, "condition")):
                 return f"when.condition {cond!r} evaluated to false"
         return None
 
     def _record_skip(self, sr: StageRun, step: StepDef, reason: str) -> None:
-        r = StepResult(sr.stage.identifier, sr.stage.name, sr.target, step.identifier, step.name, step.type, step.phase,
-                       status="Skipped", reason=reason)
+        r = StepResult(
+            sr.stage.identifier,
+            sr.stage.name,
+            sr.target,
+            step.identifier,
+            step.name,
+            step.type,
+            step.phase,
+            status="Skipped",
+            reason=reason,
+        )
         self.steps.append(r)
         self.log(f"-- step {step.name} ({step.type}): skipped: {reason}")
 
     def _strategy(self, sr: StageRun, step: StepDef, error_type: str) -> dict:
-        for items in (step.body.get("failureStrategies"), step.group_strategies, sr.stage.body.get("failureStrategies"),
-                      self.pipe.body.get("failureStrategies")):
+        for items in (
+            step.body.get("failureStrategies"),
+            step.group_strategies,
+            sr.stage.body.get("failureStrategies"),
+            self.pipe.body.get("failureStrategies"),
+        ):
             for item in items or []:
                 of = item.get("onFailure") or {}
                 errors = of.get("errors") or []
@@ -1001,7 +1243,9 @@ class Runner:
             spec = action.get("spec") or {}
             if kind == "ManualIntervention":
                 sub = (spec.get("onTimeout") or {}).get("action") or {"type": "Abort"}
-                self.log(f"   ManualIntervention needs a person; reconciler run is unattended: taking its onTimeout action {sub.get('type')}")
+                self.log(
+                    f"   ManualIntervention needs a person; reconciler run is unattended: taking its onTimeout action {sub.get('type')}"
+                )
                 action, kind, spec = sub, sub.get("type"), sub.get("spec") or {}
             if kind == "Retry" and attempt < int(spec.get("retryCount") or 1):
                 intervals = spec.get("retryIntervals") or ["1s"]
@@ -1025,15 +1269,25 @@ class Runner:
             return res
 
     def _run_step(self, sr: StageRun, step: StepDef, early: ReconcilerError | None = None) -> StepResult:
-        r = StepResult(sr.stage.identifier, sr.stage.name, sr.target, step.identifier, step.name, step.type, step.phase,
-                       started_at=st.now())
+        r = StepResult(
+            sr.stage.identifier,
+            sr.stage.name,
+            sr.target,
+            step.identifier,
+            step.name,
+            step.type,
+            step.phase,
+            started_at=st.now(),
+        )
         self.steps.append(r)
         self.log(f"-- step {step.name} ({step.type})")
         t0 = time.monotonic()
         try:
             if early is not None:
                 raise early
-            timeout = parse_duration(sr.resolve(step.body.get("timeout") or DEFAULT_TIMEOUT, step.path + ("timeout",), step))
+            timeout = parse_duration(
+                sr.resolve(step.body.get("timeout") or DEFAULT_TIMEOUT, (*step.path, "timeout"), step)
+            )
             if step.type == "AwsLambdaDeploy":
                 r.outputs = self._deploy(sr, step)
             elif step.type == "AwsLambdaRollback":
@@ -1067,7 +1321,9 @@ class Runner:
     def _publish_outputs(self, sr: StageRun, step: StepDef, outputs: dict) -> None:
         base = f"pipeline.stages.{sr.stage.identifier}.spec.execution.steps"
         for k, v in outputs.items():
-            for prefix in ([f"{base}.{step.identifier}"] + ([f"{base}.{step.group}.steps.{step.identifier}"] if step.group else [])):
+            for prefix in [f"{base}.{step.identifier}"] + (
+                [f"{base}.{step.group}.steps.{step.identifier}"] if step.group else []
+            ):
                 self.outputs_fixed[f"{prefix}.output.outputVariables.{k}"] = v
                 self.outputs_fixed[f"{prefix}.output.{k}"] = v
 
@@ -1100,10 +1356,19 @@ class Runner:
             log(f"Existing Lambda Function Code Sha256: [{code_change.old}].")
         art = spec.artifact
         kind = {"S3": "AmazonS3", "ECR": "Ecr"}.get(art.get("type"), art.get("type"))
-        log(f"Artifact: {kind} with identifier: {art.get('id')}: {(fp.code.get('source') or {}).get('uri')} (Code Sha256 [{fp.code.get('sha256')}])")
+        log(
+            f"Artifact: {kind} with identifier: {art.get('id')}: {(fp.code.get('source') or {}).get('uri')} (Code Sha256 [{fp.code.get('sha256')}])"
+        )
         for c in fp.changes if fp.action == "update" else []:
             if c.kind in ("config", "tag"):
-                log(f"  ~ {c.path}" + ("" if c.kind == "config" and c.path.startswith("Environment") and not s.show_values else f": {c.old!r} → {c.new!r}"))
+                log(
+                    f"  ~ {c.path}"
+                    + (
+                        ""
+                        if c.kind == "config" and c.path.startswith("Environment") and not s.show_values
+                        else f": {c.old!r} → {c.new!r}"
+                    )
+                )
         before_ids = {h.get("id") for h in st.load(s.state_dir, spec.environment, spec.infrastructure).history}
         try:
             if fp.has_changes:
@@ -1112,15 +1377,20 @@ class Runner:
             raise StepFailed(str(exc)) from None
         finally:
             state = st.load(s.state_dir, spec.environment, spec.infrastructure)
-            sr.deployed += [h["id"] for h in state.history
-                            if h.get("id") not in before_ids and h.get("function") == spec.name and h.get("operation") == "apply"]
+            sr.deployed += [
+                h["id"]
+                for h in state.history
+                if h.get("id") not in before_ids and h.get("function") == spec.name and h.get("operation") == "apply"
+            ]
         facts = sr.facts()
         if fp.has_changes:
             from reconciler.engine.refresh import refresh_function
 
             live = refresh_function(self.aws, spec.region, spec.connector, spec.name)
             log("Verifying if status of function to be Successful")
-            log(f"function: [{spec.name}], state: [{live.get('state')}], last update status: [{live.get('last_update_status')}]")
+            log(
+                f"function: [{spec.name}], state: [{live.get('state')}], last update status: [{live.get('last_update_status')}]"
+            )
             if fp.publish:
                 log(f"Published new version: [{facts['RECONCILER_VERSION']}]")
                 log(f"Published function ARN: [{facts['RECONCILER_VERSION_ARN']}]")
@@ -1130,26 +1400,40 @@ class Runner:
                 log(json.dumps({k[:1].lower() + k[1:]: v for k, v in a.items()}, indent=3))
                 log(f"Alias [{a['Name']}] of function {spec.name} → version {facts['RECONCILER_VERSION']}")
         log("Done")
-        return {"functionName": spec.name, "functionArn": facts["RECONCILER_FUNCTION_ARN"], "version": facts["RECONCILER_VERSION"],
-                "alias": facts["RECONCILER_ALIAS"], "region": spec.region, "action": fp.action}
+        return {
+            "functionName": spec.name,
+            "functionArn": facts["RECONCILER_FUNCTION_ARN"],
+            "version": facts["RECONCILER_VERSION"],
+            "alias": facts["RECONCILER_ALIAS"],
+            "region": spec.region,
+            "action": fp.action,
+        }
 
     # ------------------------------------------------------------ AwsLambdaRollback
     def _rollback_step(self, sr: StageRun, step: StepDef) -> dict:
         if not sr.deployed:
             self.log("   nothing was deployed in this stage: nothing to roll back")
             return {"rolledBack": "false"}
-        done = self.restore_stage(sr, f"pipeline {self.pipe.identifier}, stage {sr.stage.identifier}: step {step.identifier}")
-        return {"rolledBack": "true" if done else "false", "functionName": sr.spec.name, "version": sr.facts()["RECONCILER_VERSION"]}
+        done = self.restore_stage(
+            sr, f"pipeline {self.pipe.identifier}, stage {sr.stage.identifier}: step {step.identifier}"
+        )
+        return {
+            "rolledBack": "true" if done else "false",
+            "functionName": sr.spec.name,
+            "version": sr.facts()["RECONCILER_VERSION"],
+        }
 
     def restore_stage(self, sr: StageRun, reason: str) -> int:
         """Put back what ran before this stage's deploys, latest deploy first; recorded in the state history."""
         from reconciler.engine.apply import restore
-        from reconciler.engine.refresh import refresh_function
         from reconciler.engine.live import project
+        from reconciler.engine.refresh import refresh_function
 
         s, spec = self.settings, sr.spec
         restored = 0
-        with st.locked(st.state_path(s.state_dir, spec.environment, spec.infrastructure), "rollback", timeout=s.lock_timeout):
+        with st.locked(
+            st.state_path(s.state_dir, spec.environment, spec.infrastructure), "rollback", timeout=s.lock_timeout
+        ):
             for rec_id in reversed(sr.deployed):
                 state = st.load(s.state_dir, spec.environment, spec.infrastructure)
                 applied = next((h for h in state.history if h.get("id") == rec_id), None)
@@ -1160,25 +1444,55 @@ class Runner:
                     continue
                 prev = applied.get("previous") or {"exists": False}
                 rec = state.functions.get(spec.name) or {}
-                record = {"id": str(uuid.uuid4()), "function": spec.name, "service": spec.service, "operation": "rollback",
-                          "status": "in_progress", "started_at": st.now(), "finished_at": None, "version": prev.get("version"),
-                          "code_sha256": prev.get("code_sha256"), "reason": reason, "pipeline": self.pipe.identifier,
-                          "stage": sr.stage.identifier, "rolls_back": rec_id,
-                          "previous": {"exists": bool(rec), **{k: rec.get(k) for k in ("version", "code_sha256", "aliases")}}}
+                record = {
+                    "id": str(uuid.uuid4()),
+                    "function": spec.name,
+                    "service": spec.service,
+                    "operation": "rollback",
+                    "status": "in_progress",
+                    "started_at": st.now(),
+                    "finished_at": None,
+                    "version": prev.get("version"),
+                    "code_sha256": prev.get("code_sha256"),
+                    "reason": reason,
+                    "pipeline": self.pipe.identifier,
+                    "stage": sr.stage.identifier,
+                    "rolls_back": rec_id,
+                    "previous": {"exists": bool(rec), **{k: rec.get(k) for k in ("version", "code_sha256", "aliases")}},
+                }
                 state.history.append(record)
                 state.write()
-                self.log(f"   {spec.name}: rolling back to " + (f"version {prev.get('version')} (code {prev.get('code_sha256')})" if prev.get("exists")
-                                                                 else "no function (this stage created it)"))
+                self.log(
+                    f"   {spec.name}: rolling back to "
+                    + (
+                        f"version {prev.get('version')} (code {prev.get('code_sha256')})"
+                        if prev.get("exists")
+                        else "no function (this stage created it)"
+                    )
+                )
                 try:
-                    restore(self.aws, spec.name, spec.region, spec.connector, prev, lambda m: self.log(f"   {m}"), owner=spec.tags)
+                    restore(
+                        self.aws,
+                        spec.name,
+                        spec.region,
+                        spec.connector,
+                        prev,
+                        lambda m: self.log(f"   {m}"),
+                        owner=spec.tags,
+                    )
                 except ReconcilerError as exc:
                     record.update(status="failed", finished_at=st.now(), error=str(exc))
                     state.write()
                     raise StepFailed(f"rollback of {spec.name} failed: {exc}") from None
                 if prev.get("exists"):
                     live = refresh_function(self.aws, spec.region, spec.connector, spec.name)
-                    rec.update(version=prev.get("version"), code_sha256=live.get("code_sha256"), aliases=live.get("aliases", {}),
-                               configuration=project(live.get("configuration") or {}, rec.get("configuration") or {}), updated_at=st.now())
+                    rec.update(
+                        version=prev.get("version"),
+                        code_sha256=live.get("code_sha256"),
+                        aliases=live.get("aliases", {}),
+                        configuration=project(live.get("configuration") or {}, rec.get("configuration") or {}),
+                        updated_at=st.now(),
+                    )
                     if prev.get("code_params"):
                         rec.update(code_params=prev.get("code_params"), code_source=prev.get("code_source"))
                     state.functions[spec.name] = rec
@@ -1201,8 +1515,11 @@ class Runner:
             if step.body.get("when"):
                 skip = None
                 when = step.body["when"]
-                if isinstance(when, dict) and when.get("condition") is not None and \
-                        not self._condition(sr, step, when["condition"], step.path + ("when", "condition")):
+                if (
+                    isinstance(when, dict)
+                    and when.get("condition") is not None
+                    and not self._condition(sr, step, when["condition"], (*step.path, "when", "condition"))
+                ):
                     skip = f"when.condition {when['condition']!r} evaluated to false"
                 if skip:
                     self._record_skip(sr, step, skip)
@@ -1222,7 +1539,7 @@ class Runner:
     def _script(self, sr: StageRun, step: StepDef, timeout: float, extra_env: dict | None = None) -> tuple[dict, str]:
         """A ShellScript step (and the script of a ShellScriptProvision step, with `extra_env`)."""
         spec = step.body.get("spec") or {}
-        sp = step.path + ("spec",)
+        sp = (*step.path, "spec")
         script, env = sr.script(step)
         env.update(base_environment())
         env.update(sr.facts())
@@ -1230,16 +1547,22 @@ class Runner:
         if spec.get("includeInfraSelectors") is True:  # the step asks for the infrastructure connector's credentials
             env.update(self._credentials(sr))
         for i, v in enumerate(spec.get("environmentVariables") or []):
-            value = sr.resolve(v.get("value"), sp + ("environmentVariables", i, "value"), step)
+            value = sr.resolve(v.get("value"), (*sp, "environmentVariables", i, "value"), step)
             env[v["name"]] = _s(value)
         outs = [(v["name"], str(v.get("value") or v["name"])) for v in spec.get("outputVariables") or []]
         script, env = self._with_secrets(sr, step, str(script), env)
         result = run_script(script, env, self.settings.workspace, timeout, outs, self.log, self.masker.mask)
         if result.timed_out:
-            raise StepFailed(f"timed out after {timeout:g}s; the script's processes were killed", "Timeout",
-                             result.outputs, result.output[-OUTPUT_TAIL:])
+            raise StepFailed(
+                f"timed out after {timeout:g}s; the script's processes were killed",
+                "Timeout",
+                result.outputs,
+                result.output[-OUTPUT_TAIL:],
+            )
         if result.exit_code != 0:
-            raise StepFailed(f"the script exited {result.exit_code}", "Unknown", result.outputs, result.output[-OUTPUT_TAIL:])
+            raise StepFailed(
+                f"the script exited {result.exit_code}", "Unknown", result.outputs, result.output[-OUTPUT_TAIL:]
+            )
         missing = [n for n, var in outs if n not in result.outputs]
         for n in missing:
             self.log(f"   warning: output variable '{n}': the script did not set ${dict(outs)[n]}")
@@ -1250,8 +1573,8 @@ class Runner:
         """The script and its environment with secret references replaced by their values,
         read from the store now (with the stage's infrastructure's connector and region);
         every line of output that holds one is scrubbed before it is shown or kept."""
-        from reconciler.util import secrets as sec
         from reconciler.aws.secrets import read_values as read_secret_values
+        from reconciler.util import secrets as sec
 
         ids = sec.references(script) + sec.references(env)
         if not ids:
@@ -1278,17 +1601,35 @@ class Runner:
         counts: dict[str, int] = {}
         for r in self.steps:
             counts[r.status] = counts.get(r.status, 0) + 1
-        return {"pipeline": self.pipe.identifier, "name": self.pipe.name, "status": getattr(self, "status", "Failed"),
-                "duration": round(getattr(self, "duration", 0.0), 3), "counts": counts,
-                "stages": [s.to_dict() for s in self.stage_results], "steps": [r.to_dict() for r in self.steps]}
+        return {
+            "pipeline": self.pipe.identifier,
+            "name": self.pipe.name,
+            "status": getattr(self, "status", "Failed"),
+            "duration": round(getattr(self, "duration", 0.0), 3),
+            "counts": counts,
+            "stages": [s.to_dict() for s in self.stage_results],
+            "steps": [r.to_dict() for r in self.steps],
+        }
 
     def summary_text(self) -> str:
-        rows = [[r.stage, r.target.infrastructure, r.phase, r.step, r.type, r.status, f"{r.duration:.1f}s",
-                 (r.error or r.reason or "") if r.status != "Success" else ", ".join(f"{k}={v}" for k, v in r.outputs.items())]
-                for r in self.steps]
+        rows = [
+            [
+                r.stage,
+                r.target.infrastructure,
+                r.phase,
+                r.step,
+                r.type,
+                r.status,
+                f"{r.duration:.1f}s",
+                (r.error or r.reason or "")
+                if r.status != "Success"
+                else ", ".join(f"{k}={v}" for k, v in r.outputs.items()),
+            ]
+            for r in self.steps
+        ]
         headers = ["stage", "infra", "phase", "step", "type", "status", "duration", "details"]
-        widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-        lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [headers, *rows]]
+        widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+        lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=False)).rstrip() for r in [headers, *rows]]
         s = self.summary()
         counts = ", ".join(f"{n} {k.lower()}" for k, n in sorted(s["counts"].items()))
         skipped = [f"{r.stage} ({r.reason})" for r in self.stage_results if r.target is None and r.status == "Skipped"]
@@ -1331,7 +1672,9 @@ def pipeline_plan(settings: RunSettings, aws, log: Callable[[str], None]) -> tup
     prepared = runner.prepare()
     merged: Plan | None = None
     seen: set[tuple[str, str]] = set()
-    warnings = list(runner.warnings) + [f"stage '{stage.get('identifier')}' is skipped: {why}" for _, stage, why in runner.skipped]
+    warnings = list(runner.warnings) + [
+        f"stage '{stage.get('identifier')}' is skipped: {why}" for _, stage, why in runner.skipped
+    ]
     provisioning: list[dict] = []  # stages whose provisioner steps `run` would run first
     for stage, items in prepared:
         if not any(s.type == "AwsLambdaDeploy" for s in stage.steps):
@@ -1343,7 +1686,9 @@ def pipeline_plan(settings: RunSettings, aws, log: Callable[[str], None]) -> tup
                 opts = plan_provisioning(runner, StageRun(runner, stage, t, opts, spec, scope), provisioning)
                 if opts is None:
                     continue  # its values wait for the provisioner steps: planned when the pipeline runs
-            ctx = Context(workspace=settings.workspace, state_dir=settings.state_dir, options=copy.deepcopy(opts), log=log)
+            ctx = Context(
+                workspace=settings.workspace, state_dir=settings.state_dir, options=copy.deepcopy(opts), log=log
+            )
             p = make_plan(ctx, aws)
             warnings += ctx.warnings
             if merged is None:

@@ -25,10 +25,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 from reconciler.errors import ConfigError, LockError, ReconcilerError
 from reconciler.model import IDENTIFIER, IDENTIFIER_RULE
@@ -59,13 +60,13 @@ class LocalVersion(NamedTuple):
     or append is conditional on it. [0], [1] are the logical (lineage, serial)."""
 
     lineage: str
-    serial: int             # of the state, journal lines included
-    file_serial: int        # in the state file's head
-    file_size: int          # of the state file (characters): the journal is compacted beyond it
-    journal_ino: int = 0    # 0: no journal
-    journal_size: int = 0   # bytes read, a torn or stale tail included
-    journal_end: int = 0    # after the last whole line (replayed or already compacted)
-    last_at: int = -1       # where the last replayed line starts (-1: none replayed)
+    serial: int  # of the state, journal lines included
+    file_serial: int  # in the state file's head
+    file_size: int  # of the state file (characters): the journal is compacted beyond it
+    journal_ino: int = 0  # 0: no journal
+    journal_size: int = 0  # bytes read, a torn or stale tail included
+    journal_end: int = 0  # after the last whole line (replayed or already compacted)
+    last_at: int = -1  # where the last replayed line starts (-1: none replayed)
     last_head: bytes = b""  # its first bytes
 
 
@@ -86,7 +87,9 @@ class BackendConfig:
     sources: dict = field(default_factory=dict, compare=False, repr=False)  # key → where its value came from
 
 
-def read_config(workspace: Path | str = ".", overrides: list[str] | tuple = (), environ: dict | None = None) -> BackendConfig:
+def read_config(
+    workspace: Path | str = ".", overrides: list[str] | tuple = (), environ: dict | None = None
+) -> BackendConfig:
     """The backend configuration: defaults < reconciler.yaml < RECONCILER_BACKEND_* < --backend-config."""
     environ = os.environ if environ is None else environ
     values: dict[str, str] = {}
@@ -125,7 +128,7 @@ def read_config(workspace: Path | str = ".", overrides: list[str] | tuple = (), 
             raise ConfigError(f"--backend-config: unknown key '{k}'", hint=did_you_mean(k, KEYS))
         values[k] = v.strip()
         sources[k] = "--backend-config"
-    cfg = BackendConfig(**{k: v for k, v in values.items()}, sources=sources)
+    cfg = BackendConfig(**dict(values.items()), sources=sources)
     return _validated(cfg)
 
 
@@ -143,27 +146,35 @@ def _validated(cfg: BackendConfig) -> BackendConfig:
         raise bad("type", f"backend type must be one of {', '.join(TYPES)}, not '{cfg.type}'")
     if cfg.type == "s3":
         if not cfg.bucket:
-            raise ConfigError("the s3 backend needs a bucket: backend.bucket in reconciler.yaml, RECONCILER_BACKEND_BUCKET "
-                              "or --backend-config bucket=NAME")
+            raise ConfigError(
+                "the s3 backend needs a bucket: backend.bucket in reconciler.yaml, RECONCILER_BACKEND_BUCKET "
+                "or --backend-config bucket=NAME"
+            )
         if cfg.lock not in LOCKS:
             raise bad("lock", f"backend lock must be one of {', '.join(LOCKS)}, not '{cfg.lock}'")
         if cfg.lock == "dynamodb" and not cfg.table:
-            raise bad("lock", "lock: dynamodb needs a table (backend.table, RECONCILER_BACKEND_TABLE or --backend-config table=NAME)")
+            raise bad(
+                "lock",
+                "lock: dynamodb needs a table (backend.table, RECONCILER_BACKEND_TABLE or --backend-config table=NAME)",
+            )
     if cfg.encryption not in ENCRYPTIONS:
         raise bad("encryption", f"backend encryption must be one of {', '.join(ENCRYPTIONS)}, not '{cfg.encryption}'")
     if cfg.kms_key_id and cfg.encryption != "aws:kms":
         raise bad("kms_key_id", "backend.kms_key_id needs encryption: aws:kms")
     if not str(cfg.history_limit).strip().isdigit() or int(cfg.history_limit) < 1:
-        raise bad("history_limit", f"backend history_limit must be a whole number of records of at least 1, not '{cfg.history_limit}'")
+        raise bad(
+            "history_limit",
+            f"backend history_limit must be a whole number of records of at least 1, not '{cfg.history_limit}'",
+        )
     return cfg
 
 
 # ---------------------------------------------------------------- the current backend
 
-_current: "Backend | None" = None
+_current: Backend | None = None
 
 
-def current() -> "Backend":
+def current() -> Backend:
     """The backend configured for this command (the local backend unless configured)."""
     global _current
     if _current is None:
@@ -171,20 +182,20 @@ def current() -> "Backend":
     return _current
 
 
-def use(backend: "Backend | None") -> "Backend | None":
+def use(backend: Backend | None) -> Backend | None:
     """Make `backend` current (None: back to the default); returns the previous one."""
     global _current
     previous, _current = _current, backend
     return previous
 
 
-def make(cfg: BackendConfig) -> "Backend":
+def make(cfg: BackendConfig) -> Backend:
     b = S3Backend(cfg) if cfg.type == "s3" else LocalBackend()
     b.history_limit = int(cfg.history_limit)
     return b
 
 
-def configure(workspace: Path | str = ".", overrides: list[str] | tuple = ()) -> "Backend":
+def configure(workspace: Path | str = ".", overrides: list[str] | tuple = ()) -> Backend:
     """Read the configuration for this workspace and make its backend current (and its
     `secrets` section: the secret store and the masking policy)."""
     from reconciler.util import secrets
@@ -218,7 +229,7 @@ def write_private(path: Path | str, text: str | bytes) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
 
@@ -258,8 +269,15 @@ def _where() -> str:
 
 def lock_info(operation: str, path: str) -> dict:
     """What a lock records: never a credential."""
-    return {"id": str(uuid.uuid4()), "who": _who(), "where": _where(), "pid": os.getpid(), "operation": operation,
-            "created": _now(), "path": path}
+    return {
+        "id": str(uuid.uuid4()),
+        "who": _who(),
+        "where": _where(),
+        "pid": os.getpid(),
+        "operation": operation,
+        "created": _now(),
+        "path": path,
+    }
 
 
 @contextmanager
@@ -280,15 +298,23 @@ def file_lock(lock_path: Path, info: dict, timeout: float, busy: Callable[[dict]
         except (OSError, ValueError):
             holder = {}
         raise busy(holder) from None
-    except OSError as exc:  # (Timeout is one too, above) a read-only or full state directory: nothing has been changed yet
-        raise ReconcilerError(f"cannot take the lock {lock_path.name}: {exc.strerror or exc}", str(lock_path.parent),
-                              hint="the state directory must be writable") from None
+    except (
+        OSError
+    ) as exc:  # (Timeout is one too, above) a read-only or full state directory: nothing has been changed yet
+        raise ReconcilerError(
+            f"cannot take the lock {lock_path.name}: {exc.strerror or exc}",
+            str(lock_path.parent),
+            hint="the state directory must be writable",
+        ) from None
     try:
         try:
             write_private(info_path, json.dumps(info))
         except OSError as exc:
-            raise ReconcilerError(f"cannot write the lock record {info_path.name}: {exc.strerror or exc}", str(lock_path.parent),
-                                  hint="the state directory must be writable") from None
+            raise ReconcilerError(
+                f"cannot write the lock record {info_path.name}: {exc.strerror or exc}",
+                str(lock_path.parent),
+                hint="the state directory must be writable",
+            ) from None
         yield info["id"]
     finally:
         try:
@@ -299,7 +325,10 @@ def file_lock(lock_path: Path, info: dict, timeout: float, busy: Callable[[dict]
 
 
 def describe_holder(holder: dict) -> str:
-    return ", ".join(f"{k}={holder[k]}" for k in ("id", "who", "where", "operation", "created") if holder.get(k)) or "unknown holder"
+    return (
+        ", ".join(f"{k}={holder[k]}" for k in ("id", "who", "where", "operation", "created") if holder.get(k))
+        or "unknown holder"
+    )
 
 
 def _now() -> str:
@@ -322,8 +351,10 @@ def _part(identifier: str, what: str) -> str:
     """An environment or infrastructure identifier as one part of a state path: only
     Harness identifiers, so that no state is ever read or written outside the state directory."""
     if not isinstance(identifier, str) or not IDENTIFIER.fullmatch(identifier):
-        raise ReconcilerError(f"{what} identifier {str(identifier)[:60]!r} is not a Harness identifier ({IDENTIFIER_RULE}); "
-                              "it cannot name a state file")
+        raise ReconcilerError(
+            f"{what} identifier {str(identifier)[:60]!r} is not a Harness identifier ({IDENTIFIER_RULE}); "
+            "it cannot name a state file"
+        )
     return identifier
 
 
@@ -477,8 +508,13 @@ class LocalBackend(Backend):
             try:
                 entry = loads(raw[pos:nl])
                 s, fns, recs = entry["serial"], entry["functions"], entry["records"]
-                if entry["lineage"] != lineage or type(s) is not int or not isinstance(fns, dict) or not isinstance(recs, list) \
-                        or not all(isinstance(r, dict) for r in recs):
+                if (
+                    entry["lineage"] != lineage
+                    or type(s) is not int
+                    or not isinstance(fns, dict)
+                    or not isinstance(recs, list)
+                    or not all(isinstance(r, dict) for r in recs)
+                ):
                     break
             except (ValueError, KeyError, TypeError):
                 break
@@ -510,8 +546,17 @@ class LocalBackend(Backend):
             data["serial"] = serial
             if self.peek(path) != (lineage, file_serial):
                 return None  # compacted meanwhile: these lines may belong to a newer file
-        return LocalVersion(lineage, serial, file_serial, len(text), ino, len(raw), end, last_at,
-                            raw[last_at:last_at + _LINE_HEAD] if last_at >= 0 else b"")
+        return LocalVersion(
+            lineage,
+            serial,
+            file_serial,
+            len(text),
+            ino,
+            len(raw),
+            end,
+            last_at,
+            raw[last_at : last_at + _LINE_HEAD] if last_at >= 0 else b"",
+        )
 
     def _stored(self, path: Path) -> LocalVersion | tuple | None:
         """The version stored now, read whole (file + journal): the slow path of a check."""
@@ -538,8 +583,12 @@ class LocalBackend(Backend):
         size = stat.st_size if stat is not None else 0
         if size == 0 or expected.journal_size == 0:
             return size == expected.journal_size
-        if (stat.st_ino != expected.journal_ino or size != expected.journal_size
-                or size != expected.journal_end or expected.last_at < 0):
+        if (
+            stat.st_ino != expected.journal_ino
+            or size != expected.journal_size
+            or size != expected.journal_end
+            or expected.last_at < 0
+        ):
             return False
         os.lseek(fd, expected.last_at, os.SEEK_SET)  # (appends go to the end whatever the offset)
         return os.read(fd, len(expected.last_head)) == expected.last_head
@@ -554,8 +603,11 @@ class LocalBackend(Backend):
             if head is None:
                 return None
             raise StateConflictError(_conflict_message(expected, self._stored(path)), str(path), hint=CONFLICT_HINT)
-        if isinstance(expected, LocalVersion) and head == (expected.lineage, expected.file_serial) \
-                and self._journal_unchanged(fd, expected):
+        if (
+            isinstance(expected, LocalVersion)
+            and head == (expected.lineage, expected.file_serial)
+            and self._journal_unchanged(fd, expected)
+        ):
             return expected
         now = self._stored(path) if head is not None else None
         if isinstance(now, LocalVersion) and (now.lineage, now.serial) == (expected[0], expected[1]):
@@ -618,7 +670,9 @@ class LocalBackend(Backend):
                 try:
                     fd = private_open(jpath, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL)
                 except FileExistsError:
-                    raise StateConflictError(_conflict_message(expected, self._stored(path)), str(path), hint=CONFLICT_HINT) from None
+                    raise StateConflictError(
+                        _conflict_message(expected, self._stored(path)), str(path), hint=CONFLICT_HINT
+                    ) from None
             elif base is not expected and os.fstat(fd).st_ino != base.journal_ino:
                 # read whole meanwhile, and the journal open is not the one read: replaced
                 raise StateConflictError(_conflict_message(expected, self._stored(path)), str(path), hint=CONFLICT_HINT)
@@ -637,21 +691,34 @@ class LocalBackend(Backend):
         finally:
             if fd is not None:
                 os.close(fd)
-        return base._replace(serial=base.serial + 1, journal_ino=ino, journal_size=keep + len(line), journal_end=keep + len(line),
-                             last_at=keep, last_head=line[:_LINE_HEAD])
+        return base._replace(
+            serial=base.serial + 1,
+            journal_ino=ino,
+            journal_size=keep + len(line),
+            journal_end=keep + len(line),
+            last_at=keep,
+            last_head=line[:_LINE_HEAD],
+        )
 
     def targets(self, state_dir: Path) -> list[tuple[str, str]]:
         root = Path(state_dir)
         if not root.is_dir():
             return []
-        return [(env_dir.name, f.stem) for env_dir in sorted(p for p in root.iterdir() if p.is_dir())
-                for f in sorted(env_dir.glob("*.json"))]
+        return [
+            (env_dir.name, f.stem)
+            for env_dir in sorted(p for p in root.iterdir() if p.is_dir())
+            for f in sorted(env_dir.glob("*.json"))
+        ]
 
     def lock(self, path, operation: str, timeout: float = 0):
         """Hold the state file's lock (filelock) for one operation; say who holds it otherwise."""
         path = Path(path)
-        return file_lock(path.with_name(path.name + ".lock"), lock_info(operation, str(path)), timeout,
-                         lambda holder: LockError(f"state is locked ({describe_holder(holder)})", str(path), hint=LOCK_HINT))
+        return file_lock(
+            path.with_name(path.name + ".lock"),
+            lock_info(operation, str(path)),
+            timeout,
+            lambda holder: LockError(f"state is locked ({describe_holder(holder)})", str(path), hint=LOCK_HINT),
+        )
 
     def force_unlock(self, state_dir: Path, lock_id: str) -> Path:
         """Remove the lock record with this ID. A local lock is an OS file lock that dies with
@@ -671,8 +738,11 @@ class LocalBackend(Backend):
             try:
                 lock.acquire(timeout=0)
             except Timeout:
-                raise LockError(f"lock {lock_id} is held by a running process ({info.get('who')}, pid {info.get('pid')}, "
-                                f"{info.get('operation')}); stop it first", str(info_path)) from None
+                raise LockError(
+                    f"lock {lock_id} is held by a running process ({info.get('who')}, pid {info.get('pid')}, "
+                    f"{info.get('operation')}); stop it first",
+                    str(info_path),
+                ) from None
             try:
                 info_path.unlink()
             finally:
@@ -759,7 +829,7 @@ class RemotePath(PurePosixPath):
     environment and infrastructure like a local state path."""
 
     @classmethod
-    def of(cls, bucket: str, key: str) -> "RemotePath":
+    def of(cls, bucket: str, key: str) -> RemotePath:
         return cls("s3:", bucket, *key.split("/"))
 
     def __str__(self) -> str:
@@ -796,10 +866,15 @@ class S3Backend(Backend):
             session = self._session or boto3.session.Session()
             region = self.cfg.region or session.region_name or os.environ.get("AWS_REGION")
             if not region:
-                raise ConfigError("the s3 backend needs a region: backend.region in reconciler.yaml, RECONCILER_BACKEND_REGION "
-                                  "or AWS_REGION / AWS_DEFAULT_REGION")
-            self._clients[service] = session.client(service, region_name=region, config=Config(
-                retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10, read_timeout=60))
+                raise ConfigError(
+                    "the s3 backend needs a region: backend.region in reconciler.yaml, RECONCILER_BACKEND_REGION "
+                    "or AWS_REGION / AWS_DEFAULT_REGION"
+                )
+            self._clients[service] = session.client(
+                service,
+                region_name=region,
+                config=Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10, read_timeout=60),
+            )
         return self._clients[service]
 
     @property
@@ -811,16 +886,23 @@ class S3Backend(Backend):
 
         code = _code(exc)
         if code == "NoSuchBucket":
-            return AwsError(f"{what}: the state bucket '{self.bucket}' does not exist", hint="create it, with versioning enabled")
+            return AwsError(
+                f"{what}: the state bucket '{self.bucket}' does not exist", hint="create it, with versioning enabled"
+            )
         if code == "ResourceNotFoundException" and self.cfg.lock == "dynamodb":
-            return AwsError(f"{what}: the lock table '{self.cfg.table}' does not exist",
-                            hint="create it with the string hash key LockID")
+            return AwsError(
+                f"{what}: the lock table '{self.cfg.table}' does not exist",
+                hint="create it with the string hash key LockID",
+            )
         return AwsError(f"{what}: {exc}")
 
     def encryption(self) -> dict:
         """The server-side encryption every object reconciler puts is written with."""
         if self.cfg.encryption == "aws:kms":
-            return {"ServerSideEncryption": "aws:kms", **({"SSEKMSKeyId": self.cfg.kms_key_id} if self.cfg.kms_key_id else {})}
+            return {
+                "ServerSideEncryption": "aws:kms",
+                **({"SSEKMSKeyId": self.cfg.kms_key_id} if self.cfg.kms_key_id else {}),
+            }
         return {"ServerSideEncryption": "AES256"}
 
     def describe(self, state_dir: Path | None = None) -> str:
@@ -828,7 +910,11 @@ class S3Backend(Backend):
         return f"s3://{self.bucket}/{self.prefix + '/' if self.prefix else ''} (lock: {lock})"
 
     def key(self, environment: str, infrastructure: str) -> str:
-        return "/".join(p for p in (self.prefix, _part(environment, "environment"), f"{_part(infrastructure, 'infrastructure')}.json") if p)
+        return "/".join(
+            p
+            for p in (self.prefix, _part(environment, "environment"), f"{_part(infrastructure, 'infrastructure')}.json")
+            if p
+        )
 
     def state_path(self, state_dir: Path, environment: str, infrastructure: str) -> RemotePath:
         return RemotePath.of(self.bucket, self.key(environment, infrastructure))
@@ -888,8 +974,14 @@ class S3Backend(Backend):
         key = self._key_of(path)
         cond = {"IfMatch": expected} if expected else {"IfNoneMatch": "*"}
         try:
-            r = self.s3.put_object(Bucket=self.bucket, Key=key, Body=text.encode("utf-8"), ContentType="application/json", **cond,
-                                   **self.encryption())
+            r = self.s3.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=text.encode("utf-8"),
+                ContentType="application/json",
+                **cond,
+                **self.encryption(),
+            )
         except ClientError as exc:
             if _code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "ConditionalRequestConflict", "409"):
                 now = None
@@ -900,7 +992,9 @@ class S3Backend(Backend):
                         now = (d.get("lineage"), d.get("serial"))
                 except (ReconcilerError, ValueError):
                     pass
-                raise StateConflictError(_conflict_message(unbumped, now), f"s3://{self.bucket}/{key}", hint=CONFLICT_HINT) from None
+                raise StateConflictError(
+                    _conflict_message(unbumped, now), f"s3://{self.bucket}/{key}", hint=CONFLICT_HINT
+                ) from None
             raise self._aws_error(f"cannot write the state s3://{self.bucket}/{key}", exc) from None
         except BotoCoreError as exc:
             raise self._aws_error(f"cannot write the state s3://{self.bucket}/{key}", exc) from None
@@ -985,8 +1079,14 @@ class _S3Lock:
 
         s3 = self.b.s3
         try:
-            r = s3.put_object(Bucket=self.b.bucket, Key=self.key, Body=json.dumps(info).encode(), ContentType="application/json",
-                              IfNoneMatch="*", **self.b.encryption())
+            r = s3.put_object(
+                Bucket=self.b.bucket,
+                Key=self.key,
+                Body=json.dumps(info).encode(),
+                ContentType="application/json",
+                IfNoneMatch="*",
+                **self.b.encryption(),
+            )
             self.etag = r["ETag"]
             return None
         except ClientError as exc:
@@ -1007,14 +1107,20 @@ class _S3Lock:
             self.b.s3.delete_object(Bucket=self.b.bucket, Key=self.key, IfMatch=self.etag)
         except ClientError as exc:
             if _code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
-                log(f"warning: the state lock {info['id']} on s3://{self.b.bucket}/{self.key} was removed by someone else "
-                    "(force-unlock) while this run held it")
+                log(
+                    f"warning: the state lock {info['id']} on s3://{self.b.bucket}/{self.key} was removed by someone else "
+                    "(force-unlock) while this run held it"
+                )
                 return
-            log(f"warning: could not release the state lock s3://{self.b.bucket}/{self.key}: {exc} "
-                f"(remove it with: reconciler force-unlock {info['id']})")
+            log(
+                f"warning: could not release the state lock s3://{self.b.bucket}/{self.key}: {exc} "
+                f"(remove it with: reconciler force-unlock {info['id']})"
+            )
         except BotoCoreError as exc:
-            log(f"warning: could not release the state lock s3://{self.b.bucket}/{self.key}: {exc} "
-                f"(remove it with: reconciler force-unlock {info['id']})")
+            log(
+                f"warning: could not release the state lock s3://{self.b.bucket}/{self.key}: {exc} "
+                f"(remove it with: reconciler force-unlock {info['id']})"
+            )
 
     @staticmethod
     def remove(b: S3Backend, lock_id: str) -> str | None:
@@ -1057,11 +1163,21 @@ class _DynamoLock:
         from botocore.exceptions import BotoCoreError, ClientError
 
         ddb = self.b.client("dynamodb")
-        item = {"LockID": {"S": self.lock_key}, "ID": {"S": info["id"]}, "Operation": {"S": info["operation"]},
-                "Who": {"S": info["who"]}, "Created": {"S": info["created"]}, "Info": {"S": json.dumps(info)}}
+        item = {
+            "LockID": {"S": self.lock_key},
+            "ID": {"S": info["id"]},
+            "Operation": {"S": info["operation"]},
+            "Who": {"S": info["who"]},
+            "Created": {"S": info["created"]},
+            "Info": {"S": json.dumps(info)},
+        }
         try:
-            ddb.put_item(TableName=self.b.cfg.table, Item=item, ConditionExpression="attribute_not_exists(LockID)",
-                         ReturnValuesOnConditionCheckFailure="ALL_OLD")
+            ddb.put_item(
+                TableName=self.b.cfg.table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(LockID)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
             return None
         except ClientError as exc:
             if _code(exc) != "ConditionalCheckFailedException":
@@ -1070,7 +1186,11 @@ class _DynamoLock:
         except BotoCoreError as exc:
             raise self.b._aws_error(f"cannot lock the state in DynamoDB table {self.b.cfg.table}", exc) from None
         try:
-            return json.loads(old.get("Info", {}).get("S", "")) if old.get("Info") else {"id": old.get("ID", {}).get("S", "?")}
+            return (
+                json.loads(old.get("Info", {}).get("S", ""))
+                if old.get("Info")
+                else {"id": old.get("ID", {}).get("S", "?")}
+            )
         except ValueError:
             return {"id": old.get("ID", {}).get("S", "?")}
 
@@ -1078,16 +1198,26 @@ class _DynamoLock:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.b.client("dynamodb").delete_item(TableName=self.b.cfg.table, Key={"LockID": {"S": self.lock_key}},
-                                                  ConditionExpression="ID = :id", ExpressionAttributeValues={":id": {"S": info["id"]}})
+            self.b.client("dynamodb").delete_item(
+                TableName=self.b.cfg.table,
+                Key={"LockID": {"S": self.lock_key}},
+                ConditionExpression="ID = :id",
+                ExpressionAttributeValues={":id": {"S": info["id"]}},
+            )
         except ClientError as exc:
             if _code(exc) == "ConditionalCheckFailedException":
-                log(f"warning: the state lock {info['id']} ({self.lock_key}) was removed by someone else (force-unlock) "
-                    "while this run held it")
+                log(
+                    f"warning: the state lock {info['id']} ({self.lock_key}) was removed by someone else (force-unlock) "
+                    "while this run held it"
+                )
                 return
-            log(f"warning: could not release the state lock {self.lock_key}: {exc} (remove it with: reconciler force-unlock {info['id']})")
+            log(
+                f"warning: could not release the state lock {self.lock_key}: {exc} (remove it with: reconciler force-unlock {info['id']})"
+            )
         except BotoCoreError as exc:
-            log(f"warning: could not release the state lock {self.lock_key}: {exc} (remove it with: reconciler force-unlock {info['id']})")
+            log(
+                f"warning: could not release the state lock {self.lock_key}: {exc} (remove it with: reconciler force-unlock {info['id']})"
+            )
 
     @staticmethod
     def remove(b: S3Backend, lock_id: str) -> str | None:
@@ -1096,20 +1226,25 @@ class _DynamoLock:
         ddb = b.client("dynamodb")
         mine = f"{b.bucket}/{b.prefix + '/' if b.prefix else ''}"
         try:
-            for page in ddb.get_paginator("scan").paginate(TableName=b.cfg.table, FilterExpression="ID = :id",
-                                                           ExpressionAttributeValues={":id": {"S": lock_id}}):
+            for page in ddb.get_paginator("scan").paginate(
+                TableName=b.cfg.table, FilterExpression="ID = :id", ExpressionAttributeValues={":id": {"S": lock_id}}
+            ):
                 for item in page.get("Items", []):
                     lock_key = item["LockID"]["S"]
                     if not lock_key.startswith(mine):
                         continue
                     try:
-                        ddb.delete_item(TableName=b.cfg.table, Key={"LockID": {"S": lock_key}}, ConditionExpression="ID = :id",
-                                        ExpressionAttributeValues={":id": {"S": lock_id}})
+                        ddb.delete_item(
+                            TableName=b.cfg.table,
+                            Key={"LockID": {"S": lock_key}},
+                            ConditionExpression="ID = :id",
+                            ExpressionAttributeValues={":id": {"S": lock_id}},
+                        )
                     except ClientError as exc:
                         if _code(exc) == "ConditionalCheckFailedException":
                             return None
                         raise
-                    return lock_key[len(b.bucket) + 1:]
+                    return lock_key[len(b.bucket) + 1 :]
         except (ClientError, BotoCoreError) as exc:
             raise b._aws_error("cannot remove the lock", exc) from None
         return None

@@ -17,15 +17,16 @@ import datetime as _dt
 import json
 import os
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from reconciler.errors import ReconcilerError
 from reconciler.store import backend as _backend
+from reconciler.store.backend import StateConflictError  # noqa: F401  (re-exported)
 from reconciler.store.seals import LazySealer, sealer_for
 from reconciler.util import secrets as _secrets
-from reconciler.store.backend import StateConflictError  # noqa: F401  (re-exported)
-from reconciler.errors import ReconcilerError
 
 FORMAT_VERSION = 1
 
@@ -122,8 +123,18 @@ class State:
                 recs.append(r)
         sealer = LazySealer(self.path)
         named = {name: _secrets.seal_entry(self.functions.get(name), sealer) for name in functions}
-        line = _encode_line({"lineage": self.lineage, "serial": self.serial + 1, "region": self.region,
-                             "functions": named, "records": [_secrets.seal_record(r, sealer) for r in recs]}).encode("utf-8") + b"\n"
+        line = (
+            _encode_line(
+                {
+                    "lineage": self.lineage,
+                    "serial": self.serial + 1,
+                    "region": self.region,
+                    "functions": named,
+                    "records": [_secrets.seal_record(r, sealer) for r in recs],
+                }
+            ).encode("utf-8")
+            + b"\n"
+        )
         if sync is None:
             sync = any(r.get("status") == "in_progress" and not r.get("steps") for r in recs)
         version = b.append(self.path, line, self.read_version, sync)
@@ -164,6 +175,7 @@ def dumps(doc: dict) -> str:
     """The state as JSON with one line per top-level field, per function and per history
     record: readable and diff-friendly, and fast to write after every apply step (each
     line goes through json's C encoder; an indented dump is several times slower)."""
+
     def block(key: str, body: str, open_: str, close: str) -> str:
         return f"  {json.dumps(key)}: {open_}\n{body}\n  {close}" if body else f"  {json.dumps(key)}: {open_}{close}"
 
@@ -190,35 +202,77 @@ def parse(text: str, path: Any, environment: str, infrastructure: str, hint: str
     except json.JSONDecodeError as exc:
         raise ReconcilerError(f"state file is unreadable: {exc}", str(path), hint=hint) from None
     if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
-        raise ReconcilerError(f"state file has format_version {data.get('format_version') if isinstance(data, dict) else '?'}; this reconciler reads {FORMAT_VERSION}", str(path))
-    if not isinstance(data.get("lineage"), str) or not isinstance(data.get("serial"), int) or isinstance(data.get("serial"), bool):
+        raise ReconcilerError(
+            f"state file has format_version {data.get('format_version') if isinstance(data, dict) else '?'}; this reconciler reads {FORMAT_VERSION}",
+            str(path),
+        )
+    if (
+        not isinstance(data.get("lineage"), str)
+        or not isinstance(data.get("serial"), int)
+        or isinstance(data.get("serial"), bool)
+    ):
         raise ReconcilerError("state file has no lineage/serial", str(path), hint=hint)
     return data
 
 
 # the shape every reader relies on: top-level fields, and in function entries and history
 # records the fields that hold mappings or lists (a null is accepted where a field is optional)
-_TOP = {"lineage": str, "serial": int, "environment": str, "infrastructure": str, "region": str,
-        "functions": dict, "history": list, "artifacts": dict}
-_FUNCTION = {"service": str, "region": str, "arn": str, "version": str, "code_sha256": str, "configuration": dict,
-             "tags": dict, "aliases": dict, "code_source": dict, "code_params": dict, "architectures": list}
-_RECORD = {"id": str, "function": str, "operation": str, "status": str, "previous": dict, "steps": list, "code_source": dict}
+_TOP = {
+    "lineage": str,
+    "serial": int,
+    "environment": str,
+    "infrastructure": str,
+    "region": str,
+    "functions": dict,
+    "history": list,
+    "artifacts": dict,
+}
+_FUNCTION = {
+    "service": str,
+    "region": str,
+    "arn": str,
+    "version": str,
+    "code_sha256": str,
+    "configuration": dict,
+    "tags": dict,
+    "aliases": dict,
+    "code_source": dict,
+    "code_params": dict,
+    "architectures": list,
+}
+_RECORD = {
+    "id": str,
+    "function": str,
+    "operation": str,
+    "status": str,
+    "previous": dict,
+    "steps": list,
+    "code_source": dict,
+}
 _NAMES = {str: "a string", int: "an integer", dict: "a mapping", list: "a list"}
 
 
 def check_shape(data: dict, path: Any, hint: str | None = None) -> None:
     """A state document has the types every command relies on; else one clear error naming
     the state file and the first field that is wrong."""
+
     def bad(where: str, want: type, got: Any) -> ReconcilerError:
         kind = "null" if got is None else "true/false" if isinstance(got, bool) else type(got).__name__
-        return ReconcilerError(f"state file is damaged: {where} must be {_NAMES[want]}, got {kind}", str(path),
-                               hint=hint or "restore it from its .backup or with `reconciler state push`")
+        return ReconcilerError(
+            f"state file is damaged: {where} must be {_NAMES[want]}, got {kind}",
+            str(path),
+            hint=hint or "restore it from its .backup or with `reconciler state push`",
+        )
 
     def ok(value: Any, want: type) -> bool:
         return isinstance(value, want) and not (want is int and isinstance(value, bool))
 
     for key, want in _TOP.items():
-        if key in data and not ok(data[key], want) and not (data[key] is None and key in ("region", "environment", "infrastructure")):
+        if (
+            key in data
+            and not ok(data[key], want)
+            and not (data[key] is None and key in ("region", "environment", "infrastructure"))
+        ):
             raise bad(key, want, data[key])
     for name, rec in (data.get("functions") or {}).items():
         if not ok(rec, dict):
@@ -237,7 +291,9 @@ def check_shape(data: dict, path: Any, hint: str | None = None) -> None:
             raise bad(f"artifacts.{key}", str, value)
 
 
-def from_dict(data: dict, path: Any, environment: str, infrastructure: str, version: Any = None, backend: Any = None) -> State:
+def from_dict(
+    data: dict, path: Any, environment: str, infrastructure: str, version: Any = None, backend: Any = None
+) -> State:
     return State(
         path=path,
         environment=data.get("environment", environment),
@@ -315,7 +371,9 @@ def all_states(state_dir: Path) -> list[State]:
     return [load(state_dir, env, infra) for env, infra in _backend.current().targets(state_dir)]
 
 
-def readable_states(state_dir: Path, errors: list, environments: Iterable[str] = (), infrastructures: Iterable[str] = ()) -> list[State]:
+def readable_states(
+    state_dir: Path, errors: list, environments: Iterable[str] = (), infrastructures: Iterable[str] = ()
+) -> list[State]:
     """The states below the state directory (of these environments and infrastructures, if
     given) that can be read; the error of each that cannot is appended to `errors`, so that
     one damaged state does not hide the others."""

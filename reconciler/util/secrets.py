@@ -139,7 +139,11 @@ def read_config(doc) -> SecretsConfig:
             continue
         if k == "store":
             if v not in STORES:
-                raise doc.error(("secrets", k), f"secrets.store must be one of {', '.join(STORES)}, not '{v}'", did_you_mean(str(v), STORES))
+                raise doc.error(
+                    ("secrets", k),
+                    f"secrets.store must be one of {', '.join(STORES)}, not '{v}'",
+                    did_you_mean(str(v), STORES),
+                )
             values[k] = v
         elif k == "prefix":
             values[k] = str(v)
@@ -151,7 +155,9 @@ def read_config(doc) -> SecretsConfig:
             if isinstance(v, str):
                 v = [v]
             if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
-                raise doc.error(("secrets", k), "secrets.sensitive_names must be a list of name parts (e.g. [PASSWORD, TOKEN])")
+                raise doc.error(
+                    ("secrets", k), "secrets.sensitive_names must be a list of name parts (e.g. [PASSWORD, TOKEN])"
+                )
             values[k] = tuple(x.strip().upper() for x in v)
     return SecretsConfig(**values)
 
@@ -173,7 +179,7 @@ class Sealer:
         return f"{SEAL_PREFIX}{self.kid}:{mac}"
 
     def can_check(self, seal: str) -> bool:
-        return is_sealed(seal) and seal[len(SEAL_PREFIX):].split(":", 1)[0] == self.kid
+        return is_sealed(seal) and seal[len(SEAL_PREFIX) :].split(":", 1)[0] == self.kid
 
 
 def is_sealed(value: Any) -> bool:
@@ -194,7 +200,7 @@ def sealer_by_kid(seal: str) -> Sealer | None:
     """The sealer (loaded in this process) a seal was made with."""
     if not is_sealed(seal):
         return None
-    return _by_kid.get(seal[len(SEAL_PREFIX):].split(":", 1)[0])
+    return _by_kid.get(seal[len(SEAL_PREFIX) :].split(":", 1)[0])
 
 
 def env_vars(config: dict | None) -> dict:
@@ -270,15 +276,17 @@ def wanted_by(specs: Iterable) -> dict[tuple[str, str, Any], list[str]]:
         for k, v in env_vars(s.config).items():
             for sid in references(v):
                 conn = json.dumps(s.connector, sort_keys=True) if s.connector else None
-                out.setdefault((s.region, sid, conn), []).append(f"Environment.Variables.{k} of function {s.name} ({s.source})")
+                out.setdefault((s.region, sid, conn), []).append(
+                    f"Environment.Variables.{k} of function {s.name} ({s.source})"
+                )
     return out
 
 
 # ---------------------------------------------------------------- scrubbing
 
 
-_known_secrets: set[str] = set()   # values of secrets and of sensitive variables
-_known_env: set[str] = set()       # every environment value seen: scrubbed from AWS's error text
+_known_secrets: set[str] = set()  # values of secrets and of sensitive variables
+_known_env: set[str] = set()  # every environment value seen: scrubbed from AWS's error text
 _scrub_rx: re.Pattern | None = None
 _scrub_all_rx: re.Pattern | None = None
 _known_lock = threading.Lock()

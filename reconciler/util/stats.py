@@ -9,8 +9,8 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 PHASES = ("load/render", "refresh", "plan", "apply")
 
@@ -42,15 +42,19 @@ class Stats:
                 self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t
 
     def to_dict(self, calls: dict[str, int] | None, quotas: dict[str, dict] | None = None) -> dict:
-        d = {"calls": dict(sorted((calls or {}).items())),
-             "phases": {k: round(v, 4) for k, v in self.phases.items()},
-             "peak_rss_mb": round(peak_rss_mb(), 1)}
+        d = {
+            "calls": dict(sorted((calls or {}).items())),
+            "phases": {k: round(v, 4) for k, v in self.phases.items()},
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+        }
         if quotas:
             d["quotas"] = quotas
             d["floor_s"] = max(q["floor_s"] for q in quotas.values())
         return d
 
-    def render(self, calls: dict[str, int] | None, functions: int | None = None, quotas: dict[str, dict] | None = None) -> str:
+    def render(
+        self, calls: dict[str, int] | None, functions: int | None = None, quotas: dict[str, dict] | None = None
+    ) -> str:
         """A human table, then the machine line `stats: {json}`. `quotas`: per Lambda quota
         class {rate, calls (requests sent, retries included), throttled, waited_s, floor_s}."""
         d = self.to_dict(calls, quotas)
@@ -65,9 +69,13 @@ class Stats:
             lines.append(f"  Lambda calls per function: {lam / functions:.2f} ({lam} for {functions} function(s))")
         if quotas:
             lines.append("Lambda quotas (per account and region):")
-            lines.append(f"  {'class'.ljust(13)}  {'rate/s':>6}  {'requests':>8}  {'throttled':>9}  {'waited':>9}  {'floor':>8}")
+            lines.append(
+                f"  {'class'.ljust(13)}  {'rate/s':>6}  {'requests':>8}  {'throttled':>9}  {'waited':>9}  {'floor':>8}"
+            )
             for cls, q in quotas.items():
-                lines.append(f"  {cls.ljust(13)}  {q['rate']:>6g}  {q['calls']:>8}  {q['throttled']:>9}  {q['waited_s']:>8.2f}s  {q['floor_s']:>7.2f}s")
+                lines.append(
+                    f"  {cls.ljust(13)}  {q['rate']:>6g}  {q['calls']:>8}  {q['throttled']:>9}  {q['waited_s']:>8.2f}s  {q['floor_s']:>7.2f}s"
+                )
             lines.append(f"  floor: {d['floor_s']:.2f} s (the slowest class; waited is summed over threads)")
         lines.append("Wall time:")
         for name in [p for p in PHASES if p in d["phases"]] + [p for p in d["phases"] if p not in PHASES]:
@@ -102,10 +110,17 @@ class Progress:
     def _draw(self, phase: str, done: int, total: int) -> None:
         if self._bar is None:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as Bar
 
-            self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=Console(stderr=True, no_color=not self.color), transient=True)
+            self._bar = Bar(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True, no_color=not self.color),
+                transient=True,
+            )
             self._bar.start()
         if phase not in self._tasks:
             self._tasks[phase] = self._bar.add_task(phase, total=total)

@@ -101,7 +101,7 @@ def _convert(node: Any, file: str, base_line: int) -> tuple[Any, dict[PathT, int
                 except Exception:  # pragma: no cover - ruamel always has lc on rt data
                     ln, kl = None, None
                 key = _plain_scalar(k)
-                sub = path + (key,)
+                sub = (*path, key)
                 lines[sub] = ln or kl or lines.get(path, base_line)
                 child = n[k]
                 if isinstance(child, (CommentedMap, CommentedSeq)) and getattr(child, "lc", None) is not None:
@@ -112,7 +112,7 @@ def _convert(node: Any, file: str, base_line: int) -> tuple[Any, dict[PathT, int
         if isinstance(n, CommentedSeq):
             out_l = []
             for i, item in enumerate(n):
-                sub = path + (i,)
+                sub = (*path, i)
                 try:
                     lines[sub] = n.lc.item(i)[0] + 1
                 except Exception:  # pragma: no cover
@@ -122,9 +122,9 @@ def _convert(node: Any, file: str, base_line: int) -> tuple[Any, dict[PathT, int
         if type(n).__name__ == "ScalarFloat" and math.isinf(n):  # 1e400: a literal beyond a float (not .inf)
             raise ConfigError("number out of range", file, lines.get(path) or base_line)
         if isinstance(n, dict):  # pragma: no cover - defensive, plain maps from merges
-            return {_plain_scalar(k): walk(v, path + (_plain_scalar(k),)) for k, v in n.items()}
+            return {_plain_scalar(k): walk(v, (*path, _plain_scalar(k))) for k, v in n.items()}
         if isinstance(n, list):  # pragma: no cover
-            return [walk(v, path + (i,)) for i, v in enumerate(n)]
+            return [walk(v, (*path, i)) for i, v in enumerate(n)]
         return _plain_scalar(n)
 
     data = walk(node, ())
@@ -233,7 +233,7 @@ class _Lines:
     that finds nothing wrong asks for the line of hardly any value, so a fleet's thousand
     service files are read without building a path → line table for each."""
 
-    __slots__ = ("text", "file", "tables")
+    __slots__ = ("file", "tables", "text")
 
     def __init__(self, text: str, file: str) -> None:
         self.text, self.file, self.tables = text, file, None
@@ -267,9 +267,19 @@ def _fast_docs(text: str, file: str, track: bool = False) -> list[Doc] | None:
     parser = _fast_parser()
     if parser is None:
         return None
-    from yaml.events import (AliasEvent, DocumentEndEvent, DocumentStartEvent, MappingEndEvent, MappingStartEvent,
-                             ScalarEvent, SequenceEndEvent, SequenceStartEvent, StreamEndEvent, StreamStartEvent)
     from yaml.error import YAMLError
+    from yaml.events import (
+        AliasEvent,
+        DocumentEndEvent,
+        DocumentStartEvent,
+        MappingEndEvent,
+        MappingStartEvent,
+        ScalarEvent,
+        SequenceEndEvent,
+        SequenceStartEvent,
+        StreamEndEvent,
+        StreamStartEvent,
+    )
 
     get = parser(text).get_event
 
@@ -299,7 +309,7 @@ def _fast_docs(text: str, file: str, track: bool = False) -> list[Doc] | None:
                 if lines is None:
                     out[key] = node(v, path, lines, budget)
                     continue
-                sub = path + (key,)
+                sub = (*path, key)
                 lines[sub] = (v.start_mark.line if v.__class__ is ScalarEvent else k.start_mark.line) + 1
                 out[key] = node(v, sub, lines, budget)
         if cls is SequenceStartEvent:
@@ -312,7 +322,7 @@ def _fast_docs(text: str, file: str, track: bool = False) -> list[Doc] | None:
                 if lines is None:
                     out_l.append(node(item, path, lines, budget))
                     continue
-                sub = path + (i,)
+                sub = (*path, i)
                 lines[sub] = item.start_mark.line + 1
                 out_l.append(node(item, sub, lines, budget))
                 i += 1
@@ -364,9 +374,15 @@ def _measure(text: str, file: str) -> None:
     parser = _fast_parser()
     if parser is None:
         return
-    from yaml.events import (AliasEvent, CollectionEndEvent, CollectionStartEvent, DocumentStartEvent, MappingStartEvent,
-                             ScalarEvent)
     from yaml.error import YAMLError
+    from yaml.events import (
+        AliasEvent,
+        CollectionEndEvent,
+        CollectionStartEvent,
+        DocumentStartEvent,
+        MappingStartEvent,
+        ScalarEvent,
+    )
 
     get = parser(text).get_event
     try:
@@ -408,8 +424,11 @@ def _measure(text: str, file: str) -> None:
                 continue
             if nodes > MAX_NODES or chars > MAX_EXPANDED_CHARS:
                 what = f"{MAX_NODES} values" if nodes > MAX_NODES else f"{MAX_EXPANDED_CHARS} characters"
-                raise ConfigError(f"document expands to more than {what} (YAML aliases/anchors used as a bomb?)", file,
-                                  ev.start_mark.line + 1)
+                raise ConfigError(
+                    f"document expands to more than {what} (YAML aliases/anchors used as a bomb?)",
+                    file,
+                    ev.start_mark.line + 1,
+                )
     except (YAMLError, RecursionError, ValueError, TypeError):
         return
 
@@ -439,7 +458,13 @@ def read_regular_file(path: Path, shown: str, limit: int = MAX_FILE_BYTES) -> by
         if stat.S_ISDIR(st.st_mode):
             raise ConfigError("is a directory, not a file", shown)
         if not stat.S_ISREG(st.st_mode):
-            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket"
+            kind = (
+                "a FIFO"
+                if stat.S_ISFIFO(st.st_mode)
+                else "a device"
+                if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket"
+            )
             raise ConfigError(f"is {kind}, not a regular file", shown)
         if st.st_size > limit:
             raise ConfigError(f"file is larger than {limit} bytes ({st.st_size})", shown)
@@ -482,8 +507,13 @@ def _load_yaml_documents_rt(text: str, file: str) -> list[Doc]:
     return docs
 
 
-_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
-         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
 
 
 def decode_text(raw: bytes, shown: str) -> str:
@@ -492,17 +522,23 @@ def decode_text(raw: bytes, shown: str) -> str:
     for bom, encoding in _BOMS:
         if raw.startswith(bom):
             try:
-                return raw[len(bom):].decode(encoding)
+                return raw[len(bom) :].decode(encoding)
             except UnicodeDecodeError as exc:
                 raise ConfigError(f"not valid {encoding.upper()} text (byte {exc.start + len(bom)})", shown) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         if b"\x00" in raw[:64]:
-            raise ConfigError("not UTF-8 text (UTF-16 without a byte order mark?)", shown, hint="save it as UTF-8") from None
+            raise ConfigError(
+                "not UTF-8 text (UTF-16 without a byte order mark?)", shown, hint="save it as UTF-8"
+            ) from None
         raise ConfigError(f"not UTF-8 text (byte {exc.start})", shown, hint="save it as UTF-8") from None
     if "\0" in text:
-        raise ConfigError("not UTF-8 text: it holds NUL characters (UTF-16 without a byte order mark?)", shown, hint="save it as UTF-8")
+        raise ConfigError(
+            "not UTF-8 text: it holds NUL characters (UTF-16 without a byte order mark?)",
+            shown,
+            hint="save it as UTF-8",
+        )
     return text
 
 

@@ -13,7 +13,9 @@ def aws_connector(ws: Workspace, ref: Any) -> dict | None:
         return None
     c = ws.connectors[ref]
     if c.body.get("type") not in (None, "Aws"):
-        raise c.error(("type",), f"connector '{ref}' has type '{c.body.get('type')}'; only Aws connectors are supported")
+        raise c.error(
+            ("type",), f"connector '{ref}' has type '{c.body.get('type')}'; only Aws connectors are supported"
+        )
     cross = c.get("spec", "credential", "crossAccountAccess", default={})
     if not cross.get("crossAccountRoleArn"):
         return None

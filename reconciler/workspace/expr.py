@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from reconciler.errors import ConfigError, did_you_mean
 from reconciler.util.yamlsrc import Doc, PathT
@@ -56,25 +56,33 @@ class Scope:
             return self.fixed[e]
         for prefix, table in (("serviceVariables.", self.service_variables), ("env.variables.", self.env_variables)):
             if e.startswith(prefix):
-                name = e[len(prefix):]
+                name = e[len(prefix) :]
                 if name not in table:
                     raise KeyError(f"<+{e}> names no variable", did_you_mean(name, table))
                 value = table[name]
                 return self.resolve_variable(name, value) if self.resolve_variable else value
         if e.startswith("provisioner."):
             if self.provisioner is None:
-                raise KeyError(f"<+{e}>: no provisioner outputs here", "give them with --provisioner-outputs FILE or the infrastructure's spec.provisioner")
-            return self.provisioner(e[len("provisioner."):])
+                raise KeyError(
+                    f"<+{e}>: no provisioner outputs here",
+                    "give them with --provisioner-outputs FILE or the infrastructure's spec.provisioner",
+                )
+            return self.provisioner(e[len("provisioner.") :])
         if e.startswith("secrets.getValue"):
             from reconciler.util.secrets import placeholder, reference_id
 
             sid = reference_id(e)
             if not sid:
-                raise KeyError(f"<+{e}>: a secret reference is <+secrets.getValue(\"ID\")> (or \"ID#key\" for a key of a JSON secret)", None)
+                raise KeyError(
+                    f'<+{e}>: a secret reference is <+secrets.getValue("ID")> (or "ID#key" for a key of a JSON secret)',
+                    None,
+                )
             return placeholder(sid)
         if not self.in_pipeline and e.split(".", 1)[0] in PIPELINE_ROOTS:
-            raise KeyError(f"<+{e}> has a value only where a pipeline stage deploys this target, and no pipeline in the workspace does",
-                           "deploy it from a pipeline stage (reconciler run / plan --pipeline), or use a service or environment variable")
+            raise KeyError(
+                f"<+{e}> has a value only where a pipeline stage deploys this target, and no pipeline in the workspace does",
+                "deploy it from a pipeline stage (reconciler run / plan --pipeline), or use a service or environment variable",
+            )
         raise KeyError(f"unknown expression <+{e}>", did_you_mean(e, self.names()))
 
 
@@ -121,7 +129,7 @@ def split_expressions(text: str, where: Callable[[], tuple[str, int | None]] | N
             start, parts = stack.pop()
             if i > lit_start:
                 parts.append(text[lit_start:i])
-            e = Expr(text[start:i + 1], parts, start)
+            e = Expr(text[start : i + 1], parts, start)
             (stack[-1][1] if stack else out).append(e)
             i += 1
             lit_start = i
@@ -153,8 +161,12 @@ def resolve_expr(e: Expr, scope: Scope, where: Callable[[], tuple[str, int | Non
         return scope.lookup(body)
     except NeedsInput:
         file, line = where()
-        raise ConfigError(f"runtime input <+{_excerpt(body.strip())}> has no value", file, line,
-                          "give it a value with --var or --artifact, or a .default(...)") from None
+        raise ConfigError(
+            f"runtime input <+{_excerpt(body.strip())}> has no value",
+            file,
+            line,
+            "give it a value with --var or --artifact, or a .default(...)",
+        ) from None
     except KeyError as exc:
         file, line = where()
         msg, hint = exc.args
@@ -188,8 +200,12 @@ def resolve_string(text: str, scope: Scope, where: Callable[[], tuple[str, int |
 def _too_long(p: Any, where: Callable[[], tuple[str, int | None]]) -> None:
     file, line = where()
     what = f"expression '{_excerpt(p.source)}'" if isinstance(p, Expr) else "the text"
-    raise ConfigError(f"the value grows beyond {MAX_EXPANDED} characters at {what}", file, line,
-                      "a chain of variables that repeat each other?")
+    raise ConfigError(
+        f"the value grows beyond {MAX_EXPANDED} characters at {what}",
+        file,
+        line,
+        "a chain of variables that repeat each other?",
+    )
 
 
 def _text_of(value: Any) -> str:
@@ -219,9 +235,9 @@ def _text(value: Any) -> str:
 def resolve_tree(data: Any, scope: Scope, doc: Doc, path: PathT = ()) -> Any:
     """A copy of `data` with every expression resolved; errors name the file and line."""
     if isinstance(data, dict):
-        return {k: resolve_tree(v, scope, doc, path + (k,)) for k, v in data.items()}
+        return {k: resolve_tree(v, scope, doc, (*path, k)) for k, v in data.items()}
     if isinstance(data, list):
-        return [resolve_tree(v, scope, doc, path + (i,)) for i, v in enumerate(data)]
+        return [resolve_tree(v, scope, doc, (*path, i)) for i, v in enumerate(data)]
     if isinstance(data, str):
         return resolve_string(data, scope, lambda: (doc.file, doc.line(path)))
     return data
@@ -231,10 +247,10 @@ def leaves(node: Any, path: tuple = ()) -> Iterator[tuple[Any, tuple]]:
     """Every value below `node` that is neither a mapping nor a list, with its path."""
     if isinstance(node, dict):
         for k, v in node.items():
-            yield from leaves(v, path + (k,))
+            yield from leaves(v, (*path, k))
     elif isinstance(node, list):
         for i, v in enumerate(node):
-            yield from leaves(v, path + (i,))
+            yield from leaves(v, (*path, i))
     else:
         yield node, path
 

@@ -5,23 +5,36 @@ from __future__ import annotations
 import gc
 import os
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
-from reconciler.workspace.expr import _text, input_default
 from reconciler.model import IDENTIFIER, IDENTIFIER_RULE
-from reconciler.util.yamlsrc import MAX_FILE_BYTES, MAX_NODES, Doc, PathT, decode_text, load_data_file, load_yaml_documents, read_regular_file
+from reconciler.util.yamlsrc import (
+    MAX_FILE_BYTES,
+    MAX_NODES,
+    Doc,
+    PathT,
+    decode_text,
+    load_data_file,
+    load_yaml_documents,
+    read_regular_file,
+)
+from reconciler.workspace.expr import _text, input_default
 
 KINDS = ("service", "environment", "infrastructureDefinition", "pipeline", "connector", "overrides")
 OVERRIDE_TYPES = ("ENV_GLOBAL_OVERRIDE", "ENV_SERVICE_OVERRIDE", "INFRA_GLOBAL_OVERRIDE", "INFRA_SERVICE_OVERRIDE")
 SKIP_DIRS = {"node_modules", "__pycache__"}
 # a file that may hold an entity: one of the kinds as a top-level key (quoted or not)
 # (or an indented `identifier:`, so that a misspelt kind is reported as skipped, not ignored)
-ENTITY_LINE = re.compile(r"""^(?:---[ \t]*)?["']?(?:%s)["']?[ \t]*:|^\s*\{\s*["']?(?:%s)["']?\s*:|^[ \t]+["']?identifier["']?[ \t]*:"""
-                         % ("|".join(KINDS), "|".join(KINDS)), re.M)
+ENTITY_LINE = re.compile(
+    r"""^(?:---[ \t]*)?["']?(?:%s)["']?[ \t]*:|^\s*\{\s*["']?(?:%s)["']?\s*:|^[ \t]+["']?identifier["']?[ \t]*:"""
+    % ("|".join(KINDS), "|".join(KINDS)),
+    re.M,
+)
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
@@ -40,7 +53,7 @@ class Entity:
         return self.doc.file
 
     def line(self, *path: Any) -> int | None:
-        return self.doc.line((self.kind,) + tuple(path))
+        return self.doc.line((self.kind, *tuple(path)))
 
     def error(self, path: PathT, message: str, hint: str | None = None) -> ConfigError:
         return ConfigError(message, self.doc.file, self.line(*path), hint)
@@ -65,7 +78,9 @@ class Entity:
                 node = node.get(p)
         if node is None:
             return default
-        if not isinstance(node, want) or (isinstance(node, bool) and bool not in (want if isinstance(want, tuple) else (want,))):
+        if not isinstance(node, want) or (
+            isinstance(node, bool) and bool not in (want if isinstance(want, tuple) else (want,))
+        ):
             wanted = " or ".join(_KIND_NAMES.get(w, w.__name__) for w in (want if isinstance(want, tuple) else (want,)))
             raise self.error(path, f"'{_dotted(path)}' must be {wanted}, got {_kind(node)}")
         return node
@@ -117,7 +132,9 @@ class Workspace:
             for i, ov in enumerate(self.overrides):
                 b = ov.body
                 per_service = "SERVICE" in str(b.get("type"))
-                index.setdefault((b.get("environmentRef"), b.get("serviceRef") if per_service else None), []).append((i, ov))
+                index.setdefault((b.get("environmentRef"), b.get("serviceRef") if per_service else None), []).append(
+                    (i, ov)
+                )
             self._override_index = index
         found = index.get((environment, None), [])
         if service is not None:
@@ -148,7 +165,9 @@ class Workspace:
         if root is None:
             root = self._real_root = self.root.resolve()
         if candidate != root and root not in candidate.parents:
-            raise entity.error(path, f"path '{rel}' leaves the workspace", "manifest files must live inside the workspace")
+            raise entity.error(
+                path, f"path '{rel}' leaves the workspace", "manifest files must live inside the workspace"
+            )
         if candidate.is_dir():
             raise entity.error(path, f"manifest path '{rel}' is a directory, not a file")
         if not candidate.exists():
@@ -160,7 +179,14 @@ _KIND_NAMES = {dict: "a mapping", list: "a list", str: "a string", int: "a numbe
 
 
 def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", bool: "a boolean", int: "a number", float: "a number", str: "a string"}.get(type(value), type(value).__name__)
+    return {
+        dict: "a mapping",
+        list: "a list",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+    }.get(type(value), type(value).__name__)
 
 
 def _dotted(path: PathT) -> str:
@@ -270,7 +296,9 @@ def _load_workspace(root: Path, state_dir: Path | None) -> Workspace:
                 continue
             if (kind, key) in seen:
                 first = seen[(kind, key)]
-                errors.append(ent.error((), f"duplicate {kind} identifier '{ent.identifier}' (first defined at {first.where()})"))
+                errors.append(
+                    ent.error((), f"duplicate {kind} identifier '{ent.identifier}' (first defined at {first.where()})")
+                )
                 continue
             seen[(kind, key)] = ent
             {
@@ -307,7 +335,10 @@ def entity_kind(doc: Doc) -> tuple[str | None, str | None]:
     if len(keys) > 1:
         if not kinds:
             return None, None  # a CI workflow, a CloudFormation template, ...
-        return None, f"not a Harness entity: {len(keys)} top-level keys ({_listing(keys)}); an entity has only its kind ({kinds[0]})"
+        return (
+            None,
+            f"not a Harness entity: {len(keys)} top-level keys ({_listing(keys)}); an entity has only its kind ({kinds[0]})",
+        )
     key = keys[0]
     body = next(iter(data.values()))
     if key not in KINDS:
@@ -341,7 +372,11 @@ def _manifest_files(ws: Workspace, docs: list[Doc]) -> set[str]:
         sd = doc.data["service"].get("serviceDefinition")
         manifests = ((sd or {}).get("spec") or {}).get("manifests") if isinstance(sd, dict) else None
         for item in manifests if isinstance(manifests, list) else []:
-            store = (((item or {}).get("manifest") or {}).get("spec") or {}).get("store") if isinstance(item, dict) else None
+            store = (
+                (((item or {}).get("manifest") or {}).get("spec") or {}).get("store")
+                if isinstance(item, dict)
+                else None
+            )
             sspec = store.get("spec") if isinstance(store, dict) else None
             if not isinstance(sspec, dict):
                 continue
@@ -378,7 +413,9 @@ def _entity(kind: str, doc: Doc) -> Entity:
     if not isinstance(ident, str) or not ident:
         raise doc.error((kind,), f"{kind} has no 'identifier'")
     if kind != "overrides" and not IDENTIFIER.fullmatch(ident):
-        raise doc.error((kind, "identifier"), f"{kind} identifier {ident[:60]!r} is not a Harness identifier ({IDENTIFIER_RULE})")
+        raise doc.error(
+            (kind, "identifier"), f"{kind} identifier {ident[:60]!r} is not a Harness identifier ({IDENTIFIER_RULE})"
+        )
     name = body.get("name", ident)
     ent = Entity(kind=kind, identifier=ident, name=str(name), body=body, doc=doc)
     if kind == "service":
@@ -386,16 +423,23 @@ def _entity(kind: str, doc: Doc) -> Entity:
         if not isinstance(sd, dict):
             raise ent.error((), f"service '{ident}' has no serviceDefinition")
         if not isinstance(sd.get("type"), str) or not sd["type"]:
-            raise ent.error(("serviceDefinition",), f"service '{ident}' has no serviceDefinition.type (AwsLambda for reconciler)")
+            raise ent.error(
+                ("serviceDefinition",), f"service '{ident}' has no serviceDefinition.type (AwsLambda for reconciler)"
+            )
         if sd.get("type") != "AwsLambda":
-            raise Skipped(f"service '{ident}' is of type {sd.get('type')}: reconciler deploys AwsLambda services only", ident)
+            raise Skipped(
+                f"service '{ident}' is of type {sd.get('type')}: reconciler deploys AwsLambda services only", ident
+            )
         ent.get("serviceDefinition", "spec")
     if kind == "environment" and body.get("type") not in (None, "PreProduction", "Production"):
         raise ent.error(("type",), f"environment type '{body.get('type')}' is not PreProduction or Production")
     if kind == "infrastructureDefinition":
         t = body.get("deploymentType") or body.get("type")
         if t not in (None, "AwsLambda") or body.get("type") not in (None, "AwsLambda"):
-            raise Skipped(f"infrastructureDefinition '{ident}' is of type {t}: reconciler deploys to AwsLambda infrastructure only", ident)
+            raise Skipped(
+                f"infrastructureDefinition '{ident}' is of type {t}: reconciler deploys to AwsLambda infrastructure only",
+                ident,
+            )
         if not ent.get("environmentRef", want=str):
             raise ent.error((), f"infrastructureDefinition '{ident}' has no environmentRef")
         spec = body.get("spec")
@@ -405,10 +449,17 @@ def _entity(kind: str, doc: Doc) -> Entity:
     if kind == "overrides":
         t = body.get("type")
         if t not in OVERRIDE_TYPES:
-            raise ent.error(("type",), f"overrides type '{t}' is not one of {', '.join(OVERRIDE_TYPES)}", did_you_mean(str(t), OVERRIDE_TYPES))
-        need = {"ENV_GLOBAL_OVERRIDE": ("environmentRef",), "ENV_SERVICE_OVERRIDE": ("environmentRef", "serviceRef"),
-                "INFRA_GLOBAL_OVERRIDE": ("environmentRef", "infraIdentifier"),
-                "INFRA_SERVICE_OVERRIDE": ("environmentRef", "infraIdentifier", "serviceRef")}[t]
+            raise ent.error(
+                ("type",),
+                f"overrides type '{t}' is not one of {', '.join(OVERRIDE_TYPES)}",
+                did_you_mean(str(t), OVERRIDE_TYPES),
+            )
+        need = {
+            "ENV_GLOBAL_OVERRIDE": ("environmentRef",),
+            "ENV_SERVICE_OVERRIDE": ("environmentRef", "serviceRef"),
+            "INFRA_GLOBAL_OVERRIDE": ("environmentRef", "infraIdentifier"),
+            "INFRA_SERVICE_OVERRIDE": ("environmentRef", "infraIdentifier", "serviceRef"),
+        }[t]
         for k in ("environmentRef", "serviceRef", "infraIdentifier"):
             ent.get(k, want=str)
         for k in need:
@@ -421,21 +472,46 @@ def _check_references(ws: Workspace) -> list[ReconcilerError]:
     errs: list[ReconcilerError] = []
     for (env_ref, ident), infra in ws.infrastructures.items():
         if env_ref not in ws.environments:
-            errs.append(infra.error(("environmentRef",), f"infrastructureDefinition '{ident}' references environment '{env_ref}', which is not defined",
-                                    did_you_mean(env_ref, ws.environments)))
+            errs.append(
+                infra.error(
+                    ("environmentRef",),
+                    f"infrastructureDefinition '{ident}' references environment '{env_ref}', which is not defined",
+                    did_you_mean(env_ref, ws.environments),
+                )
+            )
     for ov in ws.overrides:
         env_ref = ov.body.get("environmentRef")
         if env_ref and env_ref not in ws.environments:
-            errs.append(ov.error(("environmentRef",), f"overrides reference environment '{env_ref}', which is not defined", did_you_mean(str(env_ref), ws.environments)))
+            errs.append(
+                ov.error(
+                    ("environmentRef",),
+                    f"overrides reference environment '{env_ref}', which is not defined",
+                    did_you_mean(str(env_ref), ws.environments),
+                )
+            )
         svc = ov.body.get("serviceRef")
-        if ("service", svc) in ws.skipped_entities or ("infrastructureDefinition", ov.body.get("infraIdentifier")) in ws.skipped_entities:
+        if ("service", svc) in ws.skipped_entities or (
+            "infrastructureDefinition",
+            ov.body.get("infraIdentifier"),
+        ) in ws.skipped_entities:
             continue  # an override of a service or infrastructure reconciler does not deploy
         if svc and svc not in ws.services:
-            errs.append(ov.error(("serviceRef",), f"overrides reference service '{svc}', which is not defined", did_you_mean(str(svc), ws.services)))
+            errs.append(
+                ov.error(
+                    ("serviceRef",),
+                    f"overrides reference service '{svc}', which is not defined",
+                    did_you_mean(str(svc), ws.services),
+                )
+            )
         infra = ov.body.get("infraIdentifier")
         if infra and env_ref and (env_ref, infra) not in ws.infrastructures:
-            errs.append(ov.error(("infraIdentifier",), f"overrides reference infrastructure '{infra}' of environment '{env_ref}', which is not defined",
-                                 did_you_mean(str(infra), [i for (e, i) in ws.infrastructures if e == env_ref])))
+            errs.append(
+                ov.error(
+                    ("infraIdentifier",),
+                    f"overrides reference infrastructure '{infra}' of environment '{env_ref}', which is not defined",
+                    did_you_mean(str(infra), [i for (e, i) in ws.infrastructures if e == env_ref]),
+                )
+            )
     for pipe in ws.pipelines.values():
         try:
             stages = pipeline_stages(pipe)
@@ -488,12 +564,15 @@ def stage_iterations(pipe: Entity, path: PathT, stage: dict) -> list[dict]:
     if strategy is None:
         return [stage]
     sid = stage.get("identifier")
-    sp = path + ("strategy",)
+    sp = (*path, "strategy")
     if not isinstance(strategy, dict):
         raise pipe.error(sp, f"stage '{sid}': strategy must be a mapping (repeat or parallelism)")
     if "matrix" in strategy:
-        raise pipe.error(sp + ("matrix",), f"stage '{sid}': strategy.matrix is not supported by reconciler",
-                         "loop with strategy.repeat.items (one stage run per item, <+repeat.item>) instead")
+        raise pipe.error(
+            (*sp, "matrix"),
+            f"stage '{sid}': strategy.matrix is not supported by reconciler",
+            "loop with strategy.repeat.items (one stage run per item, <+repeat.item>) instead",
+        )
     if "repeat" in strategy:
         rep = strategy["repeat"] if isinstance(strategy["repeat"], dict) else {}
         items, times = rep.get("items"), rep.get("times")
@@ -502,15 +581,23 @@ def stage_iterations(pipe: Entity, path: PathT, stage: dict) -> list[dict]:
         elif items is None and _count(times) is not None:
             values = list(range(_count(times)))
         else:
-            raise pipe.error(sp + ("repeat",), f"stage '{sid}': strategy.repeat needs items (a non-empty list written in the pipeline) "
-                                               f"or times (a number from 1 to {MAX_ITERATIONS}); a runtime input or an expression is not supported here")
+            raise pipe.error(
+                (*sp, "repeat"),
+                f"stage '{sid}': strategy.repeat needs items (a non-empty list written in the pipeline) "
+                f"or times (a number from 1 to {MAX_ITERATIONS}); a runtime input or an expression is not supported here",
+            )
     elif "parallelism" in strategy:
         n = _count(strategy["parallelism"])
         if n is None:
-            raise pipe.error(sp + ("parallelism",), f"stage '{sid}': strategy.parallelism must be a number from 1 to {MAX_ITERATIONS}")
+            raise pipe.error(
+                (*sp, "parallelism"), f"stage '{sid}': strategy.parallelism must be a number from 1 to {MAX_ITERATIONS}"
+            )
         values = list(range(n))
     else:
-        raise pipe.error(sp, f"stage '{sid}': strategy {_listing([str(k) for k in strategy])} is not supported; use repeat or parallelism")
+        raise pipe.error(
+            sp,
+            f"stage '{sid}': strategy {_listing([str(k) for k in strategy])} is not supported; use repeat or parallelism",
+        )
     body = {k: v for k, v in stage.items() if k != "strategy"}
     out = []
     for i, value in enumerate(values):
@@ -555,8 +642,15 @@ def _substitute(node: Any, loop: dict) -> Any:
 
 def skipped_stages(ws: Workspace) -> list[tuple[str, int | None, str]]:
     """(file, line, why) of every stage of every pipeline that reconciler does not run."""
-    return [(pipe.file, pipe.line(*path), f"stage '{stage.get('identifier')}' of pipeline '{pipe.identifier}' is skipped: {why}")
-            for pipe in ws.pipelines.values() for path, stage, why in pipe_skipped_stages(ws, pipe)]
+    return [
+        (
+            pipe.file,
+            pipe.line(*path),
+            f"stage '{stage.get('identifier')}' of pipeline '{pipe.identifier}' is skipped: {why}",
+        )
+        for pipe in ws.pipelines.values()
+        for path, stage, why in pipe_skipped_stages(ws, pipe)
+    ]
 
 
 def pipe_skipped_stages(ws: Workspace, pipe: Entity) -> list[tuple[PathT, dict, str]]:
@@ -579,31 +673,50 @@ def _check_stage(ws: Workspace, pipe: Entity, path: PathT, stage: dict) -> list[
     if stage_skipped(ws, stage):
         return errs
     if svc is None:
-        errs.append(pipe.error(path + ("spec",), f"stage '{stage.get('identifier')}' has no spec.service.serviceRef"))
+        errs.append(pipe.error((*path, "spec"), f"stage '{stage.get('identifier')}' has no spec.service.serviceRef"))
     elif svc not in ws.services and not _is_runtime(svc):
-        errs.append(pipe.error(path + ("spec", "service", "serviceRef"),
-                               f"stage '{stage.get('identifier')}' references service '{svc}', which is not defined", did_you_mean(str(svc), ws.services)))
+        errs.append(
+            pipe.error(
+                (*path, "spec", "service", "serviceRef"),
+                f"stage '{stage.get('identifier')}' references service '{svc}', which is not defined",
+                did_you_mean(str(svc), ws.services),
+            )
+        )
     env_ref = _ref(pipe.get(*path, "spec", "environment", "environmentRef", want=str))
     if env_ref is None:
-        errs.append(pipe.error(path + ("spec",), f"stage '{stage.get('identifier')}' has no spec.environment.environmentRef"))
+        errs.append(
+            pipe.error((*path, "spec"), f"stage '{stage.get('identifier')}' has no spec.environment.environmentRef")
+        )
         return errs
     if _is_runtime(env_ref):
         return errs  # chosen with -e; its infrastructures are checked then
     if env_ref not in ws.environments:
-        errs.append(pipe.error(path + ("spec", "environment", "environmentRef"),
-                               f"stage '{stage.get('identifier')}' references environment '{env_ref}', which is not defined", did_you_mean(str(env_ref), ws.environments)))
+        errs.append(
+            pipe.error(
+                (*path, "spec", "environment", "environmentRef"),
+                f"stage '{stage.get('identifier')}' references environment '{env_ref}', which is not defined",
+                did_you_mean(str(env_ref), ws.environments),
+            )
+        )
         return errs
     infras = pipe.get(*path, "spec", "environment", "infrastructureDefinitions", want=(list, str), default=[])
     if _is_runtime(infras):
         return errs
     if isinstance(infras, str):
-        raise pipe.error(path + ("spec", "environment", "infrastructureDefinitions"), "infrastructureDefinitions must be a list of {identifier: ...} or <+input>")
+        raise pipe.error(
+            (*path, "spec", "environment", "infrastructureDefinitions"),
+            "infrastructureDefinitions must be a list of {identifier: ...} or <+input>",
+        )
     for k, ref in enumerate(infras):
         ident = _ref(pipe.get(*path, "spec", "environment", "infrastructureDefinitions", k, "identifier", want=str))
         if ident and not _is_runtime(ident) and (env_ref, ident) not in ws.infrastructures:
-            errs.append(pipe.error(path + ("spec", "environment", "infrastructureDefinitions", k, "identifier"),
-                                   f"stage '{stage.get('identifier')}' references infrastructure '{ident}' of environment '{env_ref}', which is not defined",
-                                   did_you_mean(ident, [i for (e, i) in ws.infrastructures if e == env_ref])))
+            errs.append(
+                pipe.error(
+                    (*path, "spec", "environment", "infrastructureDefinitions", k, "identifier"),
+                    f"stage '{stage.get('identifier')}' references infrastructure '{ident}' of environment '{env_ref}', which is not defined",
+                    did_you_mean(ident, [i for (e, i) in ws.infrastructures if e == env_ref]),
+                )
+            )
     return errs
 
 
@@ -620,7 +733,11 @@ def stage_skipped(ws: Workspace, stage: dict) -> str | None:
     env_spec = spec.get("environment") if isinstance(spec.get("environment"), dict) else {}
     infras = env_spec.get("infrastructureDefinitions")
     refs = [_ref(i.get("identifier")) for i in infras if isinstance(i, dict)] if isinstance(infras, list) else []
-    skipped = [ws.skipped_entities[("infrastructureDefinition", r)] for r in refs if ("infrastructureDefinition", r) in ws.skipped_entities]
+    skipped = [
+        ws.skipped_entities[("infrastructureDefinition", r)]
+        for r in refs
+        if ("infrastructureDefinition", r) in ws.skipped_entities
+    ]
     if refs and len(skipped) == len(refs):
         return skipped[0]
     return None

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from reconciler.errors import ConfigError, ReconcilerError, did_you_mean
 from reconciler.workspace.schema import DEFERRED
@@ -55,7 +56,9 @@ def restore_defaults(before: dict) -> None:
 def parse_outputs(data: Any, where: str) -> dict:
     """Flat {name: value} from `terraform output -json` ({name: {value, type, sensitive}}) or a flat map."""
     if not isinstance(data, dict):
-        raise ConfigError("provisioner outputs must be a JSON object: {name: value} or terraform's {name: {value: ...}}", where)
+        raise ConfigError(
+            "provisioner outputs must be a JSON object: {name: value} or terraform's {name: {value: ...}}", where
+        )
     tf = bool(data) and all(isinstance(v, dict) and "value" in v for v in data.values())
     return {str(k): (v["value"] if tf else v) for k, v in data.items()}
 
@@ -71,7 +74,7 @@ def load_outputs_file(path: Path) -> dict:
 
 def check_shape(infra) -> list[ConfigError]:
     """The infrastructure's spec.provisioner, checked without running or calling anything."""
-    spec = (infra.body.get("spec") or {})
+    spec = infra.body.get("spec") or {}
     prov = spec.get("provisioner")
     if prov is None:
         return []
@@ -80,15 +83,20 @@ def check_shape(infra) -> list[ConfigError]:
         return [infra.error(path, "spec.provisioner must be a mapping {type: CloudFormation|Script, ...}")]
     ptype = prov.get("type")
     if ptype not in PROVISIONER_TYPES:
-        return [infra.error(path + ("type",), f"provisioner type '{ptype}' is not supported; use one of {', '.join(PROVISIONER_TYPES)}",
-                            did_you_mean(str(ptype), PROVISIONER_TYPES))]
+        return [
+            infra.error(
+                (*path, "type"),
+                f"provisioner type '{ptype}' is not supported; use one of {', '.join(PROVISIONER_TYPES)}",
+                did_you_mean(str(ptype), PROVISIONER_TYPES),
+            )
+        ]
     need = {"CloudFormation": ("stackName",), "Script": ("script",)}[ptype]
     errs = []
     for key in need:
         if not isinstance(prov.get(key), str) or not prov.get(key).strip():
             errs.append(infra.error(path, f"a {ptype} provisioner needs spec.provisioner.{key} (a string)"))
     if ptype == "CloudFormation" and prov.get("region") is not None and not isinstance(prov.get("region"), str):
-        errs.append(infra.error(path + ("region",), "spec.provisioner.region must be a string"))
+        errs.append(infra.error((*path, "region"), "spec.provisioner.region must be a string"))
     return errs
 
 
@@ -105,7 +113,9 @@ def resolver(ws, infra, settings: dict | None) -> Callable[[str], Any]:
         if file_outputs is not None:
             if name in file_outputs:
                 return file_outputs[name]
-            tried.append(f"--provisioner-outputs {settings.get('source') or 'FILE'} (has: {', '.join(sorted(file_outputs)) or 'nothing'})")
+            tried.append(
+                f"--provisioner-outputs {settings.get('source') or 'FILE'} (has: {', '.join(sorted(file_outputs)) or 'nothing'})"
+            )
         stage = settings.get("stage")
         if stage is not None:  # the stage's environment.provisioner steps (reconciler.provisioners)
             known = stage.get("outputs")
@@ -114,7 +124,9 @@ def resolver(ws, infra, settings: dict | None) -> Callable[[str], Any]:
             if stage.get("pending"):
                 stage.setdefault("used", []).append(name)
                 return f"{DEFERRED}{name})"  # known once the steps have run
-            tried.append(f"{stage.get('where') or 'the outputs of the stage provisioner steps'} (has: {', '.join(sorted(known or {})) or 'nothing'})")
+            tried.append(
+                f"{stage.get('where') or 'the outputs of the stage provisioner steps'} (has: {', '.join(sorted(known or {})) or 'nothing'})"
+            )
         prov = (infra.body.get("spec") or {}).get("provisioner")
         if prov is not None:
             errs = check_shape(infra)
@@ -130,13 +142,18 @@ def resolver(ws, infra, settings: dict | None) -> Callable[[str], Any]:
         if staged and not tried:
             if not settings.get("live", True):
                 return f"{DEFERRED}{name})"  # validate: the stage's provisioner steps give it when run
-            raise KeyError(f"provisioner output '{name}' comes from the provisioner steps of stage '{staged[1]}' of pipeline "
-                           f"'{staged[0]}', which only `reconciler run` runs",
-                           f"run the pipeline (reconciler run {staged[0]}), see it with plan --pipeline {staged[0]}, "
-                           "or pass --provisioner-outputs FILE")
+            raise KeyError(
+                f"provisioner output '{name}' comes from the provisioner steps of stage '{staged[1]}' of pipeline "
+                f"'{staged[0]}', which only `reconciler run` runs",
+                f"run the pipeline (reconciler run {staged[0]}), see it with plan --pipeline {staged[0]}, "
+                "or pass --provisioner-outputs FILE",
+            )
         if not tried:
-            raise KeyError(f"provisioner output '{name}' has no source: infrastructure '{infra.identifier}' has no spec.provisioner "
-                           "and no --provisioner-outputs FILE was given", "pass --provisioner-outputs FILE (terraform output -json)")
+            raise KeyError(
+                f"provisioner output '{name}' has no source: infrastructure '{infra.identifier}' has no spec.provisioner "
+                "and no --provisioner-outputs FILE was given",
+                "pass --provisioner-outputs FILE (terraform output -json)",
+            )
         raise KeyError(f"provisioner output '{name}' not found; looked in {'; '.join(tried)}", None)
 
     return lookup
@@ -149,10 +166,17 @@ def stage_provisioner_of(ws, infra) -> tuple[str, str] | None:
     for pipe in ws.pipelines.values():
         for _, stage in pipeline_stages(pipe):
             env = (stage.get("spec") or {}).get("environment") if isinstance(stage.get("spec"), dict) else None
-            if not isinstance(env, dict) or not isinstance(env.get("provisioner"), dict) or env.get("environmentRef") != infra.body.get("environmentRef"):
+            if (
+                not isinstance(env, dict)
+                or not isinstance(env.get("provisioner"), dict)
+                or env.get("environmentRef") != infra.body.get("environmentRef")
+            ):
                 continue
-            refs = [r.get("identifier") for r in env.get("infrastructureDefinitions") or [] if isinstance(r, dict)] \
-                if isinstance(env.get("infrastructureDefinitions"), list) else []
+            refs = (
+                [r.get("identifier") for r in env.get("infrastructureDefinitions") or [] if isinstance(r, dict)]
+                if isinstance(env.get("infrastructureDefinitions"), list)
+                else []
+            )
             if infra.identifier in refs or str(env.get("deployToAll")).lower() == "true":
                 return pipe.identifier, str(stage.get("identifier"))
     return None
@@ -163,7 +187,9 @@ def _provisioner_outputs(ws, infra, prov: dict) -> tuple[dict, str]:
     if ptype == "CloudFormation":
         region = prov.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if not region:
-            raise infra.error(("spec", "provisioner"), "a CloudFormation provisioner needs spec.provisioner.region (or AWS_REGION)")
+            raise infra.error(
+                ("spec", "provisioner"), "a CloudFormation provisioner needs spec.provisioner.region (or AWS_REGION)"
+            )
         stack = prov["stackName"]
         where = f"CloudFormation stack '{stack}' outputs in {region}"
         key = ("cfn", stack, region, (infra.body.get("spec") or {}).get("connectorRef"))
@@ -184,11 +210,16 @@ def _stack_outputs(ws, infra, stack: str, region: str) -> dict:
 
     connector = aws_connector(ws, (infra.body.get("spec") or {}).get("connectorRef"))
     cfn = Aws().client("cloudformation", region, connector)
-    got = call(f"reading the outputs of CloudFormation stack '{stack}' ({region}) for infrastructure '{infra.identifier}'",
-               cfn.describe_stacks, StackName=stack)
+    got = call(
+        f"reading the outputs of CloudFormation stack '{stack}' ({region}) for infrastructure '{infra.identifier}'",
+        cfn.describe_stacks,
+        StackName=stack,
+    )
     stacks = got.get("Stacks") or []
     if not stacks:
-        raise ReconcilerError(f"CloudFormation stack '{stack}' not found in {region}", infra.file, infra.line("spec", "provisioner"))
+        raise ReconcilerError(
+            f"CloudFormation stack '{stack}' not found in {region}", infra.file, infra.line("spec", "provisioner")
+        )
     return {o["OutputKey"]: o.get("OutputValue") for o in stacks[0].get("Outputs") or []}
 
 
@@ -212,5 +243,7 @@ def _script_outputs(ws, infra, script: str, timeout: float) -> dict:
     try:
         data = json.loads(got.output)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"the provisioner script must print a JSON object on stdout: {exc.msg}", infra.file, line) from None
+        raise ConfigError(
+            f"the provisioner script must print a JSON object on stdout: {exc.msg}", infra.file, line
+        ) from None
     return parse_outputs(data, f"{infra.file}:{line}")

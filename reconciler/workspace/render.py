@@ -7,21 +7,22 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.model import OWNER_ENVIRONMENT, OWNER_INFRASTRUCTURE, OWNER_SERVICE
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
+from reconciler.model import OWNER_ENVIRONMENT, OWNER_INFRASTRUCTURE, OWNER_SERVICE, FunctionSpec, Target
+from reconciler.util.secrets import references
+from reconciler.util.yamlsrc import Doc
 from reconciler.workspace.connectors import aws_connector
 from reconciler.workspace.expr import Scope, input_default, is_runtime_input, resolve_string, resolve_tree
 from reconciler.workspace.load import LOOP, Entity, StageContext, Workspace, pipeline_stages, stage_skipped
-from reconciler.model import FunctionSpec, Target
 from reconciler.workspace.schema import DEFERRED, input_shape, normalise, region_problem, update_config_fields
-from reconciler.util.secrets import references
-from reconciler.util.yamlsrc import Doc
 
 # Lambda refuses environment variables whose JSON ({"KEY":"value",...}) is over 4 KB
 LAMBDA_ENV_LIMIT = 4096
 GIT_STORES = ("Github", "GitLab", "Bitbucket", "Git", "AzureRepo", "CodeCommit")
 LOCAL_STORES = ("Harness", "Local", "InheritFromManifest")
-ARN = re.compile(r"^arn:(?P<partition>aws[a-z-]*):lambda:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):function:(?P<name>[A-Za-z0-9_-]+)(?::(?P<qualifier>[^:]+))?$")
+ARN = re.compile(
+    r"^arn:(?P<partition>aws[a-z-]*):lambda:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):function:(?P<name>[A-Za-z0-9_-]+)(?::(?P<qualifier>[^:]+))?$"
+)
 VARIABLE_TYPES = ("String", "Number", "Secret")
 
 
@@ -66,11 +67,12 @@ def targets(ws: Workspace, opts: Options) -> list[Target]:
                 found.extend(stage_targets(ws, pipe, path, stage, opts))
     else:
         for svc in ws.services:
-            for (env, infra) in ws.infrastructures:
+            for env, infra in ws.infrastructures:
                 found.append(Target(svc, env, infra))
     everything = sorted(set(found))
     chosen = [
-        t for t in everything
+        t
+        for t in everything
         if (not opts.services or t.service in opts.services)
         and (not opts.environments or t.environment in opts.environments)
         and (not opts.infrastructures or t.infrastructure in opts.infrastructures)
@@ -93,7 +95,11 @@ def stage_targets(ws: Workspace, pipe: Entity, path, stage: dict, opts: Options)
     if env_spec.get("deployToAll") is True or str(env_spec.get("deployToAll")).lower() == "true":
         infras = sorted(i for (e, i) in ws.infrastructures if e == env)
     elif is_runtime_input(env_spec.get("infrastructureDefinitions")):
-        infras = [_stage_ref(env_spec["infrastructureDefinitions"], opts.infrastructures, pipe, path, "infrastructureDefinitions")]
+        infras = [
+            _stage_ref(
+                env_spec["infrastructureDefinitions"], opts.infrastructures, pipe, path, "infrastructureDefinitions"
+            )
+        ]
     else:
         infras = []
         for ref in env_spec.get("infrastructureDefinitions") or []:
@@ -103,9 +109,20 @@ def stage_targets(ws: Workspace, pipe: Entity, path, stage: dict, opts: Options)
     found = []
     for infra in infras:
         if (env, infra) not in ws.infrastructures:  # a runtime-input environment, chosen with -e
-            raise pipe.error(path, f"the stage deploys to infrastructure '{infra}' of environment '{env}', which is not defined",
-                             did_you_mean(infra, [i for (e, i) in ws.infrastructures if e == env]))
-        found.append(Target(svc, env, infra, str(stage.get("identifier")) if LOOP in stage else "", StageContext(pipe, tuple(path), stage)))
+            raise pipe.error(
+                path,
+                f"the stage deploys to infrastructure '{infra}' of environment '{env}', which is not defined",
+                did_you_mean(infra, [i for (e, i) in ws.infrastructures if e == env]),
+            )
+        found.append(
+            Target(
+                svc,
+                env,
+                infra,
+                str(stage.get("identifier")) if LOOP in stage else "",
+                StageContext(pipe, tuple(path), stage),
+            )
+        )
     return found
 
 
@@ -115,10 +132,17 @@ def stage_values(context: StageContext, given: dict) -> dict[str, Any]:
     `<+repeat.item>`, `<+strategy.iteration>`, `<+strategy.iterations>` are for the targets
     of one stage. `given` (--var) answers variables that are runtime inputs."""
     pipe, stage = context.pipe, context.stage
-    out: dict[str, Any] = {"pipeline.name": pipe.name, "pipeline.identifier": pipe.identifier,
-                           "stage.name": str(stage.get("name") or stage.get("identifier")), "stage.identifier": str(stage.get("identifier")),
-                           "stage.description": stage.get("description", "")}
-    for prefix, items in (("pipeline.variables.", pipe.body.get("variables")), ("stage.variables.", stage.get("variables"))):
+    out: dict[str, Any] = {
+        "pipeline.name": pipe.name,
+        "pipeline.identifier": pipe.identifier,
+        "stage.name": str(stage.get("name") or stage.get("identifier")),
+        "stage.identifier": str(stage.get("identifier")),
+        "stage.description": stage.get("description", ""),
+    }
+    for prefix, items in (
+        ("pipeline.variables.", pipe.body.get("variables")),
+        ("stage.variables.", stage.get("variables")),
+    ):
         for v in items if isinstance(items, list) else []:
             if isinstance(v, dict) and "name" in v:
                 out[prefix + str(v["name"])] = variable_input(v, given)
@@ -153,8 +177,10 @@ def _check_selectors(ws: Workspace, opts: Options) -> None:
         for c in chosen:
             if c not in known:
                 hint = did_you_mean(c, known)  # the list of valid names is in the message already
-                raise ConfigError(f"no {what} '{c}' in the workspace; defined: {', '.join(known) or 'none'}",
-                                  hint=hint if hint and hint.startswith("did you mean") else None)
+                raise ConfigError(
+                    f"no {what} '{c}' in the workspace; defined: {', '.join(known) or 'none'}",
+                    hint=hint if hint and hint.startswith("did you mean") else None,
+                )
 
 
 def _stage_ref(value: Any, selected: list[str], pipe: Entity, path, what: str) -> str:
@@ -164,7 +190,9 @@ def _stage_ref(value: Any, selected: list[str], pipe: Entity, path, what: str) -
         has_default, default = input_default(value)
         if has_default:
             return str(default)
-        raise pipe.error(path, f"the stage's {what} is a runtime input (<+input>); choose one with the matching -s/-e/-i option")
+        raise pipe.error(
+            path, f"the stage's {what} is a runtime input (<+input>); choose one with the matching -s/-e/-i option"
+        )
     return str(value)
 
 
@@ -183,32 +211,45 @@ def _variables(entity: Entity, path: tuple, errors: list) -> dict[str, tuple[Any
         errors.append(entity.error(path, "variables must be a list of {name, type, value}"))
         return out
     for i, var in enumerate(node):
-        vp = path + (i,)
+        vp = (*path, i)
         if not isinstance(var, dict) or "name" not in var:
             errors.append(entity.error(vp, "a variable needs 'name', 'type' and 'value'"))
             continue
         vtype = var.get("type", "String")
         if vtype not in VARIABLE_TYPES:
-            errors.append(entity.error(vp + ("type",), f"variable type '{vtype}' is not one of {', '.join(VARIABLE_TYPES)}", did_you_mean(str(vtype), VARIABLE_TYPES)))
+            errors.append(
+                entity.error(
+                    (*vp, "type"),
+                    f"variable type '{vtype}' is not one of {', '.join(VARIABLE_TYPES)}",
+                    did_you_mean(str(vtype), VARIABLE_TYPES),
+                )
+            )
             continue
         value = var.get("value")
         if vtype == "Number" and isinstance(value, str) and not is_runtime_input(value) and "<+" not in value:
             try:
                 value = int(value) if re.fullmatch(r"-?\d+", value.strip()) else float(value)
             except ValueError:
-                errors.append(entity.error(vp + ("value",), f"variable '{var['name']}' is a Number but its value is '{value}'"))
+                errors.append(
+                    entity.error((*vp, "value"), f"variable '{var['name']}' is a Number but its value is '{value}'")
+                )
                 continue
         if vtype == "Secret" and isinstance(value, str) and value.strip() and "<+" not in value:
             # a Secret variable's value names a secret (as in Harness): it is a reference
             from reconciler.util.secrets import expression
 
             value = expression(value.strip())
-        out[str(var["name"])] = (value, entity, vp + ("value",))
+        out[str(var["name"])] = (value, entity, (*vp, "value"))
     return out
 
 
 def _override_layers(ws: Workspace, t: Target) -> list[Entity]:
-    order = {name: i for i, name in enumerate(("ENV_GLOBAL_OVERRIDE", "ENV_SERVICE_OVERRIDE", "INFRA_GLOBAL_OVERRIDE", "INFRA_SERVICE_OVERRIDE"))}
+    order = {
+        name: i
+        for i, name in enumerate(
+            ("ENV_GLOBAL_OVERRIDE", "ENV_SERVICE_OVERRIDE", "INFRA_GLOBAL_OVERRIDE", "INFRA_SERVICE_OVERRIDE")
+        )
+    }
     hits = []
     for ov in ws.overrides_of(t.environment, t.service):
         b = ov.body
@@ -244,7 +285,11 @@ def render(ws: Workspace, opts: Options) -> Rendered:
         if key in seen:
             first_t, first = seen[key]
             if first.to_dict() != s.to_dict():
-                errors.append(ConfigError(f"function '{s.name}' in {s.region} is defined by two targets: {first_t} ({first.source}) and {t} ({s.source})"))
+                errors.append(
+                    ConfigError(
+                        f"function '{s.name}' in {s.region} is defined by two targets: {first_t} ({first.source}) and {t} ({s.source})"
+                    )
+                )
             continue  # else the same function from two stage runs (strategy.parallelism): deployed once
         seen[key] = (t, s)
         specs.append(s)
@@ -324,9 +369,11 @@ def target_scope(ws: Workspace, t: Target, opts: Options) -> Scope:
         if id(entry) in resolved:
             return resolved[id(entry)][1]
         if name in resolving:
-            raise KeyError(f"variable '{name}' refers to itself ({' → '.join(resolving + [name])})", None)
+            raise KeyError(f"variable '{name}' refers to itself ({' → '.join([*resolving, name])})", None)
         if is_runtime_input(value) and ent is not None and not input_default(value)[0]:
-            raise ConfigError(f"variable '{name}' is a runtime input", ent.file, ent.line(*path), f"pass --var {name}=VALUE")
+            raise ConfigError(
+                f"variable '{name}' is a runtime input", ent.file, ent.line(*path), f"pass --var {name}=VALUE"
+            )
         resolving.append(name)
         try:
             got = resolve_string(value, scope, lambda: (ent.file, ent.line(*path)))
@@ -335,8 +382,14 @@ def target_scope(ws: Workspace, t: Target, opts: Options) -> Scope:
         resolved[id(entry)] = (entry, got)
         return got
 
-    scope = Scope(fixed=fixed, service_variables=merged, env_variables=env_scope, resolve_variable=resolve_variable,
-                  provisioner=resolver(ws, infra, opts.provisioner), in_pipeline=t.context is not None)
+    scope = Scope(
+        fixed=fixed,
+        service_variables=merged,
+        env_variables=env_scope,
+        resolve_variable=resolve_variable,
+        provisioner=resolver(ws, infra, opts.provisioner),
+        in_pipeline=t.context is not None,
+    )
     region = resolve_string(str(region_raw), scope, lambda: (infra.file, infra.line("spec", "region")))
     problem = region_problem(region)
     if problem:
@@ -345,8 +398,18 @@ def target_scope(ws: Workspace, t: Target, opts: Options) -> Scope:
     return scope
 
 
-def _function_spec(t: Target, svc: Entity, infra: Entity, scope: Scope, region: str, artifact: dict | None, fdef_doc: Doc,
-                   alias_docs: list[Doc], connector: dict | None, warnings: list[str]) -> FunctionSpec:
+def _function_spec(
+    t: Target,
+    svc: Entity,
+    infra: Entity,
+    scope: Scope,
+    region: str,
+    artifact: dict | None,
+    fdef_doc: Doc,
+    alias_docs: list[Doc],
+    connector: dict | None,
+    warnings: list[str],
+) -> FunctionSpec:
     # the function definition, rendered and checked against CreateFunction
     fdata = resolve_tree(fdef_doc.data, scope, fdef_doc)
     if not isinstance(fdata, dict):
@@ -365,9 +428,15 @@ def _function_spec(t: Target, svc: Entity, infra: Entity, scope: Scope, region: 
     m = ARN.match(name)
     if m:
         if m.group("qualifier"):
-            raise fdef_doc.error(_key(fdata, "FunctionName"), f"FunctionName '{name}' has a qualifier; give the unqualified function ARN or name")
+            raise fdef_doc.error(
+                _key(fdata, "FunctionName"),
+                f"FunctionName '{name}' has a qualifier; give the unqualified function ARN or name",
+            )
         if m.group("region") != region and DEFERRED not in region:  # a region still to be provisioned
-            raise fdef_doc.error(_key(fdata, "FunctionName"), f"FunctionName ARN is in region {m.group('region')} but infrastructure '{infra.identifier}' deploys to {region}")
+            raise fdef_doc.error(
+                _key(fdata, "FunctionName"),
+                f"FunctionName ARN is in region {m.group('region')} but infrastructure '{infra.identifier}' deploys to {region}",
+            )
         account = m.group("account")
         name = m.group("name")
 
@@ -376,9 +445,14 @@ def _function_spec(t: Target, svc: Entity, infra: Entity, scope: Scope, region: 
         if artifact is None:
             artifact = _artifact_from_code(code, fdef_doc, fdata, region)
         else:
-            warnings.append(f"{where}: the function definition's Code is ignored: the service's artifact is deployed instead")
+            warnings.append(
+                f"{where}: the function definition's Code is ignored: the service's artifact is deployed instead"
+            )
     if artifact is None:
-        raise svc.error(("serviceDefinition", "spec"), f"service '{svc.identifier}' has no artifact (serviceDefinition.spec.artifacts.primary) and its function definition no Code")
+        raise svc.error(
+            ("serviceDefinition", "spec"),
+            f"service '{svc.identifier}' has no artifact (serviceDefinition.spec.artifacts.primary) and its function definition no Code",
+        )
     fdef.pop("Publish", None)
     tags = fdef.pop("Tags", None) or {}
     architectures = fdef.pop("Architectures", None)
@@ -396,8 +470,11 @@ def _function_spec(t: Target, svc: Entity, infra: Entity, scope: Scope, region: 
     if isinstance(variables, dict):
         size = len(json.dumps(variables, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
         if size > LAMBDA_ENV_LIMIT:
-            raise fdef_doc.error(_key(fdata, "Environment"), f"the environment variables of function '{name}' take {size} bytes; "
-                                 f"Lambda allows {LAMBDA_ENV_LIMIT} (4 KB, measured as their JSON)")
+            raise fdef_doc.error(
+                _key(fdata, "Environment"),
+                f"the environment variables of function '{name}' take {size} bytes; "
+                f"Lambda allows {LAMBDA_ENV_LIMIT} (4 KB, measured as their JSON)",
+            )
     updatable = update_config_fields()
     config = {k: v for k, v in fdef.items() if k in updatable}
     create_only = {k: v for k, v in fdef.items() if k not in updatable}
@@ -413,13 +490,19 @@ def _function_spec(t: Target, svc: Entity, infra: Entity, scope: Scope, region: 
         for filled in ("FunctionName", "FunctionVersion"):
             if filled in alias:
                 alias.pop(filled)
-                warnings.append(f"{adoc.file}:{adoc.line(_key(adata, filled))}: '{filled}' in an alias definition is ignored; reconciler fills it in")
+                warnings.append(
+                    f"{adoc.file}:{adoc.line(_key(adata, filled))}: '{filled}' in an alias definition is ignored; reconciler fills it in"
+                )
         if not alias.get("Name"):
             raise adoc.error((), "alias definition has no 'name'")
         if references(alias):
-            raise adoc.error((), "a secret reference can only be used in an environment variable of the function definition")
+            raise adoc.error(
+                (), "a secret reference can only be used in an environment variable of the function definition"
+            )
         if alias["Name"] in seen_alias:
-            raise adoc.error(_key(adata, "Name"), f"alias '{alias['Name']}' is defined twice (also in {seen_alias[alias['Name']]})")
+            raise adoc.error(
+                _key(adata, "Name"), f"alias '{alias['Name']}' is defined twice (also in {seen_alias[alias['Name']]})"
+            )
         seen_alias[alias["Name"]] = f"{adoc.file}:{adoc.line(_key(adata, 'Name'))}"
         aliases.append(alias)
 
@@ -433,8 +516,12 @@ def _function_spec(t: Target, svc: Entity, infra: Entity, scope: Scope, region: 
         config=config,
         # ownership tags: a lost state can be rebuilt with `import`, and another service's
         # (or another infrastructure's) function is never taken over silently
-        tags={**{str(k): str(v) for k, v in tags.items()}, OWNER_SERVICE: t.service, OWNER_ENVIRONMENT: t.environment,
-              OWNER_INFRASTRUCTURE: t.infrastructure},
+        tags={
+            **{str(k): str(v) for k, v in tags.items()},
+            OWNER_SERVICE: t.service,
+            OWNER_ENVIRONMENT: t.environment,
+            OWNER_INFRASTRUCTURE: t.infrastructure,
+        },
         artifact=artifact,
         aliases=aliases,
         architectures=architectures,
@@ -456,8 +543,11 @@ def _secrets_only_in_environment(fdef: dict, doc: Doc, fdata: dict) -> None:
                 continue
         elif not references(v):
             continue
-        raise doc.error(_key(fdata, k), f"a secret reference is used in {k}: secrets can only be used as environment variable values "
-                        "(they are masked and never stored there)")
+        raise doc.error(
+            _key(fdata, k),
+            f"a secret reference is used in {k}: secrets can only be used as environment variable values "
+            "(they are masked and never stored there)",
+        )
 
 
 def _key(data: dict, canon: str) -> tuple:
@@ -471,26 +561,35 @@ def _key(data: dict, canon: str) -> tuple:
 def _manifests(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Scope) -> tuple[Doc, list[Doc]]:
     manifests = sd_spec.get("manifests") or []
     if not isinstance(manifests, list):
-        raise svc.error(base + ("manifests",), "manifests must be a list")
+        raise svc.error((*base, "manifests"), "manifests must be a list")
     fdefs, aliases = [], []
     for i, item in enumerate(manifests):
-        mp = base + ("manifests", i, "manifest")
+        mp = (*base, "manifests", i, "manifest")
         m = item.get("manifest") if isinstance(item, dict) else None
         if not isinstance(m, dict):
-            raise svc.error(base + ("manifests", i), "each manifests entry needs a 'manifest' mapping")
+            raise svc.error((*base, "manifests", i), "each manifests entry needs a 'manifest' mapping")
         mtype = m.get("type")
         if mtype not in ("AwsLambdaFunctionDefinition", "AwsLambdaFunctionAliasDefinition"):
-            raise svc.error(mp + ("type",), f"manifest type '{mtype}' is not supported for AwsLambda services",
-                            did_you_mean(str(mtype), ["AwsLambdaFunctionDefinition", "AwsLambdaFunctionAliasDefinition"]))
-        docs = [ws.read_file(str(resolve_string(ref, scope, lambda p=p: (svc.file, svc.line(*p)))), svc, p) for ref, p in _store_files(svc, m, mp)]
+            raise svc.error(
+                (*mp, "type"),
+                f"manifest type '{mtype}' is not supported for AwsLambda services",
+                did_you_mean(str(mtype), ["AwsLambdaFunctionDefinition", "AwsLambdaFunctionAliasDefinition"]),
+            )
+        docs = [
+            ws.read_file(str(resolve_string(ref, scope, lambda p=p: (svc.file, svc.line(*p)))), svc, p)
+            for ref, p in _store_files(svc, m, mp)
+        ]
         (fdefs if mtype == "AwsLambdaFunctionDefinition" else aliases).extend(docs)
     if len(fdefs) != 1:
-        raise svc.error(base + ("manifests",), f"service '{svc.identifier}' needs exactly one AwsLambdaFunctionDefinition manifest file, found {len(fdefs)}")
+        raise svc.error(
+            (*base, "manifests"),
+            f"service '{svc.identifier}' needs exactly one AwsLambdaFunctionDefinition manifest file, found {len(fdefs)}",
+        )
     return fdefs[0], aliases
 
 
 def _store_files(svc: Entity, m: dict, mp: tuple) -> list[tuple[str, tuple]]:
-    sp = mp + ("spec", "store")
+    sp = (*mp, "spec", "store")
     store = svc.get(*sp, default={})
     stype = store.get("type")
     sspec = svc.get(*sp, "spec", default={})
@@ -499,18 +598,24 @@ def _store_files(svc: Entity, m: dict, mp: tuple) -> list[tuple[str, tuple]]:
     elif stype in LOCAL_STORES:
         key = "files"
     else:
-        raise svc.error(sp + ("type",), f"manifest store type '{stype}' is not supported", did_you_mean(str(stype), GIT_STORES + LOCAL_STORES))
+        raise svc.error(
+            (*sp, "type"),
+            f"manifest store type '{stype}' is not supported",
+            did_you_mean(str(stype), GIT_STORES + LOCAL_STORES),
+        )
     files = sspec.get(key)
     if not isinstance(files, list) or not files:
-        raise svc.error(sp + ("spec",), f"a {stype} store needs spec.{key}: a list of files")
+        raise svc.error((*sp, "spec"), f"a {stype} store needs spec.{key}: a list of files")
     for i, f in enumerate(files):
         if is_runtime_input(f) or not isinstance(f, str):
-            raise svc.error(sp + ("spec", key, i), f"manifest path must be a file path, got {f!r}")
-    return [(f, sp + ("spec", key, i)) for i, f in enumerate(files)]
+            raise svc.error((*sp, "spec", key, i), f"manifest path must be a file path, got {f!r}")
+    return [(f, (*sp, "spec", key, i)) for i, f in enumerate(files)]
 
 
-def _artifact(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Scope, opts: Options, t: Target) -> dict | None:
-    pp = base + ("artifacts", "primary")
+def _artifact(
+    ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Scope, opts: Options, t: Target
+) -> dict | None:
+    pp = (*base, "artifacts", "primary")
     primary = svc.get(*pp)
     if not primary:
         return None
@@ -519,7 +624,7 @@ def _artifact(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Sco
     for i in range(len(sources)):
         ident = svc.get(*pp, "sources", i, "identifier", want=str)
         if not ident:
-            raise svc.error(pp + ("sources", i), "an artifact source needs an 'identifier'")
+            raise svc.error((*pp, "sources", i), "an artifact source needs an 'identifier'")
         ids.append(ident)
     if not ids:
         raise svc.error(pp, "artifacts.primary has no sources")
@@ -529,43 +634,69 @@ def _artifact(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Sco
         ref = str(default)
     if opts.artifact is not None:
         if opts.artifact not in ids:
-            raise svc.error(pp + ("sources",), f"--artifact '{opts.artifact}' names no artifact source of service '{svc.identifier}'", did_you_mean(opts.artifact, ids))
+            raise svc.error(
+                (*pp, "sources"),
+                f"--artifact '{opts.artifact}' names no artifact source of service '{svc.identifier}'",
+                did_you_mean(opts.artifact, ids),
+            )
         ref = opts.artifact
     elif ref is None or is_runtime_input(ref):
         if len(ids) != 1:
-            raise svc.error(pp + ("primaryArtifactRef",), f"primaryArtifactRef is a runtime input; choose one of {', '.join(ids)} with --artifact")
+            raise svc.error(
+                (*pp, "primaryArtifactRef"),
+                f"primaryArtifactRef is a runtime input; choose one of {', '.join(ids)} with --artifact",
+            )
         ref = ids[0]
     elif ref not in ids:
-        raise svc.error(pp + ("primaryArtifactRef",), f"primaryArtifactRef '{ref}' names no artifact source", did_you_mean(str(ref), ids))
+        raise svc.error(
+            (*pp, "primaryArtifactRef"),
+            f"primaryArtifactRef '{ref}' names no artifact source",
+            did_you_mean(str(ref), ids),
+        )
     idx = ids.index(ref)
     src = sources[idx]
-    sp = pp + ("sources", idx)
+    sp = (*pp, "sources", idx)
     stype = src.get("type")
     raw = _source_inputs(svc, sp, str(stype), ref, t, opts)
-    spec = resolve_tree(raw, scope, svc.doc, ("service",) + sp + ("spec",))
+    spec = resolve_tree(raw, scope, svc.doc, ("service", *sp, "spec"))
     if references(spec):
-        raise svc.error(sp + ("spec",), "a secret reference can only be used in an environment variable of the function definition")
+        raise svc.error(
+            (*sp, "spec"), "a secret reference can only be used in an environment variable of the function definition"
+        )
 
     def need(key: str) -> Any:
         v = spec.get(key)
         if v in (None, ""):
-            raise svc.error(sp + ("spec",), f"{stype} artifact '{ref}' needs spec.{key}")
+            raise svc.error((*sp, "spec"), f"{stype} artifact '{ref}' needs spec.{key}")
         return v
 
     region = spec.get("region") or scope.fixed["infra.region"]
     problem = region_problem(region)
     if problem:
-        raise svc.error(sp + ("spec", "region"), f"{stype} artifact '{ref}': spec.region {problem}")
+        raise svc.error((*sp, "spec", "region"), f"{stype} artifact '{ref}': spec.region {problem}")
     svc.get(*sp, "spec", "connectorRef", want=str)
     connector = aws_connector(ws, spec.get("connectorRef"))
     if stype == "AmazonS3":
-        return {"type": "S3", "bucket": str(need("bucketName")), "key": str(need("filePath")).lstrip("/"), "region": str(region), "connector": connector, "id": ref}
+        return {
+            "type": "S3",
+            "bucket": str(need("bucketName")),
+            "key": str(need("filePath")).lstrip("/"),
+            "region": str(region),
+            "connector": connector,
+            "id": ref,
+        }
     if stype == "Ecr":
-        out = {"type": "ECR", "repository": str(need("imagePath")), "region": str(region), "connector": connector, "id": ref,
-               "registry_id": str(spec["registryId"]) if spec.get("registryId") else None}
+        out = {
+            "type": "ECR",
+            "repository": str(need("imagePath")),
+            "region": str(region),
+            "connector": connector,
+            "id": ref,
+            "registry_id": str(spec["registryId"]) if spec.get("registryId") else None,
+        }
         pins = [k for k in ("digest", "tag", "tagRegex") if spec.get(k)]
         if not pins:
-            raise svc.error(sp + ("spec",), f"Ecr artifact '{ref}' needs spec.tag, spec.tagRegex or spec.digest")
+            raise svc.error((*sp, "spec"), f"Ecr artifact '{ref}' needs spec.tag, spec.tagRegex or spec.digest")
         out["digest"] = spec.get("digest") or None
         out["tag"] = str(spec["tag"]) if spec.get("tag") else None
         out["tag_regex"] = str(spec["tagRegex"]) if spec.get("tagRegex") else None
@@ -573,9 +704,15 @@ def _artifact(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Sco
             try:
                 re.compile(out["tag_regex"])
             except re.error as exc:
-                raise svc.error(sp + ("spec", "tagRegex"), f"tagRegex is not a valid regular expression: {exc}") from None
+                raise svc.error(
+                    (*sp, "spec", "tagRegex"), f"tagRegex is not a valid regular expression: {exc}"
+                ) from None
         return out
-    raise svc.error(sp + ("type",), f"artifact type '{stype}' is not supported; use AmazonS3 or Ecr", did_you_mean(str(stype), ["AmazonS3", "Ecr"]))
+    raise svc.error(
+        (*sp, "type"),
+        f"artifact type '{stype}' is not supported; use AmazonS3 or Ecr",
+        did_you_mean(str(stype), ["AmazonS3", "Ecr"]),
+    )
 
 
 def _source_inputs(svc: Entity, sp: tuple, stype: str, ref: str, t: Target, opts: Options) -> dict:
@@ -585,8 +722,12 @@ def _source_inputs(svc: Entity, sp: tuple, stype: str, ref: str, t: Target, opts
     spec = dict(svc.get(*sp, "spec", default={}))
     staged: dict = {}
     if t.context is not None:
-        si = (((t.context.stage.get("spec") or {}).get("service") or {}).get("serviceInputs") or {})
-        primary = (((si.get("serviceDefinition") or {}).get("spec") or {}).get("artifacts") or {}).get("primary") if isinstance(si, dict) else None
+        si = ((t.context.stage.get("spec") or {}).get("service") or {}).get("serviceInputs") or {}
+        primary = (
+            (((si.get("serviceDefinition") or {}).get("spec") or {}).get("artifacts") or {}).get("primary")
+            if isinstance(si, dict)
+            else None
+        )
         for src in (primary or {}).get("sources") or [] if isinstance((primary or {}).get("sources"), list) else []:
             if isinstance(src, dict) and src.get("identifier") == ref and isinstance(src.get("spec"), dict):
                 staged = src["spec"]
@@ -599,9 +740,12 @@ def _source_inputs(svc: Entity, sp: tuple, stype: str, ref: str, t: Target, opts
         if given is None:
             has_default, default = input_default(value)
             if not has_default:
-                raise svc.error(sp + ("spec", key), f"{stype} artifact '{ref}': spec.{key} is a runtime input (<+input>) with no value",
-                                f"give it in the stage's serviceInputs, in an input set (--inputs FILE with run or plan --pipeline), "
-                                f"or with --var artifact.{key}=VALUE")
+                raise svc.error(
+                    (*sp, "spec", key),
+                    f"{stype} artifact '{ref}': spec.{key} is a runtime input (<+input>) with no value",
+                    f"give it in the stage's serviceInputs, in an input set (--inputs FILE with run or plan --pipeline), "
+                    f"or with --var artifact.{key}=VALUE",
+                )
             given = default
         spec[key] = given
     return spec
@@ -609,12 +753,31 @@ def _source_inputs(svc: Entity, sp: tuple, stype: str, ref: str, t: Target, opts
 
 def _artifact_from_code(code: dict, doc: Doc, fdata: dict, region: str) -> dict:
     if code.get("S3Bucket") and code.get("S3Key"):
-        return {"type": "S3", "bucket": code["S3Bucket"], "key": code["S3Key"], "region": region, "connector": None, "id": "Code"}
+        return {
+            "type": "S3",
+            "bucket": code["S3Bucket"],
+            "key": code["S3Key"],
+            "region": region,
+            "connector": None,
+            "id": "Code",
+        }
     if code.get("ImageUri"):
         uri = code["ImageUri"]
-        m = re.match(r"^(?P<reg>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<repo>[^:@]+)(?::(?P<tag>[^@]+))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$", uri)
+        m = re.match(
+            r"^(?P<reg>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<repo>[^:@]+)(?::(?P<tag>[^@]+))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$",
+            uri,
+        )
         if not m:
             raise doc.error(_key(fdata, "Code"), f"Code.ImageUri '{uri}' is not an ECR image URI")
-        return {"type": "ECR", "repository": m.group("repo"), "region": m.group("region"), "registry_id": m.group("reg"), "connector": None, "id": "Code",
-                "tag": m.group("tag"), "digest": m.group("digest"), "tag_regex": None}
+        return {
+            "type": "ECR",
+            "repository": m.group("repo"),
+            "region": m.group("region"),
+            "registry_id": m.group("reg"),
+            "connector": None,
+            "id": "Code",
+            "tag": m.group("tag"),
+            "digest": m.group("digest"),
+            "tag_regex": None,
+        }
     raise doc.error(_key(fdata, "Code"), "Code must give S3Bucket and S3Key, or ImageUri")

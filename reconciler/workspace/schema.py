@@ -8,7 +8,7 @@ examples and PascalCase as in the AWS API both work), their types and their limi
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from reconciler.errors import ConfigError, did_you_mean
@@ -66,7 +66,7 @@ def _pattern_problem(shape, s: str) -> str | None:
     return pattern
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled(pattern: str):
     """The model's pattern compiled. botocore's patterns are Java regular expressions; a few
     (TagKey's `\\p{L}`) use Unicode classes that Python's `re` lacks: those compile with the
@@ -91,7 +91,7 @@ class _Any:
 _ANY = _Any()
 
 
-@lru_cache(maxsize=None)
+@cache
 def input_shape(operation: str):
     return lambda_model().operation_model(operation).input_shape
 
@@ -109,41 +109,62 @@ def normalise(value: Any, shape, doc: Doc, path: PathT, errors: list[ConfigError
     here = label or ".".join(str(p) for p in path)
     if t == "structure":
         if not isinstance(value, dict):
-            errors.append(doc.error(path, f"'{here}' must be a mapping (botocore shape {shape.name}), got {_kind(value)}"))
+            errors.append(
+                doc.error(path, f"'{here}' must be a mapping (botocore shape {shape.name}), got {_kind(value)}")
+            )
             return value
         members = {m.lower(): m for m in shape.members}
         out = {}
         for key, sub in value.items():
             canon = members.get(str(key).lower())
             if canon is None:
-                errors.append(doc.error(path + (key,), f"unknown field '{key}' in {shape.name}", did_you_mean(str(key), shape.members)))
+                errors.append(
+                    doc.error(
+                        (*path, key), f"unknown field '{key}' in {shape.name}", did_you_mean(str(key), shape.members)
+                    )
+                )
                 continue
             if canon in out:
-                errors.append(doc.error(path + (key,), f"field '{key}' given twice (as '{canon}')"))
+                errors.append(doc.error((*path, key), f"field '{key}' given twice (as '{canon}')"))
                 continue
-            out[canon] = normalise(sub, shape.members[canon], doc, path + (key,), errors, _join(label, canon))
+            out[canon] = normalise(sub, shape.members[canon], doc, (*path, key), errors, _join(label, canon))
         return out
     if t == "map":
         if not isinstance(value, dict):
-            errors.append(doc.error(path, f"'{here}' must be a mapping of {shape.value.type_name}s, got {_kind(value)}"))
+            errors.append(
+                doc.error(path, f"'{here}' must be a mapping of {shape.value.type_name}s, got {_kind(value)}")
+            )
             return value
         for k in value:
             pattern = _pattern_problem(shape.key, str(k))
             if pattern:
-                errors.append(doc.error(path + (k,), f"'{_join(label, str(k))}': the name '{k}' does not match the pattern the Lambda API requires ({pattern})"))
-        return {str(k): normalise(v, shape.value, doc, path + (k,), errors, _join(label, str(k))) for k, v in value.items()}
+                errors.append(
+                    doc.error(
+                        (*path, k),
+                        f"'{_join(label, str(k))}': the name '{k}' does not match the pattern the Lambda API requires ({pattern})",
+                    )
+                )
+        return {
+            str(k): normalise(v, shape.value, doc, (*path, k), errors, _join(label, str(k))) for k, v in value.items()
+        }
     if t == "list":
         if not isinstance(value, list):
             errors.append(doc.error(path, f"'{here}' must be a list, got {_kind(value)}"))
             return value
-        return [normalise(v, shape.member, doc, path + (i,), errors, f"{label}[{i}]") for i, v in enumerate(value)]
+        return [normalise(v, shape.member, doc, (*path, i), errors, f"{label}[{i}]") for i, v in enumerate(value)]
     if t == "string":
         if isinstance(value, bool) or isinstance(value, (dict, list)) or value is None:
             errors.append(doc.error(path, f"'{here}' must be a string, got {_kind(value)}"))
             return value
         s = value if isinstance(value, str) else str(value)
         if shape.enum and s not in shape.enum:
-            errors.append(doc.error(path, f"'{here}' is '{s}', not one of the values the Lambda API accepts", did_you_mean(s, shape.enum)))
+            errors.append(
+                doc.error(
+                    path,
+                    f"'{here}' is '{s}', not one of the values the Lambda API accepts",
+                    did_you_mean(s, shape.enum),
+                )
+            )
         lo, hi = shape.metadata.get("min"), shape.metadata.get("max")
         if lo is not None and len(s) < lo:
             errors.append(doc.error(path, f"'{here}' must be at least {lo} characters long"))
@@ -152,7 +173,11 @@ def normalise(value: Any, shape, doc: Doc, path: PathT, errors: list[ConfigError
         pattern = _pattern_problem(shape, s)
         if pattern and not shape.enum:
             shown = "its value" if shape.metadata.get("sensitive") else f"'{s}'"
-            errors.append(doc.error(path, f"'{here}' is {shown}, which does not match the pattern the Lambda API requires ({pattern})"))
+            errors.append(
+                doc.error(
+                    path, f"'{here}' is {shown}, which does not match the pattern the Lambda API requires ({pattern})"
+                )
+            )
         return s
     if t in ("integer", "long"):
         n = _as_int(value)
@@ -182,7 +207,9 @@ def normalise(value: Any, shape, doc: Doc, path: PathT, errors: list[ConfigError
         errors.append(doc.error(path, f"'{here}' must be true or false, got {value!r}"))
         return value
     if t == "blob":
-        errors.append(doc.error(path, f"'{here}' (binary content) cannot be given in a definition file; use an artifact"))
+        errors.append(
+            doc.error(path, f"'{here}' (binary content) cannot be given in a definition file; use an artifact")
+        )
         return value
     return value
 
@@ -194,7 +221,14 @@ def _join(label: str, key: str) -> str:
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing"
-    return {dict: "a mapping", list: "a list", bool: "a boolean", int: "a number", float: "a number", str: "a string"}.get(type(value), type(value).__name__)
+    return {
+        dict: "a mapping",
+        list: "a list",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+    }.get(type(value), type(value).__name__)
 
 
 def _as_int(value: Any) -> int | None:

@@ -61,13 +61,17 @@ class _Lexer:
     def run(self) -> list[str]:
         t, n = self.text, len(self.text)
         stack: list[list] = [["N", 0]]  # N: command (paren depth), D, S, A ($'...'), B (`...`), C (comment)
-        pending: list[tuple[str, bool, bool]] = []  # here-documents opened on this line: (delimiter, quoted, strip tabs)
+        pending: list[
+            tuple[str, bool, bool]
+        ] = []  # here-documents opened on this line: (delimiter, quoted, strip tabs)
         i = 0
         while i < n:
             c = t[i]
             top = stack[-1][0]
             if c == _SENTINEL:
-                self.contexts.append({"N": "plain", "B": "plain", "C": "plain", "D": "double", "S": "single", "A": "dollar"}[top])
+                self.contexts.append(
+                    {"N": "plain", "B": "plain", "C": "plain", "D": "double", "S": "single", "A": "dollar"}[top]
+                )
                 i += 1
                 continue
             if top in ("S", "A"):
@@ -167,7 +171,9 @@ class _Lexer:
         return i
 
 
-def prepare_script(text: str, resolve: Callable[[Expr], Any], where: Callable[[], tuple[str, int | None]]) -> tuple[str, dict[str, str]]:
+def prepare_script(
+    text: str, resolve: Callable[[Expr], Any], where: Callable[[], tuple[str, int | None]]
+) -> tuple[str, dict[str, str]]:
     """The script with each expression replaced by a reference to an environment variable,
     and those variables' values. `resolve` gives one expression's value."""
     if "<+" not in text:
@@ -186,14 +192,20 @@ def prepare_script(text: str, resolve: Callable[[Expr], Any], where: Callable[[]
         k += 1
         if ctx == "literal":
             file, line = where()
-            raise ConfigError(f"expression '{p.source[:40]}' stands in a quoted here-document (<<'EOF'), where the shell expands "
-                              "nothing: its value would be pasted into the script as code", file, line,
-                              "use an unquoted here-document (<<EOF), or pass the value in environmentVariables and read it there")
+            raise ConfigError(
+                f"expression '{p.source[:40]}' stands in a quoted here-document (<<'EOF'), where the shell expands "
+                "nothing: its value would be pasted into the script as code",
+                file,
+                line,
+                "use an unquoted here-document (<<EOF), or pass the value in environmentVariables and read it there",
+            )
         name = names.get(p.source)
         if name is None:
             name = names[p.source] = f"{EXPR_VARIABLE}{len(names) + 1}"
             value = resolve(p)
-            values[name] = "" if value is None else ("true" if value is True else "false" if value is False else str(value))
+            values[name] = (
+                "" if value is None else ("true" if value is True else "false" if value is False else str(value))
+            )
         ref = "${" + name + "}"
         out.append({"plain": f'"{ref}"', "double": ref, "single": f"'\"{ref}\"'", "dollar": f"'\"{ref}\"$'"}[ctx])
     return "".join(out), values
@@ -219,9 +231,16 @@ class ScriptResult:
     errors: str = ""  # stderr, when it was kept apart (separate_stderr)
 
 
-def run_script(script: str, env: dict, cwd: Path, timeout: float | None, outputs: list[tuple[str, str]],
-               on_line: Callable[[str], None] = lambda line: None, mask: Callable[[str], str] = lambda s: s,
-               separate_stderr: bool = False) -> ScriptResult:
+def run_script(
+    script: str,
+    env: dict,
+    cwd: Path,
+    timeout: float | None,
+    outputs: list[tuple[str, str]],
+    on_line: Callable[[str], None] = lambda line: None,
+    mask: Callable[[str], str] = lambda s: s,
+    separate_stderr: bool = False,
+) -> ScriptResult:
     """Run `script` with bash and exactly the environment `env`. The shell variables named in
     `outputs` ((output name, shell variable)) are read back when it exits. Every line the
     script prints goes through `mask`, then to `on_line` (stderr too, unless
@@ -233,18 +252,26 @@ def run_script(script: str, env: dict, cwd: Path, timeout: float | None, outputs
         names = " ".join(sorted({var for _, var in outputs}))
         trailer = ""
         if names:
-            trailer = (f"__reconciler_outputs() {{ for __n in {names}; do if [ -n \"${{!__n+x}}\" ]; then "
-                       f"printf '%s\\0%s\\0' \"$__n\" \"${{!__n}}\"; fi; done > {_sh_quote(str(out_file))}; }}\n"
-                       "trap __reconciler_outputs EXIT\n")
+            trailer = (
+                f'__reconciler_outputs() {{ for __n in {names}; do if [ -n "${{!__n+x}}" ]; then '
+                f'printf \'%s\\0%s\\0\' "$__n" "${{!__n}}"; fi; done > {_sh_quote(str(out_file))}; }}\n'
+                "trap __reconciler_outputs EXIT\n"
+            )
         path.write_text(trailer + script + "\n", encoding="utf-8")
         marker = uuid.uuid4().hex
         chunks: list[str] = []
         timed_out = False
         err_path = Path(tmp) / "stderr"
         with _subreaper() as before, open(err_path, "wb") as err_file:
-            proc = subprocess.Popen(["bash", str(path)], cwd=str(cwd), env={**env, MARKER: marker}, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=err_file if separate_stderr else subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                ["bash", str(path)],
+                cwd=str(cwd),
+                env={**env, MARKER: marker},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err_file if separate_stderr else subprocess.STDOUT,
+                start_new_session=True,
+            )
             reader = _Reader(proc.stdout, lambda line: _emit(mask(line), chunks, on_line))
             try:
                 try:
@@ -258,7 +285,7 @@ def run_script(script: str, env: dict, cwd: Path, timeout: float | None, outputs
         got: dict[str, str] = {}
         if out_file.exists():
             parts = out_file.read_bytes().decode("utf-8", errors="replace").split("\0")
-            values = dict(zip(parts[0::2], parts[1::2]))
+            values = dict(zip(parts[0::2], parts[1::2], strict=False))
             got = {name: mask(values[var]) for name, var in outputs if var in values}
         errors = mask(err_path.read_bytes()[-65536:].decode("utf-8", errors="replace")) if separate_stderr else ""
         return ScriptResult(None if timed_out else proc.returncode, timed_out, "\n".join(chunks), got, errors)
@@ -325,6 +352,7 @@ def _signals_deferred() -> Iterator[None]:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
+
 _PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
 
 
@@ -365,7 +393,7 @@ def _proc_table() -> dict[int, tuple[int, int, int, str]]:
                 stat = f.read().decode("utf-8", "replace")
         except OSError:
             continue
-        rest = stat[stat.rfind(")") + 2:].split()
+        rest = stat[stat.rfind(")") + 2 :].split()
         if len(rest) >= 4:
             table[int(e)] = (int(rest[1]), int(rest[2]), int(rest[3]), rest[0])
     return table
@@ -390,9 +418,19 @@ def step_processes(shell_pid: int, marker: str, before: set[int]) -> set[int]:
     table = _proc_table()
     me = os.getpid()
     needle = f"{MARKER}={marker}\0".encode()
-    found = {pid for pid, (ppid, pgid, sid, state) in table.items()
-             if pid != me and state != "Z" and (pgid == shell_pid or sid == shell_pid or pid == shell_pid
-                                                 or (ppid == me and pid not in before) or _has_marker(pid, needle))}
+    found = {
+        pid
+        for pid, (ppid, pgid, sid, state) in table.items()
+        if pid != me
+        and state != "Z"
+        and (
+            pgid == shell_pid
+            or sid == shell_pid
+            or pid == shell_pid
+            or (ppid == me and pid not in before)
+            or _has_marker(pid, needle)
+        )
+    }
     kids: dict[int, list[int]] = {}
     for pid, (ppid, _, _, state) in table.items():
         if state != "Z":

@@ -18,7 +18,8 @@ import pytest
 def check(result: subprocess.CompletedProcess, code: int = 0) -> subprocess.CompletedProcess:
     """Assert the exit code, showing what the CLI said when it is not the expected one."""
     assert result.returncode == code, (
-        f"exit {result.returncode}, expected {code}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
+        f"exit {result.returncode}, expected {code}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    )
     assert "Traceback" not in result.stderr, result.stderr
     return result
 
@@ -42,9 +43,15 @@ class Project:
         """Run the CLI with a pseudo-terminal as stdin and type `answer` at its prompt."""
         master, slave = pty.openpty()
         try:
-            proc = subprocess.Popen(self.run_cli.command(*args, "--state-dir", self.state_dir), cwd=self.ws,
-                                    env=self.run_cli.env, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True)
+            proc = subprocess.Popen(
+                self.run_cli.command(*args, "--state-dir", self.state_dir),
+                cwd=self.ws,
+                env=self.run_cli.env,
+                stdin=slave,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             os.close(slave)
             slave = None
             os.write(master, (answer + "\n").encode())

@@ -30,8 +30,19 @@ def ws(aws, workspace):
 
 
 def _apply(run_cli, ws, state_dir, *extra, proxy=None):
-    return run_cli("apply", "--auto-approve", "-w", ws, "--state-dir", state_dir, "-e", "staging", *extra, cwd=ws,
-                   env_extra={"AWS_ENDPOINT_URL": proxy.endpoint} if proxy else None)
+    return run_cli(
+        "apply",
+        "--auto-approve",
+        "-w",
+        ws,
+        "--state-dir",
+        state_dir,
+        "-e",
+        "staging",
+        *extra,
+        cwd=ws,
+        env_extra={"AWS_ENDPOINT_URL": proxy.endpoint} if proxy else None,
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
@@ -44,8 +55,20 @@ def test_ctrl_c_mid_apply_rolls_back(aws, ws, tmp_path, run_cli, fault_proxy, si
     holder = {}
     # the signal right after the configuration update was answered (the next request waits)
     fault_proxy.after("UpdateFunctionConfiguration", 1, lambda: holder["p"].send_signal(sig))
-    holder["p"] = p = run_cli.popen("apply", "--auto-approve", "-w", ws, "--state-dir", state_dir, "-e", "staging",
-                                    "--var", "memorySize=256", cwd=ws, env_extra={"AWS_ENDPOINT_URL": fault_proxy.endpoint})
+    holder["p"] = p = run_cli.popen(
+        "apply",
+        "--auto-approve",
+        "-w",
+        ws,
+        "--state-dir",
+        state_dir,
+        "-e",
+        "staging",
+        "--var",
+        "memorySize=256",
+        cwd=ws,
+        env_extra={"AWS_ENDPOINT_URL": fault_proxy.endpoint},
+    )
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert "rolling back" in err and "rolled back to what ran before" in err, err
@@ -69,7 +92,7 @@ def test_created_function_that_cannot_be_deleted_stays_in_state(aws, ws, tmp_pat
     assert FN in [f["FunctionName"] for f in aws.client("lambda").list_functions()["Functions"]]
     state = json.loads((state_dir / "staging" / "staging_use1.json").read_text())
     assert state["history"][-1]["status"] == "rollback_failed"
-    rec = state["functions"][FN]   # not forgotten: plan, drift and the next apply know it
+    rec = state["functions"][FN]  # not forgotten: plan, drift and the next apply know it
     assert rec["service"] == "greeter" and rec["code_sha256"] == SHA["1"]
     assert rec["rollback_failed"] == state["history"][-1]["id"]
 
@@ -85,7 +108,10 @@ def _three_services(ws):
     svc = (ws / ".harness" / "service.yaml").read_text()
     for n in (2, 3):
         (ws / ".harness" / f"service-{n}.yaml").write_text(
-            svc.replace("name: greeter\n", f"name: greeter{n}\n").replace("identifier: greeter\n", f"identifier: greeter{n}\n"))
+            svc.replace("name: greeter\n", f"name: greeter{n}\n").replace(
+                "identifier: greeter\n", f"identifier: greeter{n}\n"
+            )
+        )
     return ["greeter-staging", "greeter2-staging", "greeter3-staging"]
 
 
@@ -106,7 +132,9 @@ def test_parallelism_applies_functions_concurrently(aws, ws, tmp_path, simultane
     names = _three_services(ws)
     if simultaneous:
         infra = ws / ".harness" / "infrastructure-staging.yaml"
-        infra.write_text(infra.read_text().replace("allowSimultaneousDeployments: false", "allowSimultaneousDeployments: true"))
+        infra.write_text(
+            infra.read_text().replace("allowSimultaneousDeployments: false", "allowSimultaneousDeployments: true")
+        )
     state_dir = tmp_path / "state"
     plan, client = _plan(ws, state_dir)
     assert [fp.action for fp in plan.functions] == ["create"] * 3
@@ -136,8 +164,12 @@ def test_parallelism_one_failure_rolls_back_that_function_only(aws, ws, tmp_path
     state_dir = tmp_path / "state"
     monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.endpoint)
     plan, client = _plan(ws, state_dir)
-    fault_proxy.add_rule(lambda e: e["operation"] == "PublishVersion" and e["function"] == "greeter2-staging", "fail",
-                         times=None, **NO_RETRY)
+    fault_proxy.add_rule(
+        lambda e: e["operation"] == "PublishVersion" and e["function"] == "greeter2-staging",
+        "fail",
+        times=None,
+        **NO_RETRY,
+    )
     with pytest.raises(ApplyFailed, match="greeter2-staging: .*injected fault.*rolled back"):
         apply_plan(plan, client, state_dir, lambda m: None, parallelism=3)
     fns = [f["FunctionName"] for f in aws.client("lambda").list_functions()["Functions"]]
@@ -145,7 +177,7 @@ def test_parallelism_one_failure_rolls_back_that_function_only(aws, ws, tmp_path
     state = json.loads((state_dir / "staging" / "staging_use1.json").read_text())
     assert [h["status"] for h in state["history"] if h["function"] == "greeter2-staging"] == ["rolled_back"]
     assert "greeter2-staging" not in state["functions"]
-    for n in set(names) - {"greeter2-staging"}:   # started together: they finish
+    for n in set(names) - {"greeter2-staging"}:  # started together: they finish
         if n in fns:
             assert state["functions"][n]["version"] == "1"
             assert [h["status"] for h in state["history"] if h["function"] == n] == ["succeeded"]

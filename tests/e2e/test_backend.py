@@ -27,13 +27,18 @@ TABLE = "reconciler-locks"
 KEY = "reconciler/staging/staging_use1.json"
 FN = "greeter-staging"
 # the CLI's credentials: distinctive, so that the test can prove none reaches the state
-CREDS = {"AWS_ACCESS_KEY_ID": "AKIAE2EBACKENDTEST", "AWS_SECRET_ACCESS_KEY": "e2e-secret-never-in-state",
-         "AWS_SESSION_TOKEN": "e2e-session-token-never-in-state"}
+CREDS = {
+    "AWS_ACCESS_KEY_ID": "AKIAE2EBACKENDTEST",
+    "AWS_SECRET_ACCESS_KEY": "e2e-secret-never-in-state",
+    "AWS_SESSION_TOKEN": "e2e-session-token-never-in-state",
+}
 
 
 def reconciler_yaml(lock: str = "s3") -> str:
-    return (f"# the team state: one object per infrastructure definition\nbackend:\n  type: s3\n  bucket: {BUCKET}\n"
-            f"  key_prefix: reconciler\n  region: us-east-1\n  lock: {lock}\n  table: {TABLE}\n")
+    return (
+        f"# the team state: one object per infrastructure definition\nbackend:\n  type: s3\n  bucket: {BUCKET}\n"
+        f"  key_prefix: reconciler\n  region: us-east-1\n  lock: {lock}\n  table: {TABLE}\n"
+    )
 
 
 class Runner(Project):
@@ -72,8 +77,11 @@ def team(aws, run_cli, workspace, tmp_path) -> Runner:
     s3.create_bucket(Bucket=BUCKET)
     s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
     aws.client("dynamodb").create_table(
-        TableName=TABLE, KeySchema=[{"AttributeName": "LockID", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "LockID", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+        TableName=TABLE,
+        KeySchema=[{"AttributeName": "LockID", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "LockID", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
     (r.ws / "reconciler.yaml").write_text(reconciler_yaml("s3"))
     return r
 
@@ -132,10 +140,18 @@ def test_two_applies_at_once_wait_for_each_other_no_lost_update(team):
 
     # a third runner holds the lock while both start, so that both must wait
     lock_key = {"LockID": {"S": f"{BUCKET}/{KEY}"}}
-    team.ddb().put_item(TableName=TABLE, Item={**lock_key, "ID": {"S": "runner-c"},
-                                               "Info": {"S": json.dumps({"id": "runner-c", "who": "ci@c", "operation": "apply"})}})
-    procs = [team.popen("apply", "--auto-approve", "-e", "staging", "--var", "timeout=20", "--lock-timeout", "60"),
-             b.popen("apply", "--auto-approve", "-e", "staging", "--var", "memorySize=256", "--lock-timeout", "60")]
+    team.ddb().put_item(
+        TableName=TABLE,
+        Item={
+            **lock_key,
+            "ID": {"S": "runner-c"},
+            "Info": {"S": json.dumps({"id": "runner-c", "who": "ci@c", "operation": "apply"})},
+        },
+    )
+    procs = [
+        team.popen("apply", "--auto-approve", "-e", "staging", "--var", "timeout=20", "--lock-timeout", "60"),
+        b.popen("apply", "--auto-approve", "-e", "staging", "--var", "memorySize=256", "--lock-timeout", "60"),
+    ]
     errs: list[list] = [[], []]
     readers = [_stderr_reader(p, e) for p, e in zip(procs, errs)]
     deadline = time.monotonic() + 30
@@ -172,7 +188,10 @@ def test_two_applies_at_once_wait_for_each_other_no_lost_update(team):
     assert doc["serial"] > start_serial + 2
     live = team.config(FN)
     rec = doc["functions"][FN]
-    assert (rec["configuration"]["MemorySize"], rec["configuration"]["Timeout"]) == (live["MemorySize"], live["Timeout"])
+    assert (rec["configuration"]["MemorySize"], rec["configuration"]["Timeout"]) == (
+        live["MemorySize"],
+        live["Timeout"],
+    )
     assert (live["MemorySize"], live["Timeout"]) != (128, 10), "a change was applied"
     assert rec["version"] == str(1 + ok) and len(team.versions(FN)) == 1 + ok
     _no_lock_left(team)
@@ -184,18 +203,29 @@ def test_two_applies_at_once_wait_for_each_other_no_lost_update(team):
 @pytest.mark.parametrize("lock", ["s3", "dynamodb"])
 def test_lock_of_a_killed_runner_reported_and_force_unlocked(team, lock):
     (team.ws / "reconciler.yaml").write_text(reconciler_yaml(lock))
-    holder = {"id": "dead-runner-42", "who": "ci@runner-7", "where": "https://ci.example.com/jobs/42", "pid": 4242,
-              "operation": "apply", "created": "2026-01-02T03:04:05.000000Z", "path": f"s3://{BUCKET}/{KEY}"}
+    holder = {
+        "id": "dead-runner-42",
+        "who": "ci@runner-7",
+        "where": "https://ci.example.com/jobs/42",
+        "pid": 4242,
+        "operation": "apply",
+        "created": "2026-01-02T03:04:05.000000Z",
+        "path": f"s3://{BUCKET}/{KEY}",
+    }
     if lock == "s3":
         team.s3().put_object(Bucket=BUCKET, Key=KEY + ".lock", Body=json.dumps(holder).encode())
     else:
-        team.ddb().put_item(TableName=TABLE, Item={"LockID": {"S": f"{BUCKET}/{KEY}"}, "ID": {"S": holder["id"]},
-                                                   "Info": {"S": json.dumps(holder)}})
+        team.ddb().put_item(
+            TableName=TABLE,
+            Item={"LockID": {"S": f"{BUCKET}/{KEY}"}, "ID": {"S": holder["id"]}, "Info": {"S": json.dumps(holder)}},
+        )
     r = team.cli("apply", "--auto-approve", "-e", "staging", code=1)
     err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert err == [f"error: s3://{BUCKET}/{KEY}: state is locked (id=dead-runner-42, who=ci@runner-7, "
-                   "where=https://ci.example.com/jobs/42, operation=apply, created=2026-01-02T03:04:05.000000Z) "
-                   "(wait with --lock-timeout, or if its runner died: reconciler force-unlock ID)"], r.stderr
+    assert err == [
+        f"error: s3://{BUCKET}/{KEY}: state is locked (id=dead-runner-42, who=ci@runner-7, "
+        "where=https://ci.example.com/jobs/42, operation=apply, created=2026-01-02T03:04:05.000000Z) "
+        "(wait with --lock-timeout, or if its runner died: reconciler force-unlock ID)"
+    ], r.stderr
     assert team.lam().list_functions()["Functions"] == [], "nothing changed while locked"
 
     if lock == "s3":
@@ -279,14 +309,28 @@ def test_concurrent_writer_is_detected_not_overwritten(team, fault_proxy, moto_s
     # right after it, somebody else writes the object without taking the lock
     is_state_get = lambda e: e["method"] == "GET" and e["path"].endswith("/" + KEY)  # noqa: E731
     hook = fault_proxy.after(is_state_get, 2, behind_its_back)
-    r = team.cli("apply", "--auto-approve", "-e", "staging", "--var", "timeout=20", code=1,
-                 env_extra={"AWS_ENDPOINT_URL": fault_proxy.endpoint})
+    r = team.cli(
+        "apply",
+        "--auto-approve",
+        "-e",
+        "staging",
+        "--var",
+        "timeout=20",
+        code=1,
+        env_extra={"AWS_ENDPOINT_URL": fault_proxy.endpoint},
+    )
     assert hook.fired and hook.error is None
     err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and f"s3://{BUCKET}/{KEY}: state changed since this run read it" in err[0], r.stderr
-    assert f"serial {before['serial']}" in err[0] and f"serial {before['serial'] + 1}" in err[0] and "not overwritten" in err[0]
+    assert (
+        f"serial {before['serial']}" in err[0]
+        and f"serial {before['serial'] + 1}" in err[0]
+        and "not overwritten" in err[0]
+    )
     after, _ = team.state_object()
-    assert after["serial"] == before["serial"] + 1 and after["history"][-1]["id"] == "hand-edit", "the other write survives"
+    assert after["serial"] == before["serial"] + 1 and after["history"][-1]["id"] == "hand-edit", (
+        "the other write survives"
+    )
     assert team.config(FN)["Timeout"] == 10, "refused before changing Lambda"
     _no_lock_left(team)
     check(team.run_cli("plan", "-e", "staging", "--state-dir", team.state_dir, cwd=team.ws), 0)
@@ -305,8 +349,16 @@ def test_writer_ignoring_the_lock_mid_apply_rolls_back_and_says_so(team, fault_p
         team.s3().put_object(Bucket=BUCKET, Key=KEY, Body=json.dumps(doc, indent=2).encode())
 
     hook = fault_proxy.after("UpdateFunctionConfiguration", 1, behind_its_back)
-    r = team.cli("apply", "--auto-approve", "-e", "staging", "--var", "timeout=20", code=1,
-                 env_extra={"AWS_ENDPOINT_URL": fault_proxy.endpoint})
+    r = team.cli(
+        "apply",
+        "--auto-approve",
+        "-e",
+        "staging",
+        "--var",
+        "timeout=20",
+        code=1,
+        env_extra={"AWS_ENDPOINT_URL": fault_proxy.endpoint},
+    )
     assert hook.fired and hook.error is None
     err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "state changed since this run read it" in err[0], r.stderr

@@ -86,8 +86,11 @@ class Sweep:
             holder["proc"].wait()
 
         hook = self.proxy.after(is_mutating, k, kill)
-        holder["proc"] = proc = self.run_cli.popen(*self.args("apply", ws, state_dir, "--auto-approve", *extra), cwd=ws,
-                                                   env_extra={"AWS_ENDPOINT_URL": self.proxy.endpoint})
+        holder["proc"] = proc = self.run_cli.popen(
+            *self.args("apply", ws, state_dir, "--auto-approve", *extra),
+            cwd=ws,
+            env_extra={"AWS_ENDPOINT_URL": self.proxy.endpoint},
+        )
         out, err = proc.communicate(timeout=120)
         assert hook.fired and hook.error is None, f"not killed at mutating call {k}:\n{err}"
         assert proc.returncode == -9, (proc.returncode, err)
@@ -153,6 +156,7 @@ def sweep(aws, workspace, tmp_path, run_cli, fault_proxy, emulator, request):
 
         def fresh() -> None:  # the CLI and the helper move to a new account together
             aws.access_key = aws.account = run_cli.env["AWS_ACCESS_KEY_ID"] = server.new_account()
+
     return Sweep(aws, workspace, tmp_path, run_cli, fault_proxy, fresh)
 
 
@@ -183,7 +187,7 @@ def _converge(sw: Sweep, k: int, killed: dict, ws, state_dir, extra: tuple, repl
     after = sw.check_state(state_dir)
     closed = next(h for h in after["history"] if h["id"] == stuck[0]["id"])
     assert closed["status"] == "interrupted", closed
-    if replan:   # and it stays converged (asserted once per sweep: each CLI run costs ~1.5 s)
+    if replan:  # and it stays converged (asserted once per sweep: each CLI run costs ~1.5 s)
         check(sw.cli("plan", ws, state_dir, "--detailed-exitcode", *extra), 0)
 
 
@@ -216,7 +220,7 @@ def test_kill_update_at_every_mutating_call(sweep):
         last = state["history"][-1]
         # rollback data of the converging apply: what ran before the killed one
         assert (last["previous"]["version"], last["previous"]["code_sha256"]) == ("1", sw.sha1), (k, last["previous"])
-        if k >= 3:   # version 2 was published before the kill: reused, not published again
+        if k >= 3:  # version 2 was published before the kill: reused, not published again
             assert any(s["step"] == "reused version 2" for s in last["steps"]), (k, last["steps"])
 
 
@@ -250,8 +254,13 @@ def test_moto_publish_version_returns_the_existing_version_when_nothing_changed(
     changed since the last publish returns that version instead of a new one."""
     aws.create_role("greeter-lambda-role")
     lam = aws.client("lambda")
-    lam.create_function(FunctionName="pv", Runtime="python3.12", Handler="h.h", Role=f"arn:aws:iam::{aws.account}:role/greeter-lambda-role",
-                        Code={"ZipFile": aws.make_zip({"h.py": "def h(e, c):\n    return 1\n"})})
+    lam.create_function(
+        FunctionName="pv",
+        Runtime="python3.12",
+        Handler="h.h",
+        Role=f"arn:aws:iam::{aws.account}:role/greeter-lambda-role",
+        Code={"ZipFile": aws.make_zip({"h.py": "def h(e, c):\n    return 1\n"})},
+    )
     assert lam.publish_version(FunctionName="pv", Description="reconciler a")["Version"] == "1"
     again = lam.publish_version(FunctionName="pv", Description="reconciler b")
     assert again["Version"] == "1" and again["Description"] == "reconciler a"

@@ -18,7 +18,11 @@ def deployed(aws, run_cli, workspace, tmp_path):
     """two-environments applied to staging: one function with alias `live` on version 1."""
     ws = workspace("two-environments")
     aws.create_role("greeter-lambda-role")
-    aws.put_zip("reconciler-artifacts", "greeter/greeter-1.0.0.zip", aws.make_zip({"handler.py": "def handler(e, c):\n    return 1\n"}))
+    aws.put_zip(
+        "reconciler-artifacts",
+        "greeter/greeter-1.0.0.zip",
+        aws.make_zip({"handler.py": "def handler(e, c):\n    return 1\n"}),
+    )
     state = tmp_path / "state"
     r = run_cli("apply", "--auto-approve", "-e", "staging", "-w", str(ws), "--state-dir", str(state))
     assert r.returncode == 0, r.stderr
@@ -40,18 +44,25 @@ def test_no_drift_right_after_apply(deployed, run_cli):
     for fmt in ("text", "json", "markdown"):
         r = drift(run_cli, state, "--format", fmt)
         assert r.returncode == 0, (fmt, r.stdout, r.stderr)
-    assert json.loads(drift(run_cli, state, "--format", "json").stdout)["summary"] == {"checked": 1, "drifted": 0, "deleted": 0}
+    assert json.loads(drift(run_cli, state, "--format", "json").stdout)["summary"] == {
+        "checked": 1,
+        "drifted": 0,
+        "deleted": 0,
+    }
 
 
-@pytest.mark.parametrize("change, expect", [
-    ("memory", "MemorySize"),
-    ("env", "Environment.Variables.GREETING_TOKEN: \"(sensitive)\""),
-    ("env-plain", 'Environment.Variables.GREETING: "Hello from staging" → "plain-value"'),
-    ("code", "CodeSha256"),
-    ("alias", "live"),
-    ("tag", "Tags.service"),
-    ("version", "published outside reconciler"),
-])
+@pytest.mark.parametrize(
+    "change, expect",
+    [
+        ("memory", "MemorySize"),
+        ("env", 'Environment.Variables.GREETING_TOKEN: "(sensitive)"'),
+        ("env-plain", 'Environment.Variables.GREETING: "Hello from staging" → "plain-value"'),
+        ("code", "CodeSha256"),
+        ("alias", "live"),
+        ("tag", "Tags.service"),
+        ("version", "published outside reconciler"),
+    ],
+)
 @on_both_emulators
 def test_each_hand_change_is_reported(deployed, aws, run_cli, change, expect):
     """Each kind of hand change shows in text, JSON and Markdown, exits 2, and changes nothing."""
@@ -61,14 +72,19 @@ def test_each_hand_change_is_reported(deployed, aws, run_cli, change, expect):
 
     def idle():  # a hand update is InProgress for a moment on LocalStack (at once over on moto)
         lam.get_waiter("function_updated_v2").wait(FunctionName=FN, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100})
+
     if change == "memory":
         lam.update_function_configuration(FunctionName=FN, MemorySize=1024)
     elif change == "env":  # a sensitive one (by its name): masked
         env = lam.get_function_configuration(FunctionName=FN)["Environment"]["Variables"]
-        lam.update_function_configuration(FunctionName=FN, Environment={"Variables": {**env, "GREETING_TOKEN": "hacked-value"}})
+        lam.update_function_configuration(
+            FunctionName=FN, Environment={"Variables": {**env, "GREETING_TOKEN": "hacked-value"}}
+        )
     elif change == "env-plain":  # not sensitive: shown, like Terraform
         env = lam.get_function_configuration(FunctionName=FN)["Environment"]["Variables"]
-        lam.update_function_configuration(FunctionName=FN, Environment={"Variables": {**env, "GREETING": "plain-value"}})
+        lam.update_function_configuration(
+            FunctionName=FN, Environment={"Variables": {**env, "GREETING": "plain-value"}}
+        )
     elif change == "code":
         lam.update_function_code(FunctionName=FN, ZipFile=aws.make_zip({"handler.py": "# by hand\n"}))
     elif change == "alias":
@@ -120,7 +136,9 @@ def test_plan_shows_drift_apart_and_show_values(deployed, aws, run_cli):
     ws, state = deployed
     lam = aws.client("lambda")
     env = lam.get_function_configuration(FunctionName=FN)["Environment"]["Variables"]
-    lam.update_function_configuration(FunctionName=FN, Environment={"Variables": {**env, "GREETING_PASSWORD": "hacked-value"}})
+    lam.update_function_configuration(
+        FunctionName=FN, Environment={"Variables": {**env, "GREETING_PASSWORD": "hacked-value"}}
+    )
     r = run_cli("plan", "-e", "staging", "-w", str(ws), "--state-dir", str(state))
     assert r.returncode == 0
     assert "Changed outside reconciler" in r.stdout and "hacked-value" not in r.stdout

@@ -66,15 +66,25 @@ class Deploy:
         self.ws = workspace("two-environments")
         self.state_dir = tmp_path / "state"
         self.state_path = self.state_dir / "staging" / "staging_use1.json"
-        self.lam = aws.client("lambda")   # straight to moto
+        self.lam = aws.client("lambda")  # straight to moto
         aws.create_role("greeter-lambda-role")
         aws.put_zip(BUCKET, KEY1, ZIP1)
         aws.put_zip(BUCKET, KEY2, ZIP2)
 
     def apply(self, *extra):
-        return self.run_cli("apply", "--auto-approve", "-w", self.ws, "--state-dir", self.state_dir,
-                            "-e", "staging", *extra, cwd=self.ws,
-                            env_extra={"AWS_ENDPOINT_URL": self.proxy.endpoint})
+        return self.run_cli(
+            "apply",
+            "--auto-approve",
+            "-w",
+            self.ws,
+            "--state-dir",
+            self.state_dir,
+            "-e",
+            "staging",
+            *extra,
+            cwd=self.ws,
+            env_extra={"AWS_ENDPOINT_URL": self.proxy.endpoint},
+        )
 
     def to_v2(self):
         """The next release: a new artifact (another S3 key) and more memory."""
@@ -84,8 +94,11 @@ class Deploy:
 
     def with_canary(self, service_text: str, alias: str = '{"name": "canary"}') -> None:
         """The service with a second alias file, `canary`, after `live`."""
-        (self.ws / ".harness" / "service.yaml").write_text(service_text.replace(
-            "- /lambda-alias.json\n", "- /lambda-alias.json\n                    - /lambda-canary.json\n"))
+        (self.ws / ".harness" / "service.yaml").write_text(
+            service_text.replace(
+                "- /lambda-alias.json\n", "- /lambda-alias.json\n                    - /lambda-canary.json\n"
+            )
+        )
         (self.ws / "lambda-canary.json").write_text(alias)
 
     def fail_the_second(self, operation: str) -> threading.Event:
@@ -132,7 +145,6 @@ class Deploy:
         v1 = self.lam.get_function_configuration(FunctionName=FN, Qualifier="1")
         assert (v1["CodeSha256"], v1["MemorySize"]) == (SHA1, 128)
 
-
     def assert_v2_released(self):
         """v2 (new code, MemorySize 256) is released as version 2 and recorded so."""
         conf = self.config()
@@ -174,6 +186,7 @@ def d(aws, workspace, tmp_path, run_cli, fault_proxy):
 
 
 # ---------------------------------------------------------------- 1, 2: rollback of an update
+
 
 @pytest.mark.parametrize("op", ["UpdateFunctionConfiguration", "PublishVersion"])
 @on_both_emulators
@@ -259,7 +272,7 @@ def test_failure_after_alias_moved_moves_it_back(d):
     assert (conf["CodeSha256"], conf["MemorySize"]) == (SHA1, 128)
     assert d.aws.aliases(FN) == {"live": "1", "canary": "1"}
     assert d.aws.versions(FN) == ["1", "2"]
-    assert d.proxy.count("UpdateAlias") == 3   # live forward, canary refused, live back
+    assert d.proxy.count("UpdateAlias") == 3  # live forward, canary refused, live back
     assert d.last()["status"] == "rolled_back"
     assert d.state()["functions"][FN]["aliases"]["live"]["version"] == "1"
 
@@ -304,6 +317,7 @@ def test_rollback_removes_alias_and_tags_the_apply_added(d):
 
 # ---------------------------------------------------------------- 3: failure after create
 
+
 @on_both_emulators
 def test_failure_after_create_deletes_the_function(d):
     d.proxy.add_rule("PublishVersion", "fail", times=None, **NO_RETRY)
@@ -332,6 +346,7 @@ def test_failure_after_create_deletes_the_function(d):
 
 # ---------------------------------------------------------------- 4: --no-rollback
 
+
 def test_no_rollback_leaves_it_for_inspection(d):
     d.deploy_v1()
     d.proxy.add_rule("UpdateFunctionConfiguration", "fail", times=None, **NO_RETRY)
@@ -357,10 +372,11 @@ def test_no_rollback_leaves_it_for_inspection(d):
 
 # ---------------------------------------------------------------- 5: transient errors
 
+
 def test_transient_errors_are_retried(d):
     d.deploy_v1()
     throttle = d.proxy.add_rule("UpdateFunctionCode", "throttle", times=2)
-    err500 = d.proxy.add_rule("GetFunction", "fail", times=1)   # 500 ServiceException
+    err500 = d.proxy.add_rule("GetFunction", "fail", times=1)  # 500 ServiceException
     r = d.apply(*d.to_v2())
     assert r.returncode == 0, r.stderr
     assert (throttle.fired, err500.fired) == (2, 1)
@@ -373,6 +389,7 @@ def test_transient_errors_are_retried(d):
 
 # ---------------------------------------------------------------- 6: rollback failing
 
+
 def test_rollback_failure_is_reported(d):
     d.deploy_v1()
     d.proxy.add_rule("UpdateFunctionConfiguration", "fail", times=None, **NO_RETRY)
@@ -382,12 +399,12 @@ def test_rollback_failure_is_reported(d):
     assert r.returncode == 1, r.stderr
     assert "ROLLBACK FAILED" in r.stderr
     assert "by hand" in r.stderr
-    assert SHA1 in r.stderr            # what to restore: the code, where it is...
+    assert SHA1 in r.stderr  # what to restore: the code, where it is...
     assert f"s3://{BUCKET}/{KEY1}" in r.stderr and "version 1" in r.stderr
     assert "configuration" in r.stderr
-    assert "live → 1" in r.stderr      # ...and the aliases
+    assert "live → 1" in r.stderr  # ...and the aliases
     assert "Traceback" not in r.stderr
-    assert d.code() == SHA2            # the rollback really did not happen
+    assert d.code() == SHA2  # the rollback really did not happen
     assert d.aws.aliases(FN) == {"live": "1"}
 
     last = d.last()
@@ -398,13 +415,22 @@ def test_rollback_failure_is_reported(d):
 
 # ---------------------------------------------------------------- 8: the state lock
 
+
 def _hold_lock(state_path: Path, lock_id: str) -> FileLock:
     state_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(state_path) + ".lock", thread_local=False)   # released from another thread
+    lock = FileLock(str(state_path) + ".lock", thread_local=False)  # released from another thread
     lock.acquire(timeout=0)
-    Path(str(state_path) + ".lock.info").write_text(json.dumps({
-        "id": lock_id, "who": f"{getpass.getuser()}@{socket.gethostname()}", "pid": os.getpid(),
-        "operation": "apply", "created": "2026-01-01T00:00:00.000000Z"}))
+    Path(str(state_path) + ".lock.info").write_text(
+        json.dumps(
+            {
+                "id": lock_id,
+                "who": f"{getpass.getuser()}@{socket.gethostname()}",
+                "pid": os.getpid(),
+                "operation": "apply",
+                "created": "2026-01-01T00:00:00.000000Z",
+            }
+        )
+    )
     return lock
 
 

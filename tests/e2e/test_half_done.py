@@ -43,8 +43,19 @@ def cli(d: Deploy, *args, proxy: bool = True) -> subprocess.CompletedProcess:
 
 
 def popen_apply(d: Deploy, *extra) -> subprocess.Popen:
-    return d.run_cli.popen("apply", "--auto-approve", "-w", d.ws, "--state-dir", d.state_dir, "-e", "staging", *extra,
-                           cwd=d.ws, env_extra={"AWS_ENDPOINT_URL": d.proxy.endpoint})
+    return d.run_cli.popen(
+        "apply",
+        "--auto-approve",
+        "-w",
+        d.ws,
+        "--state-dir",
+        d.state_dir,
+        "-e",
+        "staging",
+        *extra,
+        cwd=d.ws,
+        env_extra={"AWS_ENDPOINT_URL": d.proxy.endpoint},
+    )
 
 
 def assert_half_done_is_shown(d: Deploy, *extra) -> None:
@@ -125,8 +136,9 @@ def test_two_sigterms_while_rolling_back_are_finished_by_the_next_apply(d):
         first.set()
 
     d.proxy.after("UpdateFunctionConfiguration", 1, term_once)
-    second = d.proxy.after(lambda e: e["operation"] == "GetFunction" and first.is_set(), 1,
-                           lambda: holder["p"].send_signal(signal.SIGTERM))
+    second = d.proxy.after(
+        lambda e: e["operation"] == "GetFunction" and first.is_set(), 1, lambda: holder["p"].send_signal(signal.SIGTERM)
+    )
     holder["p"] = p = popen_apply(d, *extra)
     _, err = p.communicate(timeout=120)
     assert first.is_set() and second.fired, err
@@ -153,9 +165,16 @@ def test_function_created_by_someone_else_before_create_is_not_deleted(d):
     def create_theirs_first(entry) -> bool:
         if entry["operation"] == "CreateFunction" and not create_theirs_first.done:
             create_theirs_first.done = True
-            d.lam.create_function(FunctionName=FN, Runtime="python3.12", Handler="handler.handler", Code={"ZipFile": ZIP2},
-                                  Role=f"arn:aws:iam::{d.aws.account}:role/greeter-lambda-role", Tags=theirs)
-        return False   # no fault: CreateFunction goes on to moto, which has the function now
+            d.lam.create_function(
+                FunctionName=FN,
+                Runtime="python3.12",
+                Handler="handler.handler",
+                Code={"ZipFile": ZIP2},
+                Role=f"arn:aws:iam::{d.aws.account}:role/greeter-lambda-role",
+                Tags=theirs,
+            )
+        return False  # no fault: CreateFunction goes on to moto, which has the function now
+
     create_theirs_first.done = False
     d.proxy.add_rule(create_theirs_first, "fail")
     r = d.apply()
@@ -216,7 +235,8 @@ def test_unwritable_state_after_create_rolls_back(d):
         if entry["operation"] == "CreateFunction" and not frozen:
             frozen.extend(sorted(env_dir.iterdir()) + [env_dir])
             assert _chattr("+i", *frozen)
-        return False   # no fault: CreateFunction goes on to moto
+        return False  # no fault: CreateFunction goes on to moto
+
     d.proxy.add_rule(freeze_before_create, "fail")
     try:
         r = d.apply()
@@ -262,7 +282,9 @@ def test_version_published_while_sigterm_is_reconcilers_not_drift(d):
     assert d.aws.versions(FN) == ["1", "2"]
     rolled = d.last()
     assert rolled["status"] == "rolled_back" and rolled.get("version") is None
-    assert d.lam.get_function_configuration(FunctionName=FN, Qualifier="2")["Description"] == f"reconciler {rolled['id']}"
+    assert (
+        d.lam.get_function_configuration(FunctionName=FN, Qualifier="2")["Description"] == f"reconciler {rolled['id']}"
+    )
     d.proxy.clear(rules=True)
     r = cli(d, "drift", proxy=False)
     check(r, 0)
@@ -293,7 +315,10 @@ def test_two_infrastructures_do_not_take_a_function_from_each_other(d):
     harness = d.ws / ".harness"
     text = (harness / "infrastructure-staging.yaml").read_text()
     (harness / "infrastructure-staging-b.yaml").write_text(
-        text.replace("identifier: staging_use1", "identifier: staging_use1b").replace("name: staging-us-east-1", "name: staging-b"))
+        text.replace("identifier: staging_use1", "identifier: staging_use1b").replace(
+            "name: staging-us-east-1", "name: staging-b"
+        )
+    )
     r = cli(d, "apply", "--auto-approve", "-i", "staging_use1", proxy=False)
     check(r, 0)
     tags = d.lam.list_tags(Resource=d.config()["FunctionArn"])["Tags"]
@@ -322,7 +347,10 @@ def test_function_deployed_before_the_infrastructure_tag_is_kept_by_its_state(d)
     harness = d.ws / ".harness"
     text = (harness / "infrastructure-staging.yaml").read_text()
     (harness / "infrastructure-staging-b.yaml").write_text(
-        text.replace("identifier: staging_use1", "identifier: staging_use1b").replace("name: staging-us-east-1", "name: staging-b"))
+        text.replace("identifier: staging_use1", "identifier: staging_use1b").replace(
+            "name: staging-us-east-1", "name: staging-b"
+        )
+    )
     r = cli(d, "plan", "-i", "staging_use1b", proxy=False)
     check(r, 1)
     assert "without a reconciler:infrastructure tag" in r.stderr and f"reconciler import {FN}" in r.stderr, r.stderr
@@ -343,12 +371,25 @@ def test_restore_never_deletes_a_function_without_this_functions_ownership_tags(
 
     aws.create_role("greeter-lambda-role")
     lam = aws.client("lambda")
-    mine = {"reconciler:service": "greeter", "reconciler:environment": "staging", "reconciler:infrastructure": "staging_use1"}
+    mine = {
+        "reconciler:service": "greeter",
+        "reconciler:environment": "staging",
+        "reconciler:infrastructure": "staging_use1",
+    }
     role = f"arn:aws:iam::{aws.account}:role/greeter-lambda-role"
-    for name, tags in (("theirs", {"team": "other"}), ("other-infra", {**mine, "reconciler:infrastructure": "staging_use1b"}),
-                       ("mine", mine)):
-        lam.create_function(FunctionName=name, Runtime="python3.12", Handler="handler.handler", Role=role, Tags=tags,
-                            Code={"ZipFile": ZIP2})
+    for name, tags in (
+        ("theirs", {"team": "other"}),
+        ("other-infra", {**mine, "reconciler:infrastructure": "staging_use1b"}),
+        ("mine", mine),
+    ):
+        lam.create_function(
+            FunctionName=name,
+            Runtime="python3.12",
+            Handler="handler.handler",
+            Role=role,
+            Tags=tags,
+            Code={"ZipFile": ZIP2},
+        )
     said: list[str] = []
     for name in ("theirs", "other-infra", "mine", "never-created"):
         restore(Aws(), name, "us-east-1", None, {"exists": False}, said.append, owner={"team": "x", **mine})

@@ -35,10 +35,16 @@ class Infra:
         self.ws = workspace("two-environments")
         svc = (self.ws / ".harness" / "service.yaml").read_text()
         (self.ws / ".harness" / "service-2.yaml").write_text(
-            svc.replace("name: greeter\n", "name: greeter2\n").replace("identifier: greeter\n", "identifier: greeter2\n"))
+            svc.replace("name: greeter\n", "name: greeter2\n").replace(
+                "identifier: greeter\n", "identifier: greeter2\n"
+            )
+        )
         infra = self.ws / ".harness" / "infrastructure-staging.yaml"
-        infra.write_text(infra.read_text().replace("allowSimultaneousDeployments: false",
-                                                   f"allowSimultaneousDeployments: {str(simultaneous).lower()}"))
+        infra.write_text(
+            infra.read_text().replace(
+                "allowSimultaneousDeployments: false", f"allowSimultaneousDeployments: {str(simultaneous).lower()}"
+            )
+        )
         self.state_dir = tmp_path / "state"
         self.state_path = self.state_dir / "staging" / "staging_use1.json"
         aws.create_role("greeter-lambda-role")
@@ -50,7 +56,19 @@ class Infra:
             p.stop()
 
     def args(self, service: str, *extra) -> list:
-        return ["apply", "--auto-approve", "-w", self.ws, "--state-dir", self.state_dir, "-e", "staging", "-s", service, *extra]
+        return [
+            "apply",
+            "--auto-approve",
+            "-w",
+            self.ws,
+            "--state-dir",
+            self.state_dir,
+            "-e",
+            "staging",
+            "-s",
+            service,
+            *extra,
+        ]
 
     def env(self, i: int) -> dict:
         return {"AWS_ENDPOINT_URL": self.proxies[i].endpoint}
@@ -89,6 +107,7 @@ def infra_factory(aws, workspace, tmp_path, run_cli, moto_server):
     def make(simultaneous: bool) -> Infra:
         made.append(Infra(aws, workspace, tmp_path, run_cli, moto_server, simultaneous))
         return made[-1]
+
     yield make
     for m in made:
         m.close()
@@ -122,7 +141,7 @@ def test_not_simultaneous_second_apply_waits_for_the_lock(infra_factory):
     (a_rc, _, a_err), (b_rc, _, b_err) = seen["a"], seen["b"]
     assert a_rc == 0, a_err
     assert b_rc == 0, b_err
-    assert seen["b_done_while_a_paused"] is False   # B could not deploy while A held the state lock
+    assert seen["b_done_while_a_paused"] is False  # B could not deploy while A held the state lock
     # every change B made came after A's last one
     assert max(inf.mutating_times(0)) < min(inf.mutating_times(1))
     state = inf.state()
@@ -152,7 +171,7 @@ def test_simultaneous_different_functions_deploy_in_parallel(infra_factory):
     seen = _pause_a_start_b(inf, "greeter2", (), wait_b=90)
     (a_rc, _, a_err), (b_rc, _, b_err) = seen["a"], seen["b"]
     assert b_rc == 0, b_err
-    assert seen["b_done_while_a_paused"] is True   # B deployed entirely while A was mid-apply
+    assert seen["b_done_while_a_paused"] is True  # B deployed entirely while A was mid-apply
     assert a_rc == 0, a_err
     a_times, b_times = inf.mutating_times(0), inf.mutating_times(1)
     assert a_times[0] < min(b_times) and max(b_times) < a_times[1]
@@ -199,7 +218,7 @@ def test_force_unlock_of_a_lock_left_by_a_killed_apply(infra_factory):
     seen = {}
 
     def kill():
-        seen["info"] = json.loads(info_path.read_text())   # written by the apply, under its lock
+        seen["info"] = json.loads(info_path.read_text())  # written by the apply, under its lock
         seen["proc"].kill()
         seen["proc"].wait()
 
@@ -210,7 +229,7 @@ def test_force_unlock_of_a_lock_left_by_a_killed_apply(infra_factory):
     info = seen["info"]
     assert info["pid"] == proc.pid and info["operation"] == "apply"
     stale = info_path.read_text()
-    assert json.loads(stale)["id"] == info["id"]   # left behind by the dead runner
+    assert json.loads(stale)["id"] == info["id"]  # left behind by the dead runner
 
     r = inf.run_cli("force-unlock", str(uuid.uuid4()), "--state-dir", inf.state_dir)
     check(r, 1)
@@ -236,11 +255,24 @@ def test_force_unlock_of_a_lock_left_by_a_killed_apply(infra_factory):
     lock = FileLock(str(inf.state_path) + ".lock", thread_local=False)
     lock.acquire(timeout=0)
     try:
-        info_path.write_text(json.dumps({"id": lock_id, "who": "someone@ci-runner-7", "pid": os.getpid(), "operation": "apply",
-                                         "created": "2026-01-01T00:00:00.000000Z"}))
+        info_path.write_text(
+            json.dumps(
+                {
+                    "id": lock_id,
+                    "who": "someone@ci-runner-7",
+                    "pid": os.getpid(),
+                    "operation": "apply",
+                    "created": "2026-01-01T00:00:00.000000Z",
+                }
+            )
+        )
         r = inf.run_cli("force-unlock", lock_id, "--state-dir", inf.state_dir)
         check(r, 1)
-        assert "held by a running process" in r.stderr and "someone@ci-runner-7" in r.stderr and str(os.getpid()) in r.stderr
+        assert (
+            "held by a running process" in r.stderr
+            and "someone@ci-runner-7" in r.stderr
+            and str(os.getpid()) in r.stderr
+        )
         assert info_path.exists()
     finally:
         info_path.unlink(missing_ok=True)

@@ -120,7 +120,9 @@ def test_code_change_publishes_version_2_then_history_state_and_rollback(hello):
     assert hello.sha1 in rows[0] and sha2 in rows[1]
     hist = json.loads(hello.cli("history", "--format", "json").stdout)
     assert [(x["function"], x["operation"], x["version"], x["status"]) for x in hist] == [
-        (HELLO_FN, "apply", "1", "succeeded"), (HELLO_FN, "apply", "2", "succeeded")]
+        (HELLO_FN, "apply", "1", "succeeded"),
+        (HELLO_FN, "apply", "2", "succeeded"),
+    ]
     assert hist[1]["code_sha256"] == sha2
 
     # state list / state show, text and json
@@ -144,7 +146,6 @@ def test_code_change_publishes_version_2_then_history_state_and_rollback(hello):
     assert state["functions"][HELLO_FN]["code_sha256"] == hello.sha1
     last = state["history"][-1]
     assert (last["operation"], last["status"], last["version"]) == ("rollback", "succeeded", "1")
-
 
 
 def test_rollback_to_a_named_version(hello):
@@ -172,6 +173,7 @@ def test_config_change_masks_sensitive_environment_values_unless_asked(hello):
     def change(d):
         d["memorySize"] = 256
         d["environment"] = {"variables": {"API_TOKEN": SECRET, "LOG_LEVEL": "debug"}}
+
     hello.edit_json(HELLO_DEF, change)
 
     r = hello.cli("plan", "--detailed-exitcode", code=2)
@@ -210,7 +212,10 @@ def test_config_change_masks_sensitive_environment_values_unless_asked(hello):
     assert SECRET not in (hello.state_dir / "aws" / "awslambda.json").read_text()
     shown = hello.cli("state", "show", HELLO_FN, "--format", "json").stdout
     assert SECRET not in shown
-    assert json.loads(shown)["configuration"]["Environment"]["Variables"] == {"API_TOKEN": "(sensitive)", "LOG_LEVEL": "debug"}
+    assert json.loads(shown)["configuration"]["Environment"]["Variables"] == {
+        "API_TOKEN": "(sensitive)",
+        "LOG_LEVEL": "debug",
+    }
     assert SECRET not in hello.cli("state", "show", HELLO_FN, "--show-values").stdout
     assert hello.cli("plan", "--detailed-exitcode").returncode == 0, "a sealed value that did not change is no change"
 
@@ -219,13 +224,19 @@ def test_config_change_masks_sensitive_environment_values_unless_asked(hello):
 
 
 def test_tag_change_applies_without_publishing(hello):
-    hello.edit_json(HELLO_DEF, lambda d: d.update(tags={"team": "payments", "owner": "ops"},
-                                                  environment={"variables": {"API_TOKEN": SECRET}}))
+    hello.edit_json(
+        HELLO_DEF,
+        lambda d: d.update(tags={"team": "payments", "owner": "ops"}, environment={"variables": {"API_TOKEN": SECRET}}),
+    )
     r = hello.cli("apply", "--auto-approve")
     # the create plan that apply prints masks the values too
     assert "(sensitive)" in r.stdout and SECRET not in r.stdout + r.stderr
     assert 'Tags.team: (none) → "payments"' in r.stdout
-    owner = {"reconciler:service": "helloworld", "reconciler:environment": "aws", "reconciler:infrastructure": "awslambda"}
+    owner = {
+        "reconciler:service": "helloworld",
+        "reconciler:environment": "aws",
+        "reconciler:infrastructure": "awslambda",
+    }
     assert hello.tags(HELLO_FN) == {"team": "payments", "owner": "ops", **owner}
     assert hello.config(HELLO_FN)["Environment"]["Variables"] == {"API_TOKEN": SECRET}
     assert hello.versions(HELLO_FN) == ["1"]

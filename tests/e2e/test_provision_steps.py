@@ -70,7 +70,12 @@ def test_shell_script_provision_maps_the_region(smoke):
     history records what was provisioned with the secret-looking output masked."""
     provisioner(smoke, SHELL_STEP, SHELL_UNDO)
     pipe = smoke.ws / PIPELINE
-    pipe.write_text(pipe.read_text().replace('script: echo "version <+pipeline', 'script: echo "provisioned <+provisioner.region_name> (password <+provisioner.db_password>); version <+pipeline'))
+    pipe.write_text(
+        pipe.read_text().replace(
+            'script: echo "version <+pipeline',
+            'script: echo "provisioned <+provisioner.region_name> (password <+provisioner.db_password>); version <+pipeline',
+        )
+    )
     r = smoke.cli("validate")
     assert "(provisioner.region_name)" in r.stdout
     r = smoke.cli("plan", code=1)  # only `run` runs the stage's provisioner steps
@@ -97,7 +102,10 @@ def test_shell_script_provision_maps_the_region(smoke):
     text = (smoke.state_dir / "dev" / "dev_use1.json").read_text()
     assert "hunter2" not in text and "hunter2" not in s["_stderr"] and "hunter2" not in json.dumps(s)
     r = smoke.cli("history")
-    assert "provision" in r.stdout and "makeInfra (ShellScriptProvision, succeeded): region_name=us-east-2, db_password=(sensitive)" in r.stdout
+    assert (
+        "provision" in r.stdout
+        and "makeInfra (ShellScriptProvision, succeeded): region_name=us-east-2, db_password=(sensitive)" in r.stdout
+    )
 
 
 def test_failed_deployment_runs_the_provisioner_rollback_steps(smoke):
@@ -106,7 +114,11 @@ def test_failed_deployment_runs_the_provisioner_rollback_steps(smoke):
     provisioner(smoke, SHELL_STEP, SHELL_UNDO)
     s = run_json(smoke, "--var", "healthy=false", code=1)
     order = [(x["phase"], x["step"]) for x in s["steps"] if x["status"] != "Skipped"]
-    assert order[-3:] == [("rollback", "awslambdarollback"), ("rollback", "rollbacknotice"), ("provision_rollback", "undoInfra")]
+    assert order[-3:] == [
+        ("rollback", "awslambdarollback"),
+        ("rollback", "rollbacknotice"),
+        ("provision_rollback", "undoInfra"),
+    ]
     assert steps(s)["undoInfra"]["status"] == "Success"
     assert (smoke.ws / "provision-undone.txt").read_text() == "undone\n"
     prov = [h for h in smoke.state_file("dev", "dev_use1")["history"] if h["operation"] == "provision"]
@@ -125,7 +137,11 @@ def test_provisioner_step_failure_and_bad_output(smoke):
     assert got["undoInfra"]["status"] == "Success"  # the provisioner ran (and failed): its rollback runs
     assert smoke.aws.client("lambda", "us-east-2").list_functions()["Functions"] == []
     prov = [h for h in smoke.state_file("dev", "dev_use1")["history"] if h["operation"] == "provision"]
-    assert len(prov) == 1 and prov[0]["provisioned"][0]["status"] == "failed" and "exited 3" in prov[0]["provisioned"][0]["error"]
+    assert (
+        len(prov) == 1
+        and prov[0]["provisioned"][0]["status"] == "failed"
+        and "exited 3" in prov[0]["provisioned"][0]["error"]
+    )
 
     pipe = smoke.ws / PIPELINE
     pipe.write_text(pipe.read_text().replace("exit 3", "echo '[1, 2]' > \"$PROVISIONER_OUTPUT_PATH\"; exit 0"))
@@ -135,7 +151,9 @@ def test_provisioner_step_failure_and_bad_output(smoke):
 
 def test_provisioner_step_checks_at_validate(smoke):
     """Unsupported provisioner types and malformed steps are validation errors with file:line."""
-    provisioner(smoke, """
+    provisioner(
+        smoke,
+        """
 - step:
     type: TerraformCloudRun
     identifier: tfc
@@ -147,7 +165,8 @@ def test_provisioner_step_checks_at_validate(smoke):
     identifier: noScript
     name: no script
     spec: {source: {type: Inline, spec: {}}}
-""")
+""",
+    )
     r = smoke.cli("validate", code=1)
     assert "pipeline.yaml:" in r.stderr
     assert "type 'TerraformCloudRun', which reconciler run does not support in environment.provisioner" in r.stderr
@@ -218,8 +237,9 @@ def test_cloudformation_stack_created_by_the_pipeline_gives_the_region(smoke):
     stack = _stack(smoke)
     assert stack["StackStatus"] == "CREATE_COMPLETE"
     assert {"Key": "team", "Value": "smoke"} in stack["Tags"]
-    assert stack["Outputs"] == [{"OutputKey": "region_name", "OutputValue": "us-east-2"}] or \
-        [(o["OutputKey"], o["OutputValue"]) for o in stack["Outputs"]] == [("region_name", "us-east-2")]
+    assert stack["Outputs"] == [{"OutputKey": "region_name", "OutputValue": "us-east-2"}] or [
+        (o["OutputKey"], o["OutputValue"]) for o in stack["Outputs"]
+    ] == [("region_name", "us-east-2")]
     assert smoke.aws.aliases(FN, "us-east-2") == {"live": "1"}
     prov = [h for h in smoke.state_file("dev", "dev_use1")["history"] if h["operation"] == "provision"][-1]
     assert prov["provisioned"][0]["stack_id"] == stack["StackId"] and prov["provisioned"][0]["action"] == "created"
@@ -251,7 +271,9 @@ def test_rollback_returns_an_existing_stack_to_its_previous_template(smoke):
     updates it back to the template and parameters it had."""
     cfn = smoke.aws.client("cloudformation", "us-east-1")
     old = TEMPLATE.replace("Outputs:", "Outputs:\n  generation: {Value: old}")
-    cfn.create_stack(StackName=STACK, TemplateBody=old, Parameters=[{"ParameterKey": "Target", "ParameterValue": "us-east-1"}])
+    cfn.create_stack(
+        StackName=STACK, TemplateBody=old, Parameters=[{"ParameterKey": "Target", "ParameterValue": "us-east-1"}]
+    )
     (smoke.ws / "cfn").mkdir()
     (smoke.ws / "cfn" / "network.yaml").write_text(TEMPLATE)
     provisioner(smoke, CFN_CREATE, CFN_ROLLBACK)
@@ -261,7 +283,10 @@ def test_rollback_returns_an_existing_stack_to_its_previous_template(smoke):
     assert got["rollbackStack"]["outputs"]["action"] == "restored"
     stack = _stack(smoke)
     assert stack is not None and stack["StackStatus"] in ("UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE")
-    assert {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]} == {"region_name": "us-east-1", "generation": "old"}
+    assert {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]} == {
+        "region_name": "us-east-1",
+        "generation": "old",
+    }
     assert "generation" in cfn.get_template(StackName=STACK)["TemplateBody"]
 
 
@@ -332,8 +357,19 @@ def test_terraform_plan_apply_gives_the_region_and_rollback_destroys(smoke):
     assert got["deployawslambda"]["outputs"]["region"] == "us-east-2"
     assert got["tfRollback"]["status"] == "Success" and got["tfRollback"]["outputs"]["action"] == "destroyed"
     calls = [c.split()[1:3] for c in (d / ".terraform" / "calls.log").read_text().splitlines()]
-    assert [c[0] for c in calls] == ["init", "workspace", "plan", "init", "workspace", "state", "apply", "output",
-                                     "init", "workspace", "destroy"]
+    assert [c[0] for c in calls] == [
+        "init",
+        "workspace",
+        "plan",
+        "init",
+        "workspace",
+        "state",
+        "apply",
+        "output",
+        "init",
+        "workspace",
+        "destroy",
+    ]
     state = json.loads((d / "terraform.tfstate.d" / "dev" / "terraform.tfstate").read_text())
     assert state["resources"] == [] and state["serial"] == 2  # applied, then destroyed
     assert "hunter2" not in r.stdout + r.stderr
@@ -348,11 +384,17 @@ def test_terragrunt_module_and_a_failing_apply(smoke):
     fails the step, and its rollback, over a state that held resources before this run,
     fails saying so instead of destroying them."""
     d = _terraform_workspace(smoke, "infra/live/dev")
-    steps_yaml = TF_STEPS.replace("Terraform", "Terragrunt").replace("folderPath: infra/tf}}", "folderPath: infra/live}}\n        moduleConfig: {terragruntRunType: RunModule, path: dev}")
+    steps_yaml = TF_STEPS.replace("Terraform", "Terragrunt").replace(
+        "folderPath: infra/tf}}",
+        "folderPath: infra/live}}\n        moduleConfig: {terragruntRunType: RunModule, path: dev}",
+    )
     provisioner(smoke, steps_yaml, TF_ROLLBACK.replace("Terraform", "Terragrunt"))
     env = _path_with_standin()
     s = json.loads(smoke.cli("run", "smokeDeploy", "--format", "json", env_extra=env).stdout)
-    assert steps(s)["tfApply"]["type"] == "TerragruntApply" and steps(s)["deployawslambda"]["outputs"]["region"] == "us-east-2"
+    assert (
+        steps(s)["tfApply"]["type"] == "TerragruntApply"
+        and steps(s)["deployawslambda"]["outputs"]["region"] == "us-east-2"
+    )
     assert (d / ".terraform" / "calls.log").read_text().startswith("terragrunt init")
 
     (smoke.ws / "infra" / "tf" / "dev.tfvars").write_text('region_name = "us-east-2"\nfail_apply = "true"\n')
@@ -361,7 +403,10 @@ def test_terragrunt_module_and_a_failing_apply(smoke):
     assert steps(s)["tfApply"]["status"] == "Failed" and "terragrunt exited 1" in steps(s)["tfApply"]["error"]
     assert "the provider said no" in steps(s)["tfApply"]["output"]
     assert steps(s)["deployawslambda"]["status"] == "Skipped"
-    assert steps(s)["tfRollback"]["status"] == "Failed" and "held resources before this run" in steps(s)["tfRollback"]["error"]
+    assert (
+        steps(s)["tfRollback"]["status"] == "Failed"
+        and "held resources before this run" in steps(s)["tfRollback"]["error"]
+    )
     state = json.loads((d / "terraform.tfstate.d" / "dev" / "terraform.tfstate").read_text())
     assert state["resources"] != []  # the first run's resources are left alone
 
@@ -421,7 +466,12 @@ def test_sample_provisioned(aws, run_cli, workspace, tmp_path):
     ws = workspace("provisioned")
     aws.create_role("hello-world-lambda-role")
     p = Project(run_cli, aws, ws, tmp_path / "state", "us-east-2")
-    aws.put_zip("mylambda", "workloadNameValue", aws.make_zip({"handler.js": "exports.hello = async () => 1;\n"}), region="us-east-2")
+    aws.put_zip(
+        "mylambda",
+        "workloadNameValue",
+        aws.make_zip({"handler.js": "exports.hello = async () => 1;\n"}),
+        region="us-east-2",
+    )
     assert "(provisioner.region_name)" in p.cli("validate").stdout
     r = p.cli("run", "lambdaDeployProvisioned", "--format", "json")
     s = json.loads(r.stdout)
@@ -429,7 +479,10 @@ def test_sample_provisioned(aws, run_cli, workspace, tmp_path):
     cfn = aws.client("cloudformation", "us-east-1")
     stack = cfn.describe_stacks(StackName="helloworld-aws-region")["Stacks"][0]
     assert {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}["region_name"] == "us-east-2"
-    assert aws.client("ssm", "us-east-1").get_parameter(Name="/workloadNameValue/deploy-region")["Parameter"]["Value"] == "us-east-2"
+    assert (
+        aws.client("ssm", "us-east-1").get_parameter(Name="/workloadNameValue/deploy-region")["Parameter"]["Value"]
+        == "us-east-2"
+    )
     assert p.config(HELLO_FN)["FunctionName"] == HELLO_FN
     assert "Hello_World version 1 in us-east-2" in r.stderr
     h = p.cli("history", "--format", "json")
@@ -440,8 +493,13 @@ def test_sample_provisioned(aws, run_cli, workspace, tmp_path):
 def _git(ws: Path, *args: str) -> None:
     import subprocess
 
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
     subprocess.run(["git", "-C", str(ws), *args], check=True, capture_output=True, env=env)
 
 
@@ -482,7 +540,9 @@ def test_script_file_source_and_delete_stack_by_reference(smoke):
     (smoke.ws / "cfn").mkdir()
     (smoke.ws / "cfn" / "network.yaml").write_text(TEMPLATE)
     (smoke.ws / "scripts").mkdir()
-    (smoke.ws / "scripts" / "outputs.sh").write_text('printf \'{"team": "%s", "replicas": 2}\' "$TEAM" > "$PROVISIONER_OUTPUT_PATH"\n')
+    (smoke.ws / "scripts" / "outputs.sh").write_text(
+        'printf \'{"team": "%s", "replicas": 2}\' "$TEAM" > "$PROVISIONER_OUTPUT_PATH"\n'
+    )
     script_step = """
 - step:
     type: ShellScriptProvision

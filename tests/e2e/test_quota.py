@@ -60,13 +60,23 @@ def test_a_release_throttled_on_every_other_call_succeeds(aws, seeded, run_cli, 
     picked = NAMES[:3]
     with FaultProxy(moto_server.endpoint) as proxy:
         proxy.add_rule(lambda e: e["service"] == "lambda" and next(flip) % 2 == 0, "throttle", times=None)
-        r = check(run_cli("apply", "--auto-approve", "--stats", *common, *[a for n in picked for a in ("-s", n)],
-                          env_extra={"AWS_ENDPOINT_URL": proxy.endpoint}))
+        r = check(
+            run_cli(
+                "apply",
+                "--auto-approve",
+                "--stats",
+                *common,
+                *[a for n in picked for a in ("-s", n)],
+                env_extra={"AWS_ENDPOINT_URL": proxy.endpoint},
+            )
+        )
         throttled = sum(1 for e in proxy.entries() if e["fault"] == "throttle")
     assert f"Apply complete: {len(picked)} applied" in r.stdout
     assert throttled >= len(picked) * 3
     for name in NAMES:
-        assert _live(aws, name) == ((sha["v2"], 256, {"live": "2"}, ["1", "2"]) if name in picked else (sha["v1"], 128, {"live": "1"}, ["1"])), name
+        assert _live(aws, name) == (
+            (sha["v2"], 256, {"live": "2"}, ["1", "2"]) if name in picked else (sha["v1"], 128, {"live": "1"}, ["1"])
+        ), name
     recorded = json.loads((state / "bench" / "bench.json").read_text())["functions"]
     assert all(recorded[n]["version"] == "2" and recorded[n]["code_sha256"] == sha["v2"] for n in picked)
     # --stats: the throttles, by quota class, as the proxy sent them
@@ -79,7 +89,9 @@ def test_a_release_under_the_quota_succeeds_and_stats_show_throttles_and_waits(a
     common, sha, _ = seeded
     # a quarter of Lambda's rates: the limiter starts at the documented rate, is throttled, slows down
     with QuotaProxy(moto_server.endpoint, rates={"control": 4, "get-function": 25}) as proxy:
-        r = check(run_cli("apply", "--auto-approve", "--stats", *common, env_extra={"AWS_ENDPOINT_URL": proxy.endpoint}))
+        r = check(
+            run_cli("apply", "--auto-approve", "--stats", *common, env_extra={"AWS_ENDPOINT_URL": proxy.endpoint})
+        )
         throttles, calls = proxy.throttles(), proxy.calls()
     assert f"Apply complete: {N} applied" in r.stdout
     for name in NAMES:
@@ -104,7 +116,9 @@ def test_a_rollback_under_throttling_restores_every_function_exactly(aws, seeded
         assert _live(aws, name) == before[name] == (sha["v1"], 128, {"live": "1"}, ["1"]), name
     history = json.loads((state / "bench" / "bench.json").read_text())["history"]
     started = {h["function"] for h in history if h.get("operation") == "apply" and h["status"] != "succeeded"}
-    assert started and all(h["status"] == "rolled_back" for h in history if h["function"] in started and h["status"] != "succeeded")
+    assert started and all(
+        h["status"] == "rolled_back" for h in history if h["function"] in started and h["status"] != "succeeded"
+    )
     assert "ROLLBACK FAILED" not in r.stderr and "internal error" not in r.stderr
     assert re.search(r"Apply failed: 0 applied, \d+ failed \(.*\)", r.stderr), r.stderr
 
@@ -112,7 +126,9 @@ def test_a_rollback_under_throttling_restores_every_function_exactly(aws, seeded
 def test_a_failure_in_one_function_of_a_parallel_apply_ends_in_the_normal_report(aws, seeded, run_cli, moto_server):
     common, sha, state = seeded
     with QuotaProxy(moto_server.endpoint, rates={"control": 4, "get-function": 25}) as proxy:
-        proxy.add_rule(lambda e: e["operation"] == "PublishVersion" and e["function"] == "fn0000", "fail", times=None, **NO_RETRY)
+        proxy.add_rule(
+            lambda e: e["operation"] == "PublishVersion" and e["function"] == "fn0000", "fail", times=None, **NO_RETRY
+        )
         r = check(run_cli("apply", "--auto-approve", *common, env_extra={"AWS_ENDPOINT_URL": proxy.endpoint}), 1)
     assert "CancelledError" not in r.stderr and "internal error" not in r.stderr and "Traceback" not in r.stderr
     assert re.search(r"^error: fn0000: .*injected fault.*rolled back", r.stderr, re.M), r.stderr
@@ -121,8 +137,14 @@ def test_a_failure_in_one_function_of_a_parallel_apply_ends_in_the_normal_report
     applied, not_started = int(m.group(1)), int(m.group(2))
     assert applied + 1 + not_started == N and not_started > 0
     recorded = json.loads((state / "bench" / "bench.json").read_text())
-    touched = {h["function"] for h in recorded["history"] if h.get("operation") == "apply" and h["status"] != "succeeded"
-               or h["status"] == "succeeded" and recorded["functions"][h["function"]]["version"] == "2"}
+    touched = {
+        h["function"]
+        for h in recorded["history"]
+        if h.get("operation") == "apply"
+        and h["status"] != "succeeded"
+        or h["status"] == "succeeded"
+        and recorded["functions"][h["function"]]["version"] == "2"
+    }
     assert _live(aws, "fn0000") == (sha["v1"], 128, {"live": "1"}, ["1"])
     done = [n for n in NAMES if _live(aws, n)[0] == sha["v2"]]
     assert len(done) == applied and "fn0000" not in done
@@ -154,7 +176,9 @@ def test_plan_reads_alias_versions_in_the_getfunction_quota_and_stays_exact(aws,
         v2 = lam.publish_version(FunctionName="fn0003")["Version"]
         lam.update_alias(FunctionName="fn0003", Name="live", FunctionVersion=v2)
         # a weight desired for every alias: each plan change shows Lambda's exact old value
-        (ws / "alias.json").write_text(json.dumps({"name": "live", "routingConfig": {"additionalVersionWeights": {"1": 0.5}}}))
+        (ws / "alias.json").write_text(
+            json.dumps({"name": "live", "routingConfig": {"additionalVersionWeights": {"1": 0.5}}})
+        )
         proxy.clear()
         r = check(run_cli("plan", "--format", "json", *common, env_extra=via), 0)
         plan = {f["name"]: f for f in json.loads(r.stdout)["functions"]}
@@ -175,9 +199,12 @@ def test_drift_still_sees_a_hand_change_of_alias_weights_alone(aws, run_cli, mot
     lam = aws.client("lambda", fleet.REGION)
     lam.update_function_configuration(FunctionName="fn0005", Description="x")
     v2 = lam.publish_version(FunctionName="fn0005")["Version"]
-    lam.update_alias(FunctionName="fn0005", Name="live", FunctionVersion="1", RoutingConfig={"AdditionalVersionWeights": {v2: 0.2}})
+    lam.update_alias(
+        FunctionName="fn0005", Name="live", FunctionVersion="1", RoutingConfig={"AdditionalVersionWeights": {v2: 0.2}}
+    )
     r = check(run_cli("drift", "--format", "json", "--state-dir", state), 2)
     fns = {f["name"]: f for f in json.loads(r.stdout)["functions"]}
     # the alias still points at version 1: only its weights changed
     assert [c for c in fns["fn0005"]["changes"] if c["kind"] == "alias"] == [
-        {"kind": "alias", "path": "live", "old": "1", "new": "1", "action": "update"}], fns["fn0005"]
+        {"kind": "alias", "path": "live", "old": "1", "new": "1", "action": "update"}
+    ], fns["fn0005"]

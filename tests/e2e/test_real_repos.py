@@ -63,7 +63,9 @@ def test_serverless_and_helm_files_beside_harness_yaml_are_skipped_and_said(fixt
     lines = skipped_lines(r)
     assert any(line.startswith("skipped  serverless.yml:") and "5 top-level keys" in line for line in lines), r.stdout
     assert any(line.startswith("skipped  chart/values.yaml:") for line in lines), r.stdout
-    assert any(line.startswith("skipped  chart/values-prod.yaml:1") and "has no identifier" in line for line in lines), r.stdout
+    assert any(
+        line.startswith("skipped  chart/values-prod.yaml:1") and "has no identifier" in line for line in lines
+    ), r.stdout
     assert any(line.startswith("skipped  typo.yaml:1") and "did you mean 'service'" in line for line in lines), r.stdout
     assert not any("deploy/" in line for line in lines), "a manifest file is never an entity"
     assert "Skipped: 4 YAML file(s)" in r.stdout and "ok  mixed-hello" in r.stdout
@@ -83,9 +85,14 @@ def test_asg_and_kubernetes_services_and_stages_are_skipped(fixture, aws):
     aws.put_zip(BUCKET, "orders/orders.zip", handler("orders"))
     r = p.cli("validate")
     text = "\n".join(skipped_lines(r))
-    for what in ("service 'api' is of type Kubernetes", "service 'web' is of type Asg", "infrastructureDefinition 'prod_k8s' is of type Kubernetes",
-                 "infrastructureDefinition 'prod_asg' is of type Asg", "stage 'api' of pipeline 'release' is skipped: deploymentType Kubernetes",
-                 "stage 'web' of pipeline 'release' is skipped: service 'web' is of type Asg"):
+    for what in (
+        "service 'api' is of type Kubernetes",
+        "service 'web' is of type Asg",
+        "infrastructureDefinition 'prod_k8s' is of type Kubernetes",
+        "infrastructureDefinition 'prod_asg' is of type Asg",
+        "stage 'api' of pipeline 'release' is skipped: deploymentType Kubernetes",
+        "stage 'web' of pipeline 'release' is skipped: service 'web' is of type Asg",
+    ):
         assert what in text, r.stdout
     converge(p)
     assert [f["FunctionName"] for f in p.lam().list_functions()["Functions"]] == ["orders-prod"]
@@ -97,16 +104,49 @@ def test_asg_and_kubernetes_services_and_stages_are_skipped(fixture, aws):
 # ---------------------------------------------------------------- item 7: checks that used to wait for AWS
 
 
-@pytest.mark.parametrize("file, old, new, line, message", [
-    (".harness/infrastructure.yaml", "region: us-east-1", "region: AWS_REGION", 9, "spec.region 'AWS_REGION' is not an AWS region"),
-    (".harness/service.yaml", "region: us-east-1", "region: <REGION>", 41, "spec.region '<REGION>' is not an AWS region"),
-    (".harness/infrastructure.yaml", "region: us-east-1", "region: your_aws_region", 9, "'your_aws_region' is not an AWS region"),
-    ("deploy/function.yaml", "role: arn:aws:iam::123456789012:role/lambda-role", "role: <YOUR_AWS_ARN>", 4,
-     "'Role' is '<YOUR_AWS_ARN>', which does not match the pattern"),
-    ("deploy/function.yaml", "functionName: mixed-hello", "functionName: Hello World", 1,
-     "'FunctionName' is 'Hello World', which does not match the pattern"),
-])
-def test_bad_region_role_and_name_fail_validate_with_file_and_line_and_no_aws_call(fixture, fault_proxy, file, old, new, line, message):
+@pytest.mark.parametrize(
+    "file, old, new, line, message",
+    [
+        (
+            ".harness/infrastructure.yaml",
+            "region: us-east-1",
+            "region: AWS_REGION",
+            9,
+            "spec.region 'AWS_REGION' is not an AWS region",
+        ),
+        (
+            ".harness/service.yaml",
+            "region: us-east-1",
+            "region: <REGION>",
+            41,
+            "spec.region '<REGION>' is not an AWS region",
+        ),
+        (
+            ".harness/infrastructure.yaml",
+            "region: us-east-1",
+            "region: your_aws_region",
+            9,
+            "'your_aws_region' is not an AWS region",
+        ),
+        (
+            "deploy/function.yaml",
+            "role: arn:aws:iam::123456789012:role/lambda-role",
+            "role: <YOUR_AWS_ARN>",
+            4,
+            "'Role' is '<YOUR_AWS_ARN>', which does not match the pattern",
+        ),
+        (
+            "deploy/function.yaml",
+            "functionName: mixed-hello",
+            "functionName: Hello World",
+            1,
+            "'FunctionName' is 'Hello World', which does not match the pattern",
+        ),
+    ],
+)
+def test_bad_region_role_and_name_fail_validate_with_file_and_line_and_no_aws_call(
+    fixture, fault_proxy, file, old, new, line, message
+):
     p = fixture("mixed-yaml")
     path = p.ws / file
     assert old in path.read_text()
@@ -131,24 +171,60 @@ def test_a_built_wheel_carries_the_demo_workspace(tmp_path):
 
     repo = Path(__file__).resolve().parents[2]
     src = tmp_path / "src"
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout.decode().split("\0")
+    )
     for f in filter(None, files):
         if (repo / f).is_file():
             (src / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(repo / f, src / f)
-    check(subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(src)],
-                         capture_output=True, text=True, timeout=300))
-    wheel, = (tmp_path / "dist").glob("reconciler-*.whl")
+    check(
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(src)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    )
+    (wheel,) = (tmp_path / "dist").glob("reconciler-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for f in (".harness/service.yaml", ".harness/pipeline.yaml", "serverless/aws-lambda/createFunction.json", "src/handler.js"):
+    for f in (
+        ".harness/service.yaml",
+        ".harness/pipeline.yaml",
+        "serverless/aws-lambda/createFunction.json",
+        "src/handler.js",
+    ):
         assert f"reconciler/demo_workspace/{f}" in names, names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    r = check(subprocess.run([sys.executable, "-c", "from reconciler.cli import demo; print(demo.SAMPLE)"], cwd=tmp_path,
-                             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)}, capture_output=True, text=True))
+    r = check(
+        subprocess.run(
+            [sys.executable, "-c", "from reconciler.cli import demo; print(demo.SAMPLE)"],
+            cwd=tmp_path,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)},
+            capture_output=True,
+            text=True,
+        )
+    )
     assert r.stdout.strip() == str(site / "reconciler" / "demo_workspace")
-    r = check(subprocess.run([sys.executable, "-m", "reconciler", "validate", "-w", r.stdout.strip(), "--state-dir", str(tmp_path / "state")],
-                             cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)}, capture_output=True, text=True))
+    r = check(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "reconciler",
+                "validate",
+                "-w",
+                r.stdout.strip(),
+                "--state-dir",
+                str(tmp_path / "state"),
+            ],
+            cwd=tmp_path,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)},
+            capture_output=True,
+            text=True,
+        )
+    )
     assert "ok  Hello_World" in r.stdout
 
 
@@ -170,12 +246,18 @@ def test_looping_stage_deploys_each_region_with_its_stage_variables(loop):
     <+stage.variables.region> (= <+repeat.item>) in the service, the definition and the
     infrastructure; validate, plan, apply, replan converge."""
     r = loop.cli("validate")
-    assert [line.split()[1] for line in r.stdout.splitlines() if line.startswith("ok")] == [f"greeter-{x}" for x in LOOP_REGIONS]
+    assert [line.split()[1] for line in r.stdout.splitlines() if line.startswith("ok")] == [
+        f"greeter-{x}" for x in LOOP_REGIONS
+    ]
     converge(loop)
     for i, region in enumerate(LOOP_REGIONS):
         conf = loop.aws.lambda_config(f"greeter-{region}", region)
         assert conf["Description"] == f"multi-region / deploy_{i}"
-        assert conf["Environment"]["Variables"] == {"PIPELINE": "multiRegion", "STAGE": f"deploy_{i}", "ITERATION": str(i)}
+        assert conf["Environment"]["Variables"] == {
+            "PIPELINE": "multiRegion",
+            "STAGE": f"deploy_{i}",
+            "ITERATION": str(i),
+        }
         assert loop.aws.aliases(f"greeter-{region}", region) == {"live": "1"}
     state = loop.state_file("prod", "prod_lambda")
     assert {n: f["region"] for n, f in state["functions"].items()} == {f"greeter-{x}": x for x in LOOP_REGIONS}
@@ -189,8 +271,14 @@ def test_run_skips_ci_approval_and_custom_stages_and_names_each_iteration(loop):
     s = json.loads(r.stdout)
     assert s["status"] == "Success", r.stderr
     stages = {x["stage"]: x for x in s["stages"]}
-    assert {k: v["status"] for k, v in stages.items()} == {"build": "Skipped", "approve": "Skipped", "announce": "Skipped",
-                                                           "deploy_0": "Success", "deploy_1": "Success", "deploy_2": "Success"}
+    assert {k: v["status"] for k, v in stages.items()} == {
+        "build": "Skipped",
+        "approve": "Skipped",
+        "announce": "Skipped",
+        "deploy_0": "Success",
+        "deploy_1": "Success",
+        "deploy_2": "Success",
+    }
     assert stages["build"]["reason"] == "type CI"
     reports = [x["output"].strip() for x in s["steps"] if x["step"] == "report"]
     assert reports == [f"deploy_{i} deployed svc to {r_} (iteration {i} of 3)" for i, r_ in enumerate(LOOP_REGIONS)]
@@ -202,12 +290,19 @@ def test_run_skips_ci_approval_and_custom_stages_and_names_each_iteration(loop):
 def test_pipeline_expressions_outside_a_pipeline_are_an_error_with_file_and_line(loop):
     (loop.ws / ".harness" / "pipeline.yaml").unlink()
     r = loop.cli("validate", code=1)
-    assert "error: .harness/infrastructure.yaml:9: <+stage.variables.region> has a value only where a pipeline stage deploys" in r.stderr
+    assert (
+        "error: .harness/infrastructure.yaml:9: <+stage.variables.region> has a value only where a pipeline stage deploys"
+        in r.stderr
+    )
 
 
 def test_matrix_is_refused_by_name(loop):
     path = loop.ws / ".harness" / "pipeline.yaml"
-    path.write_text(path.read_text().replace("          repeat:\n", "          matrix:\n            region: [a, b]\n          repeat:\n"))
+    path.write_text(
+        path.read_text().replace(
+            "          repeat:\n", "          matrix:\n            region: [a, b]\n          repeat:\n"
+        )
+    )
     r = loop.cli("validate", code=1)
     assert "strategy.matrix is not supported by reconciler" in r.stderr and ".harness/pipeline.yaml:" in r.stderr
 
@@ -222,7 +317,10 @@ def test_input_set_fills_s3_and_ecr_source_fields(fixture, aws):
     aws.put_zip(BUCKET, "zips/release-7.zip", handler("zips"))
     aws.push_image("images", "release-7")
     r = p.cli("validate", code=1)
-    assert "spec.imagePath is a runtime input (<+input>) with no value" in r.stderr and "--var artifact.imagePath=VALUE" in r.stderr
+    assert (
+        "spec.imagePath is a runtime input (<+input>) with no value" in r.stderr
+        and "--var artifact.imagePath=VALUE" in r.stderr
+    )
     args = ("--pipeline", "release", "--inputs", "inputs/release.yaml")
     p.cli("plan", "--detailed-exitcode", *args, code=2)
     p.cli("plan", *args, "--out", "release.plan")
@@ -231,5 +329,16 @@ def test_input_set_fills_s3_and_ecr_source_fields(fixture, aws):
     assert p.config("inputs-zips")["CodeSha256"] == aws.sha256_b64(handler("zips"))
     assert p.config("inputs-images")["PackageType"] == "Image"
     # the same values by flags, for one service
-    p.cli("validate", "-s", "zips", "--var", "artifact.connectorRef=aws", "--var", "artifact.region=us-east-1",
-          "--var", "artifact.bucketName=repo-artifacts", "--var", "artifact.filePath=zips/release-7.zip")
+    p.cli(
+        "validate",
+        "-s",
+        "zips",
+        "--var",
+        "artifact.connectorRef=aws",
+        "--var",
+        "artifact.region=us-east-1",
+        "--var",
+        "artifact.bucketName=repo-artifacts",
+        "--var",
+        "artifact.filePath=zips/release-7.zip",
+    )

@@ -53,7 +53,7 @@ def test_first_deploy_then_an_update(d):
     first = d.proxy.operations("lambda")
     assert first.count("CreateFunction") == 1 and first.count("PublishVersion") == 1
     if d.aws.emulator == "localstack":  # created Pending: polled until Active before the publish
-        between = first[first.index("CreateFunction") + 1:first.index("PublishVersion")]
+        between = first[first.index("CreateFunction") + 1 : first.index("PublishVersion")]
         assert between and set(between) == {"GetFunction"}, first
 
     d.proxy.clear()
@@ -67,9 +67,17 @@ def test_first_deploy_then_an_update(d):
     assert (v2["CodeSha256"], v2["MemorySize"]) == (SHA2, 256)
     # every change went with the RevisionId Lambda gave the state this apply waited for
     if d.aws.emulator == "localstack":
-        sent = [e for e in d.proxy.mutating_requests() if e["operation"] in
-                ("UpdateFunctionCode", "UpdateFunctionConfiguration", "PublishVersion", "UpdateAlias")]
-        assert [e["operation"] for e in sent] == ["UpdateFunctionCode", "UpdateFunctionConfiguration", "PublishVersion", "UpdateAlias"]
+        sent = [
+            e
+            for e in d.proxy.mutating_requests()
+            if e["operation"] in ("UpdateFunctionCode", "UpdateFunctionConfiguration", "PublishVersion", "UpdateAlias")
+        ]
+        assert [e["operation"] for e in sent] == [
+            "UpdateFunctionCode",
+            "UpdateFunctionConfiguration",
+            "PublishVersion",
+            "UpdateAlias",
+        ]
         assert all(b'"RevisionId"' in e["body"] for e in sent), [e["body"] for e in sent]
     # and a second apply has nothing to do
     d.proxy.clear()
@@ -108,7 +116,9 @@ def test_hand_change_during_a_first_deploy_is_refused_and_rolled_back(d, nth, op
 
 
 @pytest.mark.parametrize("emulator", ["localstack"], indirect=True)  # moto ignores RevisionId
-@pytest.mark.parametrize("nth,operation", [(2, "UpdateFunctionConfiguration"), (3, "PublishVersion"), (4, "UpdateAlias")])
+@pytest.mark.parametrize(
+    "nth,operation", [(2, "UpdateFunctionConfiguration"), (3, "PublishVersion"), (4, "UpdateAlias")]
+)
 def test_hand_change_during_an_update_is_refused_and_rolled_back(d, nth, operation):
     d.deploy_v1()
     settled(d.lam)
@@ -139,11 +149,16 @@ def test_hand_change_as_an_update_finishes_is_refused_and_rolled_back(d):
     d.deploy_v1()
     settled(d.lam)
     lam = d.aws.client("lambda")
-    d.proxy.after(is_mutating, 2, lambda: (settled(lam), lam.update_function_configuration(FunctionName=FN, Timeout=11),
-                                           settled(lam)))
+    d.proxy.after(
+        is_mutating,
+        2,
+        lambda: (settled(lam), lam.update_function_configuration(FunctionName=FN, Timeout=11), settled(lam)),
+    )
     r = d.apply(*d.to_v2())
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "Timeout changed meanwhile" in r.stderr and "changed in Lambda since this plan was made" in r.stderr, r.stderr
+    assert "Timeout changed meanwhile" in r.stderr and "changed in Lambda since this plan was made" in r.stderr, (
+        r.stderr
+    )
     assert "rolled back" in r.stderr
     conf = settled(d.lam)
     assert (conf["CodeSha256"], conf["MemorySize"], conf["Timeout"]) == (SHA1, 128, 10)

@@ -33,7 +33,9 @@ def smoke(aws, run_cli, workspace, tmp_path) -> Project:
     ws = workspace("pipeline-smoke")
     aws.create_role("smoke-lambda-role")
     p = Project(run_cli, aws, ws, tmp_path / "state", REGION)
-    p.sha = {v: aws.put_zip(BUCKET, f"smoke/smoke-{v}.zip", aws.make_zip({"handler.py": handler(v)})) for v in ("1", "2")}
+    p.sha = {
+        v: aws.put_zip(BUCKET, f"smoke/smoke-{v}.zip", aws.make_zip({"handler.py": handler(v)})) for v in ("1", "2")
+    }
     return p
 
 
@@ -88,9 +90,13 @@ def test_deploy_and_passing_smoke_test(smoke):
     assert smoke.config(FN)["CodeSha256"] == smoke.sha["1"]
     assert smoke.aliases(FN) == {"live": "1"}
     # the deploy log in the spirit of the seed's
-    for line in ("Aws Lambda Manifest Content", "Function: [smoke-dev] does not exist. Create and Publish.",
-                 "Published new version: [1]", "Successfully deployed lambda function: [smoke-dev]",
-                 "Aws Lambda Alias Manifest Content"):
+    for line in (
+        "Aws Lambda Manifest Content",
+        "Function: [smoke-dev] does not exist. Create and Publish.",
+        "Published new version: [1]",
+        "Successfully deployed lambda function: [smoke-dev]",
+        "Aws Lambda Alias Manifest Content",
+    ):
         assert line in s["_stderr"]
 
 
@@ -125,7 +131,11 @@ def test_timed_out_smoke_test_is_killed_and_rolled_back(smoke):
     step fails with a timeout and the stage rolls back."""
     run_json(smoke)
     pipe = smoke.ws / PIPELINE
-    pipe.write_text(pipe.read_text().replace("identifier: smoke\n                  timeout: 1m", "identifier: smoke\n                  timeout: 2s"))
+    pipe.write_text(
+        pipe.read_text().replace(
+            "identifier: smoke\n                  timeout: 1m", "identifier: smoke\n                  timeout: 2s"
+        )
+    )
     t0 = time.monotonic()
     s = run_json(smoke, "--var", "version=2", "--var", "smoke_sleep=30", code=1)
     assert time.monotonic() - t0 < 20
@@ -153,7 +163,9 @@ def test_inputs_file_and_when_condition(smoke):
 
 def test_unsupported_step_type_is_a_validation_error(smoke):
     pipe = smoke.ws / PIPELINE
-    text = pipe.read_text().replace("type: ShellScript\n                  name: Report", "type: Http\n                  name: Report", 1)
+    text = pipe.read_text().replace(
+        "type: ShellScript\n                  name: Report", "type: Http\n                  name: Report", 1
+    )
     pipe.write_text(text)
     line = text.splitlines().index("                  type: Http") + 1
     r = smoke.cli("validate", code=1)
@@ -183,10 +195,18 @@ def _dynamic_region(p: Project, provisioner: str = "") -> None:
 
 def test_region_from_a_cloudformation_stack(smoke):
     cfn = smoke.aws.client("cloudformation", REGION)
-    cfn.create_stack(StackName="network", TemplateBody=json.dumps({
-        "Resources": {"Handle": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
-        "Outputs": {"region_name": {"Value": "us-east-1"}}}))
-    _dynamic_region(smoke, "\n    provisioner:\n      type: CloudFormation\n      stackName: network\n      region: us-east-1")
+    cfn.create_stack(
+        StackName="network",
+        TemplateBody=json.dumps(
+            {
+                "Resources": {"Handle": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+                "Outputs": {"region_name": {"Value": "us-east-1"}},
+            }
+        ),
+    )
+    _dynamic_region(
+        smoke, "\n    provisioner:\n      type: CloudFormation\n      stackName: network\n      region: us-east-1"
+    )
     r = smoke.cli("validate")  # shape only, no AWS call
     assert "(provisioner.region_name)" in r.stdout
     s = run_json(smoke)
@@ -214,8 +234,15 @@ def test_region_from_a_terraform_outputs_file(smoke, tmp_path):
 
 def test_deploy_to_all_infrastructures(smoke):
     """deployToAll: true runs the stage for every infrastructure of the environment."""
-    second = (smoke.ws / ".harness" / "infrastructure.yaml").read_text().replace("dev_use1", "dev_use2").replace("dev-us-east-1", "dev-us-east-2")
-    (smoke.ws / ".harness" / "infrastructure-2.yaml").write_text(second.replace("region: us-east-1", "region: us-east-2"))
+    second = (
+        (smoke.ws / ".harness" / "infrastructure.yaml")
+        .read_text()
+        .replace("dev_use1", "dev_use2")
+        .replace("dev-us-east-1", "dev-us-east-2")
+    )
+    (smoke.ws / ".harness" / "infrastructure-2.yaml").write_text(
+        second.replace("region: us-east-1", "region: us-east-2")
+    )
     pipe = smoke.ws / PIPELINE
     pipe.write_text(pipe.read_text().replace("deployToAll: false", "deployToAll: true"))
     smoke.aws.put_zip(BUCKET, "smoke/smoke-1.zip", smoke.aws.make_zip({"handler.py": handler("1")}))

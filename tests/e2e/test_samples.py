@@ -36,7 +36,11 @@ def test_ecr_image_deployed_by_digest_and_alias_follows(ecr):
     assert conf["PackageType"] == "Image"
     assert conf["CodeSha256"] == hex1
     assert conf["MemorySize"] == 512 and conf["Timeout"] == 15
-    assert conf["Environment"]["Variables"] == {"SERVICE": "helloimage", "DEPLOY_ENV": "dev", "DEPLOY_REGION": "us-east-1"}
+    assert conf["Environment"]["Variables"] == {
+        "SERVICE": "helloimage",
+        "DEPLOY_ENV": "dev",
+        "DEPLOY_REGION": "us-east-1",
+    }
     code = ecr.lam().get_function(FunctionName=fn)["Code"]
     assert ecr.digest1 in code["ImageUri"], "deployed by digest, not by tag"
     assert ecr.versions(fn) == ["1"]

@@ -14,7 +14,6 @@ from harness.benchfleet import load_fleet
 pytestmark = pytest.mark.e2e
 
 
-
 fleet = load_fleet()
 
 
@@ -32,7 +31,9 @@ def bench_aws(aws):
     return sha
 
 
-def test_200_functions_mixed_create_update_noop_then_a_no_change_plan_at_the_api_floor(aws, bench_aws, run_cli, tmp_path):
+def test_200_functions_mixed_create_update_noop_then_a_no_change_plan_at_the_api_floor(
+    aws, bench_aws, run_cli, tmp_path
+):
     ws, state = tmp_path / "ws", tmp_path / "state"
     common = ["-w", ws, "--state-dir", state, "--parallelism", "10"]
 
@@ -93,11 +94,22 @@ def test_200_functions_mixed_create_update_noop_then_a_no_change_plan_at_the_api
     assert sum(n for op, n in calls.items() if op.startswith("lambda.")) / 200 <= 1.1, calls
 
 
-def test_one_s3_head_per_distinct_artifact_and_listing_instead_of_get_function(aws, bench_aws, run_cli, fault_proxy, tmp_path):
+def test_one_s3_head_per_distinct_artifact_and_listing_instead_of_get_function(
+    aws, bench_aws, run_cli, fault_proxy, tmp_path
+):
     ws = tmp_path / "ws"
     fleet.workspace(ws, 20)  # 20 functions sharing s3://bench-artifacts/v1.zip
-    r = check(run_cli("plan", "-w", ws, "--state-dir", tmp_path / "state", "--stats",
-                      env_extra={"AWS_ENDPOINT_URL": fault_proxy.endpoint}))
+    r = check(
+        run_cli(
+            "plan",
+            "-w",
+            ws,
+            "--state-dir",
+            tmp_path / "state",
+            "--stats",
+            env_extra={"AWS_ENDPOINT_URL": fault_proxy.endpoint},
+        )
+    )
     assert "20 to create" in r.stdout or r.stdout.count("fn00") >= 20, r.stdout
     assert fault_proxy.count("HeadObject") == 1
     assert fault_proxy.count("GetObject") == 0
@@ -120,8 +132,13 @@ def test_an_apply_is_four_lambda_calls_per_function_and_numbers_versions_from_st
     fleet.workspace(ws, 20, changed=20)
     r = check(run_cli("apply", "--auto-approve", "--stats", *common))
     calls = {op: n for op, n in _stats(r.stderr)["calls"].items() if op.startswith("lambda.")}
-    assert calls == {"lambda.ListFunctions": 1, "lambda.GetFunction": 20, "lambda.UpdateFunctionCode": 20,
-                     "lambda.PublishVersion": 20, "lambda.UpdateAlias": 20}, calls
+    assert calls == {
+        "lambda.ListFunctions": 1,
+        "lambda.GetFunction": 20,
+        "lambda.UpdateFunctionCode": 20,
+        "lambda.PublishVersion": 20,
+        "lambda.UpdateAlias": 20,
+    }, calls
     lam = aws.client("lambda", fleet.REGION)
     doc = json.loads((state / "bench" / "bench.json").read_text())
     for i in range(20):
@@ -131,7 +148,11 @@ def test_an_apply_is_four_lambda_calls_per_function_and_numbers_versions_from_st
         assert doc["functions"][name]["version"] == "2" and doc["functions"][name]["code_sha256"] == bench_aws["v2"]
         assert doc["functions"][name]["aliases"]["live"]["version"] == "2"
     # the state lock covered the apply: no per-function lock files, and no journal left
-    assert sorted(p.name for p in (state / "bench").iterdir() if p.name.startswith("bench.json")) == ["bench.json", "bench.json.backup", "bench.json.lock"]
+    assert sorted(p.name for p in (state / "bench").iterdir() if p.name.startswith("bench.json")) == [
+        "bench.json",
+        "bench.json.backup",
+        "bench.json.lock",
+    ]
 
     # fn0000 gets a version 3 by hand, and its alias moves to it
     lam.update_function_configuration(FunctionName="fn0000", Description="by hand")
@@ -148,7 +169,7 @@ def test_an_apply_is_four_lambda_calls_per_function_and_numbers_versions_from_st
     check(run_cli("apply", "--auto-approve", *common))
     doc = json.loads((state / "bench" / "bench.json").read_text())
     assert aws.aliases("fn0000", fleet.REGION) == {"live": "4"} and doc["functions"]["fn0000"]["version"] == "4"
-    assert lam.get_function_configuration(FunctionName="fn0000")["Description"] == ""   # the hand change is undone
+    assert lam.get_function_configuration(FunctionName="fn0000")["Description"] == ""  # the hand change is undone
     for i in range(1, 20):
         assert aws.aliases(f"fn{i:04d}", fleet.REGION) == {"live": "3"}
         assert doc["functions"][f"fn{i:04d}"]["version"] == "3"

@@ -37,7 +37,9 @@ class Payments(Project):
 def payments(aws, run_cli, workspace, tmp_path) -> Payments:
     ws = workspace("secrets")
     aws.create_role("payments-lambda-role")
-    aws.put_zip("payments-artifacts", "payments.zip", aws.make_zip({"handler.py": (ws / "src" / "handler.py").read_text()}))
+    aws.put_zip(
+        "payments-artifacts", "payments.zip", aws.make_zip({"handler.py": (ws / "src" / "handler.py").read_text()})
+    )
     return Payments(run_cli, aws, ws, tmp_path / "state", REGION)
 
 
@@ -106,8 +108,15 @@ def test_secret_created_rotated_drifted_and_never_seen(payments):
     assert [c["path"] for c in change] == ["Environment.Variables.API_KEY"]
     r = cli("plan", "--show-values", "--detailed-exitcode", code=2)
     assert "API_KEY" in r.stdout
-    for args in (("history",), ("history", "--format", "json"), ("state", "show", FN), ("state", "show", FN, "--show-values"),
-                 ("state", "list"), ("state", "pull"), ("plan", "--debug", "-v")):
+    for args in (
+        ("history",),
+        ("history", "--format", "json"),
+        ("state", "show", FN),
+        ("state", "show", FN, "--show-values"),
+        ("state", "list"),
+        ("state", "pull"),
+        ("plan", "--debug", "-v"),
+    ):
         cli(*args, code=None if args[0] == "plan" else 0)
     cli("apply", "--auto-approve")
     assert p.env()["API_KEY"] == API
@@ -136,7 +145,9 @@ def test_rollback_restores_a_secret_not_kept_in_the_state(payments):
 
 def test_missing_secret_is_one_clear_error_at_plan_time(payments):
     p = payments
-    p.aws.client("secretsmanager", REGION).create_secret(Name="prod/payments/api", SecretString=json.dumps({"key": API}))
+    p.aws.client("secretsmanager", REGION).create_secret(
+        Name="prod/payments/api", SecretString=json.dumps({"key": API})
+    )
     r = p.cli("plan", code=1)
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(err) == 1, r.stderr
@@ -156,7 +167,9 @@ def test_denied_read_is_one_clear_error(payments, fault_proxy):
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(err) == 2 and all(e.startswith("error: secret <+secrets.getValue(") for e in err), r.stderr
     assert "payments/db-password" in err[0] and "used by Environment.Variables.DATABASE_URL" in err[0]
-    assert "payments/api#key" in err[1] and "cannot be read (400)" in err[1] and "secretsmanager:GetSecretValue" in err[1]
+    assert (
+        "payments/api#key" in err[1] and "cannot be read (400)" in err[1] and "secretsmanager:GetSecretValue" in err[1]
+    )
     assert p.aws.client("lambda", REGION).list_functions()["Functions"] == []
 
 
@@ -178,7 +191,9 @@ def test_secret_reference_outside_the_environment_is_refused(payments):
     p = payments
     p.edit_json("lambda-definition.json", lambda d: d.update(description='<+secrets.getValue("x")>'))
     r = p.cli("validate", code=1)
-    assert "lambda-definition.json" in r.stderr and "secrets can only be used as environment variable values" in r.stderr
+    assert (
+        "lambda-definition.json" in r.stderr and "secrets can only be used as environment variable values" in r.stderr
+    )
 
 
 PIPELINE = """
@@ -261,10 +276,18 @@ def test_aws_error_that_echoes_the_environment_is_scrubbed(payments, fault_proxy
     p.put_secrets()
     p.cli("apply", "--auto-approve")
     p.aws.client("secretsmanager", REGION).put_secret_value(SecretId="prod/payments/db-password", SecretString=DB_V2)
-    echo = (f"Lambda was unable to configure your environment variables because the environment variables you have provided "
-            f"exceeded the 4KB limit. String measured: {{\"DB_PASSWORD\":\"{DB_V2}\",\"API_KEY\":\"{API}\",\"LOG_LEVEL\":\"info\"}}")
-    fault_proxy.add_rule("UpdateFunctionConfiguration", "fail", status=400, error_type="InvalidParameterValueException",
-                         message=echo, times=None)
+    echo = (
+        f"Lambda was unable to configure your environment variables because the environment variables you have provided "
+        f'exceeded the 4KB limit. String measured: {{"DB_PASSWORD":"{DB_V2}","API_KEY":"{API}","LOG_LEVEL":"info"}}'
+    )
+    fault_proxy.add_rule(
+        "UpdateFunctionConfiguration",
+        "fail",
+        status=400,
+        error_type="InvalidParameterValueException",
+        message=echo,
+        times=None,
+    )
     r = p.cli("apply", "--auto-approve", code=1, env_extra={"AWS_ENDPOINT_URL": fault_proxy.endpoint})
     assert "exceeded the 4KB limit" in r.stderr and '"DB_PASSWORD":"(sensitive)"' in r.stderr, r.stderr
     assert '"LOG_LEVEL":"(sensitive)"' in r.stderr, "every environment value, not only the secret ones"
@@ -284,6 +307,9 @@ def test_saved_plan_is_stale_when_a_secret_rotates_before_it_is_applied(payments
     p.cli("plan", "--out", str(plan_file))
     p.aws.client("secretsmanager", REGION).put_secret_value(SecretId="prod/payments/db-password", SecretString=DB_V2)
     r = p.cli("apply", str(plan_file), code=1)
-    assert "saved plan is stale: secret DB_PASSWORD of function payments changed in the store since it was made" in r.stderr, r.stderr
+    assert (
+        "saved plan is stale: secret DB_PASSWORD of function payments changed in the store since it was made"
+        in r.stderr
+    ), r.stderr
     assert p.config(FN)["MemorySize"] == 128 and p.env()["DB_PASSWORD"] == DB_V1
     _never((DB_V1, DB_V2, API), [r.stdout, r.stderr], [p.state_dir, plan_file])

@@ -1,4 +1,5 @@
 """bench/fleet.py loaded as a module (bench/ is not a package), for the tests and bench/quota.py."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -117,12 +117,18 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional, Union
 
-__all__ = ["FaultProxy", "Rule", "Hook", "is_mutating", "lambda_operation",
-           "DEFAULT_EXTRA_MUTATING"]
+__all__ = ["FaultProxy", "Rule", "Hook", "is_mutating", "lambda_operation", "DEFAULT_EXTRA_MUTATING"]
 
 HOP_BY_HOP = {
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
     "proxy-connection",
 }
 
@@ -147,63 +153,72 @@ _LAMBDA_ROUTES = [
     (_V + r"/functions/?$", {"GET": "ListFunctions", "POST": "CreateFunction"}),
     (_V + _F + r"/?$", {"GET": "GetFunction", "DELETE": "DeleteFunction"}),
     (_V + _F + r"/code/?$", {"PUT": "UpdateFunctionCode"}),
-    (_V + _F + r"/code-signing-config/?$", {
-        "GET": "GetFunctionCodeSigningConfig",
-        "PUT": "PutFunctionCodeSigningConfig",
-        "DELETE": "DeleteFunctionCodeSigningConfig"}),
-    (_V + _F + r"/configuration/?$", {
-        "GET": "GetFunctionConfiguration",
-        "PUT": "UpdateFunctionConfiguration"}),
-    (_V + _F + r"/versions/?$", {
-        "GET": "ListVersionsByFunction", "POST": "PublishVersion"}),
+    (
+        _V + _F + r"/code-signing-config/?$",
+        {
+            "GET": "GetFunctionCodeSigningConfig",
+            "PUT": "PutFunctionCodeSigningConfig",
+            "DELETE": "DeleteFunctionCodeSigningConfig",
+        },
+    ),
+    (_V + _F + r"/configuration/?$", {"GET": "GetFunctionConfiguration", "PUT": "UpdateFunctionConfiguration"}),
+    (_V + _F + r"/versions/?$", {"GET": "ListVersionsByFunction", "POST": "PublishVersion"}),
     (_V + _F + r"/aliases/?$", {"GET": "ListAliases", "POST": "CreateAlias"}),
-    (_V + _F + r"/aliases/[^/]+/?$", {
-        "GET": "GetAlias", "PUT": "UpdateAlias", "DELETE": "DeleteAlias"}),
-    (_V + _F + r"/concurrency/?$", {
-        "GET": "GetFunctionConcurrency", "PUT": "PutFunctionConcurrency",
-        "DELETE": "DeleteFunctionConcurrency"}),
-    (_V + _F + r"/provisioned-concurrency/?$", {
-        "GET": "GetProvisionedConcurrencyConfig",
-        "PUT": "PutProvisionedConcurrencyConfig",
-        "DELETE": "DeleteProvisionedConcurrencyConfig"}),
+    (_V + _F + r"/aliases/[^/]+/?$", {"GET": "GetAlias", "PUT": "UpdateAlias", "DELETE": "DeleteAlias"}),
+    (
+        _V + _F + r"/concurrency/?$",
+        {"GET": "GetFunctionConcurrency", "PUT": "PutFunctionConcurrency", "DELETE": "DeleteFunctionConcurrency"},
+    ),
+    (
+        _V + _F + r"/provisioned-concurrency/?$",
+        {
+            "GET": "GetProvisionedConcurrencyConfig",
+            "PUT": "PutProvisionedConcurrencyConfig",
+            "DELETE": "DeleteProvisionedConcurrencyConfig",
+        },
+    ),
     (_V + _F + r"/policy/?$", {"GET": "GetPolicy", "POST": "AddPermission"}),
     (_V + _F + r"/policy/[^/]+/?$", {"DELETE": "RemovePermission"}),
     (_V + _F + r"/invocations/?$", {"POST": "Invoke"}),
     (_V + _F + r"/invoke-async/?$", {"POST": "InvokeAsync"}),
-    (_V + _F + r"/event-invoke-config/?$", {
-        "GET": "GetFunctionEventInvokeConfig",
-        "PUT": "PutFunctionEventInvokeConfig",
-        "POST": "UpdateFunctionEventInvokeConfig",
-        "DELETE": "DeleteFunctionEventInvokeConfig"}),
-    (_V + _F + r"/event-invoke-config/list/?$", {
-        "GET": "ListFunctionEventInvokeConfigs"}),
-    (_V + _F + r"/url/?$", {
-        "GET": "GetFunctionUrlConfig", "POST": "CreateFunctionUrlConfig",
-        "PUT": "UpdateFunctionUrlConfig", "DELETE": "DeleteFunctionUrlConfig"}),
+    (
+        _V + _F + r"/event-invoke-config/?$",
+        {
+            "GET": "GetFunctionEventInvokeConfig",
+            "PUT": "PutFunctionEventInvokeConfig",
+            "POST": "UpdateFunctionEventInvokeConfig",
+            "DELETE": "DeleteFunctionEventInvokeConfig",
+        },
+    ),
+    (_V + _F + r"/event-invoke-config/list/?$", {"GET": "ListFunctionEventInvokeConfigs"}),
+    (
+        _V + _F + r"/url/?$",
+        {
+            "GET": "GetFunctionUrlConfig",
+            "POST": "CreateFunctionUrlConfig",
+            "PUT": "UpdateFunctionUrlConfig",
+            "DELETE": "DeleteFunctionUrlConfig",
+        },
+    ),
     (_V + _F + r"/urls/?$", {"GET": "ListFunctionUrlConfigs"}),
-    (_V + _F + r"/recursive-config/?$", {
-        "GET": "GetFunctionRecursionConfig",
-        "PUT": "PutFunctionRecursionConfig"}),
-    (_V + _F + r"/runtime-management-config/?$", {
-        "GET": "GetRuntimeManagementConfig",
-        "PUT": "PutRuntimeManagementConfig"}),
-    (_V + r"/tags/(?P<fn>.+)$", {
-        "GET": "ListTags", "POST": "TagResource", "DELETE": "UntagResource"}),
-    (_V + r"/event-source-mappings/?$", {
-        "GET": "ListEventSourceMappings", "POST": "CreateEventSourceMapping"}),
-    (_V + r"/event-source-mappings/[^/]+/?$", {
-        "GET": "GetEventSourceMapping", "PUT": "UpdateEventSourceMapping",
-        "DELETE": "DeleteEventSourceMapping"}),
+    (_V + _F + r"/recursive-config/?$", {"GET": "GetFunctionRecursionConfig", "PUT": "PutFunctionRecursionConfig"}),
+    (
+        _V + _F + r"/runtime-management-config/?$",
+        {"GET": "GetRuntimeManagementConfig", "PUT": "PutRuntimeManagementConfig"},
+    ),
+    (_V + r"/tags/(?P<fn>.+)$", {"GET": "ListTags", "POST": "TagResource", "DELETE": "UntagResource"}),
+    (_V + r"/event-source-mappings/?$", {"GET": "ListEventSourceMappings", "POST": "CreateEventSourceMapping"}),
+    (
+        _V + r"/event-source-mappings/[^/]+/?$",
+        {"GET": "GetEventSourceMapping", "PUT": "UpdateEventSourceMapping", "DELETE": "DeleteEventSourceMapping"},
+    ),
     (_V + r"/layers/?$", {"GET": "ListLayers"}),
-    (_V + r"/layers/[^/]+/versions/?$", {
-        "GET": "ListLayerVersions", "POST": "PublishLayerVersion"}),
-    (_V + r"/layers/[^/]+/versions/[^/]+/?$", {
-        "GET": "GetLayerVersion", "DELETE": "DeleteLayerVersion"}),
+    (_V + r"/layers/[^/]+/versions/?$", {"GET": "ListLayerVersions", "POST": "PublishLayerVersion"}),
+    (_V + r"/layers/[^/]+/versions/[^/]+/?$", {"GET": "GetLayerVersion", "DELETE": "DeleteLayerVersion"}),
     (_V + r"/account-settings/?$", {"GET": "GetAccountSettings"}),
 ]
 _LAMBDA_ROUTES = [(re.compile(p), ops) for p, ops in _LAMBDA_ROUTES]
-_LAMBDA_PATH = re.compile(
-    _V + r"/(functions|tags|event-source-mappings|layers|account-settings)(/|$)")
+_LAMBDA_PATH = re.compile(_V + r"/(functions|tags|event-source-mappings|layers|account-settings)(/|$)")
 
 
 def lambda_operation(method: str, path: str, query: Optional[dict] = None):
@@ -238,24 +253,20 @@ def _s3_operation(method: str, path: str, query: dict, headers: dict):
         if "versions" in query and method == "GET":
             return "ListObjectVersions"
         if "versioning" in query:
-            return {"GET": "GetBucketVersioning",
-                    "PUT": "PutBucketVersioning"}.get(method)
+            return {"GET": "GetBucketVersioning", "PUT": "PutBucketVersioning"}.get(method)
         if not set(query) <= {"versionId"}:
             return None
     parts = [p for p in path.split("/") if p]
     if not parts:
         return "ListBuckets" if method == "GET" else None
     if len(parts) == 1:
-        return {"PUT": "CreateBucket", "HEAD": "HeadBucket",
-                "DELETE": "DeleteBucket", "GET": "ListObjects"}.get(method)
+        return {"PUT": "CreateBucket", "HEAD": "HeadBucket", "DELETE": "DeleteBucket", "GET": "ListObjects"}.get(method)
     if method == "PUT" and "x-amz-copy-source" in headers:
         return "CopyObject"
-    return {"PUT": "PutObject", "GET": "GetObject", "HEAD": "HeadObject",
-            "DELETE": "DeleteObject"}.get(method)
+    return {"PUT": "PutObject", "GET": "GetObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}.get(method)
 
 
-def classify(method: str, raw_path: str, headers: dict, body: bytes,
-             extra_mutating=DEFAULT_EXTRA_MUTATING) -> dict:
+def classify(method: str, raw_path: str, headers: dict, body: bytes, extra_mutating=DEFAULT_EXTRA_MUTATING) -> dict:
     """Parse one request into the log-entry fields (no I/O)."""
     method = method.upper()
     split = urllib.parse.urlsplit(raw_path)
@@ -267,16 +278,14 @@ def classify(method: str, raw_path: str, headers: dict, body: bytes,
     target = lower.get("x-amz-target")
 
     operation = function = None
-    is_lambda = service == "lambda" or (service is None
-                                        and bool(_LAMBDA_PATH.match(path)))
+    is_lambda = service == "lambda" or (service is None and bool(_LAMBDA_PATH.match(path)))
     if is_lambda:
         operation, function = lambda_operation(method, path, query)
     if operation is None and target:
         operation = target.rsplit(".", 1)[-1]
     if operation is None:
         action = query.get("Action", [None])[0]
-        if action is None and body and "x-www-form-urlencoded" in \
-                lower.get("content-type", ""):
+        if action is None and body and "x-www-form-urlencoded" in lower.get("content-type", ""):
             try:
                 form = urllib.parse.parse_qs(body.decode("utf-8"))
                 action = form.get("Action", [None])[0]
@@ -287,12 +296,17 @@ def classify(method: str, raw_path: str, headers: dict, body: bytes,
         operation = _s3_operation(method, path, query, lower)
     if operation is None:
         operation = f"{method} {path}"
-    mutating = (is_lambda and method in MUTATING_METHODS) or \
-        operation in extra_mutating
+    mutating = (is_lambda and method in MUTATING_METHODS) or operation in extra_mutating
     return {
-        "method": method, "path": path, "raw_path": raw_path, "query": query,
-        "service": service, "target": target, "operation": operation,
-        "function": function, "mutating": bool(mutating),
+        "method": method,
+        "path": path,
+        "raw_path": raw_path,
+        "query": query,
+        "service": service,
+        "target": target,
+        "operation": operation,
+        "function": function,
+        "mutating": bool(mutating),
     }
 
 
@@ -311,10 +325,18 @@ def _matches(match: Match, entry: dict) -> bool:
 class Rule:
     ACTIONS = ("fail", "throttle", "hang", "cut")
 
-    def __init__(self, match: Match, action: str, nth: int = 1,
-                 times: Optional[int] = 1, status: Optional[int] = None,
-                 hang_seconds: float = 30.0, forward: bool = False,
-                 error_type: Optional[str] = None, message: Optional[str] = None):
+    def __init__(
+        self,
+        match: Match,
+        action: str,
+        nth: int = 1,
+        times: Optional[int] = 1,
+        status: Optional[int] = None,
+        hang_seconds: float = 30.0,
+        forward: bool = False,
+        error_type: Optional[str] = None,
+        message: Optional[str] = None,
+    ):
         if action not in self.ACTIONS:
             raise ValueError(f"unknown action {action!r}; one of {self.ACTIONS}")
         if nth < 1:
@@ -327,8 +349,8 @@ class Rule:
         # 'fail': the error message in the body (default "injected fault"), e.g. an AWS
         # error that echoes the request
         self.body = json.dumps({"message": message}).encode() if message is not None else None
-        self.matched = 0   # requests matched so far
-        self.fired = 0     # requests this rule was applied to
+        self.matched = 0  # requests matched so far
+        self.fired = 0  # requests this rule was applied to
 
     def _count(self, entry) -> bool:
         """Count a matching request; True if the rule applies to it."""
@@ -339,8 +361,10 @@ class Rule:
         return k >= self.nth and (self.times is None or k < self.nth + self.times)
 
     def __repr__(self):
-        return (f"<Rule {self.action} match={self.match!r} nth={self.nth} "
-                f"times={self.times} matched={self.matched} fired={self.fired}>")
+        return (
+            f"<Rule {self.action} match={self.match!r} nth={self.nth} "
+            f"times={self.times} matched={self.matched} fired={self.fired}>"
+        )
 
 
 class Hook:
@@ -366,7 +390,7 @@ class Hook:
 
 # ----------------------------------------------------------------------
 class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"   # needed for Expect: 100-continue
+    protocol_version = "HTTP/1.1"  # needed for Expect: 100-continue
     server_version = "FaultProxy"
     proxy: "FaultProxy"  # set on the subclass made per proxy
 
@@ -418,8 +442,17 @@ class _Handler(BaseHTTPRequestHandler):
         info = classify(self.command, self.path, headers, body, p.extra_mutating)
 
         held = p._wait_gate()
-        entry = dict(info, seq=None, time=time.time(), headers=headers, body=body,
-                     status=None, fault=None, forwarded=False, error=None)
+        entry = dict(
+            info,
+            seq=None,
+            time=time.time(),
+            headers=headers,
+            body=body,
+            status=None,
+            fault=None,
+            forwarded=False,
+            error=None,
+        )
         rule, hooks = p._register(entry)
         for h in p._before(entry):
             self._run_hooks([h], entry, release=False)
@@ -467,38 +500,46 @@ class _Handler(BaseHTTPRequestHandler):
             if rule.action == "fail":
                 status = rule.status or 500
                 entry["status"] = status
-                self._send(status, [
-                    ("Content-Type", "application/json"),
-                    ("x-amzn-ErrorType", rule.error_type or "ServiceException"),
-                    ("x-amzn-RequestId", "faultproxy-%d" % entry["seq"]),
-                    ("Content-Length", str(len(rule.body or p.FAIL_BODY)))], rule.body or p.FAIL_BODY, head)
+                self._send(
+                    status,
+                    [
+                        ("Content-Type", "application/json"),
+                        ("x-amzn-ErrorType", rule.error_type or "ServiceException"),
+                        ("x-amzn-RequestId", "faultproxy-%d" % entry["seq"]),
+                        ("Content-Length", str(len(rule.body or p.FAIL_BODY))),
+                    ],
+                    rule.body or p.FAIL_BODY,
+                    head,
+                )
                 return
             if rule.action == "throttle":
                 status = rule.status or 429
                 entry["status"] = status
-                self._send(status, [
-                    ("Content-Type", "application/json"),
-                    ("x-amzn-ErrorType",
-                     rule.error_type or "TooManyRequestsException"),
-                    ("x-amzn-RequestId", "faultproxy-%d" % entry["seq"]),
-                    ("Content-Length", str(len(p.THROTTLE_BODY)))],
-                    p.THROTTLE_BODY, head)
+                self._send(
+                    status,
+                    [
+                        ("Content-Type", "application/json"),
+                        ("x-amzn-ErrorType", rule.error_type or "TooManyRequestsException"),
+                        ("x-amzn-RequestId", "faultproxy-%d" % entry["seq"]),
+                        ("Content-Length", str(len(p.THROTTLE_BODY))),
+                    ],
+                    p.THROTTLE_BODY,
+                    head,
+                )
                 return
             if rule.action == "hang":
                 if rule.forward:
                     self._forward(entry, body)
                 p._stopping.wait(rule.hang_seconds)
-                return   # close without a response
+                return  # close without a response
         status, rheaders, rbody = self._forward(entry, body)
         if status is None:
-            err = json.dumps({"message": f"faultproxy upstream error: "
-                                         f"{entry['error']}"}).encode()
+            err = json.dumps({"message": f"faultproxy upstream error: {entry['error']}"}).encode()
             entry["status"] = 502
-            self._send(502, [("Content-Type", "application/json"),
-                             ("Content-Length", str(len(err)))], err, head)
+            self._send(502, [("Content-Type", "application/json"), ("Content-Length", str(len(err)))], err, head)
             return
         if rule is not None and rule.action == "cut":
-            return   # the change happened; the client hears nothing
+            return  # the change happened; the client hears nothing
         out = []
         for k, v in rheaders:
             lk = k.lower()
@@ -523,8 +564,7 @@ class _Handler(BaseHTTPRequestHandler):
         fwd["Host"] = p.target_netloc
         if body or self.command in ("POST", "PUT", "PATCH"):
             fwd["Content-Length"] = str(len(body))
-        conn = http.client.HTTPConnection(p.target_host, p.target_port,
-                                          timeout=p.upstream_timeout)
+        conn = http.client.HTTPConnection(p.target_host, p.target_port, timeout=p.upstream_timeout)
         try:
             conn.request(self.command, self.path, body=body or None, headers=fwd)
             resp = conn.getresponse()
@@ -543,8 +583,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = \
-        do_OPTIONS = _dispatch
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _dispatch
 
 
 class _Server(ThreadingHTTPServer):
@@ -554,20 +593,24 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]
-        if isinstance(exc, (BrokenPipeError, ConnectionResetError,
-                            ConnectionAbortedError)):
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
             return
         super().handle_error(request, client_address)
 
 
 class FaultProxy:
     FAIL_BODY = json.dumps({"message": "injected fault"}).encode()
-    THROTTLE_BODY = json.dumps({"message": "Rate exceeded",
-                                "Type": "User"}).encode()
+    THROTTLE_BODY = json.dumps({"message": "Rate exceeded", "Type": "User"}).encode()
 
-    def __init__(self, target: str, host: str = "127.0.0.1", port: int = 0,
-                 extra_mutating=DEFAULT_EXTRA_MUTATING,
-                 upstream_timeout: float = 60.0, verbose: bool = False):
+    def __init__(
+        self,
+        target: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        extra_mutating=DEFAULT_EXTRA_MUTATING,
+        upstream_timeout: float = 60.0,
+        verbose: bool = False,
+    ):
         u = urllib.parse.urlsplit(target)
         if u.scheme != "http":
             raise ValueError("FaultProxy forwards to http:// targets only")
@@ -601,9 +644,9 @@ class FaultProxy:
         self._server = _Server((self.host, self.port), handler)
         self.port = self._server.server_address[1]
         self.endpoint = f"http://{self.host}:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1},
-                                        name="faultproxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="faultproxy", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -627,12 +670,19 @@ class FaultProxy:
         self.stop()
 
     # -- configuration ---------------------------------------------------
-    def add_rule(self, match: Match, action: str = "fail", nth: int = 1,
-                 times: Optional[int] = 1, status: Optional[int] = None,
-                 hang_seconds: float = 30.0, forward: bool = False,
-                 error_type: Optional[str] = None, message: Optional[str] = None) -> Rule:
-        rule = Rule(match, action, nth, times, status, hang_seconds, forward,
-                    error_type, message)
+    def add_rule(
+        self,
+        match: Match,
+        action: str = "fail",
+        nth: int = 1,
+        times: Optional[int] = 1,
+        status: Optional[int] = None,
+        hang_seconds: float = 30.0,
+        forward: bool = False,
+        error_type: Optional[str] = None,
+        message: Optional[str] = None,
+    ) -> Rule:
+        rule = Rule(match, action, nth, times, status, hang_seconds, forward, error_type, message)
         with self._lock:
             self.rules.append(rule)
         return rule
@@ -674,12 +724,10 @@ class FaultProxy:
             return list(self.log)
 
     def operations(self, service: Optional[str] = None) -> list[str]:
-        return [e["operation"] for e in self.entries()
-                if service is None or e["service"] == service]
+        return [e["operation"] for e in self.entries() if service is None or e["service"] == service]
 
     def mutating_requests(self, forwarded_only: bool = False) -> list[dict]:
-        return [e for e in self.entries() if e["mutating"]
-                and (e["forwarded"] or not forwarded_only)]
+        return [e for e in self.entries() if e["mutating"] and (e["forwarded"] or not forwarded_only)]
 
     def count(self, operation: str) -> int:
         return sum(1 for e in self.entries() if e["operation"] == operation)

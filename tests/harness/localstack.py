@@ -62,18 +62,20 @@ class LocalStack:
 
     def _env(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LOCALSTACK_", "PYTHON"))}
-        env.update({
-            "GATEWAY_LISTEN": f"{self.host}:{self.port}",
-            "SERVICES": SERVICES,
-            "OVERRIDE_IN_DOCKER": "0",  # in a container LocalStack would otherwise wipe its default folder
-            "LAMBDA_RUNTIME_EXECUTOR": "prepare-only",
-            "DNS_ADDRESS": "0",
-            "SKIP_SSL_CERT_DOWNLOAD": "1",
-            "DISABLE_EVENTS": "1",
-            "FILESYSTEM_ROOT": os.path.join(self._dir, "fs"),
-            "LOCALSTACK_VOLUME_DIR": os.path.join(self._dir, "volume"),
-            "TMPDIR": self._dir,
-        })
+        env.update(
+            {
+                "GATEWAY_LISTEN": f"{self.host}:{self.port}",
+                "SERVICES": SERVICES,
+                "OVERRIDE_IN_DOCKER": "0",  # in a container LocalStack would otherwise wipe its default folder
+                "LAMBDA_RUNTIME_EXECUTOR": "prepare-only",
+                "DNS_ADDRESS": "0",
+                "SKIP_SSL_CERT_DOWNLOAD": "1",
+                "DISABLE_EVENTS": "1",
+                "FILESYSTEM_ROOT": os.path.join(self._dir, "fs"),
+                "LOCALSTACK_VOLUME_DIR": os.path.join(self._dir, "volume"),
+                "TMPDIR": self._dir,
+            }
+        )
         return env
 
     def start(self) -> LocalStack:
@@ -81,8 +83,14 @@ class LocalStack:
             return self
         self._dir = tempfile.mkdtemp(prefix="localstack-")
         self._log = open(os.path.join(self._dir, "localstack.log"), "wb")
-        self.proc = subprocess.Popen([self.python, "-m", "localstack.runtime.main"], env=self._env(), cwd=self._dir,
-                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [self.python, "-m", "localstack.runtime.main"],
+            env=self._env(),
+            cwd=self._dir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -43,9 +43,14 @@ def stop_process(proc: subprocess.Popen | None, grace: float = 5.0) -> None:
 
 
 class MotoServer:
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1",
-                 startup_timeout: float = 15.0, extra_env: dict | None = None,
-                 start: bool = True):
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        startup_timeout: float = 15.0,
+        extra_env: dict | None = None,
+        start: bool = True,
+    ):
         self.host = host
         self.port = port or free_port(host)
         self.endpoint = f"http://{host}:{self.port}"
@@ -74,20 +79,17 @@ class MotoServer:
             return self
         # server output goes to a temp file (a pipe could fill up and block)
         self._log = tempfile.TemporaryFile(prefix="moto_server-")
-        cmd = [sys.executable, "-m", "moto.server", "-H", self.host,
-               "-p", str(self.port)]
-        self.proc = subprocess.Popen(cmd, env=self._env(),
-                                     stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        cmd = [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
+        self.proc = subprocess.Popen(
+            cmd, env=self._env(), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + self.startup_timeout
         last_err: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"moto_server exited with {self.proc.returncode}:\n{self.output()}")
+                raise RuntimeError(f"moto_server exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                with urllib.request.urlopen(self.endpoint + "/moto-api/",
-                                            timeout=2) as r:
+                with urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=2) as r:
                     r.read()
                     if r.status < 500:
                         return self
@@ -100,8 +102,9 @@ class MotoServer:
             time.sleep(0.1)
         out = self.output()
         self.stop()
-        raise RuntimeError(f"moto_server did not answer on {self.endpoint} within "
-                           f"{self.startup_timeout}s ({last_err!r}):\n{out}")
+        raise RuntimeError(
+            f"moto_server did not answer on {self.endpoint} within {self.startup_timeout}s ({last_err!r}):\n{out}"
+        )
 
     def output(self) -> str:
         """Everything the server printed so far (for debugging)."""
@@ -117,8 +120,7 @@ class MotoServer:
             return ""
 
     def reset(self) -> None:
-        req = urllib.request.Request(self.endpoint + "/moto-api/reset",
-                                     data=b"", method="POST")
+        req = urllib.request.Request(self.endpoint + "/moto-api/reset", data=b"", method="POST")
         with urllib.request.urlopen(req, timeout=10) as r:
             r.read()
 

@@ -36,7 +36,7 @@ MASK = "(sensitive)"
 PROVISION_PHASES = ("provision", "provision_rollback")
 NOT_SUPPORTED = {
     "TerraformCloudRun": "Terraform Cloud runs are not supported: run the configuration with TerraformPlan/TerraformApply "
-                         "steps (terraform on PATH), or pass its outputs with --provisioner-outputs FILE",
+    "steps (terraform on PATH), or pass its outputs with --provisioner-outputs FILE",
 }
 
 
@@ -86,7 +86,7 @@ class StepContext:
         return self.runner.aws
 
     def error(self, path: tuple, message: str, hint: str | None = None) -> ConfigError:
-        return self.runner.pipe.error(self.step.path + ("spec",) + tuple(path), message, hint)
+        return self.runner.pipe.error((*self.step.path, "spec", *tuple(path)), message, hint)
 
     def connector(self, ref: Any) -> dict | None:
         from reconciler.workspace.connectors import aws_connector
@@ -160,16 +160,21 @@ def stage_provisioner(pipe, stage: dict, path: tuple, errors: list, flatten: Cal
     prov = env.get("provisioner") if isinstance(env, dict) else None
     if prov is None:
         return [], []
-    pp = path + ("spec", "environment", "provisioner")
+    pp = (*path, "spec", "environment", "provisioner")
     if not isinstance(prov, dict):
         errors.append(pipe.error(pp, "environment.provisioner must be a mapping {steps: [...], rollbackSteps: [...]}"))
         return [], []
-    steps = flatten(pipe, prov.get("steps"), pp + ("steps",), "provision", errors)
-    rollback = flatten(pipe, prov.get("rollbackSteps"), pp + ("rollbackSteps",), "provision_rollback", errors)
+    steps = flatten(pipe, prov.get("steps"), (*pp, "steps"), "provision", errors)
+    rollback = flatten(pipe, prov.get("rollbackSteps"), (*pp, "rollbackSteps"), "provision_rollback", errors)
     seen: set[str] = set()
     for s in steps + rollback:
         if s.identifier in seen:
-            errors.append(pipe.error(s.path + ("identifier",), f"step identifier '{s.identifier}' is used twice in the provisioner of stage '{stage.get('identifier')}'"))
+            errors.append(
+                pipe.error(
+                    (*s.path, "identifier"),
+                    f"step identifier '{s.identifier}' is used twice in the provisioner of stage '{stage.get('identifier')}'",
+                )
+            )
         seen.add(s.identifier)
     return steps, rollback
 
@@ -179,14 +184,16 @@ def check_step(pipe, s) -> list[ConfigError]:
     spec = s.body.get("spec") or {}
     if not isinstance(spec, dict):
         return []  # the pipeline check says so
-    return step_type(s.type).check(spec, lambda path, message, hint=None: pipe.error(s.path + ("spec",) + tuple(path), message, hint))
+    return step_type(s.type).check(
+        spec, lambda path, message, hint=None: pipe.error((*s.path, "spec", *tuple(path)), message, hint)
+    )
 
 
 def step_strings(s) -> list[tuple[str, tuple]]:
     """Every string with an expression in a provisioner step's spec and timeout, with its path."""
-    out = [(v, p) for v, p in leaves(s.body.get("spec"), s.path + ("spec",)) if isinstance(v, str) and "<+" in v]
+    out = [(v, p) for v, p in leaves(s.body.get("spec"), (*s.path, "spec")) if isinstance(v, str) and "<+" in v]
     if isinstance(s.body.get("timeout"), str) and "<+" in s.body["timeout"]:
-        out.append((s.body["timeout"], s.path + ("timeout",)))
+        out.append((s.body["timeout"], (*s.path, "timeout")))
     return out
 
 
@@ -209,9 +216,9 @@ def memory(runner, sr) -> dict:
 
 def resolve_tree(sr, step, node: Any, path: tuple) -> Any:
     if isinstance(node, dict):
-        return {k: resolve_tree(sr, step, v, path + (k,)) for k, v in node.items()}
+        return {k: resolve_tree(sr, step, v, (*path, k)) for k, v in node.items()}
     if isinstance(node, list):
-        return [resolve_tree(sr, step, v, path + (i,)) for i, v in enumerate(node)]
+        return [resolve_tree(sr, step, v, (*path, i)) for i, v in enumerate(node)]
     return sr.resolve(node, path, step)
 
 
@@ -235,7 +242,7 @@ def run_step(runner, sr, step, timeout: float) -> tuple[dict, str]:
     mem = memory(runner, sr)
     mem["ran"] = True
     mem.setdefault("started_at", _now())
-    spec = resolve_tree(sr, step, step.body.get("spec") or {}, step.path + ("spec",))
+    spec = resolve_tree(sr, step, step.body.get("spec") or {}, (*step.path, "spec"))
     ctx = StepContext(runner, sr, step, spec, timeout, mem)
     try:
         got = step_type(step.type).run(ctx)
@@ -256,9 +263,13 @@ def run_step(runner, sr, step, timeout: float) -> tuple[dict, str]:
     if step.phase == "provision":
         mem["outputs"].update(got.outputs)
         mem.setdefault("sensitive", set()).update(k for k in got.outputs if k in got.sensitive or is_secret(k))
-        mem["records"].append({"step": step.identifier, "type": step.type, "status": "succeeded", "outputs": shown, **got.record})
+        mem["records"].append(
+            {"step": step.identifier, "type": step.type, "status": "succeeded", "outputs": shown, **got.record}
+        )
     else:
-        mem.setdefault("rollback_records", []).append({"step": step.identifier, "type": step.type, "status": "succeeded", **got.record})
+        mem.setdefault("rollback_records", []).append(
+            {"step": step.identifier, "type": step.type, "status": "succeeded", **got.record}
+        )
     for k, v in shown.items():
         runner.log(f"   output {k} = {v}")
     return {**got.summary, **shown}, got.output
@@ -273,8 +284,11 @@ def provisioned(runner, sr):
 
     mem = memory(runner, sr)
     settings = dict(sr.opts.provisioner or {})
-    settings["stage"] = {"pending": False, "outputs": dict(mem["outputs"]),
-                         "where": f"the outputs of stage '{sr.stage.identifier}' provisioner steps"}
+    settings["stage"] = {
+        "pending": False,
+        "outputs": dict(mem["outputs"]),
+        "where": f"the outputs of stage '{sr.stage.identifier}' provisioner steps",
+    }
     opts = copy.copy(sr.opts)
     opts.provisioner = settings
     try:
@@ -282,8 +296,20 @@ def provisioned(runner, sr):
         spec = render_target(runner.ws, sr.target, opts, warnings)
         scope = target_scope(runner.ws, sr.target, opts)
     except ReconcilerError as exc:
-        r = StepResult(sr.stage.identifier, sr.stage.name, sr.target, "provisionerOutputs", "map provisioner outputs", "Provisioner",
-                       "provision", status="Failed", started_at=_now(), error=str(exc), error_type="Unknown", reason="StageRollback")
+        r = StepResult(
+            sr.stage.identifier,
+            sr.stage.name,
+            sr.target,
+            "provisionerOutputs",
+            "map provisioner outputs",
+            "Provisioner",
+            "provision",
+            status="Failed",
+            started_at=_now(),
+            error=str(exc),
+            error_type="Unknown",
+            reason="StageRollback",
+        )
         runner.log(f"-- provisioner outputs: the infrastructure cannot use them: {exc}")
         mem["records"].append({"step": "provisionerOutputs", "status": "failed", "error": str(exc)})
         _record(runner, sr, "failed")
@@ -292,7 +318,9 @@ def provisioned(runner, sr):
         if w not in runner.warnings:
             runner.log(f"warning: {w}")
     sr.opts, sr.spec, sr.base_scope = opts, spec, scope
-    runner.log(f"-- provisioned: {sr.target} deploys to {spec.region}" + (f" (function {spec.name})" if spec.name else ""))
+    runner.log(
+        f"-- provisioned: {sr.target} deploys to {spec.region}" + (f" (function {spec.name})" if spec.name else "")
+    )
     _record(runner, sr, "succeeded")
     return None
 
@@ -313,12 +341,26 @@ def rollback_steps(runner, sr) -> Iterator:
     if not mem.get("record_id"):
         _record(runner, sr, "failed")
     yield from sr.stage.provision_rollback_steps
-    results = [r for r in runner.steps if r.stage == sr.stage.identifier and r.target == sr.target and r.phase == "provision_rollback"]
-    ok = all(r.status in ("Success", "Skipped", "IgnoreFailed") for r in results) and any(r.status == "Success" for r in results)
-    _update_record(runner, sr, {"rolled_back": [{"step": r.step, "type": r.type, "status": r.status, **({"error": r.error} if r.error else {})}
-                                                for r in results],
-                                "rollback_records": mem.get("rollback_records", []),
-                                **({"status": "rolled_back"} if ok else {})})
+    results = [
+        r
+        for r in runner.steps
+        if r.stage == sr.stage.identifier and r.target == sr.target and r.phase == "provision_rollback"
+    ]
+    ok = all(r.status in ("Success", "Skipped", "IgnoreFailed") for r in results) and any(
+        r.status == "Success" for r in results
+    )
+    _update_record(
+        runner,
+        sr,
+        {
+            "rolled_back": [
+                {"step": r.step, "type": r.type, "status": r.status, **({"error": r.error} if r.error else {})}
+                for r in results
+            ],
+            "rollback_records": mem.get("rollback_records", []),
+            **({"status": "rolled_back"} if ok else {}),
+        },
+    )
 
 
 # ---------------------------------------------------------------- the state history
@@ -337,12 +379,25 @@ def _record(runner, sr, status: str) -> None:
 
     mem = memory(runner, sr)
     spec, s = sr.spec, runner.settings
-    rec = {"id": mem.get("record_id") or str(uuid.uuid4()), "function": spec.name if DEFERRED not in str(spec.name) else None, "service": spec.service,
-           "operation": "provision", "status": status, "started_at": mem.get("started_at") or _now(), "finished_at": _now(),
-           "version": None, "code_sha256": None, "pipeline": runner.pipe.identifier, "stage": sr.stage.identifier,
-           "region": spec.region if DEFERRED not in str(spec.region) else None,
-           "outputs": masked(mem["outputs"], mem.get("sensitive", set())), "provisioned": mem["records"]}
-    with st.locked(st.state_path(s.state_dir, sr.target.environment, sr.target.infrastructure), "provision", timeout=s.lock_timeout):
+    rec = {
+        "id": mem.get("record_id") or str(uuid.uuid4()),
+        "function": spec.name if DEFERRED not in str(spec.name) else None,
+        "service": spec.service,
+        "operation": "provision",
+        "status": status,
+        "started_at": mem.get("started_at") or _now(),
+        "finished_at": _now(),
+        "version": None,
+        "code_sha256": None,
+        "pipeline": runner.pipe.identifier,
+        "stage": sr.stage.identifier,
+        "region": spec.region if DEFERRED not in str(spec.region) else None,
+        "outputs": masked(mem["outputs"], mem.get("sensitive", set())),
+        "provisioned": mem["records"],
+    }
+    with st.locked(
+        st.state_path(s.state_dir, sr.target.environment, sr.target.infrastructure), "provision", timeout=s.lock_timeout
+    ):
         state = st.load(s.state_dir, sr.target.environment, sr.target.infrastructure)
         old = next((h for h in state.history if h.get("id") == rec["id"]), None)
         if old is None:
@@ -358,7 +413,9 @@ def _update_record(runner, sr, changes: dict) -> None:
 
     mem = memory(runner, sr)
     s = runner.settings
-    with st.locked(st.state_path(s.state_dir, sr.target.environment, sr.target.infrastructure), "provision", timeout=s.lock_timeout):
+    with st.locked(
+        st.state_path(s.state_dir, sr.target.environment, sr.target.infrastructure), "provision", timeout=s.lock_timeout
+    ):
         state = st.load(s.state_dir, sr.target.environment, sr.target.infrastructure)
         rec = next((h for h in state.history if h.get("id") == mem.get("record_id")), None)
         if rec is None:
@@ -373,13 +430,18 @@ def history_lines(rows: list[dict]) -> str:
     for r in rows:
         if r.get("operation") != "provision":
             continue
-        lines.append(f"{r['time']}  provisioned by pipeline {r.get('pipeline')}, stage {r.get('stage')} ({r['status']}):")
+        lines.append(
+            f"{r['time']}  provisioned by pipeline {r.get('pipeline')}, stage {r.get('stage')} ({r['status']}):"
+        )
         for p in r.get("provisioned") or []:
             extra = [f"{k}={v}" for k, v in (p.get("outputs") or {}).items()]
             extra += [f"{k} {p[k]}" for k in ("stack_id", "stack_name", "workspace", "folder") if p.get(k)]
             if p.get("error"):
                 extra.append(f"error: {p['error']}")
-            lines.append(f"  {p.get('step')} ({p.get('type', '-')}, {p.get('status')})" + (": " + ", ".join(extra) if extra else ""))
+            lines.append(
+                f"  {p.get('step')} ({p.get('type', '-')}, {p.get('status')})"
+                + (": " + ", ".join(extra) if extra else "")
+            )
     return ("\n" + "\n".join(lines) + "\n") if lines else ""
 
 
@@ -400,12 +462,21 @@ def plan_provisioning(runner, sr, infos: list) -> Any:
     opts.provisioner = settings
     spec = render_target(runner.ws, sr.target, opts, [])
     used = sorted(set(settings["stage"]["used"]))
-    infos.append({"pipeline": runner.pipe.identifier, "stage": sr.stage.identifier, "service": sr.target.service,
-                  "environment": sr.target.environment, "infrastructure": sr.target.infrastructure,
-                  "function": spec.name, "region": spec.region,
-                  "steps": [{"step": s.identifier, "type": s.type} for s in sr.stage.provision_steps],
-                  "rollback_steps": [{"step": s.identifier, "type": s.type} for s in sr.stage.provision_rollback_steps],
-                  "waiting_for": [f"provisioner.{n}" for n in used], "known_from_stacks": sources})
+    infos.append(
+        {
+            "pipeline": runner.pipe.identifier,
+            "stage": sr.stage.identifier,
+            "service": sr.target.service,
+            "environment": sr.target.environment,
+            "infrastructure": sr.target.infrastructure,
+            "function": spec.name,
+            "region": spec.region,
+            "steps": [{"step": s.identifier, "type": s.type} for s in sr.stage.provision_steps],
+            "rollback_steps": [{"step": s.identifier, "type": s.type} for s in sr.stage.provision_rollback_steps],
+            "waiting_for": [f"provisioner.{n}" for n in used],
+            "known_from_stacks": sources,
+        }
+    )
     return None if used else opts
 
 
@@ -418,14 +489,18 @@ def _existing_stack_outputs(runner, sr) -> tuple[dict, dict]:
         if s.type != "CloudformationCreateStack":
             continue
         try:
-            spec = resolve_tree(sr, s, s.body.get("spec") or {}, s.path + ("spec",))
+            spec = resolve_tree(sr, s, s.body.get("spec") or {}, (*s.path, "spec"))
             conf = spec["configuration"]
             from reconciler.workspace.connectors import aws_connector
 
-            stack = CloudFormation(runner.aws, conf["region"], aws_connector(runner.ws, conf.get("connectorRef"))).describe(conf["stackName"])
+            stack = CloudFormation(
+                runner.aws, conf["region"], aws_connector(runner.ws, conf.get("connectorRef"))
+            ).describe(conf["stackName"])
         except (KeyError, TypeError, ReconcilerError):
             continue
-        if stack is None or str(stack.get("StackStatus", "")).endswith(("FAILED", "ROLLBACK_COMPLETE", "DELETE_COMPLETE")):
+        if stack is None or str(stack.get("StackStatus", "")).endswith(
+            ("FAILED", "ROLLBACK_COMPLETE", "DELETE_COMPLETE")
+        ):
             continue
         for o in stack.get("Outputs") or []:
             known[o["OutputKey"]] = o.get("OutputValue")
@@ -446,8 +521,10 @@ def plan_text(infos: list) -> str:
         for name, stack in sorted(i["known_from_stacks"].items()):
             out.append(f"    provisioner.{name}: from the outputs of existing stack {stack}")
         if i["waiting_for"]:
-            out.append(f"? {i['function']}  [{i['service']} → {i['environment']}/{i['infrastructure']}, {i['region']}] "
-                       f"planned when the pipeline runs: it depends on {', '.join('(' + w + ')' for w in i['waiting_for'])}")
+            out.append(
+                f"? {i['function']}  [{i['service']} → {i['environment']}/{i['infrastructure']}, {i['region']}] "
+                f"planned when the pipeline runs: it depends on {', '.join('(' + w + ')' for w in i['waiting_for'])}"
+            )
     return "\n".join(out) + "\n\n"
 
 
@@ -457,5 +534,8 @@ def refuse_saved_plan(data: Any, path: str) -> None:
     if infos:
         pipes = sorted({i.get("pipeline") for i in infos})
         stages = ", ".join(sorted({str(i.get("stage")) for i in infos}))
-        raise ReconcilerError(f"this plan needs the provisioner steps of stage(s) {stages}, which `apply` does not run",
-                              path, hint=f"run the pipeline instead: reconciler run {' / '.join(pipes)}")
+        raise ReconcilerError(
+            f"this plan needs the provisioner steps of stage(s) {stages}, which `apply` does not run",
+            path,
+            hint=f"run the pipeline instead: reconciler run {' / '.join(pipes)}",
+        )

@@ -41,21 +41,34 @@ def _store_paths(store, err: Callable[..., ConfigError], path: tuple) -> tuple[l
     stype = store.get("type")
     key = "paths" if stype in GIT_STORES else "files" if stype in LOCAL_STORES else None
     if key is None:
-        return [], [err(path + ("type",), f"store type '{stype}' is not supported; use one of {', '.join(GIT_STORES + LOCAL_STORES)}")]
+        return [], [
+            err(
+                (*path, "type"),
+                f"store type '{stype}' is not supported; use one of {', '.join(GIT_STORES + LOCAL_STORES)}",
+            )
+        ]
     files = (store.get("spec") or {}).get(key)
     if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
-        return [], [err(path + ("spec",), f"a {stype} store needs spec.{key}: a list of file paths in the workspace")]
-    return [(f, path + ("spec", key, i)) for i, f in enumerate(files)], []
+        return [], [err((*path, "spec"), f"a {stype} store needs spec.{key}: a list of file paths in the workspace")]
+    return [(f, (*path, "spec", key, i)) for i, f in enumerate(files)], []
 
 
 class CreateStack:
     def check(self, spec: dict, err) -> list[ConfigError]:
         errs = []
         if not _text(spec.get("provisionerIdentifier")):
-            errs.append(err(("provisionerIdentifier",), "a CloudformationCreateStack step needs spec.provisionerIdentifier"))
+            errs.append(
+                err(("provisionerIdentifier",), "a CloudformationCreateStack step needs spec.provisionerIdentifier")
+            )
         conf = spec.get("configuration")
         if not isinstance(conf, dict):
-            return errs + [err(("configuration",), "a CloudformationCreateStack step needs spec.configuration {stackName, region, templateFile}")]
+            return [
+                *errs,
+                err(
+                    ("configuration",),
+                    "a CloudformationCreateStack step needs spec.configuration {stackName, region, templateFile}",
+                ),
+            ]
         for key in ("stackName", "region"):
             if not _text(conf.get(key)):
                 errs.append(err(("configuration",), f"a CloudformationCreateStack step needs configuration.{key}"))
@@ -66,24 +79,43 @@ class CreateStack:
         if ttype not in TEMPLATE_TYPES:
             errs.append(err(tp, f"configuration.templateFile.type must be one of {', '.join(TEMPLATE_TYPES)}"))
         elif ttype == "Inline" and not _text(tspec.get("templateBody")):
-            errs.append(err(tp + ("spec",), "an Inline template needs templateFile.spec.templateBody"))
+            errs.append(err((*tp, "spec"), "an Inline template needs templateFile.spec.templateBody"))
         elif ttype == "S3URL" and not _text(tspec.get("templateUrl")):
-            errs.append(err(tp + ("spec",), "an S3URL template needs templateFile.spec.templateUrl"))
+            errs.append(err((*tp, "spec"), "an S3URL template needs templateFile.spec.templateUrl"))
         elif ttype == "Remote":
-            errs += _store_paths(tspec.get("store"), err, tp + ("spec", "store"))[1]
+            errs += _store_paths(tspec.get("store"), err, (*tp, "spec", "store"))[1]
         for i, p in enumerate(conf.get("parameters") or []):
-            errs += _store_paths((p or {}).get("store") if isinstance(p, dict) else None, err, ("configuration", "parameters", i, "store"))[1]
+            errs += _store_paths(
+                (p or {}).get("store") if isinstance(p, dict) else None,
+                err,
+                ("configuration", "parameters", i, "store"),
+            )[1]
         for i, o in enumerate(conf.get("parameterOverrides") or []):
             if not isinstance(o, dict) or not _text(o.get("name")):
-                errs.append(err(("configuration", "parameterOverrides", i), "each parameter override needs a name and a value"))
+                errs.append(
+                    err(("configuration", "parameterOverrides", i), "each parameter override needs a name and a value")
+                )
         caps = conf.get("capabilities") or []
         for i, c in enumerate(caps if isinstance(caps, list) else [caps]):
             if c not in CAPABILITIES and not (isinstance(c, str) and "<+" in c):
-                errs.append(err(("configuration", "capabilities", i), f"capability '{c}' is not one of {', '.join(CAPABILITIES)}"))
+                errs.append(
+                    err(
+                        ("configuration", "capabilities", i),
+                        f"capability '{c}' is not one of {', '.join(CAPABILITIES)}",
+                    )
+                )
         tags = conf.get("tags")
-        if tags is not None and (not isinstance(tags, dict) or tags.get("type", "Inline") != "Inline"
-                                 or not isinstance((tags.get("spec") or {}).get("content"), str)):
-            errs.append(err(("configuration", "tags"), "tags must be {type: Inline, spec: {content: '[{\"key\": ..., \"value\": ...}]'}}"))
+        if tags is not None and (
+            not isinstance(tags, dict)
+            or tags.get("type", "Inline") != "Inline"
+            or not isinstance((tags.get("spec") or {}).get("content"), str)
+        ):
+            errs.append(
+                err(
+                    ("configuration", "tags"),
+                    'tags must be {type: Inline, spec: {content: \'[{"key": ..., "value": ...}]\'}}',
+                )
+            )
         return errs
 
     def run(self, ctx):
@@ -94,8 +126,13 @@ class CreateStack:
         pid, name, region = ctx.spec["provisionerIdentifier"], conf["stackName"], conf["region"]
         connector = ctx.connector(conf.get("connectorRef"))
         cfn = CloudFormation(ctx.aws, region, connector)
-        params = {"StackName": name, **_template(ctx, conf), "Parameters": _parameters(ctx, conf),
-                  "Capabilities": list(conf.get("capabilities") or []), "Tags": _tags(ctx, conf)}
+        params = {
+            "StackName": name,
+            **_template(ctx, conf),
+            "Parameters": _parameters(ctx, conf),
+            "Capabilities": list(conf.get("capabilities") or []),
+            "Tags": _tags(ctx, conf),
+        }
         if conf.get("roleArn"):
             params["RoleARN"] = conf["roleArn"]
         mem = ctx.by_identifier()
@@ -108,18 +145,37 @@ class CreateStack:
         if stack is None:
             ctx.log(f"   creating CloudFormation stack {name} in {region}")
             stack_id = cfn.create(params)
-            mem[pid] = {"kind": "cloudformation", "stack": name, "region": region, "connector": connector, "created": True,
-                        "stack_id": stack_id}
+            mem[pid] = {
+                "kind": "cloudformation",
+                "stack": name,
+                "region": region,
+                "connector": connector,
+                "created": True,
+                "stack_id": stack_id,
+            }
             _wait(ctx, cfn, "stack_create_complete", name)
             action = "created"
         else:
-            previous = {"TemplateBody": cfn.template(name), "Parameters": [{"ParameterKey": p["ParameterKey"], "ParameterValue": p.get("ParameterValue", "")}
-                                                                           for p in stack.get("Parameters") or []],
-                        "Capabilities": list(stack.get("Capabilities") or []), "Tags": list(stack.get("Tags") or [])}
+            previous = {
+                "TemplateBody": cfn.template(name),
+                "Parameters": [
+                    {"ParameterKey": p["ParameterKey"], "ParameterValue": p.get("ParameterValue", "")}
+                    for p in stack.get("Parameters") or []
+                ],
+                "Capabilities": list(stack.get("Capabilities") or []),
+                "Tags": list(stack.get("Tags") or []),
+            }
             ctx.log(f"   updating CloudFormation stack {name} in {region}")
             changed = cfn.update(params)
-            mem[pid] = {"kind": "cloudformation", "stack": name, "region": region, "connector": connector, "created": False,
-                        "stack_id": stack.get("StackId"), "previous": previous if changed else None}
+            mem[pid] = {
+                "kind": "cloudformation",
+                "stack": name,
+                "region": region,
+                "connector": connector,
+                "created": False,
+                "stack_id": stack.get("StackId"),
+                "previous": previous if changed else None,
+            }
             if changed:
                 _wait(ctx, cfn, "stack_update_complete", name)
                 action = "updated"
@@ -129,8 +185,14 @@ class CreateStack:
         stack = cfn.describe(name) or {}
         outputs = {o["OutputKey"]: o.get("OutputValue") for o in stack.get("Outputs") or []}
         ctx.log(f"   stack {name}: {stack.get('StackStatus')} ({action})")
-        record = {"provisioner_identifier": pid, "stack_name": name, "stack_id": stack.get("StackId") or mem[pid].get("stack_id"),
-                  "region": region, "action": action, **({"connector": conf["connectorRef"]} if conf.get("connectorRef") else {})}
+        record = {
+            "provisioner_identifier": pid,
+            "stack_name": name,
+            "stack_id": stack.get("StackId") or mem[pid].get("stack_id"),
+            "region": region,
+            "action": action,
+            **({"connector": conf["connectorRef"]} if conf.get("connectorRef") else {}),
+        }
         return Provisioned(outputs=outputs, record=record)
 
 
@@ -141,12 +203,22 @@ class DeleteStack:
         cspec = (conf.get("spec") or {}) if isinstance(conf, dict) else {}
         if ctype == "Reference":
             if not _text(cspec.get("provisionerIdentifier")):
-                return [err(("configuration", "spec"), "a Reference delete needs configuration.spec.provisionerIdentifier")]
+                return [
+                    err(("configuration", "spec"), "a Reference delete needs configuration.spec.provisionerIdentifier")
+                ]
             return []
         if ctype == "Inline":
-            return [err(("configuration", "spec"), f"an Inline delete needs configuration.spec.{k}") for k in ("stackName", "region")
-                    if not _text(cspec.get(k))]
-        return [err(("configuration",), "configuration.type must be Inline ({stackName, region}) or Reference ({provisionerIdentifier})")]
+            return [
+                err(("configuration", "spec"), f"an Inline delete needs configuration.spec.{k}")
+                for k in ("stackName", "region")
+                if not _text(cspec.get(k))
+            ]
+        return [
+            err(
+                ("configuration",),
+                "configuration.type must be Inline ({stackName, region}) or Reference ({provisionerIdentifier})",
+            )
+        ]
 
     def run(self, ctx):
         from reconciler.aws.client import CloudFormation
@@ -166,19 +238,25 @@ class DeleteStack:
         stack = cfn.describe(name)
         if stack is None:
             ctx.log(f"   stack {name} does not exist in {region}: nothing to delete")
-            return Provisioned(summary={"deleted": "false"}, record={"stack_name": name, "region": region, "action": "absent"})
+            return Provisioned(
+                summary={"deleted": "false"}, record={"stack_name": name, "region": region, "action": "absent"}
+            )
         ctx.log(f"   deleting CloudFormation stack {name} in {region}")
         cfn.delete(name)
         _wait(ctx, cfn, "stack_delete_complete", name)
-        return Provisioned(summary={"deleted": "true"}, record={"stack_name": name, "stack_id": stack.get("StackId"), "region": region,
-                                                                "action": "deleted"})
+        return Provisioned(
+            summary={"deleted": "true"},
+            record={"stack_name": name, "stack_id": stack.get("StackId"), "region": region, "action": "deleted"},
+        )
 
 
 class RollbackStack:
     def check(self, spec: dict, err) -> list[ConfigError]:
         conf = spec.get("configuration")
         if not isinstance(conf, dict) or not _text(conf.get("provisionerIdentifier")):
-            return [err(("configuration",), "a CloudformationRollbackStack step needs configuration.provisionerIdentifier")]
+            return [
+                err(("configuration",), "a CloudformationRollbackStack step needs configuration.provisionerIdentifier")
+            ]
         return []
 
     def run(self, ctx):
@@ -198,7 +276,9 @@ class RollbackStack:
             if cfn.describe(name) is not None:
                 cfn.delete(name)
                 _wait(ctx, cfn, "stack_delete_complete", name)
-            return Provisioned(summary={"rolledBack": "true", "action": "deleted"}, record={**record, "action": "deleted"})
+            return Provisioned(
+                summary={"rolledBack": "true", "action": "deleted"}, record={**record, "action": "deleted"}
+            )
         prev = mem.get("previous")
         if not prev:
             ctx.log(f"   stack {name} was not changed by this run: nothing to roll back")
@@ -206,7 +286,9 @@ class RollbackStack:
         ctx.log(f"   updating CloudFormation stack {name} in {region} back to its previous template")
         if cfn.update({"StackName": name, **prev}):
             _wait(ctx, cfn, "stack_update_complete", name)
-        return Provisioned(summary={"rolledBack": "true", "action": "restored"}, record={**record, "action": "restored"})
+        return Provisioned(
+            summary={"rolledBack": "true", "action": "restored"}, record={**record, "action": "restored"}
+        )
 
 
 def _wait(ctx, cfn, waiter: str, name: str) -> None:
@@ -218,7 +300,9 @@ def _wait(ctx, cfn, waiter: str, name: str) -> None:
         stack = cfn.describe(name) or {}
         status = stack.get("StackStatus")
         reason = stack.get("StackStatusReason")
-        raise StepFailed(f"CloudFormation stack {name}: {status or 'gone'}" + (f" ({reason})" if reason else "") + f": {exc}") from None
+        raise StepFailed(
+            f"CloudFormation stack {name}: {status or 'gone'}" + (f" ({reason})" if reason else "") + f": {exc}"
+        ) from None
 
 
 def _template(ctx, conf: dict) -> dict:
@@ -259,7 +343,11 @@ def _tags(ctx, conf: dict) -> list[dict]:
         data = json.loads(content)
     except json.JSONDecodeError as exc:
         raise ctx.error(("configuration", "tags", "spec", "content"), f"tags content is not JSON: {exc.msg}") from None
-    items = data.items() if isinstance(data, dict) else ((x.get("key", x.get("Key")), x.get("value", x.get("Value"))) for x in data if isinstance(x, dict))
+    items = (
+        data.items()
+        if isinstance(data, dict)
+        else ((x.get("key", x.get("Key")), x.get("value", x.get("Value"))) for x in data if isinstance(x, dict))
+    )
     return [{"Key": str(k), "Value": "" if v is None else str(v)} for k, v in items if k is not None]
 
 
@@ -275,9 +363,16 @@ def _known_stack(ctx, pid: str) -> dict | None:
     for h in reversed(state.history):
         for p in reversed(h.get("provisioned") or []) if h.get("operation") == "provision" else []:
             if p.get("provisioner_identifier") == pid and p.get("stack_name"):
-                return {"stack": p["stack_name"], "region": p.get("region"), "connector": ctx.connector(p.get("connector"))}
+                return {
+                    "stack": p["stack_name"],
+                    "region": p.get("region"),
+                    "connector": ctx.connector(p.get("connector")),
+                }
     return None
 
 
-STEP_TYPES = {"CloudformationCreateStack": CreateStack(), "CloudformationDeleteStack": DeleteStack(),
-              "CloudformationRollbackStack": RollbackStack()}
+STEP_TYPES = {
+    "CloudformationCreateStack": CreateStack(),
+    "CloudformationDeleteStack": DeleteStack(),
+    "CloudformationRollbackStack": RollbackStack(),
+}

@@ -35,22 +35,33 @@ class ShellScriptProvision:
                 errs.append(err(("source",), "a ShellScriptProvision step needs source.spec.script (the script)"))
         elif stype in FILE_SOURCES:
             if not isinstance(sspec.get("file"), str) or not sspec["file"].strip():
-                errs.append(err(("source", "spec"), f"a {stype} script source needs source.spec.file (a path in the workspace)"))
+                errs.append(
+                    err(("source", "spec"), f"a {stype} script source needs source.spec.file (a path in the workspace)")
+                )
         else:
-            errs.append(err(("source", "type") if isinstance(src, dict) else ("source",),
-                            f"script source type '{stype}' is not supported; use Inline (source.spec.script) or Harness (source.spec.file)"))
+            errs.append(
+                err(
+                    ("source", "type") if isinstance(src, dict) else ("source",),
+                    f"script source type '{stype}' is not supported; use Inline (source.spec.script) or Harness (source.spec.file)",
+                )
+            )
         items = spec.get("environmentVariables") or []
         if not isinstance(items, list):
             errs.append(err(("environmentVariables",), "environmentVariables must be a list of {name, type, value}"))
         else:
             for i, v in enumerate(items):
                 if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not SHELL_VAR.fullmatch(v["name"]):
-                    errs.append(err(("environmentVariables", i), "each of environmentVariables needs a 'name' that is a shell variable name"))
+                    errs.append(
+                        err(
+                            ("environmentVariables", i),
+                            "each of environmentVariables needs a 'name' that is a shell variable name",
+                        )
+                    )
         return errs
 
     def run(self, ctx):
-        from reconciler.pipeline.runner import StepDef, StepFailed
         from reconciler.pipeline.provisioners import Provisioned
+        from reconciler.pipeline.runner import StepDef, StepFailed
 
         spec = ctx.step.body.get("spec") or {}
         src = spec.get("source") or {}
@@ -60,7 +71,9 @@ class ShellScriptProvision:
             path = ctx.workspace_file(rel, ("source", "spec", "file"))
             body["spec"] = {**spec, "source": {"type": "Inline", "spec": {"script": path.read_text(encoding="utf-8")}}}
         body["spec"] = {**body.get("spec", spec), "outputVariables": []}
-        step = StepDef(body, ctx.step.path, ctx.step.phase, ctx.step.group_when, ctx.step.group_strategies, ctx.step.group)
+        step = StepDef(
+            body, ctx.step.path, ctx.step.phase, ctx.step.group_when, ctx.step.group_strategies, ctx.step.group
+        )
         with tempfile.TemporaryDirectory(prefix="reconciler-provision-") as tmp:
             out_path = Path(tmp) / "provisioner-output.json"
             _, output = ctx.runner._script(ctx.sr, step, ctx.timeout, {"PROVISIONER_OUTPUT_PATH": str(out_path)})
@@ -71,11 +84,20 @@ class ShellScriptProvision:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise StepFailed(f"$PROVISIONER_OUTPUT_PATH must hold a JSON object: {exc.msg} (line {exc.lineno})", "Unknown", {}, output) from None
+            raise StepFailed(
+                f"$PROVISIONER_OUTPUT_PATH must hold a JSON object: {exc.msg} (line {exc.lineno})",
+                "Unknown",
+                {},
+                output,
+            ) from None
         if not isinstance(data, dict):
-            raise StepFailed("$PROVISIONER_OUTPUT_PATH must hold a JSON object: {\"name\": value, ...}", "Unknown", {}, output)
-        outputs = {str(k): (v if isinstance(v, str) else json.dumps(v)) if not isinstance(v, (int, float, bool)) else v
-                   for k, v in data.items()}
+            raise StepFailed(
+                '$PROVISIONER_OUTPUT_PATH must hold a JSON object: {"name": value, ...}', "Unknown", {}, output
+            )
+        outputs = {
+            str(k): (v if isinstance(v, str) else json.dumps(v)) if not isinstance(v, (int, float, bool)) else v
+            for k, v in data.items()
+        }
         return Provisioned(outputs=outputs, output=output)
 
 

@@ -57,15 +57,20 @@ class Terraform:
     def check(self, spec: dict, err: Callable[..., ConfigError]) -> list[ConfigError]:
         errs = []
         if shutil.which(self.tool) is None:
-            errs.append(err((), f"a {self.type_name} step runs the {self.tool} executable, and there is none on PATH",
-                            f"install {self.tool} (or put it on PATH) on the machine that runs the pipeline"))
+            errs.append(
+                err(
+                    (),
+                    f"a {self.type_name} step runs the {self.tool} executable, and there is none on PATH",
+                    f"install {self.tool} (or put it on PATH) on the machine that runs the pipeline",
+                )
+            )
         if not _text(spec.get("provisionerIdentifier")):
             errs.append(err(("provisionerIdentifier",), f"a {self.type_name} step needs spec.provisionerIdentifier"))
         conf = spec.get("configuration")
         if self.kind == "Rollback":
             return errs
         if not isinstance(conf, dict):
-            return errs + [err(("configuration",), f"a {self.type_name} step needs spec.configuration")]
+            return [*errs, err(("configuration",), f"a {self.type_name} step needs spec.configuration")]
         if self.kind == "Plan":
             if conf.get("command", "Apply") not in ("Apply", "Destroy"):
                 errs.append(err(("configuration", "command"), "configuration.command must be Apply or Destroy"))
@@ -73,37 +78,46 @@ class Terraform:
         ctype = conf.get("type")
         allowed = ("InheritFromPlan", "Inline") + (("InheritFromApply",) if self.kind == "Destroy" else ())
         if ctype not in allowed:
-            return errs + [err(("configuration", "type"), f"configuration.type must be one of {', '.join(allowed)}")]
+            return [*errs, err(("configuration", "type"), f"configuration.type must be one of {', '.join(allowed)}")]
         if ctype == "Inline":
             errs += self._check_config(conf.get("spec") or {}, err, ("configuration", "spec"))
         return errs
 
     def _check_config(self, conf: dict, err, path: tuple) -> list[ConfigError]:
         errs = []
-        store = ((conf.get("configFiles") or {}).get("store") or {}) if isinstance(conf.get("configFiles"), dict) else {}
+        store = (
+            ((conf.get("configFiles") or {}).get("store") or {}) if isinstance(conf.get("configFiles"), dict) else {}
+        )
         if store.get("type") not in GIT_STORES or not _text((store.get("spec") or {}).get("folderPath")):
-            errs.append(err(path + ("configFiles",), "configuration.configFiles.store needs a Git store type and spec.folderPath "
-                                                     "(the configuration folder in the workspace)"))
+            errs.append(
+                err(
+                    (*path, "configFiles"),
+                    "configuration.configFiles.store needs a Git store type and spec.folderPath "
+                    "(the configuration folder in the workspace)",
+                )
+            )
         if self.tool == "terragrunt":
             mc = conf.get("moduleConfig") or {}
             if isinstance(mc, dict) and mc.get("terragruntRunType", "RunModule") != "RunModule":
-                errs.append(err(path + ("moduleConfig", "terragruntRunType"), "only terragruntRunType RunModule is supported"))
+                errs.append(
+                    err((*path, "moduleConfig", "terragruntRunType"), "only terragruntRunType RunModule is supported")
+                )
         for i, item in enumerate(conf.get("varFiles") or []):
             vf = (item or {}).get("varFile") if isinstance(item, dict) else None
-            errs += _check_file(vf, err, path + ("varFiles", i, "varFile"), "var file")
+            errs += _check_file(vf, err, (*path, "varFiles", i, "varFile"), "var file")
         if conf.get("backendConfig") is not None:
-            errs += _check_file(conf.get("backendConfig"), err, path + ("backendConfig",), "backend config")
+            errs += _check_file(conf.get("backendConfig"), err, (*path, "backendConfig"), "backend config")
         for i, v in enumerate(conf.get("environmentVariables") or []):
             if not isinstance(v, dict) or not _text(v.get("name")):
-                errs.append(err(path + ("environmentVariables", i), "each of environmentVariables needs a name"))
+                errs.append(err((*path, "environmentVariables", i), "each of environmentVariables needs a name"))
         if not isinstance(conf.get("targets") or [], list):
-            errs.append(err(path + ("targets",), "targets must be a list of resource addresses"))
+            errs.append(err((*path, "targets"), "targets must be a list of resource addresses"))
         return errs
 
     # ------------------------------------------------------------ run
     def run(self, ctx):
-        from reconciler.pipeline.runner import StepFailed
         from reconciler.pipeline.provisioners import Provisioned
+        from reconciler.pipeline.runner import StepFailed
 
         pid = ctx.spec["provisionerIdentifier"]
         mem = ctx.by_identifier()
@@ -117,28 +131,57 @@ class Terraform:
             cfg = conf.get("spec") or {}
         else:
             if prev is None or (conf["type"] == "InheritFromPlan" and not prev.get("plan_file")):
-                raise StepFailed(f"no {self.tool} plan of provisioner '{pid}' ran before this step in this run "
-                                 f"({conf['type']} needs a {self.type_name.replace(self.kind, 'Plan')} step first)")
+                raise StepFailed(
+                    f"no {self.tool} plan of provisioner '{pid}' ran before this step in this run "
+                    f"({conf['type']} needs a {self.type_name.replace(self.kind, 'Plan')} step first)"
+                )
             cfg = prev["cfg"]
         run = _Run(ctx, self.tool, cfg, mem)
-        record = {"provisioner_identifier": pid, "folder": run.folder_rel, **({"workspace": cfg["workspace"]} if cfg.get("workspace") else {})}
+        record = {
+            "provisioner_identifier": pid,
+            "folder": run.folder_rel,
+            **({"workspace": cfg["workspace"]} if cfg.get("workspace") else {}),
+        }
         if self.kind == "Plan":
             plan_file = run.private("tfplan")
             destroy = cfg.get("command") == "Destroy"
-            run.go([run.init(), *run.select(), run.cmd("plan", "-input=false", "-no-color", f"-out={plan_file}", *run.var_args(),
-                                                       *(["-destroy"] if destroy else []), *run.target_args())])
+            run.go(
+                [
+                    run.init(),
+                    *run.select(),
+                    run.cmd(
+                        "plan",
+                        "-input=false",
+                        "-no-color",
+                        f"-out={plan_file}",
+                        *run.var_args(),
+                        *(["-destroy"] if destroy else []),
+                        *run.target_args(),
+                    ),
+                ]
+            )
             mem[pid] = {"kind": self.tool, "cfg": cfg, "plan_file": plan_file, "destroy": destroy}
             return Provisioned(output=run.output, record={**record, "action": "planned"})
         if self.kind == "Destroy":
-            run.go([run.init(), *run.select(), run.cmd("destroy", "-input=false", "-no-color", "-auto-approve", *run.var_args(),
-                                                       *run.target_args())])
+            run.go(
+                [
+                    run.init(),
+                    *run.select(),
+                    run.cmd(
+                        "destroy", "-input=false", "-no-color", "-auto-approve", *run.var_args(), *run.target_args()
+                    ),
+                ]
+            )
             return Provisioned(output=run.output, record={**record, "action": "destroyed"})
         # Apply
         previous = run.private("previous.tfstate")
         outputs_file = run.private("outputs.json")
         inherit = conf["type"] == "InheritFromPlan"
-        apply = run.cmd("apply", "-input=false", "-no-color", "-auto-approve", prev["plan_file"]) if inherit else \
-            run.cmd("apply", "-input=false", "-no-color", "-auto-approve", *run.var_args(), *run.target_args())
+        apply = (
+            run.cmd("apply", "-input=false", "-no-color", "-auto-approve", prev["plan_file"])
+            if inherit
+            else run.cmd("apply", "-input=false", "-no-color", "-auto-approve", *run.var_args(), *run.target_args())
+        )
         mem[pid] = {**(prev or {}), "kind": self.tool, "cfg": cfg}
         run.go([run.init(), *run.select(), run.cmd("state", "pull") + f" > {shlex.quote(previous)}"])
         mem[pid]["previous_empty"] = _empty_state(previous)
@@ -147,7 +190,9 @@ class Terraform:
         try:
             data = json.loads(Path(outputs_file).read_text(encoding="utf-8") or "{}")
         except json.JSONDecodeError as exc:
-            raise StepFailed(f"`{self.tool} output -json` did not print JSON: {exc.msg}", "Unknown", {}, run.output) from None
+            raise StepFailed(
+                f"`{self.tool} output -json` did not print JSON: {exc.msg}", "Unknown", {}, run.output
+            ) from None
         outputs, sensitive = {}, set()
         for k, v in (data or {}).items():
             value = v.get("value") if isinstance(v, dict) else v
@@ -155,12 +200,16 @@ class Terraform:
             if isinstance(v, dict) and v.get("sensitive"):
                 sensitive.add(str(k))
         action = "destroyed" if inherit and prev.get("destroy") else "applied"
-        return Provisioned(outputs=outputs, sensitive=sensitive, output=run.output,
-                           record={**record, "action": action, "tool": self.tool, **_revision(ctx, run)})
+        return Provisioned(
+            outputs=outputs,
+            sensitive=sensitive,
+            output=run.output,
+            record={**record, "action": action, "tool": self.tool, **_revision(ctx, run)},
+        )
 
     def _rollback(self, ctx, pid: str, prev: dict | None):
-        from reconciler.pipeline.runner import StepFailed
         from reconciler.pipeline.provisioners import Provisioned
+        from reconciler.pipeline.runner import StepFailed
 
         if not prev or not prev.get("applied"):
             ctx.log(f"   no {self.tool} apply of provisioner '{pid}' ran in this run: nothing to roll back")
@@ -168,29 +217,42 @@ class Terraform:
         if not prev.get("previous_empty"):
             earlier = _last_applied(ctx, pid, self.tool)
             if earlier is None:
-                raise StepFailed(f"provisioner '{pid}': the {self.tool} state held resources before this run's apply, and the state "
-                                 "records no earlier apply of it at a git commit to re-apply; roll it back by running the "
-                                 "previous revision's pipeline")
+                raise StepFailed(
+                    f"provisioner '{pid}': the {self.tool} state held resources before this run's apply, and the state "
+                    "records no earlier apply of it at a git commit to re-apply; roll it back by running the "
+                    "previous revision's pipeline"
+                )
             return self._reapply(ctx, pid, prev, earlier)
         run = _Run(ctx, self.tool, prev["cfg"], ctx.by_identifier())
         ctx.log(f"   destroying what this run's apply of provisioner '{pid}' created")
-        run.go([run.init(), *run.select(), run.cmd("destroy", "-input=false", "-no-color", "-auto-approve", *run.var_args(),
-                                                   *run.target_args())])
-        return Provisioned(output=run.output, summary={"rolledBack": "true", "action": "destroyed"},
-                           record={"provisioner_identifier": pid, "folder": run.folder_rel, "action": "destroyed"})
-
+        run.go(
+            [
+                run.init(),
+                *run.select(),
+                run.cmd("destroy", "-input=false", "-no-color", "-auto-approve", *run.var_args(), *run.target_args()),
+            ]
+        )
+        return Provisioned(
+            output=run.output,
+            summary={"rolledBack": "true", "action": "destroyed"},
+            record={"provisioner_identifier": pid, "folder": run.folder_rel, "action": "destroyed"},
+        )
 
     def _reapply(self, ctx, pid: str, prev: dict, earlier: dict):
         """Apply the configuration the last successful apply of `pid` recorded: its folder and
         Remote var files as they were at its git commit (a copy, with this folder's local
         state files copied in and back), the Inline var files and backend config of now."""
-        from reconciler.pipeline.runner import StepFailed
         from reconciler.pipeline.provisioners import Provisioned
+        from reconciler.pipeline.runner import StepFailed
 
         commit, folder_rel = earlier["commit"], earlier["folder"]
-        ctx.log(f"   re-applying provisioner '{pid}' as applied at commit {commit[:12]} ({earlier.get('finished_at') or 'an earlier run'})")
-        tmp = Path(tempfile.mkdtemp(dir=Path(ctx.by_identifier()["tmp"].name) if "tmp" in ctx.by_identifier() else None))
-        paths = [folder_rel] + list(earlier.get("var_files") or [])
+        ctx.log(
+            f"   re-applying provisioner '{pid}' as applied at commit {commit[:12]} ({earlier.get('finished_at') or 'an earlier run'})"
+        )
+        tmp = Path(
+            tempfile.mkdtemp(dir=Path(ctx.by_identifier()["tmp"].name) if "tmp" in ctx.by_identifier() else None)
+        )
+        paths = [folder_rel, *list(earlier.get("var_files") or [])]
         try:
             archive = _git(ctx.workspace, "archive", "--format=tar", commit, "--", *[p.strip("/") for p in paths])
             with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
@@ -198,20 +260,34 @@ class Terraform:
         except (OSError, ValueError, tarfile.TarError) as exc:
             raise StepFailed(f"cannot read commit {commit[:12]} of the workspace: {exc}") from None
         cfg = dict(prev["cfg"])
-        cfg["varFiles"] = [v for v in cfg.get("varFiles") or [] if (v.get("varFile") or {}).get("type") == "Inline"] + \
-            [{"varFile": {"type": "Remote", "spec": {"store": {"type": "Git", "spec": {"paths": list(earlier.get("var_files") or [])}}}}}]
+        cfg["varFiles"] = [v for v in cfg.get("varFiles") or [] if (v.get("varFile") or {}).get("type") == "Inline"] + [
+            {
+                "varFile": {
+                    "type": "Remote",
+                    "spec": {"store": {"type": "Git", "spec": {"paths": list(earlier.get("var_files") or [])}}},
+                }
+            }
+        ]
         if not earlier.get("var_files"):
             cfg["varFiles"] = cfg["varFiles"][:-1]
         original = workspace_folder(ctx, folder_rel)
         run = _Run(ctx, self.tool, cfg, ctx.by_identifier(), root=tmp)
         _copy_state(original, run.folder)
         try:
-            run.go([run.init(), *run.select(), run.cmd("apply", "-input=false", "-no-color", "-auto-approve", *run.var_args(),
-                                                       *run.target_args())])
+            run.go(
+                [
+                    run.init(),
+                    *run.select(),
+                    run.cmd("apply", "-input=false", "-no-color", "-auto-approve", *run.var_args(), *run.target_args()),
+                ]
+            )
         finally:
             _copy_state(run.folder, original)
-        return Provisioned(output=run.output, summary={"rolledBack": "true", "action": "reapplied", "commit": commit},
-                           record={"provisioner_identifier": pid, "folder": folder_rel, "action": "reapplied", "commit": commit})
+        return Provisioned(
+            output=run.output,
+            summary={"rolledBack": "true", "action": "reapplied", "commit": commit},
+            record={"provisioner_identifier": pid, "folder": folder_rel, "action": "reapplied", "commit": commit},
+        )
 
 
 STATE_FILES = ("terraform.tfstate", "terraform.tfstate.backup", "terraform.tfstate.d")
@@ -237,9 +313,13 @@ def _git(root: Path, *args: str) -> bytes:
     git = shutil.which("git")
     if git is None:
         raise OSError("git is not on PATH")
-    proc = subprocess.run([git, "-C", str(root), *args], capture_output=True, stdin=subprocess.DEVNULL, timeout=120, check=False)
+    proc = subprocess.run(
+        [git, "-C", str(root), *args], capture_output=True, stdin=subprocess.DEVNULL, timeout=120, check=False
+    )
     if proc.returncode != 0:
-        raise OSError((proc.stderr.decode("utf-8", "replace").strip().splitlines() or [f"git exited {proc.returncode}"])[-1])
+        raise OSError(
+            (proc.stderr.decode("utf-8", "replace").strip().splitlines() or [f"git exited {proc.returncode}"])[-1]
+        )
     return proc.stdout
 
 
@@ -253,7 +333,9 @@ def _revision(ctx, run) -> dict:
             var_files += list(vf["spec"]["store"]["spec"]["paths"])
     try:
         commit = _git(ctx.workspace, "rev-parse", "HEAD").decode().strip()
-        dirty = _git(ctx.workspace, "status", "--porcelain", "--untracked-files=no", "--", run.folder_rel, *var_files).strip()
+        dirty = _git(
+            ctx.workspace, "status", "--porcelain", "--untracked-files=no", "--", run.folder_rel, *var_files
+        ).strip()
     except (OSError, ValueError):
         return {}
     return {} if dirty or not commit else {"commit": commit, "var_files": var_files}
@@ -270,7 +352,12 @@ def _last_applied(ctx, pid: str, tool: str) -> dict | None:
         if h.get("operation") != "provision" or h.get("id") == current or h.get("status") != "succeeded":
             continue
         for p in reversed(h.get("provisioned") or []):
-            if p.get("provisioner_identifier") == pid and p.get("tool") == tool and p.get("action") == "applied" and p.get("commit"):
+            if (
+                p.get("provisioner_identifier") == pid
+                and p.get("tool") == tool
+                and p.get("action") == "applied"
+                and p.get("commit")
+            ):
                 return {**p, "finished_at": h.get("finished_at")}
     return None
 
@@ -280,13 +367,19 @@ def _check_file(item, err, path: tuple, what: str) -> list[ConfigError]:
         return [err(path, f"a {what} needs type Inline (spec.content) or Remote (spec.store.spec.paths)")]
     spec = item.get("spec") or {}
     if item.get("type") == "Inline":
-        return [] if isinstance(spec.get("content"), str) else [err(path + ("spec",), f"an Inline {what} needs spec.content")]
+        return (
+            []
+            if isinstance(spec.get("content"), str)
+            else [err((*path, "spec"), f"an Inline {what} needs spec.content")]
+        )
     if item.get("type") == "Remote":
-        paths = ((spec.get("store") or {}).get("spec") or {}).get("paths") if isinstance(spec.get("store"), dict) else None
+        paths = (
+            ((spec.get("store") or {}).get("spec") or {}).get("paths") if isinstance(spec.get("store"), dict) else None
+        )
         if isinstance(paths, list) and paths and all(isinstance(p, str) for p in paths):
             return []
-        return [err(path + ("spec", "store"), f"a Remote {what} needs spec.store.spec.paths (files in the workspace)")]
-    return [err(path + ("type",), f"a {what} needs type Inline or Remote")]
+        return [err((*path, "spec", "store"), f"a Remote {what} needs spec.store.spec.paths (files in the workspace)")]
+    return [err((*path, "type"), f"a {what} needs type Inline or Remote")]
 
 
 def _empty_state(path: str) -> bool:
@@ -314,7 +407,9 @@ class _Run:
         if tool == "terragrunt" and _text(mc.get("path")):
             folder_rel = str(Path(folder_rel) / mc["path"])
         self.folder_rel = folder_rel
-        self.folder = workspace_file(self.root, folder_rel, lambda m, h=None: ctx.error(base + ("configFiles",), m, h), folder=True)
+        self.folder = workspace_file(
+            self.root, folder_rel, lambda m, h=None: ctx.error((*base, "configFiles"), m, h), folder=True
+        )
         if "tmp" not in mem:
             mem["tmp"] = tempfile.TemporaryDirectory(prefix="reconciler-terraform-")
         self.tmp = Path(mem["tmp"].name)
@@ -333,13 +428,21 @@ class _Run:
                 f.write(spec["content"])
             return [p]
         paths = spec["store"]["spec"]["paths"]
-        return [str(workspace_file(self.root, rel, lambda m, h=None, i=i: self.ctx.error(path + ("spec", "store", "spec", "paths", i), m, h)))
-                for i, rel in enumerate(paths)]
+        return [
+            str(
+                workspace_file(
+                    self.root,
+                    rel,
+                    lambda m, h=None, i=i: self.ctx.error((*path, "spec", "store", "spec", "paths", i), m, h),
+                )
+            )
+            for i, rel in enumerate(paths)
+        ]
 
     def var_args(self) -> list[str]:
         out = []
         for i, item in enumerate(self.cfg.get("varFiles") or []):
-            out += [f"-var-file={p}" for p in self._file(item["varFile"], self.base + ("varFiles", i, "varFile"))]
+            out += [f"-var-file={p}" for p in self._file(item["varFile"], (*self.base, "varFiles", i, "varFile"))]
         return out
 
     def target_args(self) -> list[str]:
@@ -348,7 +451,9 @@ class _Run:
     def init(self) -> str:
         backend = []
         if self.cfg.get("backendConfig"):
-            backend = [f"-backend-config={p}" for p in self._file(self.cfg["backendConfig"], self.base + ("backendConfig",))]
+            backend = [
+                f"-backend-config={p}" for p in self._file(self.cfg["backendConfig"], (*self.base, "backendConfig"))
+            ]
         return self.cmd("init", "-input=false", "-no-color", *backend)
 
     def select(self) -> list[str]:
@@ -371,10 +476,18 @@ class _Run:
         result = run_script(script, env, self.folder, self.ctx.timeout, [], lambda line: self.ctx.log(f"   {line}"))
         self.output = (self.output + "\n" + result.output).strip()
         if result.timed_out:
-            raise StepFailed(f"timed out after {self.ctx.timeout:g}s; {self.tool} was killed", "Timeout", {}, self.output)
+            raise StepFailed(
+                f"timed out after {self.ctx.timeout:g}s; {self.tool} was killed", "Timeout", {}, self.output
+            )
         if result.exit_code != 0:
             raise StepFailed(f"{self.tool} exited {result.exit_code}", "Unknown", {}, self.output)
 
 
-STEP_TYPES = {t.type_name: t for t in (Terraform(tool, kind) for tool in ("terraform", "terragrunt")
-                                       for kind in ("Plan", "Apply", "Rollback", "Destroy"))}
+STEP_TYPES = {
+    t.type_name: t
+    for t in (
+        Terraform(tool, kind)
+        for tool in ("terraform", "terragrunt")
+        for kind in ("Plan", "Apply", "Rollback", "Destroy")
+    )
+}
