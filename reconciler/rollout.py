@@ -449,6 +449,23 @@ def explained(record: dict | None, view: dict | None) -> bool:
     return any(got == e for e in expected_views(record))
 
 
+def resume_point(record: dict, view: dict | None) -> dict | None:
+    """Where an interrupted rollout goes on: its last recorded step, or the step the live
+    alias shows if that is further (a step is set before it is recorded). None: nothing
+    recorded and the alias not moved yet."""
+    step = last_step(record)
+    if view is None:
+        return step
+    old, new = str(record.get("from")), str(record.get("to"))
+    sched = Schedule.from_dict(record.get("schedule") or {})
+    got = {"version": str(view.get("version")), "weights": {str(k): float(v) for k, v in (view.get("weights") or {}).items()}}
+    for i in range(len(sched.steps) - 1, (int(step["index"]) if step else -1), -1):
+        version, weights = routing(old, new, sched.steps[i].weight)
+        if got == {"version": version, "weights": weights}:
+            return {"index": i, "weight": sched.steps[i].weight, "at": float(step["at"]) if step else 0.0}
+    return step
+
+
 # ---------------------------------------------------------------- the driver
 
 

@@ -319,3 +319,12 @@ def test_traffic_percentage():
     for v in (-1, 101, "ten", True, None):
         with pytest.raises(ValueError):
             ro.traffic_percentage(v)
+
+
+def test_resume_point_follows_the_alias_when_it_is_a_step_ahead():
+    rec = record_at(0)
+    assert ro.resume_point(rec, {"version": "3", "weights": {"4": 0.1}}) == {"index": 0, "weight": 10.0, "at": 1.0}
+    assert ro.resume_point(rec, {"version": "4", "weights": {}}) == {"index": 1, "weight": 100.0, "at": 1.0}
+    assert ro.resume_point(rec, {"version": "3", "weights": {}}) == {"index": 0, "weight": 10.0, "at": 1.0}
+    assert ro.resume_point(record_at(None), {"version": "3", "weights": {}}) is None
+    assert ro.resume_point(record_at(None), {"version": "3", "weights": {"4": 0.1}})["index"] == 0
