@@ -111,6 +111,10 @@ class FunctionPlan:
     # environment variable → seal (reconciler.secrets) of the secret value planned: an apply
     # that reads the store again refuses the plan if a secret changed since
     secret_seals: dict = field(default_factory=dict)
+    # how an alias moves to the new version under a rollout rule (reconciler.engine.traffic):
+    # {"alias", "from", "to", "schedule", "alarms", "errors_alarm", "description", "impossible",
+    # "resume", ...}; None: every alias moves at once
+    rollout: dict | None = None
     # the secrets' values read while planning, {(region, id): value} (in memory only, never saved)
     secrets: dict | None = field(default=None, repr=False, compare=False)
     # the live snapshot the plan was made from (in memory only, never saved): an apply that

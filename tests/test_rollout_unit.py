@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from reconciler import rollout as ro
+from reconciler.engine import rollout as ro
 from reconciler.errors import ConfigError
-from reconciler.yamlsrc import load_yaml_documents
+from reconciler.util.yamlsrc import load_yaml_documents
 
 
 def rules(text: str) -> list[ro.Rule]:
@@ -71,7 +71,11 @@ def test_intervals():
 def test_schedule_is_plain_json_and_round_trips():
     sched = ro.build("canary", 10, 5)
     data = json.loads(json.dumps(sched.to_dict()))
-    assert data == {"kind": "canary", "strategy": "custom", "steps": [{"weight": 10.0, "bake": 5}, {"weight": 100.0, "bake": 0}]}
+    assert data == {
+        "kind": "canary",
+        "strategy": "custom",
+        "steps": [{"weight": 10.0, "bake": 5}, {"weight": 100.0, "bake": 0}],
+    }
     assert ro.Schedule.from_dict(data) == sched
 
 
@@ -115,24 +119,75 @@ def test_no_rollout_section_means_no_rules():
     assert ro.read_rules(None) == []
 
 
-@pytest.mark.parametrize("text, line, words", [
-    ("rollout: {strategy: AllAtOnce}\n", 1, "'rollout' must be a list of rules"),
-    ("rollout:\n  - strategy: Canary10Percent5Minute\n", 2, "unknown rollout strategy 'Canary10Percent5Minute' (did you mean 'Canary10Percent5Minutes'?)"),
-    ("rollout:\n  - strategy: AllAtOnce\n    alarm: [x]\n", 3, "unknown rollout key 'alarm' (did you mean 'alarms'?)"),
-    ("rollout:\n  - alias: live\n", 2, "rollout rule 1 needs a strategy"),
-    ("rollout:\n  - strategy: AllAtOnce\n    match: {env: prod}\n", 3, "unknown rollout match key 'env'"),
-    ("rollout:\n  - strategy: AllAtOnce\n    match: {service: [1]}\n", 3, "rollout match.service must be an identifier"),
-    ("rollout:\n  - strategy:\n      type: canary\n      percentage: 10\n", 2, "a custom rollout strategy needs interval"),
-    ("rollout:\n  - strategy:\n      type: blue\n      percentage: 10\n      interval: 5m\n", 3, "strategy type must be canary or linear, not 'blue'"),
-    ("rollout:\n  - strategy:\n      type: canary\n      percentage: 100\n      interval: 5m\n", 4, "above 0 and below 100, not 100"),
-    ("rollout:\n  - strategy:\n      type: canary\n      percentage: 10\n      interval: 5 minutes\n", 5, "strategy interval: '5 minutes' is not an interval like 30s, 5m or 1h"),
-    ("rollout:\n  - strategy:\n      type: linear\n      percentage: 0.5\n      interval: 5s\n", 4, "takes more than 100 steps"),
-    ("rollout:\n  - strategy: AllAtOnce\n    alarms: {a: b}\n", 3, "rollout alarms must be a list of CloudWatch alarm names"),
-    ("rollout:\n  - strategy: AllAtOnce\n    errors_alarm: {period: 45s}\n", 3, "errors_alarm.period must be 10s, 20s, 30s or a whole number of minutes"),
-    ("rollout:\n  - strategy: AllAtOnce\n    errors_alarm: {threshold: 0}\n", 3, "errors_alarm.threshold must be a whole number of 1 or more"),
-    ("rollout:\n  - strategy: AllAtOnce\n    errors_alarm: yes please\n", 3, "errors_alarm must be true or a mapping"),
-    ("rollout:\n  - 7\n", 2, "rollout rule 1 must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        ("rollout: {strategy: AllAtOnce}\n", 1, "'rollout' must be a list of rules"),
+        (
+            "rollout:\n  - strategy: Canary10Percent5Minute\n",
+            2,
+            "unknown rollout strategy 'Canary10Percent5Minute' (did you mean 'Canary10Percent5Minutes'?)",
+        ),
+        (
+            "rollout:\n  - strategy: AllAtOnce\n    alarm: [x]\n",
+            3,
+            "unknown rollout key 'alarm' (did you mean 'alarms'?)",
+        ),
+        ("rollout:\n  - alias: live\n", 2, "rollout rule 1 needs a strategy"),
+        ("rollout:\n  - strategy: AllAtOnce\n    match: {env: prod}\n", 3, "unknown rollout match key 'env'"),
+        (
+            "rollout:\n  - strategy: AllAtOnce\n    match: {service: [1]}\n",
+            3,
+            "rollout match.service must be an identifier",
+        ),
+        (
+            "rollout:\n  - strategy:\n      type: canary\n      percentage: 10\n",
+            2,
+            "a custom rollout strategy needs interval",
+        ),
+        (
+            "rollout:\n  - strategy:\n      type: blue\n      percentage: 10\n      interval: 5m\n",
+            3,
+            "strategy type must be canary or linear, not 'blue'",
+        ),
+        (
+            "rollout:\n  - strategy:\n      type: canary\n      percentage: 100\n      interval: 5m\n",
+            4,
+            "above 0 and below 100, not 100",
+        ),
+        (
+            "rollout:\n  - strategy:\n      type: canary\n      percentage: 10\n      interval: 5 minutes\n",
+            5,
+            "strategy interval: '5 minutes' is not an interval like 30s, 5m or 1h",
+        ),
+        (
+            "rollout:\n  - strategy:\n      type: linear\n      percentage: 0.5\n      interval: 5s\n",
+            4,
+            "takes more than 100 steps",
+        ),
+        (
+            "rollout:\n  - strategy: AllAtOnce\n    alarms: {a: b}\n",
+            3,
+            "rollout alarms must be a list of CloudWatch alarm names",
+        ),
+        (
+            "rollout:\n  - strategy: AllAtOnce\n    errors_alarm: {period: 45s}\n",
+            3,
+            "errors_alarm.period must be 10s, 20s, 30s or a whole number of minutes",
+        ),
+        (
+            "rollout:\n  - strategy: AllAtOnce\n    errors_alarm: {threshold: 0}\n",
+            3,
+            "errors_alarm.threshold must be a whole number of 1 or more",
+        ),
+        (
+            "rollout:\n  - strategy: AllAtOnce\n    errors_alarm: yes please\n",
+            3,
+            "errors_alarm must be true or a mapping",
+        ),
+        ("rollout:\n  - 7\n", 2, "rollout rule 1 must be a mapping"),
+    ],
+)
 def test_bad_rules_name_file_and_line(text, line, words):
     err = bad(text)
     assert err.file == "reconciler.yaml" and err.line == line, str(err)
@@ -153,20 +208,42 @@ DLQ = {"TargetArn": "arn:aws:sqs:us-east-1:123456789012:dlq"}
 
 def test_gradual_shift_possible_between_two_published_versions_alike():
     live = {"version": "3", "weights": {}}
-    assert ro.gradual_impossible("live", live, {"Role": ROLE, "DeadLetterConfig": DLQ}, {"Role": ROLE, "DeadLetterConfig": DLQ}, True) is None
+    assert (
+        ro.gradual_impossible(
+            "live", live, {"Role": ROLE, "DeadLetterConfig": DLQ}, {"Role": ROLE, "DeadLetterConfig": DLQ}, True
+        )
+        is None
+    )
     # no dead-letter config on either side, written two ways
     assert ro.gradual_impossible("live", live, {"Role": ROLE}, {"Role": ROLE, "DeadLetterConfig": {}}, True) is None
 
 
-@pytest.mark.parametrize("current, old, new, publishes, routing, words", [
-    (None, None, {"Role": ROLE}, True, None, "alias live does not exist yet"),
-    ({"version": "3"}, {"Role": ROLE}, {"Role": ROLE}, False, None, "no new version is published"),
-    ({"version": "$LATEST"}, {"Role": ROLE}, {"Role": ROLE}, True, None, "points to $LATEST, not a published version"),
-    ({"version": "3"}, {"Role": ROLE}, {"Role": ROLE + "2"}, True, None, "the execution role changes"),
-    ({"version": "3"}, {"Role": ROLE}, {"Role": ROLE, "DeadLetterConfig": DLQ}, True, None, "the dead-letter config changes (none → arn:aws:sqs"),
-    ({"version": "3"}, None, {"Role": ROLE}, True, None, "version 3 of the function cannot be read"),
-    ({"version": "3"}, {"Role": ROLE}, {"Role": ROLE}, True, {"5": 0.5}, "sets its own routing weights"),
-])
+@pytest.mark.parametrize(
+    "current, old, new, publishes, routing, words",
+    [
+        (None, None, {"Role": ROLE}, True, None, "alias live does not exist yet"),
+        ({"version": "3"}, {"Role": ROLE}, {"Role": ROLE}, False, None, "no new version is published"),
+        (
+            {"version": "$LATEST"},
+            {"Role": ROLE},
+            {"Role": ROLE},
+            True,
+            None,
+            "points to $LATEST, not a published version",
+        ),
+        ({"version": "3"}, {"Role": ROLE}, {"Role": ROLE + "2"}, True, None, "the execution role changes"),
+        (
+            {"version": "3"},
+            {"Role": ROLE},
+            {"Role": ROLE, "DeadLetterConfig": DLQ},
+            True,
+            None,
+            "the dead-letter config changes (none → arn:aws:sqs",
+        ),
+        ({"version": "3"}, None, {"Role": ROLE}, True, None, "version 3 of the function cannot be read"),
+        ({"version": "3"}, {"Role": ROLE}, {"Role": ROLE}, True, {"5": 0.5}, "sets its own routing weights"),
+    ],
+)
 def test_gradual_shift_impossible_says_why(current, old, new, publishes, routing, words):
     assert words in ro.gradual_impossible("live", current, old, new, publishes, routing)
 
@@ -204,8 +281,14 @@ class Fake:
         return self.alarm if self.alarm_at is not None and self.t >= self.alarm_at else None
 
     def driver(self) -> ro.Driver:
-        return ro.Driver(set_weight=self.weights.append, check=self.check, record_step=self.records.append,
-                         progress=lambda w, left: self.progress.append((w, left)), sleep=self.sleep, clock=lambda: self.t)
+        return ro.Driver(
+            set_weight=self.weights.append,
+            check=self.check,
+            record_step=self.records.append,
+            progress=lambda w, left: self.progress.append((w, left)),
+            sleep=self.sleep,
+            clock=lambda: self.t,
+        )
 
 
 def test_a_canary_completes_with_every_step_recorded():
@@ -268,7 +351,9 @@ def test_resume_past_the_bake_moves_on_at_once():
 def test_resume_checks_the_alarms_first():
     f = Fake(alarm_at=0)
     with pytest.raises(ro.RolloutStopped) as err:
-        ro.drive(ro.named("Canary10Percent5Minutes"), f.driver(), "live", resume={"index": 0, "weight": 10, "at": 900.0})
+        ro.drive(
+            ro.named("Canary10Percent5Minutes"), f.driver(), "live", resume={"index": 0, "weight": 10, "at": 900.0}
+        )
     assert err.value.weight == 10 and f.weights == []
 
 
@@ -283,7 +368,7 @@ def test_all_at_once_is_one_step():
 
 def record_at(weight_index: int | None) -> dict:
     rule = ro.Rule(match={}, schedule=ro.named("Canary10Percent5Minutes"), alias="live", alarms=("billing-5xx",))
-    rec = ro.new_record("live", "3", "4", rule)
+    rec = ro.new_record("live", "3", "4", rule.schedule, rule.alarms)
     if weight_index is not None:
         rec["steps"].append({"index": weight_index, "weight": rule.schedule.steps[weight_index].weight, "at": 1.0})
     return rec
@@ -292,8 +377,11 @@ def record_at(weight_index: int | None) -> dict:
 def test_the_interrupted_message():
     assert ro.interrupted_message(record_at(0)) == (
         "rollout of live at 10% was interrupted (version 3 → 4, step 1 of 2); `apply` resumes it, "
-        "`apply --abort-rollout` returns to version 3")
-    assert ro.interrupted_message(record_at(None)).startswith("rollout of live at 0% was interrupted (version 3 → 4, before its first step of 2)")
+        "`apply --abort-rollout` returns to version 3"
+    )
+    assert ro.interrupted_message(record_at(None)).startswith(
+        "rollout of live at 0% was interrupted (version 3 → 4, before the first of 2 steps)"
+    )
     assert json.loads(json.dumps(record_at(0))) == record_at(0)
 
 
@@ -310,8 +398,17 @@ def test_drift_explains_only_the_weights_of_the_recorded_rollout():
 def test_the_created_alarm_watches_the_new_version_only():
     req = ro.errors_alarm_request("Billing", "live", "4", {"threshold": 2})
     assert req["AlarmName"] == "reconciler-Billing-live-v4-errors"
-    assert {d["Name"]: d["Value"] for d in req["Dimensions"]} == {"FunctionName": "Billing", "Resource": "Billing:live", "ExecutedVersion": "4"}
-    assert req["Threshold"] == 2.0 and req["Period"] == 60 and req["MetricName"] == "Errors" and req["Namespace"] == "AWS/Lambda"
+    assert {d["Name"]: d["Value"] for d in req["Dimensions"]} == {
+        "FunctionName": "Billing",
+        "Resource": "Billing:live",
+        "ExecutedVersion": "4",
+    }
+    assert (
+        req["Threshold"] == 2.0
+        and req["Period"] == 60
+        and req["MetricName"] == "Errors"
+        and req["Namespace"] == "AWS/Lambda"
+    )
 
 
 def test_traffic_percentage():

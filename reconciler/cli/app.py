@@ -143,6 +143,10 @@ def _context(workspace: Path, service, env, infra, var, artifact, state_dir, out
     from reconciler.store.backend import configure  # the state backend: reconciler.yaml, RECONCILER_BACKEND_*
 
     configure(workspace)
+    from reconciler.engine.rollout import read_rules
+    from reconciler.util.settings import config_document
+
+    rules = read_rules(config_document(workspace))
     opts = Options(
         services=list(service or []),
         environments=list(env or []),
@@ -157,6 +161,7 @@ def _context(workspace: Path, service, env, infra, var, artifact, state_dir, out
         log=out.debug,
         parallelism=parallelism,
         progress=Progress(out.verbose, color=out.color),
+        rollout_rules=rules,
     )
 
 
@@ -327,6 +332,14 @@ def apply(
     no_rollback: Annotated[
         bool, typer.Option("--no-rollback", help="On failure, leave things as they are for inspection.")
     ] = False,
+    abort_rollout: Annotated[
+        bool,
+        typer.Option(
+            "--abort-rollout",
+            help="Instead of applying: put each selected function whose rollout was interrupted back on the version it "
+            "ran before (its alias 100% on the old version, code and configuration restored).",
+        ),
+    ] = False,
     lock_timeout: LockTimeout = 0,
     parallelism: Parallelism = 10,
     stats: ShowStats = False,
@@ -348,6 +361,11 @@ def apply(
 
         ctx = _context(workspace, service, env, infra, var, artifact, state_dir, out, parallelism)
         aws = _aws()
+        if abort_rollout:
+            if planfile is not None:
+                raise ReconcilerError("--abort-rollout applies no plan: give it without PLANFILE")
+            _abort_rollouts(ctx, aws, out, auto_approve, lock_timeout)
+            return
         # the locks of the state files the plan reads are taken before it reads them and
         # held until the apply is over (through the confirmation, as Terraform does)
         with ExitStack() as hold:
@@ -401,6 +419,18 @@ def apply(
         _finish(ctx, aws, stats, len(the_plan.functions) if the_plan else None)
         _fail(exc, debug)
     _finish(ctx, aws, stats, len(the_plan.functions))
+
+
+def _abort_rollouts(ctx, aws, out: Out, auto_approve: bool, lock_timeout: float) -> None:
+    from reconciler.engine.rollback import execute, prepare
+
+    steps = prepare(ctx, aws, rollouts_only=True)
+    for s in steps:
+        out.result(s.describe() + "\n")
+    if not auto_approve:
+        confirm(out, "apply --abort-rollout", "Abort these rollouts?")
+    execute(ctx, aws, steps, out.log, lock_timeout=lock_timeout)
+    out.result(f"\nRollout aborted: {len(steps)} function(s) back on the version they ran before.\n")
 
 
 @app.command()

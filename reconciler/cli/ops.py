@@ -45,11 +45,11 @@ def _drift_text(report, show_values: bool) -> str:
 
     lines = []
     for f in report.functions:
-        mark = {"in_sync": " ", "drifted": "~", "deleted": "-", "unfinished": "!"}[f.status]
+        mark = {"in_sync": " ", "drifted": "~", "deleted": "-", "unfinished": "!", "rolling_out": "»"}[f.status]
         lines.append(
             f"{mark} {f.name}  [{f.service} → {f.environment}/{f.infrastructure}, {f.region}] {f.status.replace('_', ' ')}"
         )
-        if f.status == "unfinished":
+        if f.status in ("unfinished", "rolling_out"):
             lines.append(f"      {f.note}")
             continue
         for c in f.changes:
@@ -58,10 +58,11 @@ def _drift_text(report, show_values: bool) -> str:
     if not report.functions:
         return "No functions recorded in the selected state.\n"
     unfinished = f"{s.get('unfinished', 0)} unfinished, " if s.get("unfinished") else ""
+    unfinished += f"{s.get('rolling_out', 0)} rolling out, " if s.get("rolling_out") else ""
     lines += [
         "",
         f"Drift: {s['drifted']} drifted, {s['deleted']} deleted, {unfinished}"
-        f"{s['checked'] - s['drifted'] - s['deleted'] - s.get('unfinished', 0)} in sync ({s['checked']} checked).",
+        f"{s['checked'] - s['drifted'] - s['deleted'] - s.get('unfinished', 0) - s.get('rolling_out', 0)} in sync ({s['checked']} checked).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -79,20 +80,21 @@ def _drift_markdown(report, show_values: bool) -> str:
 
     s = report.to_dict()["summary"]
     unfinished = f"{s.get('unfinished', 0)} unfinished, " if s.get("unfinished") else ""
+    unfinished += f"{s.get('rolling_out', 0)} rolling out, " if s.get("rolling_out") else ""
     lines = [
         "## reconciler drift",
         "",
-        f"**{s['drifted']} drifted, {s['deleted']} deleted, {unfinished}{s['checked'] - s['drifted'] - s['deleted'] - s.get('unfinished', 0)} in sync**",
+        f"**{s['drifted']} drifted, {s['deleted']} deleted, {unfinished}{s['checked'] - s['drifted'] - s['deleted'] - s.get('unfinished', 0) - s.get('rolling_out', 0)} in sync**",
         "",
         "| | function | service | target | status |",
         "|---|---|---|---|---|",
     ]
     for f in report.functions:
         lines.append(
-            f"| { {'in_sync': '·', 'drifted': '~', 'deleted': '-', 'unfinished': '!'}[f.status] } | `{f.name}` | {f.service} | {f.environment}/{f.infrastructure} | {f.status} |"
+            f"| { {'in_sync': '·', 'drifted': '~', 'deleted': '-', 'unfinished': '!', 'rolling_out': '»'}[f.status] } | `{f.name}` | {f.service} | {f.environment}/{f.infrastructure} | {f.status} |"
         )
-    for f in report.drifted:
-        if f.status == "unfinished":
+    for f in [f for f in report.functions if f.status == "rolling_out"] + report.drifted:
+        if f.status in ("unfinished", "rolling_out"):
             lines += ["", f"`{f.name}`: {f.note}"]
             continue
         lines += [

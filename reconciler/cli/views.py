@@ -111,6 +111,16 @@ def _change_line(c: Change) -> str:
     return f"{c.path}: {fmt(c.old)} → {fmt(c.new)}"
 
 
+def _rollout_text(fp: FunctionPlan, c: Change) -> str:
+    """`, canary 10% for 5m then 100%, stops on billing-5xx` after the line of the alias a
+    rollout moves."""
+    ro = fp.rollout
+    if not ro or c.kind != "alias" or c.path != ro.get("alias") or c.action != "update":
+        return ""
+    text = ro.get("description") or ""
+    return f", {text}" if text else ""
+
+
 def function_lines(fp: FunctionPlan, show_values: bool) -> list[str]:
     lines = []
     for c in fp.changes:
@@ -118,7 +128,7 @@ def function_lines(fp: FunctionPlan, show_values: bool) -> list[str]:
             continue
         cm = masked(c, show_values)
         sym = {"create": "+", "delete": "-"}.get(c.action, "~")
-        lines.append(f"{sym} {_change_line(cm)}")
+        lines.append(f"{sym} {_change_line(cm)}" + _rollout_text(fp, c))
         if c.kind == "code" and c.path == "CodeSha256" and fp.code.get("source"):
             lines.append(f"    from {fp.code['source'].get('uri')}")
     return lines
@@ -165,6 +175,15 @@ def render_markdown(plan: Plan, show_values: bool = False, title: str | None = N
             f"| {SYMBOL.get(fp.action, '?').strip() or '·'} | `{fp.name}` | {fp.service} | {fp.environment}/{fp.infrastructure} | {fp.action} | "
             f"{fp.next_version if fp.publish else ''} |"
         )
+    rollouts = [fp for fp in plan.functions if fp.rollout]
+    if rollouts:
+        lines.append("")
+        lines += [
+            f"- `{fp.name}`: alias {fp.rollout['alias']}: version {fp.rollout['from']} → {fp.rollout['to']}, "
+            f"{fp.rollout.get('description')}"
+            for fp in rollouts
+            if fp.rollout
+        ]
     for fp in plan.functions:
         body = function_lines(fp, show_values) + [f"note: {n}" for n in fp.notes]
         if not body:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -625,6 +626,12 @@ def _apply_function(
         aliases_now = dict(live_aliases)
         for alias in spec.aliases:
             name = alias["Name"]
+            if name in live_aliases and _shifted(fp, name):
+                # a rollout: the traffic moves in steps, gated by alarms (reconciler.engine.traffic)
+                aliases_now[name] = _shift(
+                    fp, spec, alias, str(version), lam, aws, record, step, abort, log, live_aliases[name]
+                )
+                continue
             aliases_now[name] = alias_view(
                 lam.put_alias(spec.name, alias, version, exists=name in live_aliases, revision_id=revisions.get(name))
             )
@@ -717,6 +724,50 @@ def _apply_function(
         if failing is not None:
             failing.set()
         _failed(exc, fp, spec, config, recorded, record, writer, aws, log, rollback_on_failure)
+
+
+def _shifted(fp: FunctionPlan, alias: str) -> bool:
+    from reconciler.engine.traffic import gradual
+
+    ro = fp.rollout
+    return ro is not None and ro.get("alias") == alias and (bool(ro.get("hold")) or gradual(ro))
+
+
+def _shift(
+    fp: FunctionPlan,
+    spec: FunctionSpec,
+    alias: dict,
+    version: str,
+    lam,
+    aws,
+    record: dict,
+    step: Callable[[str], None],
+    abort: threading.Event | None,
+    log: Callable[[str], None],
+    current: dict,
+) -> dict:
+    """Move one alias as the plan's rollout says: gradually (traffic.roll_out), or not at all
+    when a pipeline's traffic-shift steps move it (`hold`). Returns the alias as it is now."""
+    from reconciler.aws.cloudwatch import CloudWatch
+    from reconciler.engine import traffic
+
+    planned = fp.rollout or {}
+    if planned.get("hold"):
+        record["rollout"] = traffic.held(planned, version)
+        step(f"alias {alias['Name']} stays on version {planned['from']}: traffic-shift steps move it")
+        log(
+            f"{spec.name}: alias {alias['Name']} stays on version {planned['from']} until the traffic-shift steps move it"
+        )
+        return current
+
+    def sleep(seconds: float) -> None:
+        if abort is None:
+            time.sleep(seconds)
+        elif abort.wait(seconds):
+            raise Interrupted()
+
+    cw = CloudWatch(aws, spec.region, spec.connector)
+    return traffic.roll_out(planned, spec, alias, version, lam, cw, record, step, sleep, log)
 
 
 def _created_by_lost_answer(exc: AwsError, lam, spec: FunctionSpec, code_sha256: str | None) -> dict | None:

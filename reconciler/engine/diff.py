@@ -140,6 +140,11 @@ def _last_deployment(history: list[dict], name: str) -> tuple[int, dict] | None:
 
 
 def interrupted_note(record: dict) -> str:
+    from reconciler.engine.rollout import interrupted_message, shifting
+
+    rollout = shifting(record)
+    if rollout is not None:
+        return interrupted_message(rollout)
     steps = record.get("steps") or []
     after = f"after step '{steps[-1]['step']}'" if steps else "before it recorded any step"
     if record.get("status") == "rolling_back":
@@ -407,7 +412,14 @@ def drift(recorded: dict, live: dict) -> list[Change]:
         a, b = rec_aliases.get(name), live["aliases"].get(name)
         if name not in rec_aliases:
             continue  # an alias reconciler never managed
-        if a != b:
+        if a != b and a is not None and b is not None and a.get("version") == b.get("version"):
+            # on its version still: the routing weights (a canary nobody recorded) or the description changed
+            out.extend(
+                Change("alias", f"{name}.{k}", a.get(k), b.get(k))
+                for k in ("weights", "description")
+                if a.get(k) != b.get(k)
+            )
+        elif a != b:
             out.append(
                 Change(
                     "alias",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from reconciler.engine.diff import drift as drift_changes
 from reconciler.engine.diff import interrupted_deployment, publish_description
+from reconciler.engine.rollout import explained, recorded_message, shifting
 from reconciler.model import Change
 from reconciler.store import state as st
 
@@ -25,7 +26,7 @@ class FunctionDrift:
     environment: str
     infrastructure: str
     region: str
-    status: str  # in_sync | drifted | deleted | unfinished
+    status: str  # in_sync | drifted | deleted | unfinished | rolling_out
     changes: list[Change] = field(default_factory=list)
     # unfinished: reconciler's own deployment that left the function half done (see
     # plan.unfinished); its differences are not changes made outside reconciler
@@ -46,7 +47,7 @@ class DriftReport:
 
     @property
     def drifted(self) -> list[FunctionDrift]:
-        return [f for f in self.functions if f.status != "in_sync"]
+        return [f for f in self.functions if f.status not in ("in_sync", "rolling_out")]
 
     def to_dict(self, mask: Callable[[Change], Change] | None = None) -> dict:
         out = []
@@ -63,6 +64,9 @@ class DriftReport:
         unfinished = sum(1 for f in self.functions if f.status == "unfinished")
         if unfinished:  # only then: the summary of a report without one is as it always was
             summary["unfinished"] = unfinished
+        rolling = sum(1 for f in self.functions if f.status == "rolling_out")
+        if rolling:
+            summary["rolling_out"] = rolling
         return {
             "format_version": DRIFT_FORMAT_VERSION,
             "checked_at": self.checked_at,
@@ -175,7 +179,22 @@ def check(
                     if num.isdigit() and num not in known and int(num) > first and v.get("Description") not in own:
                         fd.changes.append(Change("version", num, None, num, "create"))
             half = interrupted_deployment(s.history, name)
-            if half is not None:
+            rollout = shifting(half)
+            if rollout is not None:
+                # reconciler's own rollout: the weights it recorded are not drift, others are
+                alias = str(rollout.get("alias"))
+                view = (live.get("aliases") or {}).get(alias)
+                fd.changes = []
+                fd.status, fd.note = "rolling_out", recorded_message(rollout)
+                if not explained(rollout, view):
+                    # routing nobody recorded, during reconciler's own rollout: reported, never accepted by refresh
+                    fd.changes = [Change("alias", f"{alias}.weights", None, (view or {}).get("weights"))]
+                    fd.status = "unfinished"
+                    fd.note += (
+                        f"; but alias {alias} is on version {(view or {}).get('version')} with weights "
+                        f"{(view or {}).get('weights')}, which the rollout did not set"
+                    )
+            elif half is not None:
                 fd.status = "unfinished"
                 fd.note = (
                     f"reconciler's own {half.get('operation', 'apply')} started at {half.get('started_at')} did not finish ("

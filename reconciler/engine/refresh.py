@@ -33,6 +33,7 @@ class Context:
     parallelism: int = 10
     progress: Callable[[str, int, int, str], None] = NO_PROGRESS
     stats: Stats = field(default_factory=Stats)
+    rollout_rules: list = field(default_factory=list)  # reconciler.engine.rollout.Rule, from reconciler.yaml
 
 
 def load_and_render(ctx: Context) -> tuple[Workspace, Rendered]:
@@ -510,9 +511,36 @@ def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = N
             history = states[(s.environment, s.infrastructure)].history
             number_versions(fp, versions, interrupted_deployment(history, s.name))
 
+        # rollouts: how each alias moving to a new version shifts its traffic (a rule of
+        # reconciler.yaml, or a rollout a killed apply left to resume)
+        _plan_rollouts(ctx, aws, plan, ordered, states)
+
         for (name, rec, state, env, infra), live in zip(orphans, lives[len(ordered) :], strict=False):
             plan.functions.append(orphan(name, rec, live, prune, str(state.path), env, infra))
     return plan
+
+
+def _plan_rollouts(ctx: Context, aws, plan: Plan, ordered: list[FunctionSpec], states: dict) -> None:
+    from reconciler.aws.client import Lambda
+    from reconciler.aws.cloudwatch import CloudWatch
+    from reconciler.engine.diff import interrupted_deployment
+    from reconciler.engine.traffic import plan_rollout
+
+    for fp, s in zip(plan.functions, ordered, strict=False):
+        if fp.action != "update":
+            continue
+        interrupted = interrupted_deployment(states[(s.environment, s.infrastructure)].history, s.name)
+        if not ctx.rollout_rules and interrupted is None:
+            continue
+        plan_rollout(
+            fp,
+            s,
+            fp.live or {},
+            ctx.rollout_rules,
+            Lambda(aws, s.region, s.connector),
+            lambda region, connector: CloudWatch(aws, region, connector),
+            interrupted,
+        )
 
 
 def _want_key(w: Want) -> tuple:

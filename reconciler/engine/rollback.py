@@ -21,19 +21,27 @@ class Step:
     connector: dict | None
     target: dict  # the snapshot to restore (apply._previous shape)
     current_version: str | None
+    rollout: dict | None = None  # the rollout an interrupted apply left shifting, undone by this step
 
     def describe(self) -> str:
         aliases = ", ".join(f"{n} → {a['version']}" for n, a in sorted((self.target.get("aliases") or {}).items()))
+        if self.rollout is not None:
+            aliases += f" (ends the rollout of {self.rollout.get('alias')} to version {self.rollout.get('to')})"
         return (
             f"~ {self.function} [{self.environment}/{self.infrastructure}]: version {self.current_version or '-'} → {self.target.get('version')}; "
             f"$LATEST code {self.target.get('code_sha256')}" + (f"; aliases {aliases}" if aliases else "")
         )
 
 
-def prepare(ctx, aws, to_version: str | None = None, functions: list[str] | None = None) -> list[Step]:
-    """What a rollback will do for every selected function recorded in state."""
+def prepare(
+    ctx, aws, to_version: str | None = None, functions: list[str] | None = None, rollouts_only: bool = False
+) -> list[Step]:
+    """What a rollback will do for every selected function recorded in state. During a
+    rollout (its apply killed), back to what ran before that apply. `rollouts_only`
+    (`apply --abort-rollout`): only the functions with such a rollout."""
     from reconciler.aws.client import Lambda
     from reconciler.engine.diff import interrupted_deployment
+    from reconciler.engine.rollout import shifting
 
     opts = ctx.options
     steps: list[Step] = []
@@ -48,6 +56,9 @@ def prepare(ctx, aws, to_version: str | None = None, functions: list[str] | None
             if opts.services and rec.get("service") not in opts.services:
                 continue
             region = rec.get("region") or s.region
+            rolling = shifting(interrupted_deployment(s.history, name)) if not to_version else None
+            if rollouts_only and rolling is None:
+                continue
             if to_version:
                 lam = Lambda(aws, region, rec.get("connector"))
                 got = lam.get_function(name, to_version)
@@ -73,8 +84,12 @@ def prepare(ctx, aws, to_version: str | None = None, functions: list[str] | None
                 }
             else:
                 half = interrupted_deployment(s.history, name)
-                if half is not None and half.get("status") == "rollback_failed" and half.get("operation") == "apply":
-                    # an apply whose own rollback failed: undo it, back to what ran before it
+                if (
+                    half is not None
+                    and half.get("operation") == "apply"
+                    and (half.get("status") == "rollback_failed" or rolling is not None)
+                ):
+                    # an apply whose own rollback failed, or killed mid-rollout: undo it, back to what ran before it
                     last = half
                 else:
                     last = next(
@@ -114,8 +129,14 @@ def prepare(ctx, aws, to_version: str | None = None, functions: list[str] | None
                     rec.get("connector"),
                     target,
                     rec.get("version"),
+                    rolling,
                 )
             )
+    if not steps and rollouts_only:
+        raise ReconcilerError(
+            "no rollout to abort: no selected function has a rollout that was interrupted",
+            hint="see `reconciler plan` or `reconciler history`",
+        )
     if not steps:
         raise ReconcilerError(
             "nothing to roll back: no selected function has an earlier successful deployment recorded in state",
@@ -154,6 +175,12 @@ def execute(ctx, aws, steps: list[Step], log: Callable[[str], None], lock_timeou
                 "steps": [],
             }
             for h in close_interrupted(state, step.function, record):
+                if isinstance(h.get("rollout"), dict) and h["rollout"].get("status") == "shifting":
+                    h["rollout"]["status"] = "aborted"
+                    log(
+                        f"{step.function}: the rollout of alias {h['rollout'].get('alias')} to version {h['rollout'].get('to')} "
+                        f"is aborted: back to version {h['rollout'].get('from')}"
+                    )
                 log(
                     f"{step.function}: the {h.get('operation')} started at {h.get('started_at')}, {half_done(h)}, is rolled back"
                 )
@@ -172,6 +199,9 @@ def execute(ctx, aws, steps: list[Step], log: Callable[[str], None], lock_timeou
                 record.update(status="failed", finished_at=st.now(), error=reason)
                 state.write()
                 raise
+            created = (step.rollout or {}).get("created_alarm")
+            if created:
+                _delete_alarm(aws, step, str(created), log)
             live = refresh_function(aws, step.region, step.connector, step.function)
             rec.update(
                 version=step.target.get("version"),
@@ -186,3 +216,14 @@ def execute(ctx, aws, steps: list[Step], log: Callable[[str], None], lock_timeou
             record.update(status="succeeded", finished_at=st.now())
             state.write()
             log(f"{step.function}: rolled back to version {step.target.get('version')}")
+
+
+def _delete_alarm(aws, step: Step, name: str, log: Callable[[str], None]) -> None:
+    """The alarm an interrupted rollout created on its new version's Errors (best effort)."""
+    from reconciler.aws.cloudwatch import CloudWatch
+
+    try:
+        CloudWatch(aws, step.region, step.connector).delete_alarms([name])
+        log(f"{step.function}: alarm {name} deleted")
+    except ReconcilerError as exc:
+        log(f"{step.function}: warning: alarm {name} could not be deleted ({exc}); delete it by hand")

@@ -1,5 +1,5 @@
 """reconciler.yaml at the workspace root: the settings file of the workspace, one YAML document
-whose top-level keys are the sections of the parts that read it (`backend`, `secrets`). Each
+whose top-level keys are the sections of the parts that read it (`backend`, `secrets`, `rollout`). Each
 part reads its own section; this module only finds and parses the file, with line numbers."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from reconciler.errors import ConfigError, did_you_mean
 from reconciler.util.yamlsrc import load_yaml_documents
 
 CONFIG_FILE = "reconciler.yaml"
-SECTIONS = ("backend", "secrets")
+SECTIONS = ("backend", "secrets", "rollout")
 
 
 def config_document(workspace: Path | str = "."):
@@ -30,7 +30,7 @@ def config_document(workspace: Path | str = "."):
     if doc is None:
         return None
     if not isinstance(doc.data, dict):
-        raise doc.error((), "expected a mapping with 'backend' and/or 'secrets' keys")
+        raise doc.error((), "expected a mapping with 'backend', 'secrets' and/or 'rollout' keys")
     for k in doc.data:
         if k not in SECTIONS:
             raise doc.error((k,), f"unknown key '{k}'", did_you_mean(str(k), SECTIONS))

@@ -97,7 +97,7 @@ class Schedule:
 
     def left_after(self, index: int) -> int:
         """Seconds of bake after step `index` is over (the later steps' bakes)."""
-        return sum(s.bake for s in self.steps[index + 1:])
+        return sum(s.bake for s in self.steps[index + 1 :])
 
     def describe(self) -> str:
         """`canary 10% for 5m then 100%`, `linear 10% every 1m then 100%`, `all at once`."""
@@ -152,7 +152,7 @@ def parse_interval(value: Any) -> int:
 
 def build(kind: str, percentage: float, interval: int, strategy: str = "custom") -> Schedule:
     """The steps of a canary (percentage, then 100%) or a linear shift (percentage,
-    2×percentage, ... below 100, then 100%), each bake `interval` seconds but the last."""
+    2 x percentage, ... below 100, then 100%), each bake `interval` seconds but the last."""
     if kind == "all_at_once":
         return Schedule(kind, strategy, (Step(100.0, 0),))
     if kind == "canary":
@@ -163,7 +163,7 @@ def build(kind: str, percentage: float, interval: int, strategy: str = "custom")
         weights = [w for w in weights if w < 100]
     else:
         raise ValueError(f"unknown kind {kind!r}")
-    return Schedule(kind, strategy, tuple(Step(w, interval) for w in weights) + (Step(100.0, 0),))
+    return Schedule(kind, strategy, (*(Step(w, interval) for w in weights), Step(100.0, 0)))
 
 
 def named(name: str) -> Schedule | None:
@@ -220,14 +220,25 @@ class Rule:
         return f"{text}, stops on {stops}" if stops and self.schedule.gradual else text
 
     def to_dict(self) -> dict:
-        return {"match": {k: list(v) for k, v in self.match.items()}, "alias": self.alias, "schedule": self.schedule.to_dict(),
-                "alarms": list(self.alarms), "errors_alarm": self.errors_alarm, "source": self.source}
+        return {
+            "match": {k: list(v) for k, v in self.match.items()},
+            "alias": self.alias,
+            "schedule": self.schedule.to_dict(),
+            "alarms": list(self.alarms),
+            "errors_alarm": self.errors_alarm,
+            "source": self.source,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Rule:
-        return cls(match={k: tuple(v) for k, v in (data.get("match") or {}).items()}, schedule=Schedule.from_dict(data.get("schedule") or {}),
-                   alias=data.get("alias"), alarms=tuple(data.get("alarms") or ()), errors_alarm=data.get("errors_alarm"),
-                   source=str(data.get("source") or ""))
+        return cls(
+            match={k: tuple(v) for k, v in (data.get("match") or {}).items()},
+            schedule=Schedule.from_dict(data.get("schedule") or {}),
+            alias=data.get("alias"),
+            alarms=tuple(data.get("alarms") or ()),
+            errors_alarm=data.get("errors_alarm"),
+            source=str(data.get("source") or ""),
+        )
 
 
 def read_rules(doc: Document | None) -> list[Rule]:
@@ -236,8 +247,10 @@ def read_rules(doc: Document | None) -> list[Rule]:
     if section is None or doc is None:
         return []
     if not isinstance(section, list):
-        raise doc.error(("rollout",), "'rollout' must be a list of rules, each with match, strategy and optionally alias, alarms, "
-                                      "errors_alarm")
+        raise doc.error(
+            ("rollout",),
+            "'rollout' must be a list of rules, each with match, strategy and optionally alias, alarms, errors_alarm",
+        )
     return [_rule(doc, i, item) for i, item in enumerate(section)]
 
 
@@ -252,32 +265,41 @@ def _rule(doc: Document, i: int, item: Any) -> Rule:
         raise doc.error(at, f"rollout rule {i + 1} must be a mapping (match, alias, strategy, alarms, errors_alarm)")
     for k in item:
         if k not in RULE_KEYS:
-            raise doc.error(at + (k,), f"unknown rollout key '{k}'", did_you_mean(str(k), RULE_KEYS))
+            raise doc.error((*at, k), f"unknown rollout key '{k}'", did_you_mean(str(k), RULE_KEYS))
     if "strategy" not in item or item["strategy"] is None:
-        raise doc.error(at, f"rollout rule {i + 1} needs a strategy (e.g. Canary10Percent5Minutes, AllAtOnce, or "
-                            "{type: canary, percentage: 10, interval: 5m})")
+        raise doc.error(
+            at,
+            f"rollout rule {i + 1} needs a strategy (e.g. Canary10Percent5Minutes, AllAtOnce, or "
+            "{type: canary, percentage: 10, interval: 5m})",
+        )
     alias = item.get("alias")
     if alias is not None and (not isinstance(alias, str) or not alias.strip()):
-        raise doc.error(at + ("alias",), "rollout alias must be an alias name")
+        raise doc.error((*at, "alias"), "rollout alias must be an alias name")
     line = doc.line(at)
-    return Rule(match=_match(doc, at, item.get("match")), schedule=_strategy(doc, at + ("strategy",), item["strategy"]),
-                alias=alias.strip() if isinstance(alias, str) else None, alarms=_alarms(doc, at + ("alarms",), item.get("alarms")),
-                errors_alarm=_errors_alarm(doc, at + ("errors_alarm",), item.get("errors_alarm")),
-                source=f"{doc.file}:{line}" if line else doc.file)
+    return Rule(
+        match=_match(doc, at, item.get("match")),
+        schedule=_strategy(doc, (*at, "strategy"), item["strategy"]),
+        alias=alias.strip() if isinstance(alias, str) else None,
+        alarms=_alarms(doc, (*at, "alarms"), item.get("alarms")),
+        errors_alarm=_errors_alarm(doc, (*at, "errors_alarm"), item.get("errors_alarm")),
+        source=f"{doc.file}:{line}" if line else doc.file,
+    )
 
 
 def _match(doc: Document, at: tuple, value: Any) -> dict[str, tuple[str, ...]]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise doc.error(at + ("match",), "rollout match must be a mapping of service, environment and/or infrastructure")
+        raise doc.error((*at, "match"), "rollout match must be a mapping of service, environment and/or infrastructure")
     out: dict[str, tuple[str, ...]] = {}
     for k, v in value.items():
         if k not in MATCH_KEYS:
-            raise doc.error(at + ("match", k), f"unknown rollout match key '{k}'", did_you_mean(str(k), MATCH_KEYS))
+            raise doc.error((*at, "match", k), f"unknown rollout match key '{k}'", did_you_mean(str(k), MATCH_KEYS))
         items = [v] if isinstance(v, str) else v
         if not isinstance(items, list) or not items or not all(isinstance(x, str) and x.strip() for x in items):
-            raise doc.error(at + ("match", k), f"rollout match.{k} must be an identifier (or a pattern like pay*) or a list of them")
+            raise doc.error(
+                (*at, "match", k), f"rollout match.{k} must be an identifier (or a pattern like pay*) or a list of them"
+            )
         out[k] = tuple(x.strip() for x in items)
     return out
 
@@ -286,30 +308,46 @@ def _strategy(doc: Document, at: tuple, value: Any) -> Schedule:
     if isinstance(value, str):
         got = named(value.strip())
         if got is None:
-            raise doc.error(at, f"unknown rollout strategy '{value}'",
-                            did_you_mean(value, STRATEGIES) or "or a custom {type: canary|linear, percentage, interval}")
+            raise doc.error(
+                at,
+                f"unknown rollout strategy '{value}'",
+                did_you_mean(value, STRATEGIES) or "or a custom {type: canary|linear, percentage, interval}",
+            )
         return got
     if not isinstance(value, dict):
-        raise doc.error(at, "rollout strategy must be a name (Canary10Percent5Minutes, Linear10PercentEvery1Minute, AllAtOnce, ...) "
-                            "or {type: canary|linear, percentage, interval}")
+        raise doc.error(
+            at,
+            "rollout strategy must be a name (Canary10Percent5Minutes, Linear10PercentEvery1Minute, AllAtOnce, ...) "
+            "or {type: canary|linear, percentage, interval}",
+        )
     for k in value:
         if k not in CUSTOM_KEYS:
-            raise doc.error(at + (k,), f"unknown strategy key '{k}'", did_you_mean(str(k), CUSTOM_KEYS))
+            raise doc.error((*at, k), f"unknown strategy key '{k}'", did_you_mean(str(k), CUSTOM_KEYS))
     missing = [k for k in CUSTOM_KEYS if value.get(k) is None]
     if missing:
-        raise doc.error(at, f"a custom rollout strategy needs {', '.join(missing)} (e.g. {{type: canary, percentage: 10, interval: 5m}})")
+        raise doc.error(
+            at,
+            f"a custom rollout strategy needs {', '.join(missing)} (e.g. {{type: canary, percentage: 10, interval: 5m}})",
+        )
     kind = value["type"]
     if kind not in KINDS:
-        raise doc.error(at + ("type",), f"strategy type must be canary or linear, not '{kind}'", did_you_mean(str(kind), KINDS))
+        raise doc.error(
+            (*at, "type"), f"strategy type must be canary or linear, not '{kind}'", did_you_mean(str(kind), KINDS)
+        )
     percentage = value["percentage"]
     if isinstance(percentage, bool) or not isinstance(percentage, (int, float)) or not 0 < percentage < 100:
-        raise doc.error(at + ("percentage",), f"strategy percentage must be a number above 0 and below 100, not {percentage!r}")
+        raise doc.error(
+            (*at, "percentage"), f"strategy percentage must be a number above 0 and below 100, not {percentage!r}"
+        )
     try:
         interval = parse_interval(value["interval"])
     except ValueError as exc:
-        raise doc.error(at + ("interval",), f"strategy interval: {exc}") from None
+        raise doc.error((*at, "interval"), f"strategy interval: {exc}") from None
     if kind == "linear" and math.ceil(100 / percentage) > MAX_STEPS:
-        raise doc.error(at + ("percentage",), f"a linear shift of {percentage:g}% takes more than {MAX_STEPS} steps; use a larger percentage")
+        raise doc.error(
+            (*at, "percentage"),
+            f"a linear shift of {percentage:g}% takes more than {MAX_STEPS} steps; use a larger percentage",
+        )
     return build(kind, float(percentage), interval)
 
 
@@ -317,7 +355,9 @@ def _alarms(doc: Document, at: tuple, value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(x, str) and ALARM_NAME.fullmatch(x.strip() or "\x00") for x in items):
+    if not isinstance(items, list) or not all(
+        isinstance(x, str) and ALARM_NAME.fullmatch(x.strip() or "\x00") for x in items
+    ):
         raise doc.error(at, "rollout alarms must be a list of CloudWatch alarm names")
     return tuple(dict.fromkeys(x.strip() for x in items))
 
@@ -332,16 +372,19 @@ def _errors_alarm(doc: Document, at: tuple, value: Any) -> dict | None:
     out = dict(ERRORS_ALARM_DEFAULTS)
     for k, v in value.items():
         if k not in ERRORS_ALARM_KEYS:
-            raise doc.error(at + (k,), f"unknown errors_alarm key '{k}'", did_you_mean(str(k), ERRORS_ALARM_KEYS))
+            raise doc.error((*at, k), f"unknown errors_alarm key '{k}'", did_you_mean(str(k), ERRORS_ALARM_KEYS))
         if k == "period":
             try:
                 v = parse_interval(v) if isinstance(v, str) else v
             except ValueError as exc:
-                raise doc.error(at + (k,), f"errors_alarm.period: {exc}") from None
-            if isinstance(v, bool) or not isinstance(v, int) or v not in (10, 20, 30) and (v < 60 or v % 60):
-                raise doc.error(at + (k,), "errors_alarm.period must be 10s, 20s, 30s or a whole number of minutes (CloudWatch's periods)")
+                raise doc.error((*at, k), f"errors_alarm.period: {exc}") from None
+            if isinstance(v, bool) or not isinstance(v, int) or (v not in (10, 20, 30) and (v < 60 or v % 60)):
+                raise doc.error(
+                    (*at, k),
+                    "errors_alarm.period must be 10s, 20s, 30s or a whole number of minutes (CloudWatch's periods)",
+                )
         elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise doc.error(at + (k,), f"errors_alarm.{k} must be a whole number of 1 or more")
+            raise doc.error((*at, k), f"errors_alarm.{k} must be a whole number of 1 or more")
         out[k] = v
     return out
 
@@ -357,8 +400,14 @@ def _dead_letter(conf: dict | None) -> str | None:
     return ((conf or {}).get("DeadLetterConfig") or {}).get("TargetArn") or None
 
 
-def gradual_impossible(alias: str, current: dict | None, old_config: dict | None, new_config: dict, publishes: bool,
-                       alias_routing: dict | None = None) -> str | None:
+def gradual_impossible(
+    alias: str,
+    current: dict | None,
+    old_config: dict | None,
+    new_config: dict,
+    publishes: bool,
+    alias_routing: dict | None = None,
+) -> str | None:
     """Why Lambda cannot shift this alias's traffic gradually to the version being
     published, or None when it can. Lambda weights an alias only between two published
     versions with the same execution role and the same dead-letter configuration.
@@ -380,11 +429,15 @@ def gradual_impossible(alias: str, current: dict | None, old_config: dict | None
     if old_config is None:
         return f"version {old} of the function cannot be read"
     if _role(old_config) != _role(new_config):
-        return (f"the execution role changes ({_role(old_config)} → {_role(new_config)}): Lambda weights only versions with the same "
-                "execution role")
+        return (
+            f"the execution role changes ({_role(old_config)} → {_role(new_config)}): Lambda weights only versions with the same "
+            "execution role"
+        )
     if _dead_letter(old_config) != _dead_letter(new_config):
-        return (f"the dead-letter config changes ({_dead_letter(old_config) or 'none'} → {_dead_letter(new_config) or 'none'}): Lambda "
-                "weights only versions with the same dead-letter config")
+        return (
+            f"the dead-letter config changes ({_dead_letter(old_config) or 'none'} → {_dead_letter(new_config) or 'none'}): Lambda "
+            "weights only versions with the same dead-letter config"
+        )
     return None
 
 
@@ -406,10 +459,34 @@ def routing(old: str, new: str, percent: float) -> tuple[str, dict[str, float]]:
 # ---------------------------------------------------------------- the rollout record
 
 
-def new_record(alias: str, old: str, new: str, rule: Rule, created_alarm: str | None = None) -> dict:
+def new_record(
+    alias: str,
+    old: str,
+    new: str,
+    schedule: Schedule,
+    alarms: list[str] | tuple[str, ...] = (),
+    created_alarm: str | None = None,
+) -> dict:
     """The `rollout` part of an apply's history record (JSON), before the first step."""
-    return {"alias": alias, "from": old, "to": new, "schedule": rule.schedule.to_dict(), "alarms": list(rule.alarms),
-            "created_alarm": created_alarm, "status": "shifting", "steps": []}
+    return {
+        "alias": alias,
+        "from": old,
+        "to": new,
+        "schedule": schedule.to_dict(),
+        "alarms": list(alarms),
+        "created_alarm": created_alarm,
+        "status": "shifting",
+        "steps": [],
+    }
+
+
+def shifting(deployment: dict | None) -> dict | None:
+    """The rollout an apply left shifting when its process was killed (its record still
+    in_progress), or None."""
+    rec = (deployment or {}).get("rollout")
+    if (deployment or {}).get("status") == "in_progress" and isinstance(rec, dict) and rec.get("status") == "shifting":
+        return rec
+    return None
 
 
 def last_step(record: dict | None) -> dict | None:
@@ -418,14 +495,32 @@ def last_step(record: dict | None) -> dict | None:
     return steps[-1] if steps else None
 
 
-def interrupted_message(record: dict) -> str:
-    """`rollout of live at 10% was interrupted (version 3 → 4, step 1 of 2); ...`"""
+def _reached(record: dict) -> tuple[str, str]:
+    """(`10%`, `step 1 of 2`): the weight a rollout record reached and where in its schedule."""
     step = last_step(record)
     total = len(Schedule.from_dict(record.get("schedule") or {}).steps)
-    where = f"{pct(float(step['weight']))}, step {int(step['index']) + 1} of {total}" if step else f"0%, before its first step of {total}"
-    return (f"rollout of {record.get('alias')} at {where.split(',')[0]} was interrupted (version {record.get('from')} → "
-            f"{record.get('to')},{where.split(',', 1)[1]}); `apply` resumes it, `apply --abort-rollout` returns to version "
-            f"{record.get('from')}")
+    if step is None:
+        return "0%", f"before the first of {total} steps"
+    return pct(float(step["weight"])), f"step {int(step['index']) + 1} of {total}"
+
+
+def interrupted_message(record: dict) -> str:
+    """`rollout of live at 10% was interrupted (version 3 → 4, step 1 of 2); ...`"""
+    weight, where = _reached(record)
+    return (
+        f"rollout of {record.get('alias')} at {weight} was interrupted (version {record.get('from')} → {record.get('to')}, "
+        f"{where}); `apply` resumes it, `apply --abort-rollout` returns to version {record.get('from')}"
+    )
+
+
+def recorded_message(record: dict) -> str:
+    """What drift says of a rollout recorded as shifting (its apply still running, or killed)."""
+    weight, where = _reached(record)
+    return (
+        f"reconciler's rollout of alias {record.get('alias')} from version {record.get('from')} to {record.get('to')} is recorded "
+        f"at {weight} ({where}): its apply is running, or was interrupted (then `apply` resumes it, `apply --abort-rollout` "
+        f"returns to version {record.get('from')})"
+    )
 
 
 def expected_views(record: dict) -> list[dict]:
@@ -445,7 +540,10 @@ def explained(record: dict | None, view: dict | None) -> bool:
     """Is this live alias view (version, weights) one the recorded rollout may have left?"""
     if record is None or view is None:
         return False
-    got = {"version": str(view.get("version")), "weights": {str(k): float(v) for k, v in (view.get("weights") or {}).items()}}
+    got = {
+        "version": str(view.get("version")),
+        "weights": {str(k): float(v) for k, v in (view.get("weights") or {}).items()},
+    }
     return any(got == e for e in expected_views(record))
 
 
@@ -458,7 +556,10 @@ def resume_point(record: dict, view: dict | None) -> dict | None:
         return step
     old, new = str(record.get("from")), str(record.get("to"))
     sched = Schedule.from_dict(record.get("schedule") or {})
-    got = {"version": str(view.get("version")), "weights": {str(k): float(v) for k, v in (view.get("weights") or {}).items()}}
+    got = {
+        "version": str(view.get("version")),
+        "weights": {str(k): float(v) for k, v in (view.get("weights") or {}).items()},
+    }
     for i in range(len(sched.steps) - 1, (int(step["index"]) if step else -1), -1):
         version, weights = routing(old, new, sched.steps[i].weight)
         if got == {"version": version, "weights": weights}:
@@ -515,8 +616,9 @@ def drive(schedule: Schedule, d: Driver, alias: str = "", resume: dict | None = 
                 d.steps_done.append(rec)
             _bake(d, step, at, schedule.left_after(i), alias, i)
     except KeyboardInterrupt:
-        raise RolloutStopped(f"rollout of {alias or 'the alias'} interrupted at {pct(weight)} (Ctrl-C or SIGTERM)",
-                             weight=weight, step=i) from None
+        raise RolloutStopped(
+            f"rollout of {alias or 'the alias'} interrupted at {pct(weight)} (Ctrl-C or SIGTERM)", weight=weight, step=i
+        ) from None
 
 
 def _bake(d: Driver, step: Step, since: float, later: int, alias: str, index: int) -> None:
@@ -537,8 +639,12 @@ def _bake(d: Driver, step: Step, since: float, later: int, alias: str, index: in
 def _stop_on_alarm(d: Driver, alias: str, weight: float, index: int) -> None:
     alarm = d.check()
     if alarm:
-        raise RolloutStopped(f"rollout of {alias or 'the alias'} stopped at {pct(weight)}: alarm {alarm} is in ALARM",
-                             alarm=alarm, weight=weight, step=index)
+        raise RolloutStopped(
+            f"rollout of {alias or 'the alias'} stopped at {pct(weight)}: alarm {alarm} is in ALARM",
+            alarm=alarm,
+            weight=weight,
+            step=index,
+        )
 
 
 # ---------------------------------------------------------------- the created Errors alarm
@@ -556,10 +662,17 @@ def errors_alarm_request(function: str, alias: str, version: str, settings: dict
     return {
         "AlarmName": errors_alarm_name(function, alias, version),
         "AlarmDescription": f"reconciler rollout of {function}:{alias} to version {version}: errors of that version",
-        "Namespace": "AWS/Lambda", "MetricName": "Errors", "Statistic": "Sum",
-        "Dimensions": [{"Name": "FunctionName", "Value": function}, {"Name": "Resource", "Value": f"{function}:{alias}"},
-                       {"Name": "ExecutedVersion", "Value": str(version)}],
-        "Period": int(s["period"]), "EvaluationPeriods": int(s["evaluation_periods"]), "Threshold": float(s["threshold"]),
+        "Namespace": "AWS/Lambda",
+        "MetricName": "Errors",
+        "Statistic": "Sum",
+        "Dimensions": [
+            {"Name": "FunctionName", "Value": function},
+            {"Name": "Resource", "Value": f"{function}:{alias}"},
+            {"Name": "ExecutedVersion", "Value": str(version)},
+        ],
+        "Period": int(s["period"]),
+        "EvaluationPeriods": int(s["evaluation_periods"]),
+        "Threshold": float(s["threshold"]),
         "ComparisonOperator": "GreaterThanOrEqualToThreshold",
         "TreatMissingData": "notBreaching",
     }
