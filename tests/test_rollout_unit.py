@@ -425,3 +425,64 @@ def test_resume_point_follows_the_alias_when_it_is_a_step_ahead():
     assert ro.resume_point(rec, {"version": "3", "weights": {}}) == {"index": 0, "weight": 10.0, "at": 1.0}
     assert ro.resume_point(record_at(None), {"version": "3", "weights": {}}) is None
     assert ro.resume_point(record_at(None), {"version": "3", "weights": {"4": 0.1}})["index"] == 0
+
+
+# ---------------------------------------------------------------- the pipeline step types (checks only)
+
+
+@pytest.fixture
+def canary_ws(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    ws = tmp_path / "canary"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "samples" / "canary", ws)
+    return ws
+
+
+def pipeline_errors(ws) -> list[str]:
+    from reconciler.pipeline.runner import check_workspace
+    from reconciler.workspace.load import load_workspace
+
+    return [str(e) for e in check_workspace(load_workspace(ws))]
+
+
+def test_the_canary_pipeline_checks_clean(canary_ws):
+    assert pipeline_errors(canary_ws) == []
+
+
+def test_a_bad_traffic_percentage_names_its_line(canary_ws):
+    pipe = canary_ws / ".harness" / "pipeline.yaml"
+    pipe.write_text(pipe.read_text().replace("trafficPercentage: 50", "trafficPercentage: 150"))
+    line = next(i for i, t in enumerate(pipe.read_text().splitlines(), 1) if "trafficPercentage: 150" in t)
+    assert pipeline_errors(canary_ws) == [
+        f".harness/pipeline.yaml:{line}: AwsLambdaTrafficShift step 'shift50': trafficPercentage 150 is not a number from 0 to 100"
+    ]
+
+
+def test_a_shift_before_the_deploy_is_an_error(canary_ws):
+    pipe = canary_ws / ".harness" / "pipeline.yaml"
+    text = pipe.read_text()
+    deploy = "              - step: {type: AwsLambdaDeploy, name: Deploy, identifier: deploy, timeout: 10m, spec: {}}\n"
+    pipe.write_text(
+        text.replace(deploy, "").replace(
+            "            rollbackSteps:", deploy.replace("deploy,", "deploy2,") + "            rollbackSteps:"
+        )
+    )
+    assert any(
+        "step 'shift10' comes before any AwsLambdaDeploy step of its stage" in e for e in pipeline_errors(canary_ws)
+    )
+
+
+def test_approve_must_name_an_approval_step(canary_ws):
+    from reconciler.pipeline.runner import Runner, RunSettings
+
+    settings = RunSettings(
+        workspace=canary_ws, state_dir=canary_ws / "state", pipeline="canaryDeploy", approve=("aproval",)
+    )
+    with pytest.raises(ConfigError) as err:
+        Runner(settings, lambda: None, lambda m: None).prepare()
+    assert (
+        "--approve aproval: pipeline 'canaryDeploy' has no HarnessApproval step 'aproval' (its approvals: approval)"
+        in str(err.value)
+    )

@@ -61,6 +61,14 @@ def run(
         str, typer.Option("--format", help="text, or json: a machine summary of every step on stdout.")
     ] = "text",
     lock_timeout: LockTimeout = 0,
+    approve: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--approve",
+            help="Approve this HarnessApproval step in advance (repeatable); without it, and without a terminal to "
+            "ask on, an approval step fails as rejected.",
+        ),
+    ] = None,
     show_values: ShowValues = False,
     verbose: Verbose = False,
     debug: Debug = False,
@@ -68,8 +76,9 @@ def run(
 ) -> None:
     """Execute a pipeline: its Deployment stages in order, their provisioner steps (environment.provisioner:
     ShellScriptProvision, CloudFormation, Terraform, Terragrunt), their steps (AwsLambdaDeploy, ShellScript,
-    AwsLambdaRollback, Wait) and, on a failure, the failure strategy's rollback steps. Running the pipeline
-    is the approval: its deploys are not asked for. Scripts get a minimal environment and every
+    AwsLambdaRollback, Wait, AwsLambdaTrafficShift, HarnessApproval) and, on a failure, the failure strategy's
+    rollback steps. Running the pipeline is the approval of its deploys; a HarnessApproval step asks on a
+    terminal or is approved with --approve STEP_ID. Scripts get a minimal environment and every
     expression as an environment variable, never as shell text. Exit 0 when it succeeds, 1 when it
     fails, 130 on SIGTERM/SIGINT (the running script and everything it started are killed)."""
     out = Out(verbose, no_color)
@@ -82,6 +91,7 @@ def run(
         settings = _settings(
             pipeline, workspace, var, artifact, inputs, provisioner_outputs, state_dir, show_values, lock_timeout, out
         )
+        settings.approve = tuple(approve or ())
         runner = Runner(settings, _aws, out.log)
         status = runner.run()
         if format == "json":
@@ -110,6 +120,7 @@ def _settings(
         provisioner=_provisioner_settings(provisioner_outputs, live=True),
         show_values=show_values,
         lock_timeout=lock_timeout,
+        rollout_rules=list(ctx.rollout_rules),
     )
 
 

@@ -181,11 +181,7 @@ def roll_out(
         shown: dict[str, float] = {"weight": -1.0, "at": 0.0}
 
         def set_weight(weight: float) -> None:
-            target, weights = ro.routing(old, new, weight)
-            out = lam.put_alias(
-                fn, {**alias, "RoutingConfig": {"AdditionalVersionWeights": weights}}, target, exists=True
-            )
-            last["view"] = alias_view(out)
+            last["view"] = put_weight(lam, fn, alias, old, new, weight)
 
         def record_step(s: dict) -> None:
             rec["steps"].append(s)
@@ -238,3 +234,11 @@ def held(planned: dict, version: str) -> dict:
     return ro.new_record(
         str(planned["alias"]), str(planned["from"]), str(version), schedule, planned.get("alarms") or []
     )
+
+
+def put_weight(lam, function: str, alias: dict, old: str, new: str, weight: float) -> dict:
+    """UpdateAlias: `weight` % of the alias's traffic on `new`, the rest on `old` (100: the
+    alias on `new`, no weights). Returns the alias as Lambda answered (alias_view)."""
+    target, weights = ro.routing(old, new, weight)
+    routed = {**alias, "RoutingConfig": {"AdditionalVersionWeights": weights}}
+    return alias_view(lam.put_alias(function, routed, target, exists=True))

@@ -39,6 +39,7 @@ from typing import Any
 
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
 from reconciler.model import IDENTIFIER, IDENTIFIER_RULE, FunctionSpec, Plan, Target
+from reconciler.pipeline import shift
 from reconciler.store import state as st
 from reconciler.util import secrets as sec
 from reconciler.util.yamlsrc import Doc, load_data_file
@@ -54,10 +55,18 @@ from reconciler.workspace.load import (
 from reconciler.workspace.render import Options, render_target, stage_targets, target_scope, variable_input
 from reconciler.workspace.shell import ScriptResult, base_environment, prepare_script, run_script  # noqa: F401  (ScriptResult re-exported)
 
-SUPPORTED_STEPS = ("AwsLambdaDeploy", "AwsLambdaRollback", "ShellScript", "Wait")
-REJECTED_STEPS = {
-    "HarnessApproval": "a pipeline run is the approval: run it once it is approved",
-}
+SUPPORTED_STEPS = (
+    "AwsLambdaDeploy",
+    "AwsLambdaRollback",
+    "ShellScript",
+    "Wait",
+    "AwsLambdaTrafficShift",
+    "HarnessApproval",
+)
+REJECTED_STEPS = dict.fromkeys(
+    ("JiraApproval", "ServiceNowApproval", "CustomApproval"),
+    "an approval in another service: approve it there, then run the pipeline (HarnessApproval steps are supported)",
+)
 ERROR_TYPES = (
     "AllErrors",
     "Unknown",
@@ -436,6 +445,9 @@ def check_pipeline(pipe: Entity, ws: Workspace, strict: bool = False) -> tuple[l
         psteps, prb = stage_provisioner(pipe, stage, path, errors, flatten_steps)
         for s in steps + rb + psteps + prb:
             errors += _check_step(pipe, s)
+        for i, s in enumerate(steps + rb):
+            if s.type in (shift.SHIFT, shift.APPROVAL):
+                errors += shift.check_step(pipe, s, (steps + rb)[:i])
         errors += _check_strategies(pipe, stage.get("failureStrategies"), (*path, "failureStrategies"))
         errors += _check_when(pipe, stage.get("when"), (*path, "when"), "pipelineStatus")
         seen: dict[str, tuple] = {}
@@ -742,6 +754,8 @@ class RunSettings:
     provisioner: dict | None = None  # Options.provisioner
     show_values: bool = False
     lock_timeout: float = 0.0
+    rollout_rules: list = field(default_factory=list)  # reconciler.engine.rollout.Rule, from reconciler.yaml
+    approve: tuple[str, ...] = ()  # --approve: HarnessApproval steps approved in advance
 
 
 class StageRun:
@@ -898,6 +912,7 @@ class Runner:
         self.pipe = pipe
         stages, errors = check_pipeline(pipe, self.ws, strict=True)
         errors += self._unresolved_inputs(pipe, inputs_doc, stages)
+        errors += shift.check_approvals(pipe, [st_ for stage in stages for st_ in stage.steps], tuple(s.approve))
         self.skipped = pipe_skipped_stages(self.ws, pipe)
         if errors:
             raise errors[0] if len(errors) == 1 else ErrorList(errors)
@@ -1288,8 +1303,14 @@ class Runner:
             timeout = parse_duration(
                 sr.resolve(step.body.get("timeout") or DEFAULT_TIMEOUT, (*step.path, "timeout"), step)
             )
+            if step.phase == "execution" and step.type != "AwsLambdaDeploy":
+                shift.check_alarms(self, sr)  # the stage holds its alias back: the rule's alarms gate every step
             if step.type == "AwsLambdaDeploy":
                 r.outputs = self._deploy(sr, step)
+            elif step.type == shift.SHIFT:
+                r.outputs = shift.run_shift(self, sr, step)
+            elif step.type == shift.APPROVAL:
+                r.outputs = shift.run_approval(self, sr, step, timeout)
             elif step.type == "AwsLambdaRollback":
                 r.outputs = self._rollback_step(sr, step)
             elif step.type == "ShellScript":
@@ -1334,7 +1355,15 @@ class Runner:
 
         s, spec = self.settings, sr.spec
         log = self.log
-        ctx = Context(workspace=s.workspace, state_dir=s.state_dir, options=copy.deepcopy(sr.opts), log=lambda m: None)
+        # a stage with traffic-shift steps moves its alias with them; else a rollout rule applies
+        shifts = any(x.type == shift.SHIFT for x in sr.stage.steps)
+        ctx = Context(
+            workspace=s.workspace,
+            state_dir=s.state_dir,
+            options=copy.deepcopy(sr.opts),
+            log=lambda m: None,
+            rollout_rules=[] if shifts else list(s.rollout_rules),
+        )
         log("Deploying..\n")
         log("Aws Lambda Manifest Content")
         log(json.dumps({"FunctionName": spec.name, **_masked_config(spec.config, s.show_values)}, indent=3))
@@ -1345,6 +1374,17 @@ class Runner:
         fp = plan.functions[0] if plan.functions else None
         if fp is None:
             raise StepFailed(f"the plan has no function {spec.name}")
+        held = None
+        if shifts:
+            from reconciler.aws.client import Lambda
+
+            held = shift.hold(
+                fp, spec, s.rollout_rules, sr.stage.steps, Lambda(self.aws, spec.region, spec.connector), log
+            )
+            if held:
+                log(
+                    f"Alias [{held}] stays on its version; the traffic-shift steps move it ({fp.rollout['description']})."
+                )
         code_change = next((c for c in fp.changes if c.kind == "code" and c.path == "CodeSha256"), None)
         if fp.action == "create":
             log(f"Function: [{spec.name}] does not exist. Create and Publish.")
@@ -1395,7 +1435,7 @@ class Runner:
                 log(f"Published new version: [{facts['RECONCILER_VERSION']}]")
                 log(f"Published function ARN: [{facts['RECONCILER_VERSION_ARN']}]")
             log(f"Successfully deployed lambda function: [{spec.name}]")
-            for a in spec.aliases:
+            for a in [a for a in spec.aliases if a["Name"] != held]:
                 log("\nAws Lambda Alias Manifest Content")
                 log(json.dumps({k[:1].lower() + k[1:]: v for k, v in a.items()}, indent=3))
                 log(f"Alias [{a['Name']}] of function {spec.name} → version {facts['RECONCILER_VERSION']}")
@@ -1499,6 +1539,8 @@ class Runner:
                 else:
                     state.functions.pop(spec.name, None)
                 applied.update(status="rolled_back", rolled_back_by=record["id"])
+                if (applied.get("rollout") or {}).get("status") == "shifting":
+                    applied["rollout"]["status"] = "stopped"
                 record.update(status="succeeded", finished_at=st.now())
                 state.write()
                 restored += 1

@@ -223,3 +223,42 @@ def test_a_role_change_cannot_be_gradual_and_the_plan_says_why(canary, aws):
     )
     r = canary.cli("plan", "--var", "version=2")
     assert "all at once (no gradual shift: the execution role changes" in r.stdout
+
+
+# ---------------------------------------------------------------- the canary pipeline
+
+
+def run(canary: Canary, *extra, code: int) -> str:
+    r = canary.cli("run", "canaryDeploy", "--var", "version=2", *extra, code=code)
+    return r.stdout + r.stderr
+
+
+def test_the_pipeline_with_approval_reaches_100(canary):
+    with Watcher(canary) as w:
+        out = run(canary, "--approve", "approval", code=0)
+    assert w.seen == [("1", {}), ("1", {"2": 0.1}), ("1", {"2": 0.5}), ("2", {})], (w.seen, out)
+    assert canary.config(FN)["CodeSha256"] == canary.sha2
+    canary.cli("drift", code=0)
+
+
+def test_the_pipeline_rolls_back_when_the_check_at_50_fails(canary):
+    with Watcher(canary) as w:
+        out = run(canary, "--approve", "approval", "--var", "fail_at=50", code=1)
+    assert ("1", {"2": 0.5}) in w.seen, (w.seen, out)
+    assert canary.alias() == ("1", {})
+    assert canary.config(FN)["CodeSha256"] == canary.sha1
+    assert re.search(r"verify50\s+ShellScript\s+Failed", out), out
+
+
+def test_an_approval_without_a_person_or_approve_is_a_rejection(canary):
+    with Watcher(canary) as w:
+        out = run(canary, code=1)
+    assert "--approve approval" in out
+    assert ("1", {"2": 0.5}) in w.seen and canary.alias() == ("1", {})
+
+
+def test_an_alarm_stops_the_pipeline_between_steps(canary):
+    canary.alarm("ALARM")
+    out = run(canary, "--approve", "approval", code=1)
+    assert "alarm billing-5xx is in ALARM" in out
+    assert canary.alias() == ("1", {})
