@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import threading
 import time
 
@@ -168,6 +169,21 @@ def test_an_alarm_mid_bake_puts_the_old_version_back(canary):
         and rec["rollout"]["stopped_by"] == ALARM
     )
     assert "billing-5xx" in rec["error"]
+
+
+def test_sigterm_mid_bake_puts_the_old_version_back(canary):
+    canary.rule("{type: canary, percentage: 10, interval: 60s}")
+    with Watcher(canary) as w:
+        proc = canary.start_apply()
+        w.wait_for(("1", {"2": 0.1}))
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 1, err
+    assert "rollout of live interrupted at 10% (Ctrl-C or SIGTERM)" in err and "rolled back" in err
+    assert canary.alias() == ("1", {}) and ("2", {}) not in w.seen
+    assert canary.config(FN)["CodeSha256"] == canary.sha1
+    rec = canary.last_apply()
+    assert rec["status"] == "rolled_back" and rec["rollout"]["status"] == "stopped"
 
 
 def test_a_killed_rollout_is_shown_by_plan_and_finished_by_apply(canary):
