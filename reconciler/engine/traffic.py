@@ -22,14 +22,17 @@ def _source(rule: ro.Rule) -> tuple[str | None, int | None]:
 
 def rollout_alias(rule: ro.Rule, spec: FunctionSpec) -> str | None:
     """The alias a rule shifts for this function: the one it names, else the function's only
-    alias; None when the function has no alias. A rule naming an alias the function does not
-    define, or none when it defines several, is an error at the rule."""
+    alias; None when the function has no alias (nothing to shift). A rule naming an alias the
+    function does not define among its aliases, or none when it defines several, is an error
+    at the rule."""
     names = [a["Name"] for a in spec.aliases]
+    if not names:
+        return None
     if rule.alias is not None:
         if rule.alias not in names:
             raise ConfigError(
                 f"rollout rule shifts alias '{rule.alias}', which function {spec.name} ({spec.target}) does not define "
-                f"(its aliases: {', '.join(names) or 'none'})",
+                f"(its aliases: {', '.join(names)})",
                 *_source(rule),
             )
         return rule.alias
@@ -39,7 +42,7 @@ def rollout_alias(rule: ro.Rule, spec: FunctionSpec) -> str | None:
             "name the one to shift with `alias:`",
             *_source(rule),
         )
-    return names[0] if names else None
+    return names[0]
 
 
 def plan_rollout(
