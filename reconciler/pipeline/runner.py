@@ -1330,8 +1330,8 @@ class Runner:
         except StepFailed as exc:
             r.status, r.error, r.error_type = "Failed", str(exc), exc.error_type
             r.outputs, r.output = exc.outputs, exc.output
-        except ReconcilerError as exc:
-            r.status, r.error, r.error_type = "Failed", str(exc), "Unknown"
+        except ReconcilerError as exc:  # shift.Refused carries its error type
+            r.status, r.error, r.error_type = "Failed", str(exc), getattr(exc, "error_type", "Unknown")
         r.duration = time.monotonic() - t0
         if r.outputs:
             sr.outputs[step.identifier] = r.outputs

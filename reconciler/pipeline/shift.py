@@ -14,19 +14,30 @@ from __future__ import annotations
 import select
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reconciler.engine import rollout as ro
-from reconciler.errors import ConfigError
+from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.model import FunctionPlan, FunctionSpec
 from reconciler.store import state as st
+from reconciler.workspace.load import Entity
 
-if TYPE_CHECKING:
-    from reconciler.pipeline.runner import Runner, StageRun, StepDef
-    from reconciler.workspace.load import Entity
+# the runner's StepDef, StageRun and Runner (this module does not import the runner: it imports this one)
+StepDef = Any
+StageRun = Any
+Runner = Any
 
 SHIFT = "AwsLambdaTrafficShift"
 APPROVAL = "HarnessApproval"
+
+
+class Refused(ReconcilerError):
+    """A traffic-shift or approval step failed; `error_type` is its Harness error type (the
+    failure strategies match on it)."""
+
+    def __init__(self, message: str, error_type: str = "Unknown"):
+        super().__init__(message)
+        self.error_type = error_type
 
 
 # ---------------------------------------------------------------- checks (before anything runs)
@@ -145,7 +156,6 @@ def _held(state: st.State, sr: StageRun) -> dict | None:
 def check_alarms(runner: Runner, sr: StageRun) -> None:
     """While this stage holds its alias, the matching rule's alarms must not be in ALARM."""
     from reconciler.aws.cloudwatch import CloudWatch
-    from reconciler.pipeline.runner import StepFailed
 
     spec = sr.spec
     rule = ro.rule_for(runner.settings.rollout_rules, spec.service, spec.environment, spec.infrastructure)
@@ -156,14 +166,13 @@ def check_alarms(runner: Runner, sr: StageRun) -> None:
         return
     alarm = CloudWatch(runner.aws, spec.region, spec.connector).first_in_alarm(rule.alarms)
     if alarm:
-        raise StepFailed(f"alarm {alarm} is in ALARM (rollout rule at {rule.source})", "Verification")
+        raise Refused(f"alarm {alarm} is in ALARM (rollout rule at {rule.source})", "Verification")
 
 
 def run_shift(runner: Runner, sr: StageRun, step: StepDef) -> dict:
     """Set the weight of the stage's new version on its held alias."""
     from reconciler.aws.client import Lambda
     from reconciler.engine.traffic import put_weight
-    from reconciler.pipeline.runner import StepFailed
 
     raw = sr.resolve(
         (step.body.get("spec") or {}).get("trafficPercentage"), (*step.path, "spec", "trafficPercentage"), step
@@ -171,7 +180,7 @@ def run_shift(runner: Runner, sr: StageRun, step: StepDef) -> dict:
     try:
         weight = ro.traffic_percentage(raw)
     except ValueError as exc:
-        raise StepFailed(f"trafficPercentage {exc}") from None
+        raise Refused(f"trafficPercentage {exc}") from None
     s, spec = runner.settings, sr.spec
     with st.locked(st.state_path(s.state_dir, spec.environment, spec.infrastructure), "apply", timeout=s.lock_timeout):
         state = st.load(s.state_dir, spec.environment, spec.infrastructure)
@@ -202,7 +211,6 @@ def run_shift(runner: Runner, sr: StageRun, step: StepDef) -> dict:
 def run_approval(runner: Runner, sr: StageRun, step: StepDef, timeout: float) -> dict:
     """Approved by `--approve STEP_ID`, or by a person on a terminal within the step's
     timeout; otherwise a rejection (ApprovalRejection), or Timeout when nobody answered."""
-    from reconciler.pipeline.runner import StepFailed
 
     spec = step.body.get("spec") or {}
     message = sr.resolve(spec.get("approvalMessage") or "", (*step.path, "spec", "approvalMessage"), step)
@@ -212,7 +220,7 @@ def run_approval(runner: Runner, sr: StageRun, step: StepDef, timeout: float) ->
         runner.log(f"   approved with --approve {step.identifier}")
         return {"approved": "true", "approvedBy": "--approve"}
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
-        raise StepFailed(
+        raise Refused(
             f"approval '{step.identifier}' needs a person: run on a terminal, or approve it with --approve "
             f"{step.identifier}",
             "ApprovalRejection",
@@ -226,10 +234,10 @@ def run_approval(runner: Runner, sr: StageRun, step: StepDef, timeout: float) ->
     ready, _, _ = select.select([sys.stdin], [], [], timeout)
     if not ready:
         print(file=sys.stderr)
-        raise StepFailed(f"approval '{step.identifier}' was not answered within {ro.fmt_seconds(timeout)}", "Timeout")
+        raise Refused(f"approval '{step.identifier}' was not answered within {ro.fmt_seconds(timeout)}", "Timeout")
     answer = sys.stdin.readline().strip().lower()
     if answer not in ("y", "yes"):
-        raise StepFailed(f"approval '{step.identifier}' was rejected", "ApprovalRejection")
+        raise Refused(f"approval '{step.identifier}' was rejected", "ApprovalRejection")
     runner.log("   approved on the terminal")
     return {"approved": "true", "approvedBy": "terminal"}
 
