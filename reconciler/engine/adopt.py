@@ -16,7 +16,9 @@ def import_functions(ctx, aws, names: list[str], log: Callable[[str], None], loc
     from reconciler.aws.client import Lambda
     from reconciler.engine.diff import desired_config
     from reconciler.engine.live import project
-    from reconciler.engine.refresh import load_and_render, refresh_function, resolve_artifact
+    from reconciler.engine.artifacts import resolve_artifact
+    from reconciler.engine.context import load_and_render
+    from reconciler.engine.refresh import refresh_function
 
     _, rendered = load_and_render(ctx)
     specs = rendered.functions

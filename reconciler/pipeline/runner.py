@@ -1351,7 +1351,8 @@ class Runner:
     # ------------------------------------------------------------ AwsLambdaDeploy
     def _deploy(self, sr: StageRun, step: StepDef) -> dict:
         from reconciler.engine.apply import ApplyFailed, apply_plan
-        from reconciler.engine.refresh import Context, make_plan
+        from reconciler.engine.context import Context
+        from reconciler.engine.planner import make_plan
 
         s, spec = self.settings, sr.spec
         log = self.log
@@ -1708,7 +1709,8 @@ def _dotted(path: tuple) -> str:
 
 def pipeline_plan(settings: RunSettings, aws, log: Callable[[str], None]) -> tuple[Plan, list[str]]:
     """What the pipeline's stages would change: one plan over every stage target."""
-    from reconciler.engine.refresh import Context, make_plan
+    from reconciler.engine.context import Context
+    from reconciler.engine.planner import make_plan
 
     runner = Runner(settings, lambda: aws, log)
     prepared = runner.prepare()

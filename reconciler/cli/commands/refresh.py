@@ -30,7 +30,7 @@ from reconciler.errors import ReconcilerError
 if TYPE_CHECKING:
     from reconciler.aws.client import Aws
     from reconciler.engine.drift import DriftReport
-    from reconciler.engine.refresh import Context
+    from reconciler.engine.context import Context
 
 AutoApprove = Annotated[bool, typer.Option("--auto-approve", help="Accept without asking.")]
 
