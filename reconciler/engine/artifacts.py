@@ -4,6 +4,8 @@ Lambda. Reads S3 and ECR only."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from reconciler.model import FunctionSpec
 
 
@@ -32,7 +34,22 @@ def resolve_artifact(aws, spec: FunctionSpec, cache: dict, ecr_repos: dict | Non
 
 
 def artifact_key(art: dict) -> str:
+    """What identifies an artifact: its S3 object or ECR image (by digest, tag or tag pattern) and region."""
     if art["type"] == "S3":
         return f"s3://{art['bucket']}/{art['key']}@{art['region']}"
     pin = art.get("digest") or art.get("tag") or f"~{art.get('tag_regex')}"
     return f"ecr:{art.get('registry_id') or ''}/{art['repository']}:{pin}@{art['region']}"
+
+
+def resolve_all(aws, specs: list[FunctionSpec], cache: dict, log: Callable[[str], None]) -> dict[str, dict]:
+    """The code of each function, by artifact_key(): once per distinct artifact, whatever
+    number of functions deploy it; an ECR repository once whatever number of tags are read
+    from it."""
+    code_by_artifact: dict[str, dict] = {}
+    ecr_repos: dict = {}
+    for s in specs:
+        key = artifact_key(s.artifact)
+        if key not in code_by_artifact:
+            log(f"artifact {s.artifact.get('id')}: resolving {key}")
+            code_by_artifact[key] = resolve_artifact(aws, s, cache, ecr_repos)
+    return code_by_artifact
