@@ -219,7 +219,7 @@ def run_approval(runner: Runner, sr: StageRun, step: StepDef, timeout: float) ->
     if step.identifier in runner.settings.approve:
         runner.log(f"   approved with --approve {step.identifier}")
         return {"approved": "true", "approvedBy": "--approve"}
-    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+    if not sys.stdin.isatty():
         raise Refused(
             f"approval '{step.identifier}' needs a person: run on a terminal, or approve it with --approve "
             f"{step.identifier}",
