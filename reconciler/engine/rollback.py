@@ -148,9 +148,11 @@ def prepare(
 def execute(ctx, aws, steps: list[Step], log: Callable[[str], None], lock_timeout: float = 0) -> None:
     from contextlib import ExitStack
 
-    from reconciler.engine.apply import close_interrupted, function_lock, half_done, restore
     from reconciler.engine.live import project
+    from reconciler.engine.locks import function_lock
+    from reconciler.engine.records import close_interrupted, half_done
     from reconciler.engine.refresh import refresh_function
+    from reconciler.engine.restore import restore
 
     for step in steps:
         with ExitStack() as stack:
