@@ -1,5 +1,9 @@
-"""Execute a Plan: snapshot, change, publish, move aliases, record after every step,
-and put the function back as it was if anything fails (SPEC §5).
+"""Execute a Plan (SPEC §5): the functions of each state file (infrastructure) under its
+lock, `parallelism` at a time, the first failure stopping the ones not yet started; a
+saved plan is first checked against what is live. Each function is deployed step by step
+by `reconciler.engine.executor` (snapshot, change, publish, move aliases, tag, record
+after every step) and put back as it was if anything fails (`reconciler.engine.failure`,
+`reconciler.engine.restore`).
 
 Crash safety: the in-flight record (status in_progress) is in the state before the
 first change, and every step is recorded after it happens, so a killed apply is known
@@ -22,8 +26,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
-from reconciler.engine.executor import _apply_function, _delete
-from reconciler.engine.failure import ApplyFailed, Interrupted
+from reconciler.engine.deployment import Interrupted
+from reconciler.engine.executor import delete_function, deploy_function
+from reconciler.engine.failure import ApplyFailed
 from reconciler.engine.live import alias_view, fingerprint, snapshot
 from reconciler.engine.locks import function_lock
 from reconciler.engine.records import StateWriter, close_interrupted
@@ -131,9 +136,9 @@ def _apply_group(
             else nullcontext()
         ):
             if fp.action == "delete":
-                _delete(fp, writer, aws, log)
+                delete_function(fp, writer, aws, log)
             else:
-                _apply_function(fp, writer, aws, log, rollback_on_failure, abort, (befores or {}).get(fp.name), failing)
+                deploy_function(fp, writer, aws, log, rollback_on_failure, abort, (befores or {}).get(fp.name), failing)
         with done_lock:
             results["deleted" if fp.action == "delete" else "applied"].append(fp.name)
 

@@ -10,12 +10,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
+from reconciler.engine.deployment import Deployment, Interrupted
 from reconciler.engine.diff import desired_config, interrupted_deployment, publish_description
-from reconciler.engine.failure import Interrupted, _failed
+from reconciler.engine.failure import fail
 from reconciler.engine.live import alias_view, fingerprint
-from reconciler.engine.records import StateWriter, _has_in_flight, _record, _upsert, close_interrupted, half_done
-from reconciler.errors import AwsError, StaleError
+from reconciler.engine.records import StateWriter, close_interrupted, half_done, record_function, upsert
+from reconciler.errors import AwsError, ReconcilerError, StaleError
 from reconciler.model import IN_FLIGHT, FunctionPlan, FunctionSpec, owned_by
 from reconciler.store import state as st
 
@@ -31,6 +33,7 @@ def _with_secrets(fp: FunctionPlan, spec: FunctionSpec, config: dict, writer: St
     if values is None:
         values = read_secret_values(aws, sec.wanted_by([spec]))
         sealer = sealer_for(writer.path, create=True)
+        assert sealer is not None  # created when there is none
         for k, v in sec.env_vars(config).items():
             if sec.references(v) and fp.secret_seals.get(k) != sealer.seal(sec.fill(v, spec.region, values)):
                 raise StaleError(
@@ -40,7 +43,7 @@ def _with_secrets(fp: FunctionPlan, spec: FunctionSpec, config: dict, writer: St
     return sec.fill(config, spec.region, values)
 
 
-def _apply_function(
+def deploy_function(
     fp: FunctionPlan,
     writer: StateWriter,
     aws,
@@ -54,10 +57,46 @@ def _apply_function(
     plan's snapshot, read under the state lock this apply still holds, or a saved plan's
     freshness check); otherwise it is read here. `failing` is set the moment a step
     fails, before the rollback, so that a parallel apply starts no other function."""
-    from reconciler.aws.client import CHANGED_WHILE_UPDATING, Lambda
+    d = start(fp, writer, aws, log, abort, before)
+    try:
+        d.check_abort()
+        if not d.before.get("exists"):
+            create(d)
+        else:
+            update_code(d)
+            update_configuration(d)
+        publish(d)
+        move_aliases(d)
+        tag(d)
+        finish(d)
+    except AwsError as exc:
+        if failing is not None:
+            failing.set()
+        fail(_moved_or_refused(d, exc), d, rollback_on_failure)
+    except BaseException as exc:  # noqa: BLE001 - Ctrl-C or a bug mid-apply rolls back too, then re-raises
+        if failing is not None:
+            failing.set()
+        fail(exc, d, rollback_on_failure)
+
+
+# ---------------------------------------------------------------- 1. snapshot, in-flight record
+
+
+def start(
+    fp: FunctionPlan,
+    writer: StateWriter,
+    aws,
+    log: Callable[[str], None],
+    abort: threading.Event | None,
+    before: dict | None,
+) -> Deployment:
+    """What runs now, recorded before anything changes: the rollback data, in the
+    deployment record that is in the state (status in_progress) before the first change.
+    Converging a killed apply, what ran before that apply is what a rollback must bring back."""
+    from reconciler.aws.client import Lambda
     from reconciler.engine.refresh import refresh_function
 
-    spec = FunctionSpec.from_dict(fp.desired)
+    spec = FunctionSpec.from_dict(_desired(fp))
     lam = Lambda(aws, spec.region, spec.connector)
     current = writer.read()
     recorded = current.functions.get(spec.name)
@@ -65,17 +104,7 @@ def _apply_function(
     # secret references are resolved now, in memory: the values the plan read, or (a saved
     # plan) read again, refused if a secret changed in the store since the plan was made
     config = _with_secrets(fp, spec, config, writer, aws)
-    # the deployments this apply converges: killed ones, and the last one if its rollback failed
-    last = interrupted_deployment(current.history, spec.name)
-    stale = (
-        [h for h in current.history if h.get("function") == spec.name and (h.get("status") in IN_FLIGHT or h is last)]
-        if _has_in_flight(current, spec.name)
-        else []
-    )
-    reuse = next((c.new for c in fp.changes if c.kind == "version" and c.path == "reuse"), None)
-
-    # 1. what runs now, recorded before anything changes: the rollback data. Converging a
-    # killed apply, what ran before that apply is what a rollback must bring back.
+    stale = _converged(writer, current, spec.name)
     if before is None:
         before = refresh_function(aws, spec.region, spec.connector, spec.name)
     if fp.live_fingerprint and fingerprint(before) != fp.live_fingerprint:
@@ -84,10 +113,57 @@ def _apply_function(
             f"function {spec.name} changed in Lambda since this plan was made (another apply, or a hand change)",
             hint="run plan or apply again",
         )
-    killed = next(
+    record = _new_record(fp, spec, snapshot_for_rollback(before, recorded, stale), stale)
+    secret_keys = sorted(set(fp.secret_seals) | set((recorded or {}).get("secrets") or {}))
+    if secret_keys and not _killed_apply(stale):
+        record["previous"]["secrets"] = secret_keys
+    if stale:
+        record["converges"] = [h["id"] for h in stale]
+
+    def begin(state: st.State) -> None:
+        state.region = state.region or spec.region
+        for h in close_interrupted(state, spec.name, record):
+            log(f"{spec.name}: converging the {h.get('operation')} started at {h.get('started_at')}, {half_done(h)}")
+        upsert(state, record)
+
+    writer.update(begin, records=[record], closing=spec.name)
+    return Deployment(fp, spec, config, recorded, before, record, lam, aws, writer, log, abort)
+
+
+def _desired(fp: FunctionPlan) -> dict:
+    if fp.desired is None:  # the plan gives every function it creates or updates a desired spec
+        raise ReconcilerError(f"{fp.name}: the plan has no desired configuration for it")
+    return fp.desired
+
+
+def _converged(writer: StateWriter, state: st.State, name: str) -> list[dict]:
+    """The deployments this apply converges: killed ones, and the last one if its rollback failed."""
+    if not writer.has_in_flight(state, name):
+        return []
+    last = interrupted_deployment(state.history, name)
+    return [h for h in state.history if h.get("function") == name and (h.get("status") in IN_FLIGHT or h is last)]
+
+
+def _killed_apply(stale: list[dict]) -> dict | None:
+    return next(
         (h for h in reversed(stale) if h.get("operation") == "apply" and isinstance(h.get("previous"), dict)), None
     )
-    record = {
+
+
+def snapshot_for_rollback(before: dict, recorded: dict | None, stale: list[dict]) -> dict:
+    """The `previous` of the deployment record: what a rollback brings back. Converging a
+    killed apply, that is what ran before the killed apply."""
+    killed = _killed_apply(stale)
+    return killed["previous"] if killed else _previous(before, recorded)
+
+
+def _reused_version(fp: FunctionPlan) -> str | None:
+    """A version that a killed apply published, which the plan says to use again."""
+    return next((c.new for c in fp.changes if c.kind == "version" and c.path == "reuse"), None)
+
+
+def _new_record(fp: FunctionPlan, spec: FunctionSpec, previous: dict, stale: list[dict]) -> dict[str, Any]:
+    return {
         "id": str(uuid.uuid4()),
         "function": spec.name,
         "service": spec.service,
@@ -99,224 +175,137 @@ def _apply_function(
         "code_sha256": fp.code.get("sha256"),
         "code_source": fp.code.get("source"),
         "code_params": fp.code.get("params"),
-        "publish": bool(fp.publish or reuse),
-        "previous": killed["previous"] if killed else _previous(before, recorded),
+        "publish": bool(fp.publish or _reused_version(fp)),
+        "previous": previous,
         "steps": [],
     }
-    secret_keys = sorted(set(fp.secret_seals) | set((recorded or {}).get("secrets") or {}))
-    if secret_keys and not killed:
-        record["previous"]["secrets"] = secret_keys
-    if stale:
-        record["converges"] = [h["id"] for h in stale]
 
-    def begin(state: st.State) -> None:
-        state.region = state.region or spec.region
-        for h in close_interrupted(state, spec.name, record):
-            log(f"{spec.name}: converging the {h.get('operation')} started at {h.get('started_at')}, {half_done(h)}")
-        _upsert(state, record)
 
-    def step(what: str, **fields) -> None:
-        def change(state: st.State) -> None:
-            record.update(fields)
-            record["steps"].append({"at": st.now(), "step": what})
-            _upsert(state, record)
+# ---------------------------------------------------------------- 2-3. create, or update code then configuration
+# (Lambda's client waits until each change is over before it answers)
 
-        writer.update(change, records=[record])
-        if abort is not None and abort.is_set():
-            raise Interrupted()
 
-    writer.update(begin, records=[record], closing=spec.name)
-    created = False
-    # what Lambda answered last: its FunctionConfiguration after our latest change (the
-    # answer, or the poll that waited for the change to be over), and the RevisionId the
-    # next change is guarded by: Lambda refuses a change to a function that moved since
-    conf = dict(before.get("configuration") or {})
-    revision = before.get("revision_id")
-    image_uri = before.get("image_uri")
-    tags_now = dict(before.get("tags") or {})
-
-    def answered(out: dict) -> None:
-        nonlocal conf, revision
-        conf = {k: v for k, v in out.items() if k != "ResponseMetadata"}
-        revision = out.get("RevisionId")
-
+def create(d: Deployment) -> None:
+    spec, fp = d.spec, d.fp
+    params = {
+        "FunctionName": spec.name,
+        "Code": fp.code["params"],
+        "PackageType": spec.package_type,
+        "Publish": False,
+        "Tags": spec.tags,
+        **d.config,
+        **spec.create_only,
+    }
+    if spec.architectures:
+        params["Architectures"] = spec.architectures
+    d.log(f"{spec.name}: creating function")
     try:
-        if abort is not None and abort.is_set():
-            raise Interrupted()
-        # 2-3. create, or update code then configuration, waiting for Lambda between steps
-        if not before.get("exists"):
-            params = {
-                "FunctionName": spec.name,
-                "Code": fp.code["params"],
-                "PackageType": spec.package_type,
-                "Publish": False,
-                "Tags": spec.tags,
-                **config,
-                **spec.create_only,
-            }
-            if spec.architectures:
-                params["Architectures"] = spec.architectures
-            log(f"{spec.name}: creating function")
-            try:
-                answered(lam.create_function(params))
-            except AwsError as exc:
-                mine = _created_by_lost_answer(exc, lam, spec, fp.code.get("sha256"))
-                if mine is None:
-                    raise
-                log(
-                    f"{spec.name}: the answer to CreateFunction was lost and its retry found the function, with this "
-                    "apply's ownership tags and code: it was created by this apply"
-                )
-                answered(mine)
-            created = True
-            image_uri = fp.code["params"].get("ImageUri")
-            tags_now = dict(spec.tags or {})
-            step("created")
-        else:
-            if any(c.kind == "code" for c in fp.changes):
-                log(f"{spec.name}: updating code → {fp.code.get('sha256')} ({fp.code['source'].get('uri')})")
-                answered(lam.update_code(spec.name, fp.code["params"], spec.architectures, revision))
-                image_uri = fp.code["params"].get("ImageUri") or image_uri
-                step("code updated")
-            if any(c.kind == "config" for c in fp.changes):
-                log(
-                    f"{spec.name}: updating configuration ({', '.join(sorted({c.path.split('.')[0] for c in fp.changes if c.kind == 'config'}))})"
-                )
-                answered(lam.update_configuration(spec.name, config, revision))
-                step("configuration updated")
-
-        # 4. publish exactly one version per real change, guarded by the expected code; a
-        # version that a killed apply published (and nothing changed since) is reused
-        version = (recorded or {}).get("version")
-        publish = fp.publish
-        if reuse:
-            got = lam.get_function(spec.name, reuse)
-            if got and got["Configuration"].get("CodeSha256") == fp.code.get("sha256"):
-                version = reuse
-                log(
-                    f"{spec.name}: version {reuse}, published by the interrupted apply, is used (nothing new to publish)"
-                )
-                step(f"reused version {reuse}", version=reuse)
-            else:
-                publish = True
-        if publish:
-            # what Lambda answered for the last change is the code it now holds (AWS also
-            # refuses the publish itself if $LATEST is not that code)
-            if conf.get("CodeSha256") != fp.code.get("sha256"):
-                raise AwsError(
-                    f"{spec.name}: Lambda reports code {conf.get('CodeSha256')} after the update, expected {fp.code.get('sha256')}"
-                )
-            out = lam.publish_version(
-                spec.name, fp.code.get("sha256"), revision, description=publish_description(record["id"])
-            )
-            version = out["Version"]
-            log(f"{spec.name}: published version {version}")
-            step(f"published version {version}", version=version)
-
-        # 5. aliases to the new version
-        live_aliases = (before.get("aliases") or {}) if not created else {}
-        revisions = (before.get("alias_revisions") or {}) if not created else {}
-        aliases_now = dict(live_aliases)
-        for alias in spec.aliases:
-            name = alias["Name"]
-            if name in live_aliases and _shifted(fp, name):
-                # a rollout: the traffic moves in steps, gated by alarms (reconciler.engine.traffic)
-                aliases_now[name] = _shift(
-                    fp, spec, alias, str(version), lam, aws, record, step, abort, log, live_aliases[name]
-                )
-                continue
-            aliases_now[name] = alias_view(
-                lam.put_alias(spec.name, alias, version, exists=name in live_aliases, revision_id=revisions.get(name))
-            )
-            log(f"{spec.name}: alias {name} → {version}")
-            step(f"alias {name} → {version}")
-        for c in fp.changes:
-            if c.kind == "alias" and c.action == "delete":
-                lam.delete_alias(spec.name, c.path)
-                aliases_now.pop(c.path, None)
-                log(f"{spec.name}: alias {c.path} deleted")
-                step(f"alias {c.path} deleted")
-
-        # 6. tags last: TagResource carries no RevisionId and gives the function a new one,
-        # so it comes after every change that is guarded by one
-        tag_changes = [c for c in fp.changes if c.kind == "tag"] if not created else []
-        if tag_changes:
-            arn = before["arn"]
-            lam.tag(arn, {c.path.split(".", 1)[1]: c.new for c in tag_changes if c.action != "delete"})
-            lam.untag(arn, [c.path.split(".", 1)[1] for c in tag_changes if c.action == "delete"])
-            for c in tag_changes:
-                key = c.path.split(".", 1)[1]
-                if c.action == "delete":
-                    tags_now.pop(key, None)
-                else:
-                    tags_now[key] = c.new
-            log(f"{spec.name}: tags updated")
-            step("tags updated")
-
-        # 7. record the result: $LATEST as Lambda answered its last change (not the published
-        # version's answer: that has the version's own description), the tags as set, and
-        # the aliases as Lambda answered when they were set
-        arn = before.get("arn") if before.get("exists") else conf.get("FunctionArn")
-        after = {
-            "exists": True,
-            "arn": _unqualified(arn or conf.get("FunctionArn") or ""),
-            "configuration": conf,
-            "code_sha256": conf.get("CodeSha256"),
-            "image_uri": image_uri,
-            "architectures": conf.get("Architectures") or before.get("architectures") or ["x86_64"],
-            "tags": tags_now,
-            "aliases": dict(sorted(aliases_now.items())),
-        }
-
-        def finish(state: st.State) -> None:
-            _record(state, fp, spec, after, version, config)
-            record.update(status="succeeded", finished_at=st.now(), version=version)
-            _upsert(state, record)
-
-        writer.update(finish, functions=[spec.name], records=[record])
+        d.answered(d.lam.create_function(params))
     except AwsError as exc:
-        if failing is not None:
-            failing.set()
-        if exc.code == "ResourceConflictException" and not record["steps"] and not created and not before.get("exists"):
-            # another tool created the function between this plan's read and CreateFunction:
-            # it is not this apply's to roll back (deleting it would delete theirs)
-            refusal = str(exc)
+        mine = _created_by_lost_answer(exc, d.lam, spec, fp.code.get("sha256"))
+        if mine is None:
+            raise
+        d.log(
+            f"{spec.name}: the answer to CreateFunction was lost and its retry found the function, with this "
+            "apply's ownership tags and code: it was created by this apply"
+        )
+        d.answered(mine)
+    d.created = True
+    d.image_uri = fp.code["params"].get("ImageUri")
+    d.tags = dict(spec.tags or {})
+    d.step("created")
 
-            def not_ours(state: st.State) -> None:
-                record.update(status="failed", finished_at=st.now(), error=refusal)
-                _upsert(state, record)
 
-            writer.update(not_ours, records=[record])
-            raise StaleError(
-                f"function {spec.name} was created in Lambda by someone else since this plan read it; nothing was "
-                "changed and it is left as it is",
-                hint="run plan again to see whose it is",
-            ) from None
-        if exc.code == "PreconditionFailedException" and not record["steps"] and not created:
-            # Lambda refused the first change: the function moved since it was read, and
-            # nothing was changed; there is nothing to roll back
-            refusal = str(exc)
+def update_code(d: Deployment) -> None:
+    fp = d.fp
+    if not any(c.kind == "code" for c in fp.changes):
+        return
+    d.log(f"{d.name}: updating code → {fp.code.get('sha256')} ({fp.code['source'].get('uri')})")
+    d.answered(d.lam.update_code(d.name, fp.code["params"], d.spec.architectures, d.revision))
+    d.image_uri = fp.code["params"].get("ImageUri") or d.image_uri
+    d.step("code updated")
 
-            def refused(state: st.State) -> None:
-                record.update(status="failed", finished_at=st.now(), error=refusal)
-                _upsert(state, record)
 
-            writer.update(refused, records=[record])
-            raise StaleError(
-                f"function {spec.name} changed in Lambda since this plan was made; nothing was changed",
-                hint="run plan or apply again",
-            ) from None
-        if exc.code in ("PreconditionFailedException", CHANGED_WHILE_UPDATING):
-            # a later change refused, or changed by someone else as it finished: what this
-            # apply already changed is rolled back
-            moved = AwsError(f"function {spec.name} changed in Lambda since this plan was made ({exc})")
-            moved.code = exc.code
-            exc = moved
-        _failed(exc, fp, spec, config, recorded, record, writer, aws, log, rollback_on_failure)
-    except BaseException as exc:  # noqa: BLE001 - Ctrl-C or a bug mid-apply rolls back too, then re-raises
-        if failing is not None:
-            failing.set()
-        _failed(exc, fp, spec, config, recorded, record, writer, aws, log, rollback_on_failure)
+def update_configuration(d: Deployment) -> None:
+    fields = sorted({c.path.split(".")[0] for c in d.fp.changes if c.kind == "config"})
+    if not fields:
+        return
+    d.log(f"{d.name}: updating configuration ({', '.join(fields)})")
+    d.answered(d.lam.update_configuration(d.name, d.config, d.revision))
+    d.step("configuration updated")
+
+
+# ---------------------------------------------------------------- 4. publish
+
+
+def publish(d: Deployment) -> None:
+    """Exactly one version per real change, guarded by the expected code and the RevisionId
+    of the last change; a version that a killed apply published (and nothing changed
+    since) is reused."""
+    d.version = (d.recorded or {}).get("version")
+    reuse = _reused_version(d.fp)
+    reused = _reuse(d, reuse) if reuse else False
+    if d.fp.publish or (reuse and not reused):
+        _publish_new(d)
+
+
+def _reuse(d: Deployment, version: str) -> bool:
+    got = d.lam.get_function(d.name, version)
+    if not (got and got["Configuration"].get("CodeSha256") == d.fp.code.get("sha256")):
+        return False
+    d.version = version
+    d.log(f"{d.name}: version {version}, published by the interrupted apply, is used (nothing new to publish)")
+    d.step(f"reused version {version}", version=version)
+    return True
+
+
+def _publish_new(d: Deployment) -> None:
+    expected = d.fp.code.get("sha256")
+    # what Lambda answered for the last change is the code it now holds (AWS also
+    # refuses the publish itself if $LATEST is not that code)
+    if d.conf.get("CodeSha256") != expected:
+        raise AwsError(
+            f"{d.name}: Lambda reports code {d.conf.get('CodeSha256')} after the update, expected {expected}"
+        )
+    out = d.lam.publish_version(d.name, expected, d.revision, description=publish_description(d.record["id"]))
+    d.version = out["Version"]
+    d.log(f"{d.name}: published version {d.version}")
+    d.step(f"published version {d.version}", version=d.version)
+
+
+# ---------------------------------------------------------------- 5. aliases
+
+
+def move_aliases(d: Deployment) -> None:
+    """Every alias of the function to the new version, then the aliases the plan deletes.
+    The one place an apply moves aliases: each move is one UpdateAlias (guarded by the
+    alias's RevisionId as read before the apply) or CreateAlias, recorded as a step; the
+    alias of the plan's rollout is shifted in steps instead (`shift_alias`)."""
+    live = (d.before.get("aliases") or {}) if not d.created else {}
+    revisions = (d.before.get("alias_revisions") or {}) if not d.created else {}
+    d.aliases = dict(live)
+    for alias in d.spec.aliases:
+        name = alias["Name"]
+        if name in live and _shifted(d.fp, name):
+            d.aliases[name] = shift_alias(d, alias, live[name])
+        else:
+            move_alias(d, alias, exists=name in live, revision_id=revisions.get(name))
+    for c in d.fp.changes:
+        if c.kind == "alias" and c.action == "delete":
+            d.lam.delete_alias(d.name, c.path)
+            d.aliases.pop(c.path, None)
+            d.log(f"{d.name}: alias {c.path} deleted")
+            d.step(f"alias {c.path} deleted")
+
+
+def move_alias(d: Deployment, alias: dict, exists: bool, revision_id: str | None) -> None:
+    """One alias to the deployment's version, all at once."""
+    name, version = alias["Name"], d.version
+    if version is None:  # the plan publishes a version for the aliases of a function that has none recorded
+        raise ReconcilerError(f"{d.name}: no version to point alias {name} at")
+    d.aliases[name] = alias_view(d.lam.put_alias(d.name, alias, version, exists=exists, revision_id=revision_id))
+    d.log(f"{d.name}: alias {name} → {version}")
+    d.step(f"alias {name} → {version}")
 
 
 def _shifted(fp: FunctionPlan, alias: str) -> bool:
@@ -326,41 +315,124 @@ def _shifted(fp: FunctionPlan, alias: str) -> bool:
     return ro is not None and ro.get("alias") == alias and (bool(ro.get("hold")) or gradual(ro))
 
 
-def _shift(
-    fp: FunctionPlan,
-    spec: FunctionSpec,
-    alias: dict,
-    version: str,
-    lam,
-    aws,
-    record: dict,
-    step: Callable[[str], None],
-    abort: threading.Event | None,
-    log: Callable[[str], None],
-    current: dict,
-) -> dict:
-    """Move one alias as the plan's rollout says: gradually (traffic.roll_out), or not at all
-    when a pipeline's traffic-shift steps move it (`hold`). Returns the alias as it is now."""
+def shift_alias(d: Deployment, alias: dict, current: dict) -> dict:
+    """A rollout: move one alias as the plan's rollout says, gradually and gated by alarms
+    (traffic.roll_out, each weight a recorded step), or not at all when a pipeline's
+    traffic-shift steps move it (`hold`). Returns the alias as it is now."""
     from reconciler.aws.cloudwatch import CloudWatch
     from reconciler.engine import traffic
 
-    planned = fp.rollout or {}
+    planned = d.fp.rollout or {}
+    version = str(d.version)
     if planned.get("hold"):
-        record["rollout"] = traffic.held(planned, version)
-        step(f"alias {alias['Name']} stays on version {planned['from']}: traffic-shift steps move it")
-        log(
-            f"{spec.name}: alias {alias['Name']} stays on version {planned['from']} until the traffic-shift steps move it"
+        d.record["rollout"] = traffic.held(planned, version)
+        d.step(f"alias {alias['Name']} stays on version {planned['from']}: traffic-shift steps move it")
+        d.log(
+            f"{d.name}: alias {alias['Name']} stays on version {planned['from']} until the traffic-shift steps move it"
         )
         return current
 
     def sleep(seconds: float) -> None:
-        if abort is None:
+        if d.abort is None:
             time.sleep(seconds)
-        elif abort.wait(seconds):
+        elif d.abort.wait(seconds):
             raise Interrupted()
 
-    cw = CloudWatch(aws, spec.region, spec.connector)
-    return traffic.roll_out(planned, spec, alias, version, lam, cw, record, step, sleep, log)
+    cw = CloudWatch(d.aws, d.spec.region, d.spec.connector)
+    return traffic.roll_out(planned, d.spec, alias, version, d.lam, cw, d.record, d.step, sleep, d.log)
+
+
+# ---------------------------------------------------------------- 6. tags, 7. the result
+
+
+def tag(d: Deployment) -> None:
+    """Tags last: TagResource carries no RevisionId and gives the function a new one, so it
+    comes after every change that is guarded by one."""
+    changes = [c for c in d.fp.changes if c.kind == "tag"] if not d.created else []
+    if not changes:
+        return
+    arn = d.before["arn"]
+    d.lam.tag(arn, {c.path.split(".", 1)[1]: c.new for c in changes if c.action != "delete"})
+    d.lam.untag(arn, [c.path.split(".", 1)[1] for c in changes if c.action == "delete"])
+    for c in changes:
+        key = c.path.split(".", 1)[1]
+        if c.action == "delete":
+            d.tags.pop(key, None)
+        else:
+            d.tags[key] = c.new
+    d.log(f"{d.name}: tags updated")
+    d.step("tags updated")
+
+
+def finish(d: Deployment) -> None:
+    """Record the result: $LATEST as Lambda answered its last change (not the published
+    version's answer: that has the version's own description), the tags as set, and the
+    aliases as Lambda answered when they were set."""
+    before, conf = d.before, d.conf
+    arn = before.get("arn") if before.get("exists") else conf.get("FunctionArn")
+    after = {
+        "exists": True,
+        "arn": _unqualified(arn or conf.get("FunctionArn") or ""),
+        "configuration": conf,
+        "code_sha256": conf.get("CodeSha256"),
+        "image_uri": d.image_uri,
+        "architectures": conf.get("Architectures") or before.get("architectures") or ["x86_64"],
+        "tags": d.tags,
+        "aliases": dict(sorted(d.aliases.items())),
+    }
+
+    def change(state: st.State) -> None:
+        record_function(state, d.fp, d.spec, after, d.version, d.config)
+        d.record.update(status="succeeded", finished_at=st.now(), version=d.version)
+        upsert(state, d.record)
+
+    d.writer.update(change, functions=[d.name], records=[d.record])
+
+
+# ---------------------------------------------------------------- a refused change
+
+
+def _moved_or_refused(d: Deployment, exc: AwsError) -> AwsError:
+    """Lambda refused a change because the function moved since it was read. Refused
+    before anything changed: nothing to roll back, the record says failed, and StaleError
+    is raised. Later: the error to roll back on, saying the function changed."""
+    from reconciler.aws.client import CHANGED_WHILE_UPDATING
+
+    untouched = not d.record["steps"] and not d.created
+    if exc.code == "ResourceConflictException" and untouched and not d.before.get("exists"):
+        # another tool created the function between this plan's read and CreateFunction:
+        # it is not this apply's to roll back (deleting it would delete theirs)
+        _record_refusal(d, exc)
+        raise StaleError(
+            f"function {d.name} was created in Lambda by someone else since this plan read it; nothing was "
+            "changed and it is left as it is",
+            hint="run plan again to see whose it is",
+        ) from None
+    if exc.code == "PreconditionFailedException" and untouched:
+        # Lambda refused the first change: the function moved since it was read, and
+        # nothing was changed; there is nothing to roll back
+        _record_refusal(d, exc)
+        raise StaleError(
+            f"function {d.name} changed in Lambda since this plan was made; nothing was changed",
+            hint="run plan or apply again",
+        ) from None
+    if exc.code in ("PreconditionFailedException", CHANGED_WHILE_UPDATING):
+        # a later change refused, or changed by someone else as it finished: what this
+        # apply already changed is rolled back
+        moved = AwsError(f"function {d.name} changed in Lambda since this plan was made ({exc})")
+        moved.code = exc.code
+        return moved
+    return exc
+
+
+def _record_refusal(d: Deployment, exc: AwsError) -> None:
+    refusal = str(exc)
+
+    def refused(state: st.State) -> None:
+        d.record.update(status="failed", finished_at=st.now(), error=refusal)
+        upsert(state, d.record)
+
+    d.writer.update(refused, records=[d.record])
 
 
 def _created_by_lost_answer(exc: AwsError, lam, spec: FunctionSpec, code_sha256: str | None) -> dict | None:
@@ -409,7 +481,7 @@ def _previous(live: dict, recorded: dict | None) -> dict:
     }
 
 
-def _delete(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[str], None]) -> None:
+def delete_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[str], None]) -> None:
     from reconciler.aws.client import Lambda
 
     rec = writer.read().functions.get(fp.name, {})

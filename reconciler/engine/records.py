@@ -1,7 +1,7 @@
 """The records an apply keeps in the state (SPEC §5): every change of one state file goes
 through a StateWriter, which appends one journal line per step (`State.append`) and
-compacts the journal at the end; the deployment records in the history (`_upsert`), the
-function's entry once deployed (`_record`), and the in-flight records a killed apply or
+compacts the journal at the end; the deployment records in the history (`upsert`), the
+function's entry once deployed (`record_function`), and the in-flight records a killed apply or
 rollback left, which the next one closes (`close_interrupted`).
 """
 
@@ -21,7 +21,7 @@ STATE_WRITE_WAIT = 60.0
 # ---------------------------------------------------------------- state writes
 
 
-def _upsert(state: st.State, record: dict) -> None:
+def upsert(state: st.State, record: dict) -> None:
     """Put this deployment record in the history (replacing its earlier copy)."""
     history = state.history
     for i in range(len(history) - 1, -1, -1):  # it is one of the newest
@@ -54,14 +54,25 @@ class StateWriter:
         self.lock_timeout = lock_timeout
         self._mutex = threading.Lock()
         self._appended = False
-        self.state = None if shared else st.load(state_dir, environment, infrastructure)
+        self.state: st.State | None = None if shared else st.load(state_dir, environment, infrastructure)
+        self._in_flight: tuple[list[dict], set[str]] | None = None
 
     def read(self) -> st.State:
         """The state to read from: the kept one, or (shared) the file as it is now."""
-        if not self.shared:
+        if self.state is not None:
             return self.state
         with self._mutex:
             return st.load(self.state_dir, self.environment, self.infrastructure)
+
+    def has_in_flight(self, state: st.State, name: str) -> bool:
+        """Whether the function had an in-flight record when `state` was read. The names are
+        computed once per history list: during an apply it only grows by this apply's own
+        records, one function each, which are never looked up here."""
+        cached = self._in_flight
+        if cached is None or cached[0] is not state.history:
+            names = {h["function"] for h in state.history if unfinished(h) and h.get("function")}
+            cached = self._in_flight = (state.history, names)
+        return name in cached[1]
 
     def update(
         self,
@@ -71,7 +82,7 @@ class StateWriter:
         closing: str | None = None,
     ) -> None:
         with self._mutex:
-            if not self.shared:
+            if self.state is not None:
                 self._record(self.state, change, functions, records, closing)
                 return
             with st.locked(self.path, "apply", timeout=max(self.lock_timeout, STATE_WRITE_WAIT)):
@@ -84,7 +95,9 @@ class StateWriter:
             change(state)
             state.write()
             return
-        if closing is not None and _has_in_flight(state, closing):  # the very dicts close_interrupted updates in place
+        if closing is not None and self.has_in_flight(
+            state, closing
+        ):  # the very dicts close_interrupted updates in place
             records += [h for h in state.history if h.get("function") == closing and unfinished(h)]
         change(state)
         state.append(functions, records)
@@ -96,18 +109,18 @@ class StateWriter:
             return
         try:
             with self._mutex:
-                if not self.shared:
+                if self.state is not None:
                     self.state.compact()
                 else:
                     with st.locked(self.path, "apply", timeout=max(self.lock_timeout, STATE_WRITE_WAIT)):
                         st.load(self.state_dir, self.environment, self.infrastructure).compact()
             self._appended = False
-        except Exception:  # noqa: BLE001 - the journal stays and every read replays it
+        except Exception:  # the journal stays and every read replays it
             if not best_effort:
                 raise
 
 
-def _record(
+def record_function(
     state: st.State, fp: FunctionPlan, spec: FunctionSpec, snap: dict, version: str | None, config: dict
 ) -> None:
     from reconciler.util.secrets import env_vars, references, shown
@@ -174,19 +187,3 @@ def close_interrupted(state: st.State, name: str, by: dict) -> list[dict]:
 def half_done(record: dict) -> str:
     """How a deployment that close_interrupted closed had ended, for the log."""
     return "whose rollback failed" if record.get("status") == "rollback_failed" else "which was interrupted"
-
-
-def _has_in_flight(state: st.State, name: str) -> bool:
-    return name in _in_flight_names(state)
-
-
-def _in_flight_names(state: st.State) -> set[str]:
-    """The functions with an in-flight record when the state was read, computed once per
-    history list: during an apply it only grows by this apply's own records, one function
-    each, which are never looked up here."""
-    key = id(state.history)
-    cached = getattr(state, "_in_flight_cache", None)
-    if cached is None or cached[0] != key:
-        cached = (key, {h.get("function") for h in state.history if unfinished(h)})
-        state._in_flight_cache = cached
-    return cached[1]
