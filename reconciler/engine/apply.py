@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import ExitStack, nullcontext
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from contextlib import ExitStack, nullcontext, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from reconciler.engine.deployment import Interrupted
 from reconciler.engine.executor import delete_function, deploy_function
@@ -75,17 +77,10 @@ def apply_plan(
             if not shared and not held:
                 stack.enter_context(st.locked(path, "apply", timeout=lock_timeout))
             writer = StateWriter(state_dir, env, infra, shared, lock_timeout)
+            group = _Group(writer, aws, log, rollback_on_failure, lock_timeout, results)
             try:
-                # what is live now, as the rollback data: a saved plan is checked against a
-                # fresh read (which is then that data); a plan made under the lock still held
-                # is current
-                if saved:
-                    befores = _check_fresh(plan, writer, fps, aws, parallelism)
-                elif held:
-                    befores = {fp.name: fp.live for fp in fps if fp.live is not None}
-                else:
-                    befores = {}
-                _apply_group(fps, writer, aws, log, rollback_on_failure, lock_timeout, parallelism, results, befores)
+                group.befores = _befores(plan, writer, fps, aws, parallelism, saved, held)
+                _apply_group(fps, group, parallelism)
             except BaseException as exc:
                 writer.close(best_effort=True)
                 if isinstance(exc, ReconcilerError):
@@ -93,6 +88,19 @@ def apply_plan(
                 raise
             writer.close()
     return results
+
+
+def _befores(
+    plan: Plan, writer: StateWriter, fps: list[FunctionPlan], aws, parallelism: int, saved: bool, held: bool
+) -> dict[str, dict]:
+    """What is live now, as the rollback data: a saved plan is checked against a fresh
+    read (which is then that data); a plan made under the lock still held is current;
+    otherwise each function is read when its deployment starts."""
+    if saved:
+        return _check_fresh(plan, writer, fps, aws, parallelism)
+    if held:
+        return {fp.name: fp.live for fp in fps if fp.live is not None}
+    return {}
 
 
 def _summarize(results: dict, fps: list[FunctionPlan], log: Callable[[str], None]) -> None:
@@ -108,84 +116,107 @@ def _summarize(results: dict, fps: list[FunctionPlan], log: Callable[[str], None
     log("Apply failed: " + ", ".join(p for p in parts if p) + ".")
 
 
-def _apply_group(
-    fps: list[FunctionPlan],
-    writer: StateWriter,
-    aws,
-    log,
-    rollback_on_failure: bool,
-    lock_timeout: float,
-    parallelism: int,
-    results: dict,
-    befores: dict[str, dict] | None = None,
-) -> None:
-    abort = threading.Event()  # Ctrl-C: the running functions stop at their next step and roll back
-    failing = threading.Event()  # a function failed: no other one is started
-    done_lock = threading.Lock()
+@dataclass
+class _Group:
+    """The functions of one state file being applied, and what their deployments share."""
 
-    def one(fp: FunctionPlan) -> None:
-        if abort.is_set():
+    writer: StateWriter
+    aws: Any
+    log: Callable[[str], None]
+    rollback_on_failure: bool
+    lock_timeout: float
+    results: dict[str, list[str]]
+    befores: dict[str, dict] = field(default_factory=dict)
+    # Ctrl-C: the running functions stop at their next step and roll back
+    abort: threading.Event = field(default_factory=threading.Event)
+    # a function failed: no other one is started
+    failing: threading.Event = field(default_factory=threading.Event)
+    done_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, fp: FunctionPlan) -> None:
+        """Deploy (or delete) one function, unless the apply was interrupted or failed."""
+        if self.abort.is_set():
             raise Interrupted()
-        if failing.is_set():
+        if self.failing.is_set():
             raise NotStarted()
         # the state file's lock, held for the whole apply, already keeps other deployments
         # out unless deployments are simultaneous
+        operation = "delete" if fp.action == "delete" else "apply"
         with (
-            function_lock(writer.path, fp.name, "delete" if fp.action == "delete" else "apply", timeout=lock_timeout)
-            if writer.shared
+            function_lock(self.writer.path, fp.name, operation, timeout=self.lock_timeout)
+            if self.writer.shared
             else nullcontext()
         ):
             if fp.action == "delete":
-                delete_function(fp, writer, aws, log)
+                delete_function(fp, self.writer, self.aws, self.log)
             else:
-                deploy_function(fp, writer, aws, log, rollback_on_failure, abort, (befores or {}).get(fp.name), failing)
-        with done_lock:
-            results["deleted" if fp.action == "delete" else "applied"].append(fp.name)
+                before = self.befores.get(fp.name)
+                deploy_function(
+                    fp, self.writer, self.aws, self.log, self.rollback_on_failure, self.abort, before, self.failing
+                )
+        with self.done_lock:
+            self.results["deleted" if fp.action == "delete" else "applied"].append(fp.name)
 
+
+def _apply_group(fps: list[FunctionPlan], group: _Group, parallelism: int) -> None:
+    """One state file's functions, one after the other or `parallelism` at a time."""
     if parallelism <= 1 or len(fps) == 1:
         for fp in fps:
             try:
-                one(fp)
+                group.run(fp)
             except BaseException:
-                results["failed"].append(fp.name)
+                group.results["failed"].append(fp.name)
                 raise
         return
-
     errors: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=min(parallelism, len(fps)), thread_name_prefix="apply") as pool:
-        futures = {pool.submit(one, fp): fp for fp in fps}
+        futures = {pool.submit(group.run, fp): fp for fp in fps}
         try:
             for fut in as_completed(futures):
-                if fut.cancelled():  # never started (cancelled after a failure)
-                    continue
-                exc = fut.exception()
-                if exc is None or isinstance(exc, NotStarted) or (isinstance(exc, Interrupted) and errors):
-                    continue
-                errors.append(exc)
-                results["failed"].append(futures[fut].name)
-                failing.set()
-                for other in futures:
-                    other.cancel()  # not started yet: never started
+                _collect(fut, futures, group, errors)
         except BaseException:
             # Ctrl-C in the main thread: the running functions stop at their next step and
             # roll back; wait for them so nothing is left half deployed
-            abort.set()
-            for other in futures:
-                other.cancel()
-            for other in futures:
-                try:
-                    if not other.cancelled():
-                        other.exception()
-                except BaseException:  # noqa: BLE001 - a second Ctrl-C
-                    pass
+            group.abort.set()
+            _wait_for_rollbacks(futures)
             raise
-    if errors:
-        first = next((e for e in errors if not isinstance(e, ReconcilerError)), None)
-        if first is not None:
-            raise first
-        if len(errors) == 1:
-            raise errors[0]
-        raise ApplyFailed("; ".join(str(e) for e in errors))
+    _raise_failures(errors)
+
+
+def _collect(fut: Future, futures: dict[Future, FunctionPlan], group: _Group, errors: list[BaseException]) -> None:
+    """One finished function of a parallel apply: its failure stops the ones not started."""
+    if fut.cancelled():  # never started (cancelled after a failure)
+        return
+    exc = fut.exception()
+    if exc is None or isinstance(exc, NotStarted) or (isinstance(exc, Interrupted) and errors):
+        return
+    errors.append(exc)
+    group.results["failed"].append(futures[fut].name)
+    group.failing.set()
+    for other in futures:
+        other.cancel()  # not started yet: never started
+
+
+def _wait_for_rollbacks(futures: dict[Future, FunctionPlan]) -> None:
+    """Nothing more is started; the running functions are waited for (they roll back)."""
+    for other in futures:
+        other.cancel()
+    for other in futures:
+        with suppress(BaseException):  # a second Ctrl-C
+            if not other.cancelled():
+                other.exception()
+
+
+def _raise_failures(errors: list[BaseException]) -> None:
+    """A bug or an interruption is raised as it is; failures of several functions as one."""
+    if not errors:
+        return
+    first = next((e for e in errors if not isinstance(e, ReconcilerError)), None)
+    if first is not None:
+        raise first
+    if len(errors) == 1:
+        raise errors[0]
+    raise ApplyFailed("; ".join(str(e) for e in errors))
 
 
 def _check_fresh(

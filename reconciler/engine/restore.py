@@ -6,6 +6,7 @@ alias and the tags. Used by a failed apply, `rollback` and a pipeline stage's ro
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from reconciler.engine.live import project
 from reconciler.errors import AwsError
@@ -44,7 +45,7 @@ def restore(
     """Put a function back to a snapshot: delete it if it did not exist (only if it carries
     the ownership tags of `owner`, the desired tags: a function without them is not the
     one this apply created); else restore $LATEST configuration and code, then every alias.
-    Its Lambda calls get capacity within the quotas ahead of other work (reconciler.quota.urgent)."""
+    Its Lambda calls get capacity within the quotas ahead of other work (reconciler.aws.quota.urgent)."""
     from reconciler.aws.quota import urgent
 
     with urgent():
@@ -62,25 +63,45 @@ def _restore(
 ) -> None:
     from reconciler.aws.client import Lambda
     from reconciler.engine.refresh import refresh_function
-    from reconciler.workspace.schema import update_config_fields
 
     lam = Lambda(aws, region, connector)
     if not prev.get("exists"):
-        got = lam.get_function(name)
-        if got is None:
-            log(f"{name}: it was not created; nothing to delete")
-            return
-        if owner is not None and not owned_by(owner, got.get("Tags") or {}):
-            log(
-                f"{name}: not deleted: it does not carry this function's ownership tags, so this apply did not create it"
-            )
-            return
-        log(f"{name}: deleting the function this apply created")
-        lam.delete_function(name)
+        _delete_created(lam, name, log, owner)
         return
     now = refresh_function(aws, region, connector, name)
     if not now.get("exists"):
         raise AwsError(f"{name} no longer exists in Lambda; it cannot be restored")
+    want = _configuration_to_restore(name, lam, prev, now)
+    # the configuration first, then the code: the reverse of the apply's order, so a
+    # configuration Lambda could not apply (its update Failed) is gone before the code
+    # update that would otherwise fail on it again
+    if project(now.get("configuration") or {}, want) != want:
+        log(f"{name}: restoring configuration")
+        lam.update_configuration(name, want)
+    if now.get("code_sha256") != prev.get("code_sha256"):
+        _restore_code(aws, lam, name, region, connector, prev, log)
+    restore_aliases(lam, name, prev, now, log)
+    _restore_tags(lam, prev, now)
+
+
+def _delete_created(lam, name: str, log: Callable[[str], None], owner: dict | None) -> None:
+    """The function did not exist before: delete it, if it is the one this apply created."""
+    got = lam.get_function(name)
+    if got is None:
+        log(f"{name}: it was not created; nothing to delete")
+        return
+    if owner is not None and not owned_by(owner, got.get("Tags") or {}):
+        log(f"{name}: not deleted: it does not carry this function's ownership tags, so this apply did not create it")
+        return
+    log(f"{name}: deleting the function this apply created")
+    lam.delete_function(name)
+
+
+def _configuration_to_restore(name: str, lam, prev: dict, now: dict) -> dict[str, Any]:
+    """The snapshot's configuration as an UpdateFunctionConfiguration request: the fields
+    it can restore, without the empty ones Lambda would refuse, sealed secrets unsealed."""
+    from reconciler.workspace.schema import update_config_fields
+
     fields = [f for f in RESTORABLE_CONFIG if f in update_config_fields()]
     prev_conf = prev.get("configuration") or {}
     want = {}
@@ -102,20 +123,26 @@ def _restore(
             **want["Environment"],
             "Variables": _unsealed(name, lam, prev, now, want["Environment"].get("Variables") or {}),
         }
-    # the configuration first, then the code: the reverse of the apply's order, so a
-    # configuration Lambda could not apply (its update Failed) is gone before the code
-    # update that would otherwise fail on it again
-    live_now = project(now.get("configuration") or {}, want)
-    if live_now != want:
-        log(f"{name}: restoring configuration")
-        lam.update_configuration(name, want)
-    if now.get("code_sha256") != prev.get("code_sha256"):
-        params = _code_params_for(prev, lam, name)
-        log(f"{name}: restoring code {prev.get('code_sha256')}")
-        lam.update_code(name, params, None)
-        check = refresh_function(aws, region, connector, name)
-        if check.get("code_sha256") != prev.get("code_sha256"):
-            raise AwsError(f"{name}: restored code is {check.get('code_sha256')}, expected {prev.get('code_sha256')}")
+    return want
+
+
+def _restore_code(
+    aws, lam, name: str, region: str, connector: dict | None, prev: dict, log: Callable[[str], None]
+) -> None:
+    from reconciler.engine.refresh import refresh_function
+
+    params = _code_params_for(prev, lam, name)
+    log(f"{name}: restoring code {prev.get('code_sha256')}")
+    lam.update_code(name, params, None)
+    check = refresh_function(aws, region, connector, name)
+    if check.get("code_sha256") != prev.get("code_sha256"):
+        raise AwsError(f"{name}: restored code is {check.get('code_sha256')}, expected {prev.get('code_sha256')}")
+
+
+def restore_aliases(lam, name: str, prev: dict, now: dict, log: Callable[[str], None]) -> None:
+    """Every alias of the snapshot back to its version and weights (UpdateAlias, or
+    CreateAlias for one deleted since), and the aliases it did not have deleted. The one
+    place a restore moves aliases."""
     for alias_name, a in (prev.get("aliases") or {}).items():
         cur = now.get("aliases", {}).get(alias_name)
         if cur != a:
@@ -130,6 +157,9 @@ def _restore(
     for alias_name in set(now.get("aliases", {})) - set(prev.get("aliases") or {}):
         lam.delete_alias(name, alias_name)
         log(f"{name}: alias {alias_name} deleted (it did not exist before)")
+
+
+def _restore_tags(lam, prev: dict, now: dict) -> None:
     tags_now, tags_prev = now.get("tags", {}), prev.get("tags") or {}
     if tags_now != tags_prev and now.get("arn"):
         lam.untag(now["arn"], [k for k in tags_now if k not in tags_prev])
