@@ -1,7 +1,9 @@
 """Deploy one function of a plan, step by step (SPEC §5): snapshot what runs now, create
-it or update its code and configuration (Lambda waits between them), publish a version,
-move the aliases, tag last; every step is recorded in the state's journal as it happens,
-and a failure leads to `reconciler.engine.failure`. Also deletes a pruned function.
+it or update its code and configuration (the Lambda client waits until each change is
+over), publish a version (each change guarded by the RevisionId Lambda answered for the
+last one), move the aliases (or shift one in steps under a rollout), tag last; every step
+is recorded in the state's journal as it happens, and a failure leads to
+`reconciler.engine.failure`. Also deletes a pruned function.
 """
 
 from __future__ import annotations
@@ -20,27 +22,6 @@ from reconciler.engine.records import StateWriter, close_interrupted, half_done,
 from reconciler.errors import AwsError, ReconcilerError, StaleError
 from reconciler.model import IN_FLIGHT, FunctionPlan, FunctionSpec, owned_by
 from reconciler.store import state as st
-
-
-def _with_secrets(fp: FunctionPlan, spec: FunctionSpec, config: dict, writer: StateWriter, aws) -> dict:
-    from reconciler.aws.secrets import read_values as read_secret_values
-    from reconciler.store.seals import sealer_for
-    from reconciler.util import secrets as sec
-
-    if not any(sec.references(v) for v in sec.env_vars(config).values()):
-        return config
-    values = fp.secrets
-    if values is None:
-        values = read_secret_values(aws, sec.wanted_by([spec]))
-        sealer = sealer_for(writer.path, create=True)
-        assert sealer is not None  # created when there is none
-        for k, v in sec.env_vars(config).items():
-            if sec.references(v) and fp.secret_seals.get(k) != sealer.seal(sec.fill(v, spec.region, values)):
-                raise StaleError(
-                    f"saved plan is stale: secret {k} of function {spec.name} changed in the store since it was made",
-                    hint="run plan again",
-                )
-    return sec.fill(config, spec.region, values)
 
 
 def deploy_function(
@@ -157,6 +138,28 @@ def snapshot_for_rollback(before: dict, recorded: dict | None, stale: list[dict]
     return killed["previous"] if killed else _previous(before, recorded)
 
 
+def _previous(live: dict, recorded: dict | None) -> dict:
+    """The rollback snapshot: what runs now and how to bring its code back."""
+    if not live.get("exists"):
+        return {"exists": False}
+    return {
+        "exists": True,
+        "version": (recorded or {}).get("version"),
+        "code_sha256": live.get("code_sha256"),
+        "code_params": (recorded or {}).get("code_params")
+        if (recorded or {}).get("code_sha256") == live.get("code_sha256")
+        else None,
+        "code_source": (recorded or {}).get("code_source")
+        if (recorded or {}).get("code_sha256") == live.get("code_sha256")
+        else None,
+        "image_uri": live.get("image_uri"),
+        "package_type": live.get("package_type"),
+        "configuration": live.get("configuration"),
+        "tags": live.get("tags", {}),
+        "aliases": live.get("aliases", {}),
+    }
+
+
 def _reused_version(fp: FunctionPlan) -> str | None:
     """A version that a killed apply published, which the plan says to use again."""
     return next((c.new for c in fp.changes if c.kind == "version" and c.path == "reuse"), None)
@@ -179,6 +182,27 @@ def _new_record(fp: FunctionPlan, spec: FunctionSpec, previous: dict, stale: lis
         "previous": previous,
         "steps": [],
     }
+
+
+def _with_secrets(fp: FunctionPlan, spec: FunctionSpec, config: dict, writer: StateWriter, aws) -> dict:
+    from reconciler.aws.secrets import read_values as read_secret_values
+    from reconciler.store.seals import sealer_for
+    from reconciler.util import secrets as sec
+
+    if not any(sec.references(v) for v in sec.env_vars(config).values()):
+        return config
+    values = fp.secrets
+    if values is None:
+        values = read_secret_values(aws, sec.wanted_by([spec]))
+        sealer = sealer_for(writer.path, create=True)
+        assert sealer is not None  # created when there is none
+        for k, v in sec.env_vars(config).items():
+            if sec.references(v) and fp.secret_seals.get(k) != sealer.seal(sec.fill(v, spec.region, values)):
+                raise StaleError(
+                    f"saved plan is stale: secret {k} of function {spec.name} changed in the store since it was made",
+                    hint="run plan again",
+                )
+    return sec.fill(config, spec.region, values)
 
 
 # ---------------------------------------------------------------- 2-3. create, or update code then configuration
@@ -214,6 +238,24 @@ def create(d: Deployment) -> None:
     d.image_uri = fp.code["params"].get("ImageUri")
     d.tags = dict(spec.tags or {})
     d.step("created")
+
+
+def _created_by_lost_answer(exc: AwsError, lam, spec: FunctionSpec, code_sha256: str | None) -> dict | None:
+    """After CreateFunction answered "already exists" (ResourceConflictException) on a
+    retry, i.e. an earlier attempt whose answer was lost may have created it: the
+    function's configuration if it carries this function's ownership tags and the code
+    being deployed (the create happened), else None."""
+    if exc.code != "ResourceConflictException" or not getattr(exc, "attempts", 0):
+        return None
+    got = lam.get_function(spec.name)
+    if not got:
+        return None
+    conf = dict(got.get("Configuration") or {})
+    if not owned_by(spec.tags, got.get("Tags") or {}) or conf.get("CodeSha256") != code_sha256:
+        return None
+    if conf.get("State", "Active") != "Active":
+        conf = dict(lam.wait_active(spec.name))
+    return conf
 
 
 def update_code(d: Deployment) -> None:
@@ -389,6 +431,12 @@ def finish(d: Deployment) -> None:
     d.writer.update(change, functions=[d.name], records=[d.record])
 
 
+def _unqualified(arn: str) -> str:
+    """A function ARN without a version qualifier (a published version answers with one)."""
+    parts = arn.split(":")
+    return ":".join(parts[:7]) if len(parts) > 7 else arn
+
+
 # ---------------------------------------------------------------- a refused change
 
 
@@ -435,50 +483,7 @@ def _record_refusal(d: Deployment, exc: AwsError) -> None:
     d.writer.update(refused, records=[d.record])
 
 
-def _created_by_lost_answer(exc: AwsError, lam, spec: FunctionSpec, code_sha256: str | None) -> dict | None:
-    """After CreateFunction answered "already exists" (ResourceConflictException) on a
-    retry, i.e. an earlier attempt whose answer was lost may have created it: the
-    function's configuration if it carries this function's ownership tags and the code
-    being deployed (the create happened), else None."""
-    if exc.code != "ResourceConflictException" or not getattr(exc, "attempts", 0):
-        return None
-    got = lam.get_function(spec.name)
-    if not got:
-        return None
-    conf = dict(got.get("Configuration") or {})
-    if not owned_by(spec.tags, got.get("Tags") or {}) or conf.get("CodeSha256") != code_sha256:
-        return None
-    if conf.get("State", "Active") != "Active":
-        conf = dict(lam.wait_active(spec.name))
-    return conf
-
-
-def _unqualified(arn: str) -> str:
-    """A function ARN without a version qualifier (a published version answers with one)."""
-    parts = arn.split(":")
-    return ":".join(parts[:7]) if len(parts) > 7 else arn
-
-
-def _previous(live: dict, recorded: dict | None) -> dict:
-    """The rollback snapshot: what runs now and how to bring its code back."""
-    if not live.get("exists"):
-        return {"exists": False}
-    return {
-        "exists": True,
-        "version": (recorded or {}).get("version"),
-        "code_sha256": live.get("code_sha256"),
-        "code_params": (recorded or {}).get("code_params")
-        if (recorded or {}).get("code_sha256") == live.get("code_sha256")
-        else None,
-        "code_source": (recorded or {}).get("code_source")
-        if (recorded or {}).get("code_sha256") == live.get("code_sha256")
-        else None,
-        "image_uri": live.get("image_uri"),
-        "package_type": live.get("package_type"),
-        "configuration": live.get("configuration"),
-        "tags": live.get("tags", {}),
-        "aliases": live.get("aliases", {}),
-    }
+# ---------------------------------------------------------------- a pruned function
 
 
 def delete_function(fp: FunctionPlan, writer: StateWriter, aws, log: Callable[[str], None]) -> None:
