@@ -79,13 +79,6 @@ def _circles(graph) -> list[list[str]]:
 # circles being taken apart: each entry goes when its package is split
 KNOWN: list[list[str]] = [
     ["reconciler.cli.app", "reconciler.cli.ops", "reconciler.cli.run", "reconciler.cli.state"],
-    [
-        "reconciler.pipeline.provisioners",
-        "reconciler.pipeline.provisioners.cloudformation",
-        "reconciler.pipeline.provisioners.shell",
-        "reconciler.pipeline.provisioners.terraform",
-        "reconciler.pipeline.runner",
-    ],
 ]
 
 

@@ -97,7 +97,7 @@ def run(
 def _settings(
     pipeline, workspace, var, artifact, inputs, provisioner_outputs, state_dir, show_values, lock_timeout, out
 ):
-    from reconciler.pipeline.runner import RunSettings
+    from reconciler.pipeline.model import RunSettings
 
     ctx = _context(workspace, None, None, None, var, artifact, state_dir, out)
     return RunSettings(
@@ -185,7 +185,7 @@ def _check_pipelines(kwargs: dict) -> None:
     """validate: every pipeline's stages and steps (types, timeouts, when, failure strategies),
     and the shape of every infrastructure provisioner. Still no AWS call."""
     from reconciler.errors import ErrorList
-    from reconciler.pipeline.runner import check_workspace
+    from reconciler.pipeline.checks import check_workspace
     from reconciler.workspace.load import load_workspace
 
     out = Out()

@@ -24,11 +24,10 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from reconciler.errors import ConfigError, ReconcilerError
+from reconciler.pipeline.provisioners.base import StepContext, StepType
 from reconciler.workspace.expr import leaves
 from reconciler.workspace.schema import DEFERRED
 
@@ -38,81 +37,6 @@ NOT_SUPPORTED = {
     "TerraformCloudRun": "Terraform Cloud runs are not supported: run the configuration with TerraformPlan/TerraformApply "
     "steps (terraform on PATH), or pass its outputs with --provisioner-outputs FILE",
 }
-
-
-class StepType(Protocol):
-    """One kind of provisioner step."""
-
-    def check(self, spec: dict, err: Callable[[tuple, str], ConfigError]) -> list[ConfigError]:
-        """Problems in the step's spec, found without running or calling anything. `err(path
-        under spec, message)` makes an error naming the pipeline's file and line."""
-
-    def run(self, ctx: StepContext) -> Provisioned:
-        """Run the step (its spec already resolved); raise StepFailed on failure."""
-
-
-@dataclass
-class Provisioned:
-    """What one step gave: its outputs (the `<+provisioner.NAME>` values; none for a plan
-    or a rollback), the names among them that are sensitive, the log text, and what the
-    state history records about it (stack id, workspace, ...)."""
-
-    outputs: dict = field(default_factory=dict)
-    sensitive: set = field(default_factory=set)
-    output: str = ""
-    record: dict = field(default_factory=dict)
-    summary: dict = field(default_factory=dict)  # shown in the run summary besides the outputs
-
-
-@dataclass
-class StepContext:
-    runner: Any  # reconciler.pipeline.Runner
-    sr: Any  # reconciler.pipeline.StageRun
-    step: Any  # reconciler.pipeline.StepDef
-    spec: dict  # the step's spec, expressions resolved
-    timeout: float
-    memory: dict  # this stage run's provisioning: provisionerIdentifier → what earlier steps did
-
-    @property
-    def log(self) -> Callable[[str], None]:
-        return self.runner.log
-
-    @property
-    def workspace(self) -> Path:
-        return Path(self.runner.settings.workspace)
-
-    @property
-    def aws(self):
-        return self.runner.aws
-
-    def error(self, path: tuple, message: str, hint: str | None = None) -> ConfigError:
-        return self.runner.pipe.error((*self.step.path, "spec", *tuple(path)), message, hint)
-
-    def connector(self, ref: Any) -> dict | None:
-        from reconciler.workspace.connectors import aws_connector
-
-        return aws_connector(self.runner.ws, ref)
-
-    def workspace_file(self, rel: Any, path: tuple) -> Path:
-        """A file of the workspace named by the step (relative to the workspace root)."""
-        return workspace_file(self.workspace, rel, lambda m, h=None: self.error(path, m, h))
-
-    def by_identifier(self) -> dict:
-        return self.memory.setdefault("by_identifier", {})
-
-
-def workspace_file(root: Path, rel: Any, err: Callable[..., ConfigError], folder: bool = False) -> Path:
-    if not isinstance(rel, str) or not rel.strip():
-        raise err("a file path of the workspace is needed here")
-    real = root.resolve()
-    candidate = (real / rel.strip().lstrip("/")).resolve()
-    if candidate != real and real not in candidate.parents:
-        raise err(f"path '{rel}' leaves the workspace", "provisioner files must live inside the workspace")
-    if folder and not candidate.is_dir():
-        raise err(f"folder '{rel}' not found in the workspace ({real})")
-    if not folder and not candidate.is_file():
-        raise err(f"file '{rel}' not found in the workspace ({real})")
-    return candidate
 
 
 def _registry() -> dict[str, StepType]:
@@ -237,7 +161,7 @@ def masked(outputs: dict, sensitive: set | frozenset = frozenset()) -> dict:
 def run_step(runner, sr, step, timeout: float) -> tuple[dict, str]:
     """Run one provisioner step (pipeline hook): its outputs join the stage's provisioner
     outputs; the run summary gets them masked."""
-    from reconciler.pipeline.runner import StepFailed
+    from reconciler.pipeline.model import StepFailed
 
     mem = memory(runner, sr)
     mem["ran"] = True
@@ -279,7 +203,7 @@ def provisioned(runner, sr):
     """After the provisioner steps (pipeline hook): render the stage's target again with
     their outputs and record what was provisioned in the state history. A StepResult when
     the target cannot be rendered with them (the stage then rolls back), else None."""
-    from reconciler.pipeline.runner import StepResult
+    from reconciler.pipeline.model import StepResult
     from reconciler.workspace.render import render_target, target_scope
 
     mem = memory(runner, sr)

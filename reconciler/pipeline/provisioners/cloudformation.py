@@ -120,7 +120,7 @@ class CreateStack:
 
     def run(self, ctx):
         from reconciler.aws.client import CloudFormation
-        from reconciler.pipeline.provisioners import Provisioned
+        from reconciler.pipeline.provisioners.base import Provisioned
 
         conf = ctx.spec["configuration"]
         pid, name, region = ctx.spec["provisionerIdentifier"], conf["stackName"], conf["region"]
@@ -222,7 +222,7 @@ class DeleteStack:
 
     def run(self, ctx):
         from reconciler.aws.client import CloudFormation
-        from reconciler.pipeline.provisioners import Provisioned
+        from reconciler.pipeline.provisioners.base import Provisioned
 
         conf = ctx.spec["configuration"]
         cspec = conf.get("spec") or {}
@@ -261,7 +261,7 @@ class RollbackStack:
 
     def run(self, ctx):
         from reconciler.aws.client import CloudFormation
-        from reconciler.pipeline.provisioners import Provisioned
+        from reconciler.pipeline.provisioners.base import Provisioned
 
         pid = ctx.spec["configuration"]["provisionerIdentifier"]
         mem = ctx.by_identifier().get(pid)
@@ -292,7 +292,7 @@ class RollbackStack:
 
 
 def _wait(ctx, cfn, waiter: str, name: str) -> None:
-    from reconciler.pipeline.runner import StepFailed
+    from reconciler.pipeline.model import StepFailed
 
     try:
         cfn.wait(waiter, name, ctx.timeout)

@@ -21,7 +21,7 @@ FILE_SOURCES = ("Harness", "File", "Local")
 
 class ShellScriptProvision:
     def check(self, spec: dict, err: Callable[..., ConfigError]) -> list[ConfigError]:
-        from reconciler.pipeline.runner import SHELL_VAR
+        from reconciler.pipeline.model import SHELL_VAR
 
         errs = []
         shell = spec.get("shell", "Bash")
@@ -60,8 +60,8 @@ class ShellScriptProvision:
         return errs
 
     def run(self, ctx):
-        from reconciler.pipeline.provisioners import Provisioned
-        from reconciler.pipeline.runner import StepDef, StepFailed
+        from reconciler.pipeline.model import StepDef, StepFailed
+        from reconciler.pipeline.provisioners.base import Provisioned
 
         spec = ctx.step.body.get("spec") or {}
         src = spec.get("source") or {}

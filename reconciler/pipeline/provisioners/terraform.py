@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reconciler.errors import ConfigError
-from reconciler.pipeline.provisioners import workspace_file
+from reconciler.pipeline.provisioners.base import workspace_file
 
 GIT_STORES = ("Github", "GitLab", "Bitbucket", "Git", "AzureRepo", "CodeCommit")
 
@@ -116,8 +116,8 @@ class Terraform:
 
     # ------------------------------------------------------------ run
     def run(self, ctx):
-        from reconciler.pipeline.provisioners import Provisioned
-        from reconciler.pipeline.runner import StepFailed
+        from reconciler.pipeline.model import StepFailed
+        from reconciler.pipeline.provisioners.base import Provisioned
 
         pid = ctx.spec["provisionerIdentifier"]
         mem = ctx.by_identifier()
@@ -208,8 +208,8 @@ class Terraform:
         )
 
     def _rollback(self, ctx, pid: str, prev: dict | None):
-        from reconciler.pipeline.provisioners import Provisioned
-        from reconciler.pipeline.runner import StepFailed
+        from reconciler.pipeline.model import StepFailed
+        from reconciler.pipeline.provisioners.base import Provisioned
 
         if not prev or not prev.get("applied"):
             ctx.log(f"   no {self.tool} apply of provisioner '{pid}' ran in this run: nothing to roll back")
@@ -242,8 +242,8 @@ class Terraform:
         """Apply the configuration the last successful apply of `pid` recorded: its folder and
         Remote var files as they were at its git commit (a copy, with this folder's local
         state files copied in and back), the Inline var files and backend config of now."""
-        from reconciler.pipeline.provisioners import Provisioned
-        from reconciler.pipeline.runner import StepFailed
+        from reconciler.pipeline.model import StepFailed
+        from reconciler.pipeline.provisioners.base import Provisioned
 
         commit, folder_rel = earlier["commit"], earlier["folder"]
         ctx.log(
@@ -397,7 +397,7 @@ class _Run:
         self.ctx, self.tool, self.cfg = ctx, tool, cfg
         self.root = root or ctx.workspace
         self.exe = shutil.which(tool)
-        from reconciler.pipeline.runner import StepFailed
+        from reconciler.pipeline.model import StepFailed
 
         if self.exe is None:
             raise StepFailed(f"the {tool} executable is not on PATH")
@@ -464,7 +464,8 @@ class _Run:
         return " ".join(shlex.quote(a) for a in (self.exe, *args))
 
     def go(self, commands: list[str]) -> None:
-        from reconciler.pipeline.runner import StepFailed, run_script
+        from reconciler.pipeline.model import StepFailed
+        from reconciler.workspace.shell import run_script
 
         env = dict(os.environ)
         env.update({"TF_IN_AUTOMATION": "1", "TF_INPUT": "0", "CHECKPOINT_DISABLE": "1"})
