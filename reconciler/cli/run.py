@@ -218,7 +218,7 @@ def _plan_pipeline(kw: dict, extras: dict) -> None:
         import json
 
         from reconciler.cli.views import render_plan
-        from reconciler.pipeline.runner import pipeline_plan
+        from reconciler.pipeline.plan import pipeline_plan
 
         fmt = _check_format(kw.get("format", "text"))
         for opt in ("service", "env", "infra"):

@@ -8,11 +8,11 @@ from typing import Any
 
 from reconciler.errors import ConfigError, did_you_mean
 from reconciler.model import IDENTIFIER, IDENTIFIER_RULE
+from reconciler.pipeline import provisioners, step_types
 from reconciler.pipeline.conditions import evaluate_condition, parse_duration
-from reconciler.pipeline.model import SHELL_VAR, StageDef, StepDef
+from reconciler.pipeline.model import StageDef, StepDef
 from reconciler.workspace.load import Entity, Workspace, pipeline_stages, stage_skipped
 
-SUPPORTED_STEPS = ("AwsLambdaDeploy", "AwsLambdaRollback", "ShellScript", "Wait")
 REJECTED_STEPS = {
     "HarnessApproval": "a pipeline run is the approval: run it once it is approved",
 }
@@ -106,9 +106,7 @@ def check_pipeline(pipe: Entity, ws: Workspace, strict: bool = False) -> tuple[l
         execution = (stage.get("spec") or {}).get("execution") or {}
         steps = flatten_steps(pipe, execution.get("steps"), (*ex, "steps"), "execution", errors)
         rb = flatten_steps(pipe, execution.get("rollbackSteps"), (*ex, "rollbackSteps"), "rollback", errors)
-        from reconciler.pipeline.provisioners import stage_provisioner
-
-        psteps, prb = stage_provisioner(pipe, stage, path, errors, flatten_steps)
+        psteps, prb = provisioners.stage_provisioner(pipe, stage, path, errors, flatten_steps)
         for s in steps + rb + psteps + prb:
             errors += _check_step(pipe, s)
         errors += _check_strategies(pipe, stage.get("failureStrategies"), (*path, "failureStrategies"))
@@ -143,11 +141,9 @@ def _check_step(pipe: Entity, s: StepDef) -> list[ConfigError]:
             )
         )
     t = b.get("type")
-    from reconciler.pipeline import provisioners
-
-    supported = provisioners.supported(s.phase, SUPPORTED_STEPS)
+    supported = step_types.supported(s.phase)
     if t not in supported:
-        hint = REJECTED_STEPS.get(t) or provisioners.rejected(t, s.phase) or did_you_mean(str(t), supported)
+        hint = REJECTED_STEPS.get(str(t)) or provisioners.rejected(t, s.phase) or did_you_mean(str(t), supported)
         errs.append(
             pipe.error(
                 (*p, "type"),
@@ -167,66 +163,9 @@ def _check_step(pipe: Entity, s: StepDef) -> list[ConfigError]:
     if not isinstance(spec, dict):
         errs.append(pipe.error((*p, "spec"), f"step '{s.identifier}': spec must be a mapping"))
         return errs
-    if t == "ShellScript":
-        shell = spec.get("shell", "Bash")
-        if shell not in ("Bash", "Sh"):
-            errs.append(
-                pipe.error((*p, "spec", "shell"), f"step '{s.identifier}': shell '{shell}' is not supported; use Bash")
-            )
-        src = spec.get("source") or {}
-        if not isinstance(src, dict) or src.get("type", "Inline") != "Inline":
-            errs.append(
-                pipe.error(
-                    (*p, "spec", "source", "type"),
-                    f"step '{s.identifier}': only Inline scripts are supported (source.type: Inline)",
-                )
-            )
-        elif not isinstance((src.get("spec") or {}).get("script"), str):
-            errs.append(pipe.error((*p, "spec", "source"), f"step '{s.identifier}' has no source.spec.script"))
-        target = spec.get("executionTarget") or {}
-        if isinstance(target, dict) and target.get("host"):
-            errs.append(
-                pipe.error(
-                    (*p, "spec", "executionTarget"),
-                    f"step '{s.identifier}': scripts run on this machine; executionTarget.host is not supported",
-                )
-            )
-        for key in ("environmentVariables", "outputVariables"):
-            items = spec.get(key) or []
-            if not isinstance(items, list):
-                errs.append(
-                    pipe.error(
-                        (*p, "spec", key), f"step '{s.identifier}': {key} must be a list of {{name, type, value}}"
-                    )
-                )
-                continue
-            for i, v in enumerate(items):
-                vp = (*p, "spec", key, i)
-                if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not SHELL_VAR.fullmatch(v["name"]):
-                    errs.append(
-                        pipe.error(
-                            vp, f"step '{s.identifier}': each of {key} needs a 'name' that is a shell variable name"
-                        )
-                    )
-                elif (
-                    key == "outputVariables"
-                    and v.get("value") not in (None, "")
-                    and not SHELL_VAR.fullmatch(str(v.get("value")))
-                ):
-                    errs.append(
-                        pipe.error(
-                            (*vp, "value"),
-                            f"output variable '{v['name']}': value names the script's shell variable to read, "
-                            f"and '{v.get('value')}' is not a shell variable name",
-                        )
-                    )
-    if s.phase in provisioners.PROVISION_PHASES:
-        errs += provisioners.check_step(pipe, s)
-    if t == "Wait":
-        try:
-            parse_duration(spec.get("duration"))
-        except ValueError as exc:
-            errs.append(pipe.error((*p, "spec", "duration"), f"Wait step '{s.identifier}': duration {exc}"))
+    errs += step_types.STEP_TYPES[str(t)].check(
+        s, spec, lambda path, message, hint=None: pipe.error((*p, "spec", *tuple(path)), message, hint)
+    )
     errs += _check_when(pipe, b.get("when"), (*p, "when"), "stageStatus")
     errs += _check_strategies(pipe, b.get("failureStrategies"), (*p, "failureStrategies"))
     return errs

@@ -3,9 +3,10 @@ steps and give the `<+provisioner.NAME>` values of the stage's infrastructure de
 its `rollbackSteps` run after the execution's rollback steps when the stage rolls back —
 the order Harness runs them in ("Map Dynamically Provisioned Infrastructure").
 
-One module per kind of provisioner, each a `StepType` (check: the step's spec without
-running anything; run: the step, giving its outputs) in the `STEP_TYPES` registry, which
-both the pipeline check and the runner use:
+One module per kind of provisioner, each a `base.Kind` (check: the step's spec without
+running anything; run: the step, giving its outputs); `registered()` wraps each in a
+`ProvisionerStep`, the `step_base.StepType` that `step_types.STEP_TYPES` names, which both
+the pipeline check and the runner use:
 
 - shell.py: `ShellScriptProvision` (the script writes JSON to $PROVISIONER_OUTPUT_PATH);
 - cloudformation.py: `CloudformationCreateStack`, `CloudformationDeleteStack`,
@@ -13,9 +14,8 @@ both the pipeline check and the runner use:
 - terraform.py: `TerraformPlan`, `TerraformApply`, `TerraformRollback`, `TerraformDestroy`
   and the Terragrunt ones.
 
-The pipeline runner (reconciler.pipeline) calls in here through a few hooks: the stage's
-provisioner steps as StepDefs, their check, their run, the target rendered again with
-their outputs, and the rollback steps. What a stage provisioned (step, outputs, stack) is
+The pipeline checks and runner call in here through a few hooks: the stage's provisioner
+steps as StepDefs, the target rendered again with their outputs, and the rollback steps. What a stage provisioned (step, outputs, stack) is
 recorded in the state history as a `provision` record; secret-looking outputs are masked.
 """
 
@@ -27,43 +27,65 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from reconciler.errors import ConfigError, ReconcilerError
-from reconciler.pipeline.provisioners.base import StepContext, StepType
+from reconciler.pipeline.model import StepDef, StepFailed, StepResult
+from reconciler.pipeline.provisioners.base import Kind, ProvisionContext
+from reconciler.pipeline.stage import RunView, StageRun
+from reconciler.pipeline.step_base import PROVISION_PHASES, ErrorAt, StepContext, StepOutput
 from reconciler.workspace.expr import leaves
+from reconciler.workspace.load import Entity
+from reconciler.workspace.render import Options
 from reconciler.workspace.schema import DEFERRED
 
 MASK = "(sensitive)"
-PROVISION_PHASES = ("provision", "provision_rollback")
 NOT_SUPPORTED = {
     "TerraformCloudRun": "Terraform Cloud runs are not supported: run the configuration with TerraformPlan/TerraformApply "
     "steps (terraform on PATH), or pass its outputs with --provisioner-outputs FILE",
 }
 
 
-def _registry() -> dict[str, StepType]:
+def _registry() -> dict[str, Kind]:
     from reconciler.pipeline.provisioners import cloudformation, shell, terraform
 
-    return {**shell.STEP_TYPES, **cloudformation.STEP_TYPES, **terraform.STEP_TYPES}
+    return {**shell.KINDS, **cloudformation.KINDS, **terraform.KINDS}
 
 
-_LOADED: dict[str, StepType] = {}
+_LOADED: dict[str, Kind] = {}
 
 
-def step_types() -> dict[str, StepType]:
-    """The registry: step type name → StepType (the modules load when a pipeline is checked or run)."""
+def step_types() -> dict[str, Kind]:
+    """The provisioner kinds: step type name → Kind (the modules load when a pipeline is checked or run)."""
     if not _LOADED:
         _LOADED.update(_registry())
     return _LOADED
 
 
-def step_type(name: str) -> StepType:
+def step_type(name: str) -> Kind:
     return step_types()[name]
 
 
+class ProvisionerStep:
+    """A provisioner kind as a pipeline step type: its check, and its run through `run_step`
+    (outputs masked and kept for the stage, the state history's `provision` record)."""
+
+    phases = PROVISION_PHASES
+
+    def __init__(self, kind: Kind):
+        self.kind = kind
+
+    def check(self, step: StepDef, spec: dict, err: ErrorAt) -> list[ConfigError]:
+        return self.kind.check(spec, err)
+
+    def run(self, ctx: StepContext) -> StepOutput:
+        outputs, output = run_step(ctx.run, ctx.sr, ctx.step, ctx.timeout)
+        return StepOutput(outputs, output)
+
+
+def registered() -> dict[str, ProvisionerStep]:
+    """The provisioner kinds as step types, for step_types.STEP_TYPES."""
+    return {name: ProvisionerStep(kind) for name, kind in step_types().items()}
+
+
 # ---------------------------------------------------------------- the pipeline check
-
-
-def supported(phase: str, execution_types: tuple) -> tuple:
-    return tuple(step_types()) if phase in PROVISION_PHASES else execution_types
 
 
 def where(phase: str) -> str:
@@ -78,7 +100,9 @@ def rejected(step_type_name: Any, phase: str) -> str | None:
     return None
 
 
-def stage_provisioner(pipe, stage: dict, path: tuple, errors: list, flatten: Callable) -> tuple[list, list]:
+def stage_provisioner(
+    pipe: Entity, stage: dict, path: tuple, errors: list, flatten: Callable
+) -> tuple[list[StepDef], list[StepDef]]:
     """The StepDefs of a stage's environment.provisioner steps and rollbackSteps."""
     env = (stage.get("spec") or {}).get("environment") if isinstance(stage.get("spec"), dict) else None
     prov = env.get("provisioner") if isinstance(env, dict) else None
@@ -103,17 +127,7 @@ def stage_provisioner(pipe, stage: dict, path: tuple, errors: list, flatten: Cal
     return steps, rollback
 
 
-def check_step(pipe, s) -> list[ConfigError]:
-    """A provisioner step's spec, by its type's own check."""
-    spec = s.body.get("spec") or {}
-    if not isinstance(spec, dict):
-        return []  # the pipeline check says so
-    return step_type(s.type).check(
-        spec, lambda path, message, hint=None: pipe.error((*s.path, "spec", *tuple(path)), message, hint)
-    )
-
-
-def step_strings(s) -> list[tuple[str, tuple]]:
+def step_strings(s: StepDef) -> list[tuple[str, tuple]]:
     """Every string with an expression in a provisioner step's spec and timeout, with its path."""
     out = [(v, p) for v, p in leaves(s.body.get("spec"), (*s.path, "spec")) if isinstance(v, str) and "<+" in v]
     if isinstance(s.body.get("timeout"), str) and "<+" in s.body["timeout"]:
@@ -132,13 +146,14 @@ def pending_settings(settings: dict | None) -> dict:
     return out
 
 
-def memory(runner, sr) -> dict:
+def memory(runner: RunView, sr: StageRun) -> dict:
     """This stage run's provisioning, kept on the runner."""
-    store = runner.__dict__.setdefault("provisioning", {})
-    return store.setdefault((sr.stage.identifier, sr.target), {"outputs": {}, "records": [], "ran": False})
+    return runner.provisioning.setdefault(
+        (sr.stage.identifier, sr.target), {"outputs": {}, "records": [], "ran": False}
+    )
 
 
-def resolve_tree(sr, step, node: Any, path: tuple) -> Any:
+def resolve_tree(sr: StageRun, step: StepDef, node: Any, path: tuple) -> Any:
     if isinstance(node, dict):
         return {k: resolve_tree(sr, step, v, (*path, k)) for k, v in node.items()}
     if isinstance(node, list):
@@ -158,16 +173,14 @@ def masked(outputs: dict, sensitive: set | frozenset = frozenset()) -> dict:
     return {k: (MASK if (k in sensitive or is_secret(k)) else v) for k, v in outputs.items()}
 
 
-def run_step(runner, sr, step, timeout: float) -> tuple[dict, str]:
+def run_step(runner: RunView, sr: StageRun, step: StepDef, timeout: float) -> tuple[dict, str]:
     """Run one provisioner step (pipeline hook): its outputs join the stage's provisioner
     outputs; the run summary gets them masked."""
-    from reconciler.pipeline.model import StepFailed
-
     mem = memory(runner, sr)
     mem["ran"] = True
     mem.setdefault("started_at", _now())
     spec = resolve_tree(sr, step, step.body.get("spec") or {}, (*step.path, "spec"))
-    ctx = StepContext(runner, sr, step, spec, timeout, mem)
+    ctx = ProvisionContext(runner, sr, step, spec, timeout, mem)
     try:
         got = step_type(step.type).run(ctx)
     except (StepFailed, ReconcilerError) as exc:
@@ -199,11 +212,10 @@ def run_step(runner, sr, step, timeout: float) -> tuple[dict, str]:
     return {**got.summary, **shown}, got.output
 
 
-def provisioned(runner, sr):
+def provisioned(runner: RunView, sr: StageRun) -> StepResult | None:
     """After the provisioner steps (pipeline hook): render the stage's target again with
     their outputs and record what was provisioned in the state history. A StepResult when
     the target cannot be rendered with them (the stage then rolls back), else None."""
-    from reconciler.pipeline.model import StepResult
     from reconciler.workspace.render import render_target, target_scope
 
     mem = memory(runner, sr)
@@ -249,7 +261,7 @@ def provisioned(runner, sr):
     return None
 
 
-def rollback_steps(runner, sr) -> Iterator:
+def rollback_steps(runner: RunView, sr: StageRun) -> Iterator[StepDef]:
     """The steps of a stage's rollback (pipeline hook): the execution's rollbackSteps, then
     the provisioner's rollbackSteps if any provisioner step ran; afterwards the provision
     record in the state history says what the rollback did."""
@@ -259,7 +271,7 @@ def rollback_steps(runner, sr) -> Iterator:
     mem = memory(runner, sr)
     if not mem["ran"]:
         for s in sr.stage.provision_rollback_steps:
-            runner._record_skip(sr, s, "no provisioner step ran")
+            runner.record_skip(sr, s, "no provisioner step ran")
         return
     runner.log("   provisioner rollback steps")
     if not mem.get("record_id"):
@@ -296,7 +308,7 @@ def _now() -> str:
     return st.now()
 
 
-def _record(runner, sr, status: str) -> None:
+def _record(runner: RunView, sr: StageRun, status: str) -> None:
     """The `provision` record of this stage run, in the history of its target's state
     (written once, then updated)."""
     from reconciler.store import state as st
@@ -332,7 +344,7 @@ def _record(runner, sr, status: str) -> None:
     mem["record_id"] = rec["id"]
 
 
-def _update_record(runner, sr, changes: dict) -> None:
+def _update_record(runner: RunView, sr: StageRun, changes: dict) -> None:
     from reconciler.store import state as st
 
     mem = memory(runner, sr)
@@ -372,7 +384,7 @@ def history_lines(rows: list[dict]) -> str:
 # ---------------------------------------------------------------- plan --pipeline
 
 
-def plan_provisioning(runner, sr, infos: list) -> Any:
+def plan_provisioning(runner: RunView, sr: StageRun, infos: list) -> Options | None:
     """plan --pipeline, for a target of a stage with provisioner steps: the Options to plan it
     with, or None when one of its values waits for the steps (it is planned when the pipeline
     runs). Outputs are known from --provisioner-outputs, or read (DescribeStacks, nothing
@@ -404,7 +416,7 @@ def plan_provisioning(runner, sr, infos: list) -> Any:
     return None if used else opts
 
 
-def _existing_stack_outputs(runner, sr) -> tuple[dict, dict]:
+def _existing_stack_outputs(runner: RunView, sr: StageRun) -> tuple[dict, dict]:
     from reconciler.aws.client import CloudFormation
 
     known: dict = {}

@@ -1,6 +1,7 @@
-"""What every provisioner kind shares: the `StepType` protocol (check the step's spec
-without running anything; run it), the context a step runs in, what it gives
-(`Provisioned`), and reading a file of the workspace."""
+"""What every provisioner kind shares: the `Kind` protocol (check the step's spec without
+running anything; run it), the context a provisioner step runs in (`ProvisionContext`),
+what it gives (`Provisioned`), and reading a file of the workspace. The registry wraps each
+kind in `provisioners.ProvisionerStep`, a `step_base.StepType` like every other step type."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from reconciler.errors import ConfigError
+from reconciler.pipeline.model import StepDef
+from reconciler.pipeline.stage import RunView, StageRun
 
 
-class StepType(Protocol):
+class Kind(Protocol):
     """One kind of provisioner step."""
 
     def check(self, spec: dict, err: Callable[[tuple, str], ConfigError]) -> list[ConfigError]:
         """Problems in the step's spec, found without running or calling anything. `err(path
         under spec, message)` makes an error naming the pipeline's file and line."""
 
-    def run(self, ctx: StepContext) -> Provisioned:
+    def run(self, ctx: ProvisionContext) -> Provisioned:
         """Run the step (its spec already resolved); raise StepFailed on failure."""
 
 
@@ -37,10 +40,10 @@ class Provisioned:
 
 
 @dataclass
-class StepContext:
-    runner: Any  # reconciler.pipeline.Runner
-    sr: Any  # reconciler.pipeline.StageRun
-    step: Any  # reconciler.pipeline.StepDef
+class ProvisionContext:
+    runner: RunView
+    sr: StageRun
+    step: StepDef
     spec: dict  # the step's spec, expressions resolved
     timeout: float
     memory: dict  # this stage run's provisioning: provisionerIdentifier → what earlier steps did
