@@ -245,8 +245,8 @@ def _plan_pipeline(kw: dict, extras: dict) -> None:
             out.warn(w)
         from reconciler.pipeline.provisioners import plan_text
 
-        provisioning = getattr(the_plan, "provisioners", [])
-        saved = the_plan.to_dict() | ({"provisioners": provisioning} if provisioning else {})
+        provisioning = the_plan.provisioners
+        saved = the_plan.to_dict()
         out_file = kw.get("out_file")
         if out_file:
             from reconciler.store.backend import write_private
@@ -260,18 +260,12 @@ def _plan_pipeline(kw: dict, extras: dict) -> None:
             else:
                 out.log(f"Saved the plan to {out_file}; apply it with: reconciler apply {out_file}")
         shown = render_plan(the_plan, fmt, kw.get("show_values", False))
-        if fmt == "json" and provisioning:
-            shown = json.dumps(json.loads(shown) | {"provisioners": provisioning}, indent=2) + "\n"
-        elif fmt != "json":
+        if fmt != "json":  # (the JSON view has them as "provisioners")
             shown = plan_text(provisioning) + shown
         out.result(shown)
     except ReconcilerError as exc:
         _fail(exc, debug)
-    if (
-        kw.get("detailed_exitcode")
-        and the_plan is not None
-        and (the_plan.has_changes or getattr(the_plan, "provisioners", None))
-    ):
+    if kw.get("detailed_exitcode") and the_plan is not None and (the_plan.has_changes or the_plan.provisioners):
         raise typer.Exit(2)
 
 

@@ -54,7 +54,7 @@ def pipeline_plan(settings: RunSettings, aws: Any, log: Callable[[str], None]) -
         merged = Plan(functions=[], state_refs={}, workspace=str(settings.workspace), created_at=st.now())
     if merged is None:
         raise ReconcilerError(f"pipeline '{settings.pipeline}' has no AwsLambdaDeploy step: it deploys nothing")
-    merged.provisioners = provisioning  # type: ignore[attr-defined]  (shown and saved by cli.run)
+    merged.provisioners = provisioning
     return merged, list(dict.fromkeys(warnings))
 
 
