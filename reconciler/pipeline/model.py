@@ -7,20 +7,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from reconciler.model import Target
 
 SHELL_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # fullmatch: "$" would let a trailing newline through
 
 
-@dataclass
-class StepDef:
+class _Named:
+    """A stage or step of the pipeline document: its identifier and name (the identifier when unnamed)."""
+
     body: dict
-    path: tuple  # in the pipeline document
-    phase: str  # execution | rollback
-    group_when: list = field(default_factory=list)
-    group_strategies: list | None = None
-    group: str | None = None  # the step group identifier, if any
 
     @property
     def identifier(self) -> str:
@@ -29,6 +26,16 @@ class StepDef:
     @property
     def name(self) -> str:
         return str(self.body.get("name") or self.identifier)
+
+
+@dataclass
+class StepDef(_Named):
+    body: dict
+    path: tuple  # in the pipeline document
+    phase: str  # execution | rollback | provision | provision_rollback
+    group_when: list = field(default_factory=list)
+    group_strategies: list | None = None
+    group: str | None = None  # the step group identifier, if any
 
     @property
     def type(self) -> str:
@@ -36,7 +43,7 @@ class StepDef:
 
 
 @dataclass
-class StageDef:
+class StageDef(_Named):
     body: dict
     path: tuple
     steps: list[StepDef]
@@ -44,14 +51,6 @@ class StageDef:
     # environment.provisioner: steps before the execution, rollbackSteps after its rollback (reconciler.provisioners)
     provision_steps: list[StepDef] = field(default_factory=list)
     provision_rollback_steps: list[StepDef] = field(default_factory=list)
-
-    @property
-    def identifier(self) -> str:
-        return str(self.body.get("identifier", ""))
-
-    @property
-    def name(self) -> str:
-        return str(self.body.get("name") or self.identifier)
 
 
 @dataclass
@@ -71,6 +70,11 @@ class StepResult:
     error: str | None = None
     error_type: str | None = None
     reason: str | None = None  # why skipped, or the failure action taken
+
+    @classmethod
+    def of(cls, stage: StageDef, target: Target, step: StepDef, **fields: Any) -> StepResult:
+        """The result of `step` of `stage` for `target` (Skipped until it runs)."""
+        return cls(stage.identifier, stage.name, target, step.identifier, step.name, step.type, step.phase, **fields)
 
     def to_dict(self) -> dict:
         return {

@@ -327,17 +327,8 @@ class Runner:
         return None
 
     def record_skip(self, sr: StageRun, step: StepDef, reason: str) -> None:
-        r = StepResult(
-            sr.stage.identifier,
-            sr.stage.name,
-            sr.target,
-            step.identifier,
-            step.name,
-            step.type,
-            step.phase,
-            status="Skipped",
-            reason=reason,
-        )
+        """The step is reported as skipped, and why."""
+        r = StepResult.of(sr.stage, sr.target, step, status="Skipped", reason=reason)
         self.steps.append(r)
         self.log(f"-- step {step.name} ({step.type}): skipped: {reason}")
 
@@ -366,16 +357,7 @@ class Runner:
 
     def _run_step(self, sr: StageRun, step: StepDef, early: ReconcilerError | None = None) -> StepResult:
         """Run one step through its type (`early`: the error that fails it before it runs)."""
-        r = StepResult(
-            sr.stage.identifier,
-            sr.stage.name,
-            sr.target,
-            step.identifier,
-            step.name,
-            step.type,
-            step.phase,
-            started_at=st.now(),
-        )
+        r = StepResult.of(sr.stage, sr.target, step, started_at=st.now())
         self.steps.append(r)
         self.log(f"-- step {step.name} ({step.type})")
         t0 = time.monotonic()
