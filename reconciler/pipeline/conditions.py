@@ -149,13 +149,14 @@ def _compare(a: Any, op: str, b: Any) -> bool:
             return None
 
     if op in ("==", "!="):
-        same = (num(a) == num(b)) if num(a) is not None and num(b) is not None else _s(a) == _s(b)
+        same = (num(a) == num(b)) if num(a) is not None and num(b) is not None else text_of(a) == text_of(b)
         return same if op == "==" else not same
     x, y = num(a), num(b)
     if x is None or y is None:
-        x, y = _s(a), _s(b)
+        x, y = text_of(a), text_of(b)
     return {"<": x < y, ">": x > y, "<=": x <= y, ">=": x >= y}[op]
 
 
-def _s(v: Any) -> str:
+def text_of(v: Any) -> str:
+    """A value as a condition and a script see it: true, false, "" for null, else its text."""
     return "true" if v is True else "false" if v is False else "" if v is None else str(v)

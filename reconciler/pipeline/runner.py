@@ -92,7 +92,8 @@ class Runner:
         stages, errors = check_pipeline(self.pipe, self.ws, strict=True)
         errors += unresolved_inputs(self.pipe, stages, s.variables)
         self.skipped = pipe_skipped_stages(self.ws, self.pipe)
-        _raise_all(errors)
+        if errors:  # (each as found: not folded like the render errors below)
+            raise errors[0] if len(errors) == 1 else ErrorList(list[ReconcilerError](errors))
         self.pipeline_fixed = self._pipeline_values()
         plan: Prepared = []
         render_errors: list[ReconcilerError] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from reconciler.pipeline.conditions import _s
+from reconciler.pipeline.conditions import text_of
 from reconciler.pipeline.model import StepDef, StepFailed
 from reconciler.pipeline.stage import RunView, StageRun
 from reconciler.util import secrets as sec
@@ -33,7 +33,7 @@ def run_shell(
         env.update(_credentials(run, sr))
     for i, v in enumerate(spec.get("environmentVariables") or []):
         value = sr.resolve(v.get("value"), (*sp, "environmentVariables", i, "value"), step)
-        env[v["name"]] = _s(value)
+        env[v["name"]] = text_of(value)
     outs = [(v["name"], str(v.get("value") or v["name"])) for v in spec.get("outputVariables") or []]
     script, env = _with_secrets(run, sr, step, str(script), env)
     result = run_script(script, env, run.settings.workspace, timeout, outs, run.log, run.masker.mask)
