@@ -12,8 +12,8 @@ from typing import Any
 
 from reconciler.errors import ReconcilerError
 from reconciler.model import Plan
-from reconciler.pipeline import provisioners
 from reconciler.pipeline.model import RunSettings
+from reconciler.pipeline.provisioners.planning import plan_provisioning
 from reconciler.pipeline.runner import Runner
 from reconciler.pipeline.stage import StageRun
 from reconciler.store import state as st
@@ -36,9 +36,7 @@ def pipeline_plan(settings: RunSettings, aws: Any, log: Callable[[str], None]) -
             continue
         for t, opts, spec, scope in items:
             if stage.provision_steps:
-                planned = provisioners.plan_provisioning(
-                    runner, StageRun(runner, stage, t, opts, spec, scope), provisioning
-                )
+                planned = plan_provisioning(runner, StageRun(runner, stage, t, opts, spec, scope), provisioning)
                 if planned is None:
                     continue  # its values wait for the provisioner steps: planned when the pipeline runs
                 opts = planned

@@ -15,28 +15,30 @@ the pipeline check and the runner use:
   and the Terragrunt ones.
 
 The pipeline checks and runner call in here through a few hooks: the stage's provisioner
-steps as StepDefs, the target rendered again with their outputs, and the rollback steps. What a stage provisioned (step, outputs, stack) is
+steps as StepDefs, the target rendered again with their outputs, and the rollback steps.
+`base.py` holds what the kinds share, `history.py` the `provision` record of the state
+history, `planning.py` what `plan --pipeline` and `apply PLANFILE` do with these steps. What a stage provisioned (step, outputs, stack) is
 recorded in the state history as a `provision` record; secret-looking outputs are masked.
 """
 
 from __future__ import annotations
 
 import copy
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.pipeline.model import StepDef, StepFailed, StepResult
-from reconciler.pipeline.provisioners.base import Kind, ProvisionContext
+from reconciler.pipeline.provisioners import history
+from reconciler.pipeline.provisioners.base import MASK, Kind, ProvisionContext, is_secret, masked, memory, resolve_tree
+from reconciler.pipeline.provisioners.history import history_lines
+from reconciler.pipeline.provisioners.planning import plan_text, refuse_saved_plan
 from reconciler.pipeline.stage import RunView, StageRun
 from reconciler.pipeline.step_base import PROVISION_PHASES, ErrorAt, StepContext, StepOutput
+from reconciler.store import state as st
 from reconciler.workspace.expr import leaves
 from reconciler.workspace.load import Entity
-from reconciler.workspace.render import Options
-from reconciler.workspace.schema import DEFERRED
 
-MASK = "(sensitive)"
 NOT_SUPPORTED = {
     "TerraformCloudRun": "Terraform Cloud runs are not supported: run the configuration with TerraformPlan/TerraformApply "
     "steps (terraform on PATH), or pass its outputs with --provisioner-outputs FILE",
@@ -146,39 +148,12 @@ def pending_settings(settings: dict | None) -> dict:
     return out
 
 
-def memory(runner: RunView, sr: StageRun) -> dict:
-    """This stage run's provisioning, kept on the runner."""
-    return runner.provisioning.setdefault(
-        (sr.stage.identifier, sr.target), {"outputs": {}, "records": [], "ran": False}
-    )
-
-
-def resolve_tree(sr: StageRun, step: StepDef, node: Any, path: tuple) -> Any:
-    if isinstance(node, dict):
-        return {k: resolve_tree(sr, step, v, (*path, k)) for k, v in node.items()}
-    if isinstance(node, list):
-        return [resolve_tree(sr, step, v, (*path, i)) for i, v in enumerate(node)]
-    return sr.resolve(node, path, step)
-
-
-def is_secret(name: str) -> bool:
-    """An output whose name the project's masking policy calls sensitive (reconciler.secrets:
-    `sensitive_names`, by default PASSWORD, SECRET, TOKEN, KEY, CREDENTIAL, PRIVATE; `mask_all`)."""
-    from reconciler.util import secrets
-
-    return secrets.config().sensitive(str(name))
-
-
-def masked(outputs: dict, sensitive: set | frozenset = frozenset()) -> dict:
-    return {k: (MASK if (k in sensitive or is_secret(k)) else v) for k, v in outputs.items()}
-
-
 def run_step(runner: RunView, sr: StageRun, step: StepDef, timeout: float) -> tuple[dict, str]:
     """Run one provisioner step (pipeline hook): its outputs join the stage's provisioner
     outputs; the run summary gets them masked."""
     mem = memory(runner, sr)
     mem["ran"] = True
-    mem.setdefault("started_at", _now())
+    mem.setdefault("started_at", st.now())
     spec = resolve_tree(sr, step, step.body.get("spec") or {}, (*step.path, "spec"))
     ctx = ProvisionContext(runner, sr, step, spec, timeout, mem)
     try:
@@ -188,7 +163,7 @@ def run_step(runner: RunView, sr: StageRun, step: StepDef, timeout: float) -> tu
             exc.outputs = masked(exc.outputs)
         if step.phase == "provision":
             mem["records"].append({"step": step.identifier, "type": step.type, "status": "failed", "error": str(exc)})
-            _record(runner, sr, "failed")  # updated if the stage goes on (a failure strategy that ignores it)
+            history.record(runner, sr, "failed")  # updated if the stage goes on (a failure strategy that ignores it)
         raise
     shown = masked(got.outputs, got.sensitive)
     from reconciler.util import secrets
@@ -241,14 +216,14 @@ def provisioned(runner: RunView, sr: StageRun) -> StepResult | None:
             "Provisioner",
             "provision",
             status="Failed",
-            started_at=_now(),
+            started_at=st.now(),
             error=str(exc),
             error_type="Unknown",
             reason="StageRollback",
         )
         runner.log(f"-- provisioner outputs: the infrastructure cannot use them: {exc}")
         mem["records"].append({"step": "provisionerOutputs", "status": "failed", "error": str(exc)})
-        _record(runner, sr, "failed")
+        history.record(runner, sr, "failed")
         return r
     for w in warnings:
         if w not in runner.warnings:
@@ -257,7 +232,7 @@ def provisioned(runner: RunView, sr: StageRun) -> StepResult | None:
     runner.log(
         f"-- provisioned: {sr.target} deploys to {spec.region}" + (f" (function {spec.name})" if spec.name else "")
     )
-    _record(runner, sr, "succeeded")
+    history.record(runner, sr, "succeeded")
     return None
 
 
@@ -275,7 +250,7 @@ def rollback_steps(runner: RunView, sr: StageRun) -> Iterator[StepDef]:
         return
     runner.log("   provisioner rollback steps")
     if not mem.get("record_id"):
-        _record(runner, sr, "failed")
+        history.record(runner, sr, "failed")
     yield from sr.stage.provision_rollback_steps
     results = [
         r
@@ -285,7 +260,7 @@ def rollback_steps(runner: RunView, sr: StageRun) -> Iterator[StepDef]:
     ok = all(r.status in ("Success", "Skipped", "IgnoreFailed") for r in results) and any(
         r.status == "Success" for r in results
     )
-    _update_record(
+    history.update_record(
         runner,
         sr,
         {
@@ -299,179 +274,25 @@ def rollback_steps(runner: RunView, sr: StageRun) -> Iterator[StepDef]:
     )
 
 
-# ---------------------------------------------------------------- the state history
-
-
-def _now() -> str:
-    from reconciler.store import state as st
-
-    return st.now()
-
-
-def _record(runner: RunView, sr: StageRun, status: str) -> None:
-    """The `provision` record of this stage run, in the history of its target's state
-    (written once, then updated)."""
-    from reconciler.store import state as st
-
-    mem = memory(runner, sr)
-    spec, s = sr.spec, runner.settings
-    rec = {
-        "id": mem.get("record_id") or str(uuid.uuid4()),
-        "function": spec.name if DEFERRED not in str(spec.name) else None,
-        "service": spec.service,
-        "operation": "provision",
-        "status": status,
-        "started_at": mem.get("started_at") or _now(),
-        "finished_at": _now(),
-        "version": None,
-        "code_sha256": None,
-        "pipeline": runner.pipe.identifier,
-        "stage": sr.stage.identifier,
-        "region": spec.region if DEFERRED not in str(spec.region) else None,
-        "outputs": masked(mem["outputs"], mem.get("sensitive", set())),
-        "provisioned": mem["records"],
-    }
-    with st.locked(
-        st.state_path(s.state_dir, sr.target.environment, sr.target.infrastructure), "provision", timeout=s.lock_timeout
-    ):
-        state = st.load(s.state_dir, sr.target.environment, sr.target.infrastructure)
-        old = next((h for h in state.history if h.get("id") == rec["id"]), None)
-        if old is None:
-            state.history.append(rec)
-        else:
-            old.update(rec, started_at=old.get("started_at") or rec["started_at"])
-        state.write()
-    mem["record_id"] = rec["id"]
-
-
-def _update_record(runner: RunView, sr: StageRun, changes: dict) -> None:
-    from reconciler.store import state as st
-
-    mem = memory(runner, sr)
-    s = runner.settings
-    with st.locked(
-        st.state_path(s.state_dir, sr.target.environment, sr.target.infrastructure), "provision", timeout=s.lock_timeout
-    ):
-        state = st.load(s.state_dir, sr.target.environment, sr.target.infrastructure)
-        rec = next((h for h in state.history if h.get("id") == mem.get("record_id")), None)
-        if rec is None:
-            return
-        rec.update(changes, finished_at=_now())
-        state.write()
-
-
-def history_lines(rows: list[dict]) -> str:
-    """`history`: what each `provision` record provisioned, under the table."""
-    lines = []
-    for r in rows:
-        if r.get("operation") != "provision":
-            continue
-        lines.append(
-            f"{r['time']}  provisioned by pipeline {r.get('pipeline')}, stage {r.get('stage')} ({r['status']}):"
-        )
-        for p in r.get("provisioned") or []:
-            extra = [f"{k}={v}" for k, v in (p.get("outputs") or {}).items()]
-            extra += [f"{k} {p[k]}" for k in ("stack_id", "stack_name", "workspace", "folder") if p.get(k)]
-            if p.get("error"):
-                extra.append(f"error: {p['error']}")
-            lines.append(
-                f"  {p.get('step')} ({p.get('type', '-')}, {p.get('status')})"
-                + (": " + ", ".join(extra) if extra else "")
-            )
-    return ("\n" + "\n".join(lines) + "\n") if lines else ""
-
-
-# ---------------------------------------------------------------- plan --pipeline
-
-
-def plan_provisioning(runner: RunView, sr: StageRun, infos: list) -> Options | None:
-    """plan --pipeline, for a target of a stage with provisioner steps: the Options to plan it
-    with, or None when one of its values waits for the steps (it is planned when the pipeline
-    runs). Outputs are known from --provisioner-outputs, or read (DescribeStacks, nothing
-    else) from the stacks that exist of the stage's CloudformationCreateStack steps."""
-    from reconciler.workspace.render import render_target
-
-    known, sources = _existing_stack_outputs(runner, sr)
-    settings = dict(sr.opts.provisioner or {})
-    settings["stage"] = {"pending": True, "outputs": known, "used": []}
-    opts = copy.copy(sr.opts)
-    opts.provisioner = settings
-    spec = render_target(runner.ws, sr.target, opts, [])
-    used = sorted(set(settings["stage"]["used"]))
-    infos.append(
-        {
-            "pipeline": runner.pipe.identifier,
-            "stage": sr.stage.identifier,
-            "service": sr.target.service,
-            "environment": sr.target.environment,
-            "infrastructure": sr.target.infrastructure,
-            "function": spec.name,
-            "region": spec.region,
-            "steps": [{"step": s.identifier, "type": s.type} for s in sr.stage.provision_steps],
-            "rollback_steps": [{"step": s.identifier, "type": s.type} for s in sr.stage.provision_rollback_steps],
-            "waiting_for": [f"provisioner.{n}" for n in used],
-            "known_from_stacks": sources,
-        }
-    )
-    return None if used else opts
-
-
-def _existing_stack_outputs(runner: RunView, sr: StageRun) -> tuple[dict, dict]:
-    from reconciler.aws.client import CloudFormation
-
-    known: dict = {}
-    sources: dict = {}
-    for s in sr.stage.provision_steps:
-        if s.type != "CloudformationCreateStack":
-            continue
-        try:
-            spec = resolve_tree(sr, s, s.body.get("spec") or {}, (*s.path, "spec"))
-            conf = spec["configuration"]
-            from reconciler.workspace.connectors import aws_connector
-
-            stack = CloudFormation(
-                runner.aws, conf["region"], aws_connector(runner.ws, conf.get("connectorRef"))
-            ).describe(conf["stackName"])
-        except (KeyError, TypeError, ReconcilerError):
-            continue
-        if stack is None or str(stack.get("StackStatus", "")).endswith(
-            ("FAILED", "ROLLBACK_COMPLETE", "DELETE_COMPLETE")
-        ):
-            continue
-        for o in stack.get("Outputs") or []:
-            known[o["OutputKey"]] = o.get("OutputValue")
-            sources[o["OutputKey"]] = conf["stackName"]
-    return known, sources
-
-
-def plan_text(infos: list) -> str:
-    """plan --pipeline: the provisioner steps `run` would run, above the plan."""
-    if not infos:
-        return ""
-    out = ["Provisioner steps that `reconciler run` runs before these stages (`apply` does not run them):"]
-    for i in infos:
-        steps = ", ".join(f"{s['step']} ({s['type']})" for s in i["steps"])
-        out.append(f"  stage {i['stage']} [{i['service']} → {i['environment']}/{i['infrastructure']}]: {steps}")
-        if i["rollback_steps"]:
-            out.append("    on rollback: " + ", ".join(f"{s['step']} ({s['type']})" for s in i["rollback_steps"]))
-        for name, stack in sorted(i["known_from_stacks"].items()):
-            out.append(f"    provisioner.{name}: from the outputs of existing stack {stack}")
-        if i["waiting_for"]:
-            out.append(
-                f"? {i['function']}  [{i['service']} → {i['environment']}/{i['infrastructure']}, {i['region']}] "
-                f"planned when the pipeline runs: it depends on {', '.join('(' + w + ')' for w in i['waiting_for'])}"
-            )
-    return "\n".join(out) + "\n\n"
-
-
-def refuse_saved_plan(data: Any, path: str) -> None:
-    """apply PLANFILE: a plan whose stages have provisioner steps is refused (only `run` runs them)."""
-    infos = data.get("provisioners") if isinstance(data, dict) else None
-    if infos:
-        pipes = sorted({i.get("pipeline") for i in infos})
-        stages = ", ".join(sorted({str(i.get("stage")) for i in infos}))
-        raise ReconcilerError(
-            f"this plan needs the provisioner steps of stage(s) {stages}, which `apply` does not run",
-            path,
-            hint=f"run the pipeline instead: reconciler run {' / '.join(pipes)}",
-        )
+__all__ = [  # what the pipeline, the command line and the tests use of the provisioner steps
+    "MASK",
+    "ProvisionerStep",
+    "history_lines",
+    "is_secret",
+    "masked",
+    "memory",
+    "pending_settings",
+    "plan_text",
+    "provisioned",
+    "refuse_saved_plan",
+    "registered",
+    "rejected",
+    "resolve_tree",
+    "rollback_steps",
+    "run_step",
+    "stage_provisioner",
+    "step_strings",
+    "step_type",
+    "step_types",
+    "where",
+]

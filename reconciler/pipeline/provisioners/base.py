@@ -14,6 +14,8 @@ from reconciler.errors import ConfigError
 from reconciler.pipeline.model import StepDef
 from reconciler.pipeline.stage import RunView, StageRun
 
+MASK = "(sensitive)"
+
 
 class Kind(Protocol):
     """One kind of provisioner step."""
@@ -88,3 +90,30 @@ def workspace_file(root: Path, rel: Any, err: Callable[..., ConfigError], folder
     if not folder and not candidate.is_file():
         raise err(f"file '{rel}' not found in the workspace ({real})")
     return candidate
+
+
+def memory(runner: RunView, sr: StageRun) -> dict:
+    """This stage run's provisioning, kept on the runner."""
+    return runner.provisioning.setdefault(
+        (sr.stage.identifier, sr.target), {"outputs": {}, "records": [], "ran": False}
+    )
+
+
+def resolve_tree(sr: StageRun, step: StepDef, node: Any, path: tuple) -> Any:
+    if isinstance(node, dict):
+        return {k: resolve_tree(sr, step, v, (*path, k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [resolve_tree(sr, step, v, (*path, i)) for i, v in enumerate(node)]
+    return sr.resolve(node, path, step)
+
+
+def is_secret(name: str) -> bool:
+    """An output whose name the project's masking policy calls sensitive (reconciler.secrets:
+    `sensitive_names`, by default PASSWORD, SECRET, TOKEN, KEY, CREDENTIAL, PRIVATE; `mask_all`)."""
+    from reconciler.util import secrets
+
+    return secrets.config().sensitive(str(name))
+
+
+def masked(outputs: dict, sensitive: set | frozenset = frozenset()) -> dict:
+    return {k: (MASK if (k in sensitive or is_secret(k)) else v) for k, v in outputs.items()}
