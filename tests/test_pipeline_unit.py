@@ -119,17 +119,18 @@ def test_unsupported_steps_and_bad_fields_name_their_line(smoke_ws):
     text = edit(
         pipe,
         "type: AwsLambdaDeploy\n                  timeout: 10m",
-        "type: HarnessApproval\n                  timeout: 10 minutes",
+        "type: JiraApproval\n                  timeout: 10 minutes",
     )
     edit(pipe, "type: StageRollback", "type: StageRolback")
     lines = pipe.read_text().splitlines()
     errors = check_workspace(load_workspace(smoke_ws))
     msgs = [str(e) for e in errors]
-    approval = lines.index("                  type: HarnessApproval") + 1
-    assert msgs[0].startswith(f".harness/pipeline.yaml:{approval}: step 'deployawslambda' has type 'HarnessApproval'")
+    approval = lines.index("                  type: JiraApproval") + 1
+    assert msgs[0].startswith(f".harness/pipeline.yaml:{approval}: step 'deployawslambda' has type 'JiraApproval'")
     assert (
-        "supported: AwsLambdaDeploy, AwsLambdaRollback, ShellScript, Wait" in msgs[0]
-        and "a pipeline run is the approval" in msgs[0]
+        "supported: AwsLambdaDeploy, AwsLambdaRollback, ShellScript, Wait, AwsLambdaTrafficShift, HarnessApproval"
+        in msgs[0]
+        and "approve it there, then run the pipeline" in msgs[0]
     )
     assert any(
         "failure action 'StageRolback' is not supported" in m and "did you mean 'StageRollback'" in m for m in msgs

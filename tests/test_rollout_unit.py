@@ -425,3 +425,159 @@ def test_resume_point_follows_the_alias_when_it_is_a_step_ahead():
     assert ro.resume_point(rec, {"version": "3", "weights": {}}) == {"index": 0, "weight": 10.0, "at": 1.0}
     assert ro.resume_point(record_at(None), {"version": "3", "weights": {}}) is None
     assert ro.resume_point(record_at(None), {"version": "3", "weights": {"4": 0.1}})["index"] == 0
+
+
+# ---------------------------------------------------------------- the pipeline step types (checks only)
+
+
+@pytest.fixture
+def canary_ws(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    ws = tmp_path / "canary"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "samples" / "canary", ws)
+    return ws
+
+
+def pipeline_errors(ws) -> list[str]:
+    from reconciler.pipeline.checks import check_workspace
+    from reconciler.workspace.load import load_workspace
+
+    return [str(e) for e in check_workspace(load_workspace(ws))]
+
+
+def test_the_canary_pipeline_checks_clean(canary_ws):
+    assert pipeline_errors(canary_ws) == []
+
+
+def test_a_bad_traffic_percentage_names_its_line(canary_ws):
+    pipe = canary_ws / ".harness" / "pipeline.yaml"
+    pipe.write_text(pipe.read_text().replace("trafficPercentage: 50", "trafficPercentage: 150"))
+    line = next(i for i, t in enumerate(pipe.read_text().splitlines(), 1) if "trafficPercentage: 150" in t)
+    assert pipeline_errors(canary_ws) == [
+        f".harness/pipeline.yaml:{line}: AwsLambdaTrafficShift step 'shift50': trafficPercentage 150 is not a number from 0 to 100"
+    ]
+
+
+def test_a_shift_before_the_deploy_is_an_error(canary_ws):
+    pipe = canary_ws / ".harness" / "pipeline.yaml"
+    text = pipe.read_text()
+    deploy = "              - step: {type: AwsLambdaDeploy, name: Deploy, identifier: deploy, timeout: 10m, spec: {}}\n"
+    pipe.write_text(
+        text.replace(deploy, "").replace(
+            "            rollbackSteps:", deploy.replace("deploy,", "deploy2,") + "            rollbackSteps:"
+        )
+    )
+    assert any(
+        "step 'shift10' comes before any AwsLambdaDeploy step of its stage" in e for e in pipeline_errors(canary_ws)
+    )
+
+
+def test_approve_must_name_an_approval_step(canary_ws):
+    from reconciler.pipeline.model import RunSettings
+    from reconciler.pipeline.runner import Runner
+
+    settings = RunSettings(
+        workspace=canary_ws, state_dir=canary_ws / "state", pipeline="canaryDeploy", approve=("aproval",)
+    )
+    with pytest.raises(ConfigError) as err:
+        Runner(settings, lambda: None, lambda m: None).prepare()
+    assert (
+        "--approve aproval: pipeline 'canaryDeploy' has no HarnessApproval step 'aproval' (its approvals: approval)"
+        in str(err.value)
+    )
+
+
+# ---------------------------------------------------------------- the plan's rollout (traffic.plan_rollout, fakes for AWS)
+
+
+class FakeLambda:
+    def __init__(self, role: str = ROLE):
+        self.role = role
+
+    def get_function(self, name: str, qualifier: str | None = None) -> dict:
+        return {"Configuration": {"Role": self.role, "Version": qualifier}}
+
+
+class FakeCloudWatch:
+    def __init__(self, existing: tuple[str, ...] = ("billing-5xx",)):
+        self.existing = existing
+
+    def missing(self, names) -> list[str]:
+        return [n for n in names if n not in self.existing]
+
+
+def planned(rules_text: str, lam=None, cw=None, interrupted=None, alias_live=None):
+    from reconciler.engine.traffic import plan_rollout
+    from reconciler.model import Change, FunctionPlan, FunctionSpec
+
+    spec = FunctionSpec(
+        name="billing-prod",
+        service="billing",
+        environment="prod",
+        infrastructure="prod_use1",
+        region="us-east-1",
+        package_type="Zip",
+        config={"Role": ROLE},
+        tags={},
+        artifact={},
+        aliases=[{"Name": "live", "Description": ""}],
+    )
+    fp = FunctionPlan(
+        name=spec.name,
+        service="billing",
+        environment="prod",
+        infrastructure="prod_use1",
+        region="us-east-1",
+        action="update",
+        changes=[Change("alias", "live", "3", "4")],
+        publish=True,
+        next_version="4",
+    )
+    live = {"exists": True, "aliases": {"live": alias_live or {"version": "3", "description": "", "weights": {}}}}
+    plan_rollout(
+        fp,
+        spec,
+        live,
+        rules(rules_text),
+        lam or FakeLambda(),
+        lambda region, connector: cw or FakeCloudWatch(),
+        interrupted,
+    )
+    return fp
+
+
+RULE = "rollout:\n  - match: {service: billing}\n    strategy: Canary10Percent5Minutes\n    alarms: [billing-5xx]\n"
+
+
+def test_the_plan_shows_the_schedule():
+    ro_ = planned(RULE).rollout
+    assert ro_["alias"] == "live" and ro_["from"] == "3" and ro_["to"] == "4" and ro_["impossible"] is None
+    assert ro_["description"] == "canary 10% for 5m then 100%, stops on billing-5xx"
+
+
+def test_the_plan_says_why_a_gradual_shift_is_impossible():
+    ro_ = planned(RULE, lam=FakeLambda(role=ROLE + "-old")).rollout
+    assert ro_["schedule"]["kind"] == "all_at_once"
+    assert ro_["description"].startswith("all at once (no gradual shift: the execution role changes")
+
+
+def test_a_missing_alarm_is_a_plan_error_at_the_rule():
+    with pytest.raises(ConfigError) as err:
+        planned(RULE, cw=FakeCloudWatch(existing=()))
+    assert str(err.value) == "reconciler.yaml:2: rollout alarm 'billing-5xx' does not exist in CloudWatch in us-east-1"
+
+
+def test_a_rule_naming_an_alias_the_function_lacks_is_an_error():
+    with pytest.raises(ConfigError) as err:
+        planned(RULE + "    alias: canary\n")
+    assert "shifts alias 'canary', which function billing-prod" in str(err.value) and err.value.line == 2
+
+
+def test_an_interrupted_rollout_is_resumed_where_it_stopped():
+    killed = {"id": "k1", "status": "in_progress", "operation": "apply", "rollout": record_at(0)}
+    killed["rollout"]["to"] = "4"
+    fp = planned(RULE, interrupted=killed, alias_live={"version": "3", "description": "", "weights": {"4": 0.1}})
+    assert fp.rollout["resume"] == {"index": 0, "weight": 10.0, "at": 1.0} and fp.rollout["resumes"] == "k1"
+    assert fp.rollout["description"].startswith("resuming at 10%: canary 10% for 5m then 100%")

@@ -1,12 +1,16 @@
-"""Render plans and state as text (rich), JSON and Markdown — all from the same dict."""
+"""Render plans and drift reports as text, JSON and Markdown — each from the same data, with
+the values of secrets and of sensitive variables masked unless asked."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.model import Change, FunctionPlan, Plan
 from reconciler.util.secrets import CHANGED, MASK, hidden_value, mask_vars
+
+if TYPE_CHECKING:
+    from reconciler.engine.drift import DriftReport
 
 SYMBOL = {"create": "+", "update": "~", "delete": "-", "noop": " ", "orphan": "!"}
 COMMENT_LIMIT = 65_536
@@ -165,6 +169,11 @@ def render_text(plan: Plan, show_values: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
+def _details(summary: str, body: list[str], fence: str = "```") -> list[str]:
+    """A collapsed block of a pull-request comment: its summary, the body fenced."""
+    return [f"<details><summary>{summary}</summary>", "", fence, *body, "```", "", "</details>"]
+
+
 def render_markdown(plan: Plan, show_values: bool = False, title: str | None = None) -> str:
     """A pull-request comment: title, one summary line, a table, details collapsed."""
     targets = sorted({f"{fp.environment}/{fp.infrastructure}" for fp in plan.functions})
@@ -188,29 +197,15 @@ def render_markdown(plan: Plan, show_values: bool = False, title: str | None = N
         body = function_lines(fp, show_values) + [f"note: {n}" for n in fp.notes]
         if not body:
             continue
-        lines += [
-            "",
-            f"<details><summary><code>{fp.name}</code>: {fp.action}</summary>",
-            "",
-            "```diff",
-            *body,
-            "```",
-            "",
-            "</details>",
-        ]
+        lines += ["", *_details(f"<code>{fp.name}</code>: {fp.action}", body, "```diff")]
     drifted = [fp for fp in plan.functions if fp.drift]
     if drifted:
         lines += ["", "### Changed outside reconciler", ""]
         for fp in drifted:
-            lines += [
-                f"<details><summary><code>{fp.name}</code>: {len(fp.drift)} difference(s)</summary>",
-                "",
-                "```",
-                *[_change_line(masked(c, show_values)) for c in fp.drift],
-                "```",
-                "",
-                "</details>",
-            ]
+            lines += _details(
+                f"<code>{fp.name}</code>: {len(fp.drift)} difference(s)",
+                [_change_line(masked(c, show_values)) for c in fp.drift],
+            )
     text = "\n".join(lines) + "\n"
     if len(text) > COMMENT_LIMIT:
         note = "\n\n_Plan truncated to fit a pull-request comment; run `reconciler plan` for all of it._\n"
@@ -225,3 +220,80 @@ def render_plan(plan: Plan, fmt_name: str, show_values: bool = False) -> str:
     if fmt_name == "markdown":
         return render_markdown(plan, show_values)
     return render_text(plan, show_values)
+
+
+DRIFT_MARK = {"in_sync": " ", "drifted": "~", "deleted": "-", "unfinished": "!", "rolling_out": "»"}
+NOTE_ONLY = ("unfinished", "rolling_out")  # shown by their note, not by differences
+
+
+def _drift_line(c: Change, show_values: bool) -> str:
+    if c.kind == "function":
+        return "function deleted outside reconciler"
+    if c.kind == "version":
+        return f"version {c.new} published outside reconciler"
+    return _change_line(masked(c, show_values))
+
+
+def _drift_counts(report: DriftReport) -> str:
+    s = report.to_dict()["summary"]
+    unfinished = f"{s.get('unfinished', 0)} unfinished, " if s.get("unfinished") else ""
+    unfinished += f"{s.get('rolling_out', 0)} rolling out, " if s.get("rolling_out") else ""
+    in_sync = s["checked"] - s["drifted"] - s["deleted"] - s.get("unfinished", 0) - s.get("rolling_out", 0)
+    return f"{s['drifted']} drifted, {s['deleted']} deleted, {unfinished}{in_sync} in sync"
+
+
+def render_drift_text(report: DriftReport, show_values: bool = False) -> str:
+    """`drift` and `refresh`: one line per function checked, its differences under it."""
+    lines = []
+    for f in report.functions:
+        lines.append(
+            f"{DRIFT_MARK[f.status]} {f.name}  [{f.service} → {f.environment}/{f.infrastructure}, {f.region}] {f.status.replace('_', ' ')}"
+        )
+        if f.status in NOTE_ONLY:
+            lines.append(f"      {f.note}")
+            continue
+        for c in f.changes:
+            lines.append(f"      {_drift_line(c, show_values)}")
+    if not report.functions:
+        return "No functions recorded in the selected state.\n"
+    s = report.to_dict()["summary"]
+    lines += ["", f"Drift: {_drift_counts(report)} ({s['checked']} checked)."]
+    return "\n".join(lines) + "\n"
+
+
+def render_drift_markdown(report: DriftReport, show_values: bool = False) -> str:
+    """`drift --format markdown`: an issue or pull-request comment, details collapsed."""
+    lines = [
+        "## reconciler drift",
+        "",
+        f"**{_drift_counts(report)}**",
+        "",
+        "| | function | service | target | status |",
+        "|---|---|---|---|---|",
+    ]
+    for f in report.functions:
+        lines.append(
+            f"| {DRIFT_MARK[f.status].strip() or '·'} | `{f.name}` | {f.service} | {f.environment}/{f.infrastructure} | {f.status} |"
+        )
+    for f in [f for f in report.functions if f.status == "rolling_out"] + report.drifted:
+        if f.status in NOTE_ONLY:
+            lines += ["", f"`{f.name}`: {f.note}"]
+            continue
+        lines += [
+            "",
+            *_details(
+                f"<code>{f.name}</code>: {len(f.changes)} difference(s)",
+                [_drift_line(c, show_values) for c in f.changes],
+            ),
+        ]
+    text = "\n".join(lines) + "\n"
+    if len(text) > COMMENT_LIMIT:
+        text = (
+            text[: COMMENT_LIMIT - 200].rsplit("\n", 1)[0]
+            + "\n```\n</details>\n\n_Report truncated; run `reconciler drift` for all of it._\n"
+        )
+    return text
+
+
+def render_drift_json(report: DriftReport, show_values: bool = False) -> str:
+    return json.dumps(report.to_dict(lambda c: masked(c, show_values)), indent=2) + "\n"

@@ -22,14 +22,17 @@ def _source(rule: ro.Rule) -> tuple[str | None, int | None]:
 
 def rollout_alias(rule: ro.Rule, spec: FunctionSpec) -> str | None:
     """The alias a rule shifts for this function: the one it names, else the function's only
-    alias; None when the function has no alias. A rule naming an alias the function does not
-    define, or none when it defines several, is an error at the rule."""
+    alias; None when the function has no alias (nothing to shift). A rule naming an alias the
+    function does not define among its aliases, or none when it defines several, is an error
+    at the rule."""
     names = [a["Name"] for a in spec.aliases]
+    if not names:
+        return None
     if rule.alias is not None:
         if rule.alias not in names:
             raise ConfigError(
                 f"rollout rule shifts alias '{rule.alias}', which function {spec.name} ({spec.target}) does not define "
-                f"(its aliases: {', '.join(names) or 'none'})",
+                f"(its aliases: {', '.join(names)})",
                 *_source(rule),
             )
         return rule.alias
@@ -39,7 +42,7 @@ def rollout_alias(rule: ro.Rule, spec: FunctionSpec) -> str | None:
             "name the one to shift with `alias:`",
             *_source(rule),
         )
-    return names[0] if names else None
+    return names[0]
 
 
 def plan_rollout(
@@ -181,11 +184,7 @@ def roll_out(
         shown: dict[str, float] = {"weight": -1.0, "at": 0.0}
 
         def set_weight(weight: float) -> None:
-            target, weights = ro.routing(old, new, weight)
-            out = lam.put_alias(
-                fn, {**alias, "RoutingConfig": {"AdditionalVersionWeights": weights}}, target, exists=True
-            )
-            last["view"] = alias_view(out)
+            last["view"] = put_weight(lam, fn, alias, old, new, weight)
 
         def record_step(s: dict) -> None:
             rec["steps"].append(s)
@@ -238,3 +237,11 @@ def held(planned: dict, version: str) -> dict:
     return ro.new_record(
         str(planned["alias"]), str(planned["from"]), str(version), schedule, planned.get("alarms") or []
     )
+
+
+def put_weight(lam, function: str, alias: dict, old: str, new: str, weight: float) -> dict:
+    """UpdateAlias: `weight` % of the alias's traffic on `new`, the rest on `old` (100: the
+    alias on `new`, no weights). Returns the alias as Lambda answered (alias_view)."""
+    target, weights = ro.routing(old, new, weight)
+    routed = {**alias, "RoutingConfig": {"AdditionalVersionWeights": weights}}
+    return alias_view(lam.put_alias(function, routed, target, exists=True))

@@ -8,14 +8,15 @@ from typing import Any
 
 from reconciler.errors import ConfigError, did_you_mean
 from reconciler.model import IDENTIFIER, IDENTIFIER_RULE
-from reconciler.pipeline import provisioners, step_types
+from reconciler.pipeline import provisioners, shift, step_types
 from reconciler.pipeline.conditions import evaluate_condition, parse_duration
 from reconciler.pipeline.model import StageDef, StepDef
 from reconciler.workspace.load import Entity, Workspace, pipeline_stages, stage_skipped
 
-REJECTED_STEPS = {
-    "HarnessApproval": "a pipeline run is the approval: run it once it is approved",
-}
+REJECTED_STEPS = dict.fromkeys(
+    ("JiraApproval", "ServiceNowApproval", "CustomApproval"),
+    "an approval in another service: approve it there, then run the pipeline (HarnessApproval steps are supported)",
+)
 ERROR_TYPES = (
     "AllErrors",
     "Unknown",
@@ -109,6 +110,9 @@ def check_pipeline(pipe: Entity, ws: Workspace, strict: bool = False) -> tuple[l
         psteps, prb = provisioners.stage_provisioner(pipe, stage, path, errors, flatten_steps)
         for s in steps + rb + psteps + prb:
             errors += _check_step(pipe, s)
+        for i, s in enumerate(steps + rb):
+            if s.type in (shift.SHIFT, shift.APPROVAL):
+                errors += shift.check_step(pipe, s, (steps + rb)[:i])
         errors += _check_strategies(pipe, stage.get("failureStrategies"), (*path, "failureStrategies"))
         errors += _check_when(pipe, stage.get("when"), (*path, "when"), "pipelineStatus")
         seen: dict[str, tuple] = {}

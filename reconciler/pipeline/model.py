@@ -139,3 +139,5 @@ class RunSettings:
     provisioner: dict | None = None  # Options.provisioner
     show_values: bool = False
     lock_timeout: float = 0.0
+    rollout_rules: list = field(default_factory=list)  # reconciler.engine.rollout.Rule, from reconciler.yaml
+    approve: tuple[str, ...] = ()  # --approve: HarnessApproval steps approved in advance

@@ -56,6 +56,8 @@ def _restore_one(run: RunView, sr: StageRun, state: st.State, applied: dict, rea
     else:
         state.functions.pop(spec.name, None)
     applied.update(status="rolled_back", rolled_back_by=record["id"])
+    if (applied.get("rollout") or {}).get("status") == "shifting":
+        applied["rollout"]["status"] = "stopped"
     record.update(status="succeeded", finished_at=st.now())
     state.write()
     run.log(f"   {spec.name}: rolled back")

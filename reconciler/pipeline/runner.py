@@ -28,7 +28,7 @@ from typing import Any
 
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
 from reconciler.model import FunctionSpec, Target
-from reconciler.pipeline import provisioners
+from reconciler.pipeline import provisioners, shift
 from reconciler.pipeline.checks import check_pipeline
 from reconciler.pipeline.conditions import evaluate_condition, parse_duration
 from reconciler.pipeline.inputs import load_inputs, overlay, unresolved_inputs
@@ -91,6 +91,7 @@ class Runner:
         self.pipe = self._pipeline()
         stages, errors = check_pipeline(self.pipe, self.ws, strict=True)
         errors += unresolved_inputs(self.pipe, stages, s.variables)
+        errors += shift.check_approvals(self.pipe, [st_ for stage in stages for st_ in stage.steps], tuple(s.approve))
         self.skipped = pipe_skipped_stages(self.ws, self.pipe)
         if errors:  # (each as found: not folded like the render errors below)
             raise errors[0] if len(errors) == 1 else ErrorList(list[ReconcilerError](errors))
@@ -368,14 +369,16 @@ class Runner:
             timeout = parse_duration(
                 sr.resolve(step.body.get("timeout") or DEFAULT_TIMEOUT, (*step.path, "timeout"), step)
             )
+            if step.phase == "execution" and step.type != "AwsLambdaDeploy":
+                shift.check_alarms(self, sr)  # the stage holds its alias back: the rule's alarms gate every step
             got = STEP_TYPES[step.type].run(StepContext(self, sr, step, timeout))
             r.outputs, r.output = got.outputs, got.output
             r.status = "Success"
         except StepFailed as exc:
             r.status, r.error, r.error_type = "Failed", str(exc), exc.error_type
             r.outputs, r.output = exc.outputs, exc.output
-        except ReconcilerError as exc:
-            r.status, r.error, r.error_type = "Failed", str(exc), "Unknown"
+        except ReconcilerError as exc:  # shift.Refused carries its error type
+            r.status, r.error, r.error_type = "Failed", str(exc), getattr(exc, "error_type", "Unknown")
         r.duration = time.monotonic() - t0
         if r.outputs:
             sr.outputs[step.identifier] = r.outputs

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from reconciler.pipeline import provisioners
 from reconciler.pipeline.step_base import StepType
-from reconciler.pipeline.steps import deploy, rollback, shell, wait
+from reconciler.pipeline.steps import approval, deploy, rollback, shell, traffic_shift, wait
 
 STEP_TYPES: dict[str, StepType] = {
     "AwsLambdaDeploy": deploy.AwsLambdaDeploy(),
     "AwsLambdaRollback": rollback.AwsLambdaRollback(),
     "ShellScript": shell.ShellScript(),
     "Wait": wait.Wait(),
+    "AwsLambdaTrafficShift": traffic_shift.AwsLambdaTrafficShift(),
+    "HarnessApproval": approval.HarnessApproval(),
     # environment.provisioner steps: one module per kind under provisioners/
     **provisioners.registered(),
 }

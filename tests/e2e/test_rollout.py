@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import threading
 import time
 
@@ -170,6 +171,21 @@ def test_an_alarm_mid_bake_puts_the_old_version_back(canary):
     assert "billing-5xx" in rec["error"]
 
 
+def test_sigterm_mid_bake_puts_the_old_version_back(canary):
+    canary.rule("{type: canary, percentage: 10, interval: 60s}")
+    with Watcher(canary) as w:
+        proc = canary.start_apply()
+        w.wait_for(("1", {"2": 0.1}))
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 1, err
+    assert "rollout of live interrupted at 10% (Ctrl-C or SIGTERM)" in err and "rolled back" in err
+    assert canary.alias() == ("1", {}) and ("2", {}) not in w.seen
+    assert canary.config(FN)["CodeSha256"] == canary.sha1
+    rec = canary.last_apply()
+    assert rec["status"] == "rolled_back" and rec["rollout"]["status"] == "stopped"
+
+
 def test_a_killed_rollout_is_shown_by_plan_and_finished_by_apply(canary):
     canary.rule("{type: canary, percentage: 10, interval: 8s}")
     with Watcher(canary) as w:
@@ -223,3 +239,50 @@ def test_a_role_change_cannot_be_gradual_and_the_plan_says_why(canary, aws):
     )
     r = canary.cli("plan", "--var", "version=2")
     assert "all at once (no gradual shift: the execution role changes" in r.stdout
+
+
+# ---------------------------------------------------------------- the canary pipeline
+
+
+def run(canary: Canary, *extra, code: int) -> str:
+    r = canary.cli("run", "canaryDeploy", "--var", "version=2", *extra, code=code)
+    return r.stdout + r.stderr
+
+
+def test_the_pipeline_with_approval_reaches_100(canary):
+    with Watcher(canary) as w:
+        out = run(canary, "--approve", "approval", code=0)
+    # the watcher may miss a step that lasted less than its poll; the state records each one
+    assert all(x in [("1", {}), ("1", {"2": 0.1}), ("1", {"2": 0.5}), ("2", {})] for x in w.seen), (w.seen, out)
+    assert w.seen[-1] == ("2", {})
+    rec = canary.last_apply()
+    assert [s["weight"] for s in rec["rollout"]["steps"]] == [10.0, 50.0, 100.0] and rec["rollout"][
+        "status"
+    ] == "completed"
+    assert canary.config(FN)["CodeSha256"] == canary.sha2
+    canary.cli("drift", code=0)
+
+
+def test_the_pipeline_rolls_back_when_the_check_at_50_fails(canary):
+    out = run(canary, "--approve", "approval", "--var", "fail_at=50", code=1)
+    deployed = canary.last_apply()
+    assert [s["weight"] for s in deployed["rollout"]["steps"]] == [10.0, 50.0], out
+    assert deployed["status"] == "rolled_back" and deployed["rollout"]["status"] == "stopped"
+    assert canary.alias() == ("1", {})
+    assert canary.config(FN)["CodeSha256"] == canary.sha1
+    assert re.search(r"verify50\s+ShellScript\s+Failed", out), out
+
+
+def test_an_approval_without_a_person_or_approve_is_a_rejection(canary):
+    out = run(canary, code=1)
+    assert "--approve approval" in out and re.search(r"approval\s+HarnessApproval\s+Failed", out), out
+    assert [s["weight"] for s in canary.last_apply()["rollout"]["steps"]] == [10.0, 50.0]
+    assert canary.alias() == ("1", {})
+
+
+def test_an_alarm_stops_the_pipeline_between_steps(canary):
+    canary.alarm("ALARM")
+    out = run(canary, "--approve", "approval", code=1)
+    assert "alarm billing-5xx is in ALARM" in out and re.search(r"shift10\s+AwsLambdaTrafficShift\s+Failed", out), out
+    assert canary.last_apply()["status"] == "rolled_back"
+    assert canary.alias() == ("1", {}) and canary.config(FN)["CodeSha256"] == canary.sha1

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from reconciler.errors import ConfigError
 from reconciler.model import FunctionPlan, FunctionSpec, Plan
+from reconciler.pipeline import shift
 from reconciler.pipeline.model import StepDef, StepFailed
 from reconciler.pipeline.stage import artifact_kind
 from reconciler.pipeline.step_base import EXECUTION_PHASES, ErrorAt, StepContext, StepOutput
@@ -26,11 +27,12 @@ class AwsLambdaDeploy:
     def run(self, ctx: StepContext) -> StepOutput:
         spec, log = ctx.sr.spec, ctx.log
         plan, fp = plan_stage_function(ctx)
+        held = hold_alias(ctx, fp)
         describe(log, spec, fp, ctx.run.settings.show_values)
         apply(ctx, plan, fp)
         facts = ctx.sr.facts()
         if fp.has_changes:
-            report(ctx, fp, facts)
+            report(ctx, fp, facts, held)
         log("Done")
         return StepOutput(
             {
@@ -49,8 +51,13 @@ def plan_stage_function(ctx: StepContext) -> tuple[Plan, FunctionPlan]:
     from reconciler.engine.refresh import Context, make_plan
 
     s, spec, log = ctx.run.settings, ctx.sr.spec, ctx.log
+    # a stage with traffic-shift steps moves its alias with them; else a rollout rule applies
     context = Context(
-        workspace=s.workspace, state_dir=s.state_dir, options=copy.deepcopy(ctx.sr.opts), log=lambda m: None
+        workspace=s.workspace,
+        state_dir=s.state_dir,
+        options=copy.deepcopy(ctx.sr.opts),
+        log=lambda m: None,
+        rollout_rules=[] if _shifts(ctx) else list(s.rollout_rules),
     )
     log("Deploying..\n")
     log("Aws Lambda Manifest Content")
@@ -62,6 +69,28 @@ def plan_stage_function(ctx: StepContext) -> tuple[Plan, FunctionPlan]:
     if not plan.functions:
         raise StepFailed(f"the plan has no function {spec.name}")
     return plan, plan.functions[0]
+
+
+def _shifts(ctx: StepContext) -> bool:
+    """Whether the stage has traffic-shift steps (they move its alias, not the deploy)."""
+    return any(x.type == shift.SHIFT for x in ctx.sr.stage.steps)
+
+
+def hold_alias(ctx: StepContext, fp: FunctionPlan) -> str | None:
+    """In a stage with traffic-shift steps: the alias the deploy leaves on its version (shift.hold), if any."""
+    if not _shifts(ctx):
+        return None
+    from reconciler.aws.client import Lambda
+
+    spec, s = ctx.sr.spec, ctx.run.settings
+    held = shift.hold(
+        fp, spec, s.rollout_rules, ctx.sr.stage.steps, Lambda(ctx.run.aws, spec.region, spec.connector), ctx.log
+    )
+    if held:
+        ctx.log(
+            f"Alias [{held}] stays on its version; the traffic-shift steps move it ({(fp.rollout or {}).get('description')})."
+        )
+    return held
 
 
 def describe(log: Callable[[str], None], spec: FunctionSpec, fp: FunctionPlan, show_values: bool) -> None:
@@ -112,7 +141,7 @@ def apply(ctx: StepContext, plan: Plan, fp: FunctionPlan) -> None:
         ]
 
 
-def report(ctx: StepContext, fp: FunctionPlan, facts: dict) -> None:
+def report(ctx: StepContext, fp: FunctionPlan, facts: dict, held: str | None = None) -> None:
     """What was deployed: the function's status, the version published, the aliases moved."""
     from reconciler.engine.refresh import refresh_function
 
@@ -126,7 +155,7 @@ def report(ctx: StepContext, fp: FunctionPlan, facts: dict) -> None:
         log(f"Published new version: [{facts['RECONCILER_VERSION']}]")
         log(f"Published function ARN: [{facts['RECONCILER_VERSION_ARN']}]")
     log(f"Successfully deployed lambda function: [{spec.name}]")
-    for a in spec.aliases:
+    for a in [a for a in spec.aliases if a["Name"] != held]:
         log("\nAws Lambda Alias Manifest Content")
         log(json.dumps({k[:1].lower() + k[1:]: v for k, v in a.items()}, indent=3))
         log(f"Alias [{a['Name']}] of function {spec.name} → version {facts['RECONCILER_VERSION']}")
