@@ -45,7 +45,7 @@ t = time.perf_counter()
 import importlib.util
 if importlib.util.find_spec('typer._adapters'):  # typer >= 0.29 validates options through it
     import typer._adapters
-import reconciler.cli.app, reconciler.engine.refresh, reconciler.aws.client, reconciler.engine.diff, reconciler.cli.views, reconciler.workspace.schema
+import reconciler.cli.app, reconciler.engine.planner, reconciler.aws.client, reconciler.engine.diff, reconciler.cli.views, reconciler.workspace.schema
 reconciler.workspace.schema.lambda_model()
 print(time.perf_counter() - t)
 """

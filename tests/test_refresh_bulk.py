@@ -11,7 +11,8 @@ import pytest
 from botocore.stub import Stubber
 
 from reconciler.aws.client import Aws
-from reconciler.engine.refresh import BULK_MIN, Want, refresh_all, resolve_artifact
+from reconciler.engine.artifacts import resolve_artifact
+from reconciler.engine.refresh import BULK_MIN, Want, refresh_all
 from reconciler.engine.live import fingerprint, snapshot
 
 REGION = "eu-west-1"

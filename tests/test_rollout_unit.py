@@ -222,7 +222,7 @@ def test_gradual_shift_possible_between_two_published_versions_alike():
     "current, old, new, publishes, routing, words",
     [
         (None, None, {"Role": ROLE}, True, None, "alias live does not exist yet"),
-        ({"version": "3"}, {"Role": ROLE}, {"Role": ROLE}, False, None, "no new version is published"),
+        ({"version": "3"}, {"Role": ROLE}, {"Role": ROLE}, False, None, "does not move to a published version"),
         (
             {"version": "$LATEST"},
             {"Role": ROLE},
@@ -508,7 +508,7 @@ class FakeCloudWatch:
         return [n for n in names if n not in self.existing]
 
 
-def planned(rules_text: str, lam=None, cw=None, interrupted=None, alias_live=None):
+def planned(rules_text: str, lam=None, cw=None, interrupted=None, alias_live=None, publish=True):
     from reconciler.engine.traffic import plan_rollout
     from reconciler.model import Change, FunctionPlan, FunctionSpec
 
@@ -532,8 +532,8 @@ def planned(rules_text: str, lam=None, cw=None, interrupted=None, alias_live=Non
         region="us-east-1",
         action="update",
         changes=[Change("alias", "live", "3", "4")],
-        publish=True,
-        next_version="4",
+        publish=publish,
+        next_version="4" if publish else None,
     )
     live = {"exists": True, "aliases": {"live": alias_live or {"version": "3", "description": "", "weights": {}}}}
     plan_rollout(
@@ -581,3 +581,9 @@ def test_an_interrupted_rollout_is_resumed_where_it_stopped():
     fp = planned(RULE, interrupted=killed, alias_live={"version": "3", "description": "", "weights": {"4": 0.1}})
     assert fp.rollout["resume"] == {"index": 0, "weight": 10.0, "at": 1.0} and fp.rollout["resumes"] == "k1"
     assert fp.rollout["description"].startswith("resuming at 10%: canary 10% for 5m then 100%")
+
+
+def test_an_alias_behind_its_recorded_version_is_shifted_to_it():
+    # nothing to publish: the recorded version 4 exists, the alias is still on 3 (a pipeline stopped half-way)
+    ro_ = planned(RULE, publish=False).rollout
+    assert ro_["to"] == "4" and ro_["impossible"] is None and ro_["schedule"]["kind"] == "canary"

@@ -21,7 +21,7 @@ from reconciler.errors import ReconcilerError
 
 if TYPE_CHECKING:
     from reconciler.aws.client import Aws
-    from reconciler.engine.refresh import Context
+    from reconciler.engine.context import Context
     from reconciler.pipeline.model import RunSettings
 
 
@@ -38,7 +38,7 @@ def make_context(
 ) -> Context:
     """The engine's Context for these options; makes the workspace's state backend current and
     reads its rollout rules (reconciler.yaml)."""
-    from reconciler.engine.refresh import Context
+    from reconciler.engine.context import Context
     from reconciler.errors import ConfigError
     from reconciler.store.state import state_dir_default
     from reconciler.util.stats import Progress

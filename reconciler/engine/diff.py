@@ -7,7 +7,7 @@ function is drift — "changed outside reconciler" — shown apart.
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from reconciler.engine.live import DEFAULTS, RESET, alias_view, canonical, fingerprint, project, user_tags
@@ -115,7 +115,7 @@ def interrupted_deployment(history: list[dict], name: str) -> dict | None:
 # history list (by id) → (that list, its length, {function: (position, record)}): a plan of
 # a thousand functions looks each up in an index built once instead of scanning the whole
 # history a thousand times. The list itself is held, so its id cannot be reused while cached.
-_HISTORY_INDEX: dict[int, tuple[list, int, dict[str, tuple[int, dict]]]] = {}
+_HISTORY_INDEX: dict[int, tuple[list, int, dict[str | None, tuple[int, dict]]]] = {}
 _HISTORY_INDEX_MAX = 16
 _DEPLOYMENTS = ("apply", "rollback")
 
@@ -126,10 +126,11 @@ def _last_deployment(history: list[dict], name: str) -> tuple[int, dict] | None:
         hit = cached[2].get(name)
         # a record replaced in place (a deployment record rewritten with its outcome) is
         # seen by identity; an unchanged position still holds the record found
-        if hit is None or history[hit[0]] is hit[1]:
-            if hit is None or (hit[1].get("function") == name and hit[1].get("operation") in _DEPLOYMENTS):
-                return hit
-    index: dict[str, tuple[int, dict]] = {}
+        if hit is None or (
+            history[hit[0]] is hit[1] and hit[1].get("function") == name and hit[1].get("operation") in _DEPLOYMENTS
+        ):
+            return hit
+    index: dict[str | None, tuple[int, dict]] = {}
     for i, h in enumerate(history):
         if h.get("operation") in _DEPLOYMENTS:
             index[h.get("function")] = (i, h)
@@ -230,7 +231,11 @@ def plan_function(
     """One function's plan. `recorded` is its entry in state (or None), `live` a
     live.snapshot(), `code` the resolved artifact ({"sha256", "source", ...}),
     `interrupted` the in-flight record of a deployment that was killed (see
-    interrupted_deployment): the plan then converges what it left half done."""
+    interrupted_deployment): the plan then converges what it left half done.
+
+    The steps: the desired configuration (secrets sealed), the drift since the last apply,
+    then a create, or the ownership check and the update (code, configuration, tags,
+    aliases, the version to publish)."""
     fp = FunctionPlan(
         name=spec.name,
         service=spec.service,
@@ -243,6 +248,34 @@ def plan_function(
         live_fingerprint=fingerprint(live),
         state_file=state_file,
     )
+    config, live_cmp = _desired(fp, spec, recorded, live, secrets, sealer)
+    if interrupted:
+        fp.notes.insert(0, interrupted_note(interrupted))
+    fp.drift = _drift_since_recorded(spec, recorded, live, interrupted)
+    if not live.get("exists"):
+        return _plan_create(fp, spec, config, code)
+    check_ownership(spec, recorded, live, interrupted)
+    return _plan_update(fp, _Sides(spec, recorded, live, live_cmp, config, code, interrupted))
+
+
+@dataclass
+class _Sides:
+    """What the update steps compare: the desired function and the live one."""
+
+    spec: FunctionSpec
+    recorded: dict | None  # its entry in state
+    live: dict  # live.snapshot()
+    live_cmp: dict  # the same, its secret environment values sealed as the desired ones
+    config: dict  # the desired configuration (desired_config, secrets sealed)
+    code: dict  # the resolved artifact
+    interrupted: dict | None  # the record of a deployment that was killed, to converge
+
+
+def _desired(
+    fp: FunctionPlan, spec: FunctionSpec, recorded: dict | None, live: dict, secrets: dict | None, sealer
+) -> tuple[dict, dict]:
+    """The desired configuration and the live snapshot to compare it with, secrets sealed
+    on both sides; the notes about them and the seals planned go into `fp`."""
     config, fp.notes = desired_config(spec, recorded)
     config, live_cmp, secret_notes = _secret_view(spec, config, live, recorded, secrets, sealer)
     fp.secrets = secrets
@@ -252,33 +285,47 @@ def plan_function(
         if k in (spec.config.get("Environment") or {}).get("Variables", {}) and _is_sealed(v)
     }
     fp.notes += secret_notes
-    if interrupted:
-        fp.notes.insert(0, interrupted_note(interrupted))
+    return config, live_cmp
+
+
+def _drift_since_recorded(
+    spec: FunctionSpec, recorded: dict | None, live: dict, interrupted: dict | None
+) -> list[Change]:
     if recorded and live.get("exists") and not interrupted:
         # (after a killed apply, Lambda differs from the state by what that apply did: not drift)
-        fp.drift = drift(recorded, live)
-    elif recorded and not live.get("exists"):
-        fp.drift = [Change("function", spec.name, "exists", None, "delete")]
+        return drift(recorded, live)
+    if recorded and not live.get("exists"):
+        return [Change("function", spec.name, "exists", None, "delete")]
+    return []
 
-    if not live.get("exists"):
-        fp.action = "create"
-        fp.changes.append(Change("function", spec.name, None, "create", "create"))
-        fp.changes.extend(diff_values("config", {}, config))
-        fp.changes.append(Change("code", "CodeSha256", None, code["sha256"], "create"))
-        fp.changes.extend(diff_values("tag", {}, spec.tags, "Tags"))
-        fp.publish = True
-        fp.next_version = "1"
-        for alias in spec.aliases:
-            fp.changes.append(Change("alias", alias["Name"], None, "1", "create"))
-        return fp
 
+def _plan_create(fp: FunctionPlan, spec: FunctionSpec, config: dict, code: dict) -> FunctionPlan:
+    """A function Lambda does not have: created, its first version published, its aliases on it."""
+    fp.action = "create"
+    fp.changes.append(Change("function", spec.name, None, "create", "create"))
+    fp.changes.extend(diff_values("config", {}, config))
+    fp.changes.append(Change("code", "CodeSha256", None, code["sha256"], "create"))
+    fp.changes.extend(diff_values("tag", {}, spec.tags, "Tags"))
+    fp.publish = True
+    fp.next_version = "1"
+    for alias in spec.aliases:
+        fp.changes.append(Change("alias", alias["Name"], None, "1", "create"))
+    return fp
+
+
+def check_ownership(spec: FunctionSpec, recorded: dict | None, live: dict, interrupted: dict | None) -> None:
+    """Refuse to take over a live function that is not this target's: another owner's
+    tags, an untagged infrastructure this state does not record, or a package type Lambda
+    cannot change."""
+    file, line = source_location(spec.source)
     live_tags = live.get("tags") or {}
     why = owner_conflict(spec.service, spec.environment, live_tags, spec.infrastructure)
     if why:
         raise ReconcilerError(
             f"function {spec.name} exists in Lambda but {why}; reconciler will not take it over for "
             f"service '{spec.service}' in '{spec.environment}/{spec.infrastructure}'",
-            *_source(spec),
+            file,
+            line,
         )
     if (
         recorded is None
@@ -292,49 +339,82 @@ def plan_function(
             f"function {spec.name} exists in Lambda, deployed by reconciler for service '{live_tags.get(OWNER_SERVICE)}' without "
             f"a {OWNER_INFRASTRUCTURE} tag, and the state of '{spec.environment}/{spec.infrastructure}' does not record it: it may "
             "be another infrastructure's; reconciler will not take it over",
-            *_source(spec),
+            file,
+            line,
             hint=f"if it is this infrastructure's, adopt it with `reconciler import {spec.name}`",
         )
     if live.get("package_type", "Zip") != spec.package_type:
         raise ReconcilerError(
             f"function {spec.name} is a {live.get('package_type')} function in Lambda but the definition makes it {spec.package_type}; "
             "Lambda cannot change a function's package type (delete it first)",
-            *_source(spec),
+            file,
+            line,
         )
 
-    changes: list[Change] = []
-    if live.get("code_sha256") != code["sha256"]:
-        changes.append(Change("code", "CodeSha256", live.get("code_sha256"), code["sha256"]))
-    if spec.architectures and list(spec.architectures) != list(live.get("architectures") or []):
-        changes.append(Change("code", "Architectures", live.get("architectures"), spec.architectures))
-    changes.extend(diff_values("config", project(live_cmp["configuration"], config), config))
+
+def _plan_update(fp: FunctionPlan, sides: _Sides) -> FunctionPlan:
+    """A function Lambda has: what differs, and whether a version is published for it."""
+    changes = _code_changes(sides) + _config_changes(sides)
     fp.publish = bool(changes)
-    if recorded is None and not interrupted:
+    if sides.recorded is None and not sides.interrupted:
         fp.notes.append("the function exists in Lambda but not in the state: it will be adopted")
-    if interrupted and interrupted.get("operation") == "apply" and interrupted.get("publish", True):
+    if sides.interrupted and sides.interrupted.get("operation") == "apply" and sides.interrupted.get("publish", True):
         # the killed apply was to publish a version: $LATEST may hold changes no version has
         # yet, or the version may be published and the aliases not moved. number_versions()
         # reuses a version the killed apply published; otherwise exactly one is published.
         fp.publish = True
-
     # tags are not versioned: they change without a publish
-    managed = set(spec.tags) | set((recorded or {}).get("tags", {}))
-    live_tags = {k: v for k, v in live.get("tags", {}).items() if k in managed}
-    changes.extend(diff_values("tag", live_tags, spec.tags, "Tags"))
-
+    changes += _tag_changes(sides)
     # aliases follow the version being deployed
-    current = (recorded or {}).get("version")
-    if not fp.publish and spec.aliases and not current:
+    current = (sides.recorded or {}).get("version")
+    if not fp.publish and sides.spec.aliases and not current:
         fp.publish = True
         fp.notes.append("no version of this function is recorded: one is published for its aliases")
-    target_version = "(new)" if fp.publish else current
-    for alias in spec.aliases:
+    changes += _alias_changes(sides, "(new)" if fp.publish else current)
+    changes += _removed_aliases(sides)
+    if fp.publish:
+        changes.append(Change("version", "publish", current, "(new)", "create"))
+    fp.changes = changes
+    # a killed deployment is converged even when Lambda already holds everything: the
+    # apply records the outcome (and closes the interrupted record)
+    fp.action = "update" if changes or sides.interrupted else "noop"
+    return fp
+
+
+def _code_changes(sides: _Sides) -> list[Change]:
+    """The code and the architectures, compared with what Lambda runs."""
+    live, spec = sides.live, sides.spec
+    changes: list[Change] = []
+    if live.get("code_sha256") != sides.code["sha256"]:
+        changes.append(Change("code", "CodeSha256", live.get("code_sha256"), sides.code["sha256"]))
+    if spec.architectures and list(spec.architectures) != list(live.get("architectures") or []):
+        changes.append(Change("code", "Architectures", live.get("architectures"), spec.architectures))
+    return changes
+
+
+def _config_changes(sides: _Sides) -> list[Change]:
+    """The desired configuration against the live one, field by field."""
+    return diff_values("config", project(sides.live_cmp["configuration"], sides.config), sides.config)
+
+
+def _tag_changes(sides: _Sides) -> list[Change]:
+    """The tags reconciler manages (desired now or at the last apply) against the live ones."""
+    managed = set(sides.spec.tags) | set((sides.recorded or {}).get("tags", {}))
+    live_tags = {k: v for k, v in sides.live.get("tags", {}).items() if k in managed}
+    return diff_values("tag", live_tags, sides.spec.tags, "Tags")
+
+
+def _alias_changes(sides: _Sides, target_version: str | None) -> list[Change]:
+    """Each desired alias against the live one: its version (`target_version`: "(new)"
+    when one is published), description and routing weights."""
+    changes: list[Change] = []
+    for alias in sides.spec.aliases:
         want = {
             "version": target_version,
             "description": alias.get("Description", "") or "",
             "weights": alias_view(alias)["weights"],
         }
-        have = live["aliases"].get(alias["Name"])
+        have = sides.live["aliases"].get(alias["Name"])
         if have is None:
             changes.append(Change("alias", alias["Name"], None, target_version, "create"))
         elif have != want:
@@ -343,18 +423,18 @@ def plan_function(
             for k in ("description", "weights"):
                 if have[k] != want[k]:
                     changes.append(Change("alias", f"{alias['Name']}.{k}", have[k], want[k]))
-    wanted = {a["Name"] for a in spec.aliases}
-    for name in sorted(set((recorded or {}).get("aliases", {})) - wanted):
-        if name in live["aliases"]:
-            changes.append(Change("alias", name, live["aliases"][name]["version"], None, "delete"))
+    return changes
 
-    fp.changes = changes
-    if fp.publish:
-        fp.changes.append(Change("version", "publish", current, "(new)", "create"))
-    # a killed deployment is converged even when Lambda already holds everything: the
-    # apply records the outcome (and closes the interrupted record)
-    fp.action = "update" if changes or interrupted else "noop"
-    return fp
+
+def _removed_aliases(sides: _Sides) -> list[Change]:
+    """The aliases the last apply made that the definition no longer gives: deleted."""
+    wanted = {a["Name"] for a in sides.spec.aliases}
+    live_aliases = sides.live["aliases"]
+    return [
+        Change("alias", name, live_aliases[name]["version"], None, "delete")
+        for name in sorted(set((sides.recorded or {}).get("aliases", {})) - wanted)
+        if name in live_aliases
+    ]
 
 
 def number_versions(fp: FunctionPlan, versions: list[dict], interrupted: dict | None = None) -> None:
@@ -394,24 +474,33 @@ def number_versions(fp: FunctionPlan, versions: list[dict], interrupted: dict | 
     fp.changes = changes
 
 
-def _source(spec: FunctionSpec) -> tuple:
-    f, _, line = spec.source.rpartition(":")
-    return (f, int(line)) if line.isdigit() else (spec.source or None, None)
+def source_location(source: str) -> tuple[str | None, int | None]:
+    """A definition's `file:line` as (file, line) for an error."""
+    if ":" in source:
+        f, _, line = source.rpartition(":")
+        return f, int(line) if line.isdigit() else None
+    return source or None, None
 
 
 def drift(recorded: dict, live: dict) -> list[Change]:
-    """What changed in Lambda since reconciler last recorded this function."""
-    out: list[Change] = []
+    """What changed in Lambda since reconciler last recorded this function: its
+    configuration, code, tags and the aliases reconciler manages."""
     applied = recorded.get("configuration", {})
-    out.extend(diff_values("config", applied, _sealed_like(applied, project(live["configuration"], applied))))
+    out = diff_values("config", applied, _sealed_like(applied, project(live["configuration"], applied)))
     if recorded.get("code_sha256") and recorded["code_sha256"] != live.get("code_sha256"):
         out.append(Change("code", "CodeSha256", recorded["code_sha256"], live.get("code_sha256")))
     out.extend(diff_values("tag", user_tags(recorded.get("tags")), user_tags(live.get("tags")), "Tags"))
-    rec_aliases = recorded.get("aliases", {})
-    for name in sorted(set(rec_aliases) | set(live.get("aliases", {}))):
-        a, b = rec_aliases.get(name), live["aliases"].get(name)
-        if name not in rec_aliases:
-            continue  # an alias reconciler never managed
+    out.extend(_alias_drift(recorded, live))
+    return out
+
+
+def _alias_drift(recorded: dict, live: dict) -> list[Change]:
+    """Each alias the state records that Lambda holds otherwise or no longer holds; aliases
+    reconciler never managed are not looked at. An alias still on its version reports its
+    routing weights (a canary nobody recorded) or description; else its version."""
+    out: list[Change] = []
+    for name, a in sorted(recorded.get("aliases", {}).items()):
+        b = live["aliases"].get(name)
         if a != b and a is not None and b is not None and a.get("version") == b.get("version"):
             # on its version still: the routing weights (a canary nobody recorded) or the description changed
             out.extend(
@@ -420,15 +509,8 @@ def drift(recorded: dict, live: dict) -> list[Change]:
                 if a.get(k) != b.get(k)
             )
         elif a != b:
-            out.append(
-                Change(
-                    "alias",
-                    name,
-                    (a or {}).get("version"),
-                    (b or {}).get("version"),
-                    "delete" if b is None else "update",
-                )
-            )
+            action = "delete" if b is None else "update"
+            out.append(Change("alias", name, (a or {}).get("version"), (b or {}).get("version"), action))
     return out
 
 
@@ -451,7 +533,7 @@ def _sealed_like(applied: dict, live: dict) -> dict:
     out_env = {}
     for k, v in live_env.items():
         was = rec_env.get(k)
-        if sec.is_sealed(was) and v is not None:
+        if isinstance(was, str) and sec.is_sealed(was) and v is not None:
             sealer = sec.sealer_by_kid(was)
             sec.remember(v, secret=True)
             out_env[k] = sealer.seal(v) if sealer is not None else was

@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from reconciler.engine.diff import drift as drift_changes
 from reconciler.engine.diff import interrupted_deployment, publish_description
 from reconciler.engine.rollout import explained, recorded_message, shifting
 from reconciler.model import Change
 from reconciler.store import state as st
+from reconciler.util.stats import NO_PROGRESS
 
 DRIFT_FORMAT_VERSION = 1
 
@@ -90,6 +92,15 @@ def selected_states(
     ]
 
 
+class _Recorded(NamedTuple):
+    """A function a state records, to check."""
+
+    state: st.State
+    name: str
+    recorded: dict
+    region: str
+
+
 def check(
     aws,
     states: list[st.State],
@@ -99,112 +110,146 @@ def check(
     parallelism: int = 10,
     progress: Callable[[str, int, int, str], None] | None = None,
 ) -> DriftReport:
-    from reconciler.aws.client import Lambda
+    """Each function these states record (of `services` and `functions` when given) against
+    what is live: its changes since the last apply, the versions published by someone
+    else, and whether reconciler's own deployment of it was left unfinished."""
     from reconciler.engine.refresh import Want, parallel_map, refresh_all
 
     report = DriftReport(functions=[], checked_at=st.now())
-    picked: list[tuple[st.State, str, dict, str]] = []
+    picked = _pick(states, services, functions)
+    log(f"checking {len(picked)} function(s)")
+    wants = [Want(p.region, p.recorded.get("connector"), p.name) for p in picked]
+    lives, listed = refresh_all(aws, wants, parallelism, progress or NO_PROGRESS, with_versions=True)
+
+    def versions_of(k: int) -> list[dict]:
+        return _versions_to_check(aws, picked[k], lives[k], listed[k])
+
+    all_versions = parallel_map(versions_of, list(range(len(picked))), parallelism)
+    for p, live, versions in zip(picked, lives, all_versions, strict=False):
+        report.functions.append(_function_drift(p, live, versions))
+    return report
+
+
+def _pick(states: list[st.State], services: list[str], functions: list[str] | None) -> list[_Recorded]:
+    picked = []
     for s in states:
         for name, rec in sorted(s.functions.items()):
             if services and rec.get("service") not in services:
                 continue
             if functions and name not in functions:
                 continue
-            picked.append((s, name, rec, rec.get("region") or s.region))
-    log(f"checking {len(picked)} function(s)")
-    wants = [Want(region, rec.get("connector"), name) for _, name, rec, region in picked]
-    kwargs = {"progress": progress} if progress else {}
-    lives, listed = refresh_all(aws, wants, parallelism, with_versions=True, **kwargs)
+            picked.append(_Recorded(s, name, rec, rec.get("region") or s.region))
+    return picked
 
-    def known_versions(item) -> tuple[set[str], int | None]:
-        s, name, rec, _ = item
-        known = set()
-        for h in s.history:
-            if h.get("function") != name:
-                continue
-            if h.get("version"):
-                known.add(str(h["version"]))
-            # versions a refresh accepted
-            known.update(
-                str(c.get("path"))
-                for c in h.get("accepted") or ()
-                if isinstance(c, dict) and c.get("kind") == "version"
-            )
-        if rec.get("version"):
-            known.add(str(rec["version"]))
-        return known, min((int(v) for v in known if v.isdigit()), default=None)
 
-    def own_descriptions(item) -> set[str]:
-        """The descriptions of versions reconciler's deployments of this function publish:
-        a version carrying one is reconciler's, even if its apply never recorded it (killed
-        or interrupted while PublishVersion was answered, then rolled back)."""
-        s, name, _, _ = item
-        return {
-            publish_description(h["id"])
-            for h in s.history
-            if h.get("function") == name and h.get("operation") == "apply" and isinstance(h.get("id"), str)
-        }
+def _versions_to_check(aws, p: _Recorded, live: dict, listed: list[dict] | None) -> list[dict]:
+    """The published versions of a function reconciler has published to (to find those
+    published by someone else since its first): from the bulk listing, else one
+    ListVersionsByFunction."""
+    from reconciler.aws.client import Lambda
 
-    # versions published by someone else since reconciler's first one: from the bulk
-    # listing, else one ListVersionsByFunction per function that has a recorded version
-    def versions_of(k: int) -> list[dict]:
-        s, name, rec, region = picked[k]
-        if not lives[k].get("exists") or known_versions(picked[k])[1] is None:
-            return []
-        if listed[k] is not None:
-            return listed[k]
-        return Lambda(aws, region, rec.get("connector")).list_versions(name)
+    if not live.get("exists") or _known_versions(p)[1] is None:
+        return []
+    if listed is not None:
+        return listed
+    return Lambda(aws, p.region, p.recorded.get("connector")).list_versions(p.name)
 
-    all_versions = parallel_map(versions_of, list(range(len(picked))), parallelism)
-    for (s, name, rec, region), live, versions in zip(picked, lives, all_versions, strict=False):
-        fd = FunctionDrift(
-            name=name,
-            service=rec.get("service", ""),
-            environment=s.environment,
-            infrastructure=s.infrastructure,
-            region=region,
-            status="in_sync",
-            live=live,
+
+def _function_drift(p: _Recorded, live: dict, versions: list[dict]) -> FunctionDrift:
+    """One function's drift: deleted, rolling out (reconciler's own rollout), unfinished
+    (reconciler's own deployment), drifted or in sync."""
+    fd = FunctionDrift(
+        name=p.name,
+        service=p.recorded.get("service", ""),
+        environment=p.state.environment,
+        infrastructure=p.state.infrastructure,
+        region=p.region,
+        status="in_sync",
+        live=live,
+    )
+    if not live.get("exists"):
+        fd.status = "deleted"
+        fd.changes.append(Change("function", p.name, "exists", None, "delete"))
+        return fd
+    fd.changes = drift_changes(p.recorded, live) + _unrecorded_versions(p, versions)
+    half = interrupted_deployment(p.state.history, p.name)
+    rollout = shifting(half)
+    if rollout is not None:
+        _rolling_out(fd, rollout, live)
+    elif half is not None:
+        fd.status = "unfinished"
+        fd.note = _unfinished_note(half)
+    elif fd.changes:
+        fd.status = "drifted"
+    return fd
+
+
+def _rolling_out(fd: FunctionDrift, rollout: dict, live: dict) -> None:
+    """reconciler's own rollout: the weights it recorded are not drift, others are."""
+    alias = str(rollout.get("alias"))
+    view = (live.get("aliases") or {}).get(alias)
+    fd.changes = []
+    fd.status, fd.note = "rolling_out", recorded_message(rollout)
+    if not explained(rollout, view):
+        # routing nobody recorded, during reconciler's own rollout: reported, never accepted by refresh
+        fd.changes = [Change("alias", f"{alias}.weights", None, (view or {}).get("weights"))]
+        fd.status = "unfinished"
+        fd.note += (
+            f"; but alias {alias} is on version {(view or {}).get('version')} with weights "
+            f"{(view or {}).get('weights')}, which the rollout did not set"
         )
-        if not live.get("exists"):
-            fd.status = "deleted"
-            fd.changes.append(Change("function", name, "exists", None, "delete"))
-        else:
-            fd.changes = drift_changes(rec, live)
-            known, first = known_versions((s, name, rec, region))
-            if first is not None:
-                own = own_descriptions((s, name, rec, region))
-                for v in sorted(versions, key=lambda v: int(v["Version"]) if str(v.get("Version")).isdigit() else -1):
-                    num = str(v.get("Version"))
-                    if num.isdigit() and num not in known and int(num) > first and v.get("Description") not in own:
-                        fd.changes.append(Change("version", num, None, num, "create"))
-            half = interrupted_deployment(s.history, name)
-            rollout = shifting(half)
-            if rollout is not None:
-                # reconciler's own rollout: the weights it recorded are not drift, others are
-                alias = str(rollout.get("alias"))
-                view = (live.get("aliases") or {}).get(alias)
-                fd.changes = []
-                fd.status, fd.note = "rolling_out", recorded_message(rollout)
-                if not explained(rollout, view):
-                    # routing nobody recorded, during reconciler's own rollout: reported, never accepted by refresh
-                    fd.changes = [Change("alias", f"{alias}.weights", None, (view or {}).get("weights"))]
-                    fd.status = "unfinished"
-                    fd.note += (
-                        f"; but alias {alias} is on version {(view or {}).get('version')} with weights "
-                        f"{(view or {}).get('weights')}, which the rollout did not set"
-                    )
-            elif half is not None:
-                fd.status = "unfinished"
-                fd.note = (
-                    f"reconciler's own {half.get('operation', 'apply')} started at {half.get('started_at')} did not finish ("
-                    + ("its rollback failed" if half.get("status") == "rollback_failed" else "it was interrupted")
-                    + "), so Lambda holds part of reconciler's own change; `reconciler apply` finishes it, `reconciler rollback` undoes it"
-                )
-            elif fd.changes:
-                fd.status = "drifted"
-        report.functions.append(fd)
-    return report
+
+
+def _unfinished_note(half: dict) -> str:
+    return (
+        f"reconciler's own {half.get('operation', 'apply')} started at {half.get('started_at')} did not finish ("
+        + ("its rollback failed" if half.get("status") == "rollback_failed" else "it was interrupted")
+        + "), so Lambda holds part of reconciler's own change; `reconciler apply` finishes it, `reconciler rollback` undoes it"
+    )
+
+
+def _unrecorded_versions(p: _Recorded, versions: list[dict]) -> list[Change]:
+    """The versions published after reconciler's first that neither its records nor the
+    descriptions of its deployments' versions know: published outside reconciler."""
+    known, first = _known_versions(p)
+    if first is None:
+        return []
+    own = _own_descriptions(p)
+    out = []
+    for v in sorted(versions, key=lambda v: int(v["Version"]) if str(v.get("Version")).isdigit() else -1):
+        num = str(v.get("Version"))
+        if num.isdigit() and num not in known and int(num) > first and v.get("Description") not in own:
+            out.append(Change("version", num, None, num, "create"))
+    return out
+
+
+def _known_versions(p: _Recorded) -> tuple[set[str], int | None]:
+    """The versions reconciler recorded for this function (deployed, or accepted by a
+    refresh), and the first of them."""
+    known = set()
+    for h in p.state.history:
+        if h.get("function") != p.name:
+            continue
+        if h.get("version"):
+            known.add(str(h["version"]))
+        # versions a refresh accepted
+        known.update(
+            str(c.get("path")) for c in h.get("accepted") or () if isinstance(c, dict) and c.get("kind") == "version"
+        )
+    if p.recorded.get("version"):
+        known.add(str(p.recorded["version"]))
+    return known, min((int(v) for v in known if v.isdigit()), default=None)
+
+
+def _own_descriptions(p: _Recorded) -> set[str]:
+    """The descriptions of versions reconciler's deployments of this function publish:
+    a version carrying one is reconciler's, even if its apply never recorded it (killed
+    or interrupted while PublishVersion was answered, then rolled back)."""
+    return {
+        publish_description(h["id"])
+        for h in p.state.history
+        if h.get("function") == p.name and h.get("operation") == "apply" and isinstance(h.get("id"), str)
+    }
 
 
 def accept(report: DriftReport, states: list[st.State], log: Callable[[str], None]) -> int:

@@ -139,6 +139,13 @@ def snapshot(get_function: dict | None, aliases: dict[str, dict]) -> dict:
         "state": conf.get("State"),
         "last_update_status": conf.get("LastUpdateStatus"),
         "tags": user_tags(get_function.get("Tags")),
+        **alias_fields(aliases),
+    }
+
+
+def alias_fields(aliases: dict[str, dict]) -> dict:
+    """The aliases of a snapshot, from ListAliases' entries by name."""
+    return {
         "aliases": {name: alias_view(a) for name, a in sorted(aliases.items())},
         # each alias's RevisionId: moving it is refused by Lambda if it changed since
         "alias_revisions": {name: a.get("RevisionId") for name, a in aliases.items() if a.get("RevisionId")},

@@ -1,81 +1,35 @@
-"""load → render → refresh → plan: the read-only half, shared by validate, plan and apply."""
+"""Reading what is live: one function (`refresh_function`: GetFunction + its aliases), many
+at the API floor (`refresh_all`: ListFunctions pages and the Tagging API per region, then the
+aliases), and the early read of the functions the state files record while the workspace
+loads (`early_refresh`). Read calls only; `parallel_map` runs per-function reads on threads."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from reconciler.errors import AwsError, ConfigError
-from reconciler.model import FunctionSpec, Plan
+from reconciler.engine.context import Context
+from reconciler.engine.live import alias_fields, alias_view, snapshot
+from reconciler.model import FunctionSpec
 from reconciler.store import state as st
-from reconciler.util.stats import NO_PROGRESS, Stats
-from reconciler.workspace.load import Workspace, load_workspace
-from reconciler.workspace.render import Options, Rendered, render, targets
+from reconciler.util.stats import NO_PROGRESS
 
 # Below this many selected functions in a region, one GetFunction each is cheaper than
 # listing every function of the region (and its tags).
 BULK_MIN = 10
 
 
-@dataclass
-class Context:
-    workspace: Path
-    state_dir: Path
-    options: Options
-    log: Callable[[str], None] = lambda msg: None
-    warnings: list[str] = field(default_factory=list)
-    parallelism: int = 10
-    progress: Callable[[str, int, int, str], None] = NO_PROGRESS
-    stats: Stats = field(default_factory=Stats)
-    rollout_rules: list = field(default_factory=list)  # reconciler.engine.rollout.Rule, from reconciler.yaml
-
-
-def load_and_render(ctx: Context) -> tuple[Workspace, Rendered]:
-    with ctx.stats.phase("load/render"):
-        ws = load_workspace(ctx.workspace, ctx.state_dir)
-        rendered = render(ws, ctx.options)
-    ctx.warnings.extend(rendered.warnings)
-    return ws, rendered
-
-
-def resolve_artifact(aws, spec: FunctionSpec, cache: dict, ecr_repos: dict | None = None) -> dict:
-    """The code to deploy: its SHA-256 as Lambda reports it, where it comes from, and the
-    Code parameters for Lambda."""
-    from reconciler.aws.client import ecr_image, s3_sha256
-
-    art = spec.artifact
-    if art["type"] == "S3":
-        got = s3_sha256(aws, art, cache)
-        params = {"S3Bucket": art["bucket"], "S3Key": art["key"]}
-        if got.get("version_id") and got["version_id"] != "null":
-            params["S3ObjectVersion"] = got["version_id"]
-        return {
-            "sha256": got["sha256"],
-            "source": {"type": "S3", "uri": got["uri"], "etag": got["etag"], "version_id": got.get("version_id")},
-            "params": params,
-        }
-    got = ecr_image(aws, art, ecr_repos)
-    return {
-        "sha256": got["sha256"],
-        "source": {"type": "ECR", "uri": got["uri"], "digest": got["digest"], "tag": got.get("tag")},
-        "params": {"ImageUri": got["image_uri"]},
-    }
-
-
 def refresh_function(aws, region: str, connector: dict | None, name: str) -> dict:
     """One function as it is now: GetFunction (configuration, code, tags) and its aliases."""
     from reconciler.aws.client import Lambda
-    from reconciler.engine.live import snapshot
 
     lam = Lambda(aws, region, connector)
     got = lam.get_function(name)
-    aliases = lam.list_aliases(name) if got is not None else {}
+    aliases = (lam.list_aliases(name) or {}) if got is not None else {}
     return snapshot(got, aliases)
 
 
@@ -98,8 +52,6 @@ def alias_check(spec: FunctionSpec | None, recorded: dict | None) -> dict | None
     then taken as recorded (a hand change to those alone is reported by drift, which reads
     ListAliases). Anything else -- an alias not recorded, a change of description or weights,
     weighted routing (a canary) -- returns None: ListAliases, every fact exact."""
-    from reconciler.engine.live import alias_view
-
     rec = (recorded or {}).get("aliases") or {}
     if not rec or any(a.get("weights") for a in rec.values()):
         return None
@@ -140,7 +92,29 @@ def read_aliases(aws, w: Want, missing_ok: bool = True) -> dict[str, dict] | Non
     return lam.list_aliases(w.name, missing_ok=missing_ok)
 
 
-_UNKNOWN = object()
+_UNKNOWN = object()  # a function no listing covered: read it with GetFunction
+
+
+@dataclass
+class _Found:
+    """What the listings found, per function asked for (in the order asked)."""
+
+    confs: list  # a FunctionConfiguration, None (absent) or _UNKNOWN
+    tags: list[dict | None]  # None: not known (GetFunction or ListTags)
+    versions: list[list[dict] | None]  # None: not read (ask per function)
+
+    @classmethod
+    def nothing(cls, n: int) -> _Found:
+        return cls([_UNKNOWN] * n, [None] * n, [None] * n)
+
+    def listed(self, i: int) -> bool:
+        return self.confs[i] is not _UNKNOWN and self.confs[i] is not None
+
+
+class _TagJob(NamedTuple):
+    region: str
+    connector: dict | None
+    idx: list[int]
 
 
 def refresh_all(
@@ -166,153 +140,184 @@ def refresh_all(
     With `eager_aliases` (functions that very likely exist: the state records them), the
     aliases of the functions of a listed region are read alongside the listing, not after.
     """
-    from reconciler.aws.client import Lambda, lambda_tag_pages
-    from reconciler.engine.live import snapshot
-
     n = len(wants)
-    confs: list = [_UNKNOWN] * n  # a FunctionConfiguration, None (absent) or _UNKNOWN
-    tags: list[dict | None] = [None] * n  # None: not known (GetFunction or ListTags)
-    versions: list[list[dict] | None] = [None] * n
+    found = _Found.nothing(n)
     groups: dict[tuple, list[int]] = {}
     for i, w in enumerate(wants):
         groups.setdefault((w.region, (w.connector or {}).get("role_arn")), []).append(i)
-    tag_jobs: list[tuple[str, dict | None, list[int]]] = []
-
-    def read_tags(region: str, connector: dict | None, idx: list[int]) -> None:
-        """The tags of the functions found in a region, in bulk (the Tagging API)."""
-        arns: dict[str, list[int]] = {}
-        for i in idx:
-            if confs[i] is not _UNKNOWN and confs[i] is not None:
-                arns.setdefault(confs[i]["FunctionArn"], []).append(i)
-        if not arns:
-            return
-        got: dict[str, dict] = {}
-        read = 0
-        exhausted = True
-        for page in lambda_tag_pages(aws, region, connector):
-            read += 1
-            for r in page.get("ResourceTagMappingList") or []:
-                if r.get("ResourceARN") in arns:
-                    got[r["ResourceARN"]] = {t["Key"]: t["Value"] for t in r.get("Tags") or []}
-            missing = len(arns) - len(got)
-            if missing == 0 or read >= len(arns):
-                exhausted = missing == 0
-                break
-        for arn, ii in arns.items():
-            for i in ii:
-                if arn in got:
-                    tags[i] = got[arn]
-                elif exhausted:
-                    tags[i] = {}  # a function without tags is not listed
-
-    eager: dict[int, Future] = {}
-    early_pool = None
-    if eager_aliases:
-        bulk = [i for idx in groups.values() if len(idx) >= BULK_MIN for i in idx]
-        if bulk:
-            early_pool = ThreadPoolExecutor(
-                max_workers=max(1, min(parallelism, len(bulk))), thread_name_prefix="aliases"
-            )
-            for i in bulk:
-                eager[i] = early_pool.submit(read_aliases, aws, wants[i])
-            early_pool.shutdown(wait=False)
-
+    eager = _start_alias_reads(aws, wants, groups, parallelism) if eager_aliases else {}
+    tag_jobs: list[_TagJob] = []
     for (region, _role), idx in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
-        if len(idx) < BULK_MIN:
-            continue
-        connector = wants[idx[0]].connector
-        lam = Lambda(aws, region, connector)
-        by_name: dict[str, list[int]] = {}
-        for i in idx:
-            by_name.setdefault(wants[i].name, []).append(i)
-        found: dict[str, dict] = {}
-        found_versions: dict[str, list[dict]] = {}
-        read = 0
-        exhausted = True
-        for page in lam.function_pages(all_versions=with_versions):
-            read += 1
-            for f in page.get("Functions") or []:
-                name = f.get("FunctionName")
-                if name not in by_name:
-                    continue
-                version = f.get("Version", "$LATEST")
-                if version == "$LATEST":
-                    arn = f.get("FunctionArn") or ""
-                    if arn.endswith(":$LATEST"):
-                        f = {**f, "FunctionArn": arn[: -len(":$LATEST")]}
-                    found[name] = f
-                else:
-                    found_versions.setdefault(name, []).append(f)
-            missing = len(by_name) - len(found)
-            if missing == 0 and not with_versions:
-                exhausted = False  # not needed: everything was found
-                break
-            if not with_versions and read >= len(by_name):
-                exhausted = False  # listing has cost as much as reading each one: read the rest one by one
-                break
-        for name, ii in by_name.items():
-            for i in ii:
-                if name in found:
-                    confs[i] = found[name]
-                    if with_versions:
-                        versions[i] = found_versions.get(name, [])
-                elif exhausted:
-                    confs[i] = None
-                    if with_versions:
-                        versions[i] = []
-
-        tag_jobs.append((region, connector, idx))
-
-    done = 0
-    lock = threading.Lock()
-
-    def one(i: int):
-        """A function's aliases (its configuration is listed), or the whole function."""
-        nonlocal done
-        w = wants[i]
-        conf = confs[i]
-        if conf is _UNKNOWN:
-            got = refresh_function(aws, w.region, w.connector, w.name)
-        elif conf is None:
-            got = None
-        elif i in eager:
-            got = eager[i].result() or {}  # read while listing (None: it was not there yet)
-        else:
-            got = read_aliases(aws, w, missing_ok=False)
-        with lock:
-            done += 1
-            progress("refresh", done, n, w.name)
-        return got
-
+        if len(idx) >= BULK_MIN:
+            _list_region(aws, wants, idx, found, with_versions)
+            tag_jobs.append(_TagJob(region, wants[idx[0]].connector, idx))
     if n == 0:
         return [], []
-    # the tag pages are read alongside the per-function reads, not before them
+    got = _read_each(aws, wants, found, eager, tag_jobs, parallelism, progress)
+    _list_tags_rest(aws, wants, found, parallelism)
+    return [_snapshot(found, got, i) for i in range(n)], found.versions
+
+
+def _start_alias_reads(aws, wants: list[Want], groups: dict[tuple, list[int]], parallelism: int) -> dict[int, Future]:
+    """The aliases of the functions of each region to be listed, read from now on, on threads."""
+    bulk = [i for idx in groups.values() if len(idx) >= BULK_MIN for i in idx]
+    if not bulk:
+        return {}
+    pool = ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(bulk))), thread_name_prefix="aliases")
+    eager = {i: pool.submit(read_aliases, aws, wants[i]) for i in bulk}
+    pool.shutdown(wait=False)
+    return eager
+
+
+def _list_region(aws, wants: list[Want], idx: list[int], found: _Found, with_versions: bool) -> None:
+    """The configurations (and with_versions the versions) of one region's functions, from
+    its ListFunctions pages; a function the pages do not cover stays _UNKNOWN."""
+    from reconciler.aws.client import Lambda
+
+    lam = Lambda(aws, wants[idx[0]].region, wants[idx[0]].connector)
+    by_name: dict[str, list[int]] = {}
+    for i in idx:
+        by_name.setdefault(wants[i].name, []).append(i)
+    confs, versions, exhausted = _function_pages(lam, set(by_name), with_versions)
+    for name, ii in by_name.items():
+        for i in ii:
+            if name in confs:
+                found.confs[i] = confs[name]
+                if with_versions:
+                    found.versions[i] = versions.get(name, [])
+            elif exhausted:
+                found.confs[i] = None
+                if with_versions:
+                    found.versions[i] = []
+
+
+def _function_pages(lam, names: set[str], with_versions: bool) -> tuple[dict[str, dict], dict[str, list[dict]], bool]:
+    """The $LATEST configuration and the published versions of the functions named, from
+    ListFunctions pages; and whether every page was read (a function not found is absent).
+    Without versions, listing stops once everything is found, or once it has cost as much
+    as reading each function one by one (the rest is then read that way)."""
+    found: dict[str, dict] = {}
+    found_versions: dict[str, list[dict]] = {}
+    for read, page in enumerate(lam.function_pages(all_versions=with_versions), start=1):
+        for f in page.get("Functions") or []:
+            name = f.get("FunctionName")
+            if name not in names:
+                continue
+            if f.get("Version", "$LATEST") == "$LATEST":
+                arn = f.get("FunctionArn") or ""
+                if arn.endswith(":$LATEST"):
+                    f = {**f, "FunctionArn": arn[: -len(":$LATEST")]}
+                found[name] = f
+            else:
+                found_versions.setdefault(name, []).append(f)
+        if not with_versions and (len(found) == len(names) or read >= len(names)):
+            return found, found_versions, False
+    return found, found_versions, True
+
+
+def _read_tags(aws, job: _TagJob, found: _Found) -> None:
+    """The tags of the functions found in a region, in bulk (the Tagging API)."""
+    arns: dict[str, list[int]] = {}
+    for i in job.idx:
+        if found.listed(i):
+            arns.setdefault(found.confs[i]["FunctionArn"], []).append(i)
+    if not arns:
+        return
+    got, exhausted = _tag_pages(aws, job, set(arns))
+    for arn, ii in arns.items():
+        for i in ii:
+            if arn in got:
+                found.tags[i] = got[arn]
+            elif exhausted:
+                found.tags[i] = {}  # a function without tags is not listed
+
+
+def _tag_pages(aws, job: _TagJob, arns: set[str]) -> tuple[dict[str, dict], bool]:
+    """The tags of these functions from the Tagging API's pages, and whether every page was
+    read; it stops once all are found or it has read as many pages as there are functions."""
+    from reconciler.aws.client import lambda_tag_pages
+
+    got: dict[str, dict] = {}
+    for read, page in enumerate(lambda_tag_pages(aws, job.region, job.connector), start=1):
+        for r in page.get("ResourceTagMappingList") or []:
+            if r.get("ResourceARN") in arns:
+                got[r["ResourceARN"]] = {t["Key"]: t["Value"] for t in r.get("Tags") or []}
+        if len(got) == len(arns):
+            return got, True
+        if read >= len(arns):
+            return got, False
+    return got, True
+
+
+class _Counter:
+    """Progress of the per-function reads, from several threads."""
+
+    def __init__(self, total: int, progress: Callable[[str, int, int, str], None]):
+        self.total, self.progress, self.done = total, progress, 0
+        self.lock = threading.Lock()
+
+    def one_done(self, name: str) -> None:
+        with self.lock:
+            self.done += 1
+            self.progress("refresh", self.done, self.total, name)
+
+
+def _read_each(
+    aws,
+    wants: list[Want],
+    found: _Found,
+    eager: dict[int, Future],
+    tag_jobs: list[_TagJob],
+    parallelism: int,
+    progress: Callable[[str, int, int, str], None],
+) -> list[dict | None]:
+    """Per function, on threads: its aliases (its configuration is listed), or the whole
+    function (refresh_function); the tag pages of the listed regions are read alongside."""
+    counter = _Counter(len(wants), progress)
+
+    def one(i: int) -> dict | None:
+        got = _read_one(aws, wants[i], found.confs[i], eager.get(i))
+        counter.one_done(wants[i].name)
+        return got
+
     with ThreadPoolExecutor(max_workers=max(1, len(tag_jobs)), thread_name_prefix="tags") as tex:
-        tag_reads = [tex.submit(read_tags, *job) for job in tag_jobs]
-        got = parallel_map(one, list(range(n)), parallelism)
+        tag_reads = [tex.submit(_read_tags, aws, job, found) for job in tag_jobs]
+        got = parallel_map(one, list(range(len(wants))), parallelism)
         for f in tag_reads:
             f.result()
-    # functions the tag pages did not cover: ListTags each
-    untagged = [i for i in range(n) if confs[i] is not _UNKNOWN and confs[i] is not None and tags[i] is None]
-    for i, t in zip(
-        untagged,
-        parallel_map(
-            lambda i: Lambda(aws, wants[i].region, wants[i].connector).list_tags(confs[i]["FunctionArn"]),
-            untagged,
-            parallelism,
-        ),
-        strict=False,
-    ):
-        tags[i] = t
-    snaps = []
-    for i in range(n):
-        if confs[i] is _UNKNOWN:
-            snaps.append(got[i])
-        elif confs[i] is None:
-            snaps.append({"exists": False})
-        else:
-            snaps.append(snapshot({"Configuration": confs[i], "Tags": tags[i]}, got[i]))
-    return snaps, versions
+    return got
+
+
+def _read_one(aws, w: Want, conf, eager: Future | None) -> dict | None:
+    """A function's aliases (its configuration is listed), or the whole function."""
+    if conf is _UNKNOWN:
+        return refresh_function(aws, w.region, w.connector, w.name)
+    if conf is None:
+        return None
+    if eager is not None:
+        return eager.result() or {}  # read while listing (None: it was not there yet)
+    return read_aliases(aws, w, missing_ok=False)
+
+
+def _list_tags_rest(aws, wants: list[Want], found: _Found, parallelism: int) -> None:
+    """ListTags of each listed function the tag pages did not cover."""
+    from reconciler.aws.client import Lambda
+
+    untagged = [i for i in range(len(wants)) if found.listed(i) and found.tags[i] is None]
+
+    def tags_of(i: int) -> dict:
+        return Lambda(aws, wants[i].region, wants[i].connector).list_tags(found.confs[i]["FunctionArn"])
+
+    for i, t in zip(untagged, parallel_map(tags_of, untagged, parallelism), strict=False):
+        found.tags[i] = t
+
+
+def _snapshot(found: _Found, got: list[dict | None], i: int) -> dict:
+    if found.confs[i] is _UNKNOWN:
+        return got[i] or {}
+    if found.confs[i] is None:
+        return {"exists": False}
+    return snapshot({"Configuration": found.confs[i], "Tags": found.tags[i]}, got[i] or {})
 
 
 def parallel_map(fn: Callable, items: list, parallelism: int) -> list:
@@ -323,231 +328,11 @@ def parallel_map(fn: Callable, items: list, parallelism: int) -> list:
         return list(ex.map(fn, items))
 
 
-def make_plan(ctx: Context, aws, prune: bool = False, hold: ExitStack | None = None, lock_timeout: float = 0) -> Plan:
-    """The plan for the selected targets. With `hold` (an apply), the lock of each state
-    file whose functions are deployed under it (allowSimultaneousDeployments false) is
-    taken before its state is read and what is live refreshed, and kept in `hold`: no
-    other reconciler can change these functions between this read and the apply, which
-    then uses the plan's snapshots as its rollback data."""
-    from reconciler.aws.client import Lambda, caller_account
-    from reconciler.engine.diff import interrupted_deployment, number_versions, orphan, plan_function
-
-    # A plan of everything (no selector, no lock to take first) starts reading the functions
-    # its local state files record while the workspace loads and renders: they are nearly
-    # always the functions the plan needs (desired, or orphans to report).
-    # (its thread is a daemon: a workspace that fails to load does not wait for it)
-    early = _early_refresh(ctx, aws) if hold is None else None
-    ws, rendered = load_and_render(ctx)
-    specs = rendered.functions
-    locked: set[str] = set()
-    with ctx.stats.phase("refresh"):
-        states: dict[tuple[str, str], st.State] = {}
-        by_key: dict[tuple[str, str], list[FunctionSpec]] = {}
-        for s in specs:
-            by_key.setdefault((s.environment, s.infrastructure), []).append(s)
-        for key in sorted(by_key):
-            path = st.state_path(ctx.state_dir, *key)
-            shared = all(s.allow_simultaneous for s in by_key[key]) and isinstance(path, Path)
-            if hold is not None and not shared:
-                hold.enter_context(st.locked(path, "apply", timeout=lock_timeout))
-                locked.add(str(path))
-            states[key] = (
-                early.states.get(key) if early is not None and key in early.states else st.load(ctx.state_dir, *key)
-            )
-
-        # secrets: each reference read once from the store (an error names every reference
-        # that cannot be read, and where it is used, never a value); the sealer of each state
-        # (its fingerprint key: created when a function there uses a secret)
-        from reconciler.aws.secrets import read_values as read_secret_values
-        from reconciler.store.seals import sealer_for
-        from reconciler.util import secrets as sec
-
-        wanted = sec.wanted_by(specs)
-        secret_values = read_secret_values(aws, wanted) if wanted else {}
-        sealers = {
-            key: sealer_for(
-                st.state_path(ctx.state_dir, *key),
-                create=any(sec.references(sec.env_vars(s.config)) for s in by_key[key]),
-            )
-            for key in by_key
-        }
-        for s in specs:
-            sec.remember_env(s.config)
-
-        # artifacts: once per distinct artifact, whatever number of functions deploy it;
-        # an ECR repository once whatever number of tags are read from it
-        cache: dict[str, str] = {}
-        for s_ in states.values():
-            cache.update(s_.artifacts)
-
-        def resolve_all() -> dict[str, dict]:
-            code_by_artifact: dict[str, dict] = {}
-            ecr_repos: dict = {}
-            for s in specs:
-                key = _artifact_key(s.artifact)
-                if key not in code_by_artifact:
-                    ctx.log(f"artifact {s.artifact.get('id')}: resolving {key}")
-                    code_by_artifact[key] = resolve_artifact(aws, s, cache, ecr_repos)
-            return code_by_artifact
-
-        # resolved alongside the refresh of the functions
-        artifacts_ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="artifacts")
-        artifacts = artifacts_ex.submit(resolve_all)
-        artifacts_ex.shutdown(wait=False)
-
-        accounts: dict[tuple, str] = {}
-        for s in specs:
-            if s.account:
-                k = (s.region, (s.connector or {}).get("role_arn"))
-                if k not in accounts:
-                    accounts[k] = caller_account(aws, s.region, s.connector)
-                if accounts[k] != s.account:
-                    raise ConfigError(
-                        f"FunctionName ARN is in account {s.account} but the credentials for {s.target} are for account {accounts[k]}",
-                        *_split_source(s.source),
-                    )
-
-        ordered = sorted(specs, key=lambda x: (x.environment, x.infrastructure, x.name))
-        # functions recorded in state that no target of the workspace deploys any more
-        orphans: list[tuple[str, dict, st.State, str, str]] = []
-        every = set(targets(ws, Options()))
-        for (env, infra), state in sorted(states.items()):
-            desired_names = {s.name for s in specs if (s.environment, s.infrastructure) == (env, infra)}
-            for name, rec in sorted(state.functions.items()):
-                if name in desired_names:
-                    continue
-                still = any(
-                    t.service == rec.get("service") and t.environment == env and t.infrastructure == infra
-                    for t in every
-                )
-                if still:
-                    continue  # another service's function, or one outside the selection
-                orphans.append((name, rec, state, env, infra))
-
-        wants = [
-            Want(
-                s.region,
-                s.connector,
-                s.name,
-                alias_check(s, states[(s.environment, s.infrastructure)].functions.get(s.name)),
-            )
-            for s in ordered
-        ]
-        wants += [
-            Want(rec.get("region") or state.region, rec.get("connector"), name) for name, rec, state, _, _ in orphans
-        ]
-        ctx.log(f"refreshing {len(wants)} function(s)")
-        try:
-            if early is not None:
-                lives = early.complete(wants)
-            else:
-                lives, _ = refresh_all(aws, wants, ctx.parallelism, ctx.progress)
-        finally:
-            code_by_artifact = artifacts.result()
-
-    with ctx.stats.phase("plan"):
-        plan = Plan(
-            functions=[],
-            created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            workspace=str(ctx.workspace),
-            prune=prune,
-            locked=locked,
-        )
-        for key, s_ in sorted(states.items()):
-            plan.state_refs[str(s_.path)] = s_.ref
-        for s, live in zip(ordered, lives, strict=False):
-            state = states[(s.environment, s.infrastructure)]
-            code = code_by_artifact[_artifact_key(s.artifact)]
-            sec.remember_env(live.get("configuration"))
-            fp = plan_function(
-                s,
-                state.functions.get(s.name),
-                live,
-                code,
-                str(state.path),
-                interrupted=interrupted_deployment(state.history, s.name),
-                secrets=secret_values,
-                sealer=sealers[(s.environment, s.infrastructure)],
-            )
-            fp.live = live
-            plan.functions.append(fp)
-
-        # The number the next version gets: the one after the version this state records
-        # (published versions are immutable and reconciler publishes them). Lambda's list of
-        # versions is read only where the state cannot say: no version recorded, an alias
-        # already on a newer version (published outside reconciler), or an interrupted
-        # apply to converge (which may have published one already, to be reused).
-        publishing = []
-        newest_by_state: dict[tuple[str, str], dict[str, int]] = {}
-        for fp, s in zip(plan.functions, ordered, strict=False):
-            if not (fp.publish and fp.action == "update"):
-                continue
-            key = (s.environment, s.infrastructure)
-            state = states[key]
-            if key not in newest_by_state:
-                newest_by_state[key] = _newest_versions(state)
-            newest = newest_by_state[key].get(s.name)
-            seen = [
-                int(a["version"])
-                for a in (fp.live or {}).get("aliases", {}).values()
-                if str(a.get("version")).isdigit()
-            ]
-            if (
-                newest is not None
-                and all(v <= newest for v in seen)
-                and not interrupted_deployment(state.history, s.name)
-            ):
-                number_versions(fp, [{"Version": str(newest)}])
-            else:
-                publishing.append((fp, s))
-
-        def versions_of(item) -> list[dict]:
-            fp, s = item
-            return Lambda(aws, s.region, s.connector).list_versions(s.name)
-
-        # the next version number; or, converging an apply that was killed after it
-        # published, that version (reused, not published again)
-        for (fp, s), versions in zip(publishing, parallel_map(versions_of, publishing, ctx.parallelism), strict=False):
-            history = states[(s.environment, s.infrastructure)].history
-            number_versions(fp, versions, interrupted_deployment(history, s.name))
-
-        # rollouts: how each alias moving to a new version shifts its traffic (a rule of
-        # reconciler.yaml, or a rollout a killed apply left to resume)
-        _plan_rollouts(ctx, aws, plan, ordered, states)
-
-        for (name, rec, state, env, infra), live in zip(orphans, lives[len(ordered) :], strict=False):
-            plan.functions.append(orphan(name, rec, live, prune, str(state.path), env, infra))
-    return plan
-
-
-def _plan_rollouts(ctx: Context, aws, plan: Plan, ordered: list[FunctionSpec], states: dict) -> None:
-    from reconciler.aws.client import Lambda
-    from reconciler.aws.cloudwatch import CloudWatch
-    from reconciler.engine.diff import interrupted_deployment
-    from reconciler.engine.traffic import plan_rollout
-
-    for fp, s in zip(plan.functions, ordered, strict=False):
-        if fp.action != "update":
-            continue
-        interrupted = interrupted_deployment(states[(s.environment, s.infrastructure)].history, s.name)
-        if not ctx.rollout_rules and interrupted is None:
-            continue
-        plan_rollout(
-            fp,
-            s,
-            fp.live or {},
-            ctx.rollout_rules,
-            Lambda(aws, s.region, s.connector),
-            lambda region, connector: CloudWatch(aws, region, connector),
-            interrupted,
-        )
-
-
 def _want_key(w: Want) -> tuple:
     return (w.region, (w.connector or {}).get("role_arn"), w.name)
 
 
-class _EarlyRefresh:
+class EarlyRefresh:
     """refresh_all() of the functions recorded in the local state files, on a thread, while
     the workspace loads; complete() returns the snapshots of the functions the plan wants,
     reading the ones the state did not know."""
@@ -588,16 +373,12 @@ class _EarlyRefresh:
 
 
 def _with_aliases(snap: dict, aliases: dict[str, dict]) -> dict:
-    from reconciler.engine.live import alias_view
-
-    return {
-        **snap,
-        "aliases": {n: alias_view(a) for n, a in sorted(aliases.items())},
-        "alias_revisions": {n: a.get("RevisionId") for n, a in aliases.items() if a.get("RevisionId")},
-    }
+    return {**snap, **alias_fields(aliases)}
 
 
-def _early_refresh(ctx: Context, aws) -> _EarlyRefresh | None:
+def early_refresh(ctx: Context, aws) -> EarlyRefresh | None:
+    """The early refresh of a plan of everything from local state files (None otherwise:
+    a selection, remote state, nothing recorded, or a state that cannot be read)."""
     o = ctx.options
     if (
         o.services
@@ -624,39 +405,4 @@ def _early_refresh(ctx: Context, aws) -> _EarlyRefresh | None:
         (w.region, (w.connector or {}).get("role_arn")): (w.region, w.connector) for w in wants
     }.values():
         aws.client("lambda", region, connector)
-    return _EarlyRefresh(ctx, aws, states, wants)
-
-
-def _newest_versions(state: st.State) -> dict[str, int]:
-    """Per function, the newest version number this state knows was published: the one
-    recorded, or one a deployment published (a rolled-back apply leaves the older one
-    recorded, but its version exists)."""
-    out: dict[str, int] = {}
-
-    def see(name, v) -> None:
-        if name and str(v or "").isdigit() and int(v) > out.get(name, 0):
-            out[name] = int(v)
-
-    for name, rec in state.functions.items():
-        see(name, rec.get("version"))
-    for h in state.history:
-        see(h.get("function"), h.get("version"))
-    return out
-
-
-def _artifact_key(art: dict) -> str:
-    if art["type"] == "S3":
-        return f"s3://{art['bucket']}/{art['key']}@{art['region']}"
-    pin = art.get("digest") or art.get("tag") or f"~{art.get('tag_regex')}"
-    return f"ecr:{art.get('registry_id') or ''}/{art['repository']}:{pin}@{art['region']}"
-
-
-def _split_source(source: str) -> tuple[str | None, int | None]:
-    if ":" in source:
-        f, _, line = source.rpartition(":")
-        return f, int(line) if line.isdigit() else None
-    return source or None, None
-
-
-def check_aws_error(exc: Exception) -> AwsError:
-    return exc if isinstance(exc, AwsError) else AwsError(str(exc))
+    return EarlyRefresh(ctx, aws, states, wants)

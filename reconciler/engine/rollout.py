@@ -414,15 +414,15 @@ def gradual_impossible(
 
     `current`: the alias as it is live ({"version", "weights", ...}), None when it does not
     exist yet; `old_config`: the configuration of the version it points to (Role,
-    DeadLetterConfig); `new_config`: the configuration being deployed; `publishes`: this
-    deployment publishes a new version; `alias_routing`: weights the alias definition itself
+    DeadLetterConfig); `new_config`: the configuration being deployed; `publishes`: the alias
+    moves to a published version (the one this deployment publishes, or one published before); `alias_routing`: weights the alias definition itself
     gives (a rollout sets them itself)."""
     if alias_routing:
         return f"the definition of alias {alias} sets its own routing weights"
     if current is None:
         return f"alias {alias} does not exist yet: it is created on the new version"
     if not publishes:
-        return "no new version is published: there is nothing to shift to"
+        return f"alias {alias} does not move to a published version: Lambda weights only two published versions"
     old = str(current.get("version") or "")
     if not old.isdigit():
         return f"alias {alias} points to {old or 'no version'}, not a published version: Lambda weights only two published versions"

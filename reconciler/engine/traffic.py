@@ -86,7 +86,7 @@ def plan_rollout(
         return  # the alias does not change version: nothing to shift
     current = (live.get("aliases") or {}).get(alias_name)
     old = str(killed["from"]) if killed is not None else str((current or {}).get("version"))
-    new = str(fp.next_version)
+    new = str(moves.new)  # the version being published, or the recorded one the alias is behind
     resume = None
     if killed is not None and str(killed.get("to")) == new:
         resume = ro.resume_point(killed, current)
@@ -99,7 +99,7 @@ def plan_rollout(
         if old.isdigit():
             got = lam.get_function(spec.name, old)
             old_conf = (got or {}).get("Configuration")
-        publishes = fp.publish or any(c.kind == "version" and c.path == "reuse" for c in fp.changes)
+        publishes = new.isdigit()  # the alias moves to a published version
         why = ro.gradual_impossible(
             alias_name,
             {"version": old},

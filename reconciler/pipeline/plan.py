@@ -21,7 +21,8 @@ from reconciler.store import state as st
 
 def pipeline_plan(settings: RunSettings, aws: Any, log: Callable[[str], None]) -> tuple[Plan, list[str]]:
     """What the pipeline's stages would change: one plan over every stage target."""
-    from reconciler.engine.refresh import Context, make_plan
+    from reconciler.engine.context import Context
+    from reconciler.engine.planner import make_plan
 
     runner = Runner(settings, lambda: aws, log)
     prepared = runner.prepare()

@@ -102,8 +102,10 @@ def hold(fp: FunctionPlan, spec: FunctionSpec, rules: list[ro.Rule], steps: list
     alias = rollout_alias(rule or ro.Rule(match={}, schedule=ro.ALL_AT_ONCE), spec)
     if alias is None or fp.action != "update":
         return None
-    if not any(c.kind == "alias" and c.path == alias and c.action == "update" for c in fp.changes):
+    moves = next((c for c in fp.changes if c.kind == "alias" and c.path == alias and c.action == "update"), None)
+    if moves is None:
         return None
+    new = str(moves.new)
     old = str((((fp.live or {}).get("aliases") or {}).get(alias) or {}).get("version"))
     got = lam.get_function(spec.name, old) if old.isdigit() else None
     definition = next((a for a in spec.aliases if a["Name"] == alias), {})
@@ -112,7 +114,7 @@ def hold(fp: FunctionPlan, spec: FunctionSpec, rules: list[ro.Rule], steps: list
         {"version": old},
         (got or {}).get("Configuration"),
         spec.config,
-        fp.publish,
+        new.isdigit(),
         (definition.get("RoutingConfig") or {}).get("AdditionalVersionWeights"),
     )
     if why is not None:
@@ -125,7 +127,7 @@ def hold(fp: FunctionPlan, spec: FunctionSpec, rules: list[ro.Rule], steps: list
     fp.rollout = {
         "alias": alias,
         "from": old,
-        "to": str(fp.next_version),
+        "to": new,
         "schedule": schedule.to_dict(),
         "alarms": list(rule.alarms) if rule else [],
         "errors_alarm": None,
@@ -219,7 +221,7 @@ def run_approval(runner: Runner, sr: StageRun, step: StepDef, timeout: float) ->
     if step.identifier in runner.settings.approve:
         runner.log(f"   approved with --approve {step.identifier}")
         return {"approved": "true", "approvedBy": "--approve"}
-    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+    if not sys.stdin.isatty():
         raise Refused(
             f"approval '{step.identifier}' needs a person: run on a terminal, or approve it with --approve "
             f"{step.identifier}",

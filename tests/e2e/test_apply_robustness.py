@@ -117,7 +117,8 @@ def _three_services(ws):
 
 def _plan(ws, state_dir):
     from reconciler.aws.client import Aws
-    from reconciler.engine.refresh import Context, make_plan
+    from reconciler.engine.context import Context
+    from reconciler.engine.planner import make_plan
     from reconciler.workspace.render import Options
 
     ctx = Context(workspace=ws, state_dir=state_dir, options=Options(environments=["staging"]))

@@ -204,7 +204,7 @@ def test_drift_still_sees_a_hand_change_of_alias_weights_alone(aws, run_cli, mot
     )
     r = check(run_cli("drift", "--format", "json", "--state-dir", state), 2)
     fns = {f["name"]: f for f in json.loads(r.stdout)["functions"]}
-    # the alias still points at version 1: only its weights changed
+    # the alias still points at version 1: only its weights changed, and drift says which
     assert [c for c in fns["fn0005"]["changes"] if c["kind"] == "alias"] == [
-        {"kind": "alias", "path": "live", "old": "1", "new": "1", "action": "update"}
+        {"kind": "alias", "path": "live.weights", "old": {}, "new": {v2: 0.2}, "action": "update"}
     ], fns["fn0005"]

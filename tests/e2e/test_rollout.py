@@ -124,6 +124,11 @@ def test_a_canary_completes_and_every_weight_is_seen(canary):
         "alias live: version 1 → 2, canary 10% for 3s then 100%, stops on billing-5xx or errors of the new version"
         in r.stdout
     )
+    r = canary.cli("plan", "--var", "version=2", "--format", "markdown")
+    assert (
+        "- `billing-prod`: alias live: version 1 → 2, canary 10% for 3s then 100%, stops on billing-5xx or errors of "
+        "the new version" in r.stdout
+    )
     r = canary.cli("plan", "--var", "version=2", "--format", "json")
     ro = json.loads(r.stdout)["functions"][0]["rollout"]
     assert ro["alias"] == "live" and ro["from"] == "1" and ro["to"] == "2" and ro["impossible"] is None
@@ -286,3 +291,16 @@ def test_an_alarm_stops_the_pipeline_between_steps(canary):
     assert "alarm billing-5xx is in ALARM" in out and re.search(r"shift10\s+AwsLambdaTrafficShift\s+Failed", out), out
     assert canary.last_apply()["status"] == "rolled_back"
     assert canary.alias() == ("1", {}) and canary.config(FN)["CodeSha256"] == canary.sha1
+
+
+def test_an_approval_on_a_terminal_asks(canary):
+    code, out, err = canary.cli_pty("run", "canaryDeploy", "--var", "version=2", answer="y")
+    assert code == 0, out + err
+    assert "Half of the traffic of billing is on the new version. Move all of it?" in err
+    assert "approve step approval? [y/N]" in err and "approved on the terminal" in err
+    assert canary.alias() == ("2", {})
+
+    canary.put_version(3)
+    code, out, err = canary.cli_pty("run", "canaryDeploy", "--var", "version=3", answer="n")
+    assert code == 1 and "approval 'approval' was rejected" in out + err
+    assert canary.alias() == ("2", {})

@@ -33,7 +33,7 @@ from reconciler.errors import ReconcilerError
 
 if TYPE_CHECKING:
     from reconciler.aws.client import Aws
-    from reconciler.engine.refresh import Context
+    from reconciler.engine.context import Context
     from reconciler.model import Plan
 
 PlanFile = Annotated[
@@ -83,7 +83,7 @@ def apply(
         try:
             from reconciler.cli.views import render_text
             from reconciler.engine.apply import apply_plan
-            from reconciler.engine.refresh import make_plan
+            from reconciler.engine.planner import make_plan
 
             if planfile is not None:
                 refuse_provisioned_plan(planfile)

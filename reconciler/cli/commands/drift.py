@@ -29,8 +29,8 @@ from reconciler.errors import ErrorList, ReconcilerError
 
 if TYPE_CHECKING:
     from reconciler.aws.client import Aws
+    from reconciler.engine.context import Context
     from reconciler.engine.drift import DriftReport
-    from reconciler.engine.refresh import Context
 
 
 def drift(

@@ -34,7 +34,7 @@ from reconciler.errors import ReconcilerError
 
 if TYPE_CHECKING:
     from reconciler.aws.client import Aws
-    from reconciler.engine.refresh import Context
+    from reconciler.engine.context import Context
     from reconciler.model import Plan
 
 OutFile = Annotated[Path | None, typer.Option("--out", help="Save the plan to this file for `apply FILE`.")]
@@ -97,7 +97,7 @@ def plan(
             import json
 
             from reconciler.cli.views import render_plan
-            from reconciler.engine.refresh import make_plan
+            from reconciler.engine.planner import make_plan
 
             check_format(format)
             ctx = context.make_context(workspace, service, env, infra, var, artifact, state_dir, out, parallelism)

@@ -26,7 +26,7 @@ from reconciler.cli.output import Out, check_format, fail, table
 from reconciler.errors import ConfigError, ReconcilerError
 
 if TYPE_CHECKING:
-    from reconciler.engine.refresh import Context
+    from reconciler.engine.context import Context
     from reconciler.store.backend import Backend
 
 FunctionName = Annotated[str, typer.Argument(help="Function name.")]

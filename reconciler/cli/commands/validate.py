@@ -44,7 +44,7 @@ def validate(
     out = Out(verbose, no_color)
     with context.provisioner_outputs(provisioner_outputs, live=False, debug=debug):
         try:
-            from reconciler.engine.refresh import load_and_render
+            from reconciler.engine.context import load_and_render
 
             check_pipelines(workspace, state_dir)
             ctx = context.make_context(workspace, service, env, infra, var, artifact, state_dir, out)

@@ -48,7 +48,8 @@ class AwsLambdaDeploy:
 
 def plan_stage_function(ctx: StepContext) -> tuple[Plan, FunctionPlan]:
     """The plan of the stage target's function (its manifest shown first)."""
-    from reconciler.engine.refresh import Context, make_plan
+    from reconciler.engine.context import Context
+    from reconciler.engine.planner import make_plan
 
     s, spec, log = ctx.run.settings, ctx.sr.spec, ctx.log
     # a stage with traffic-shift steps moves its alias with them; else a rollout rule applies
