@@ -111,7 +111,7 @@ class Aws:
         sts = self.client("sts", region)
         kwargs = {"RoleArn": connector["role_arn"], "RoleSessionName": "reconciler"}
         if connector.get("external_id"):
-            kwargs["ExternalId"] = connector["external_id"]
+            kwargs["ExternalId"] = _external_id(self, connector, region)
         try:
             creds = sts.assume_role(**kwargs)["Credentials"]
         except (ClientError, BotoCoreError) as exc:
@@ -141,6 +141,20 @@ class Aws:
 
     def mutating_calls(self) -> int:
         return sum(n for op, n in self.calls.items() if op.split(".", 1)[1].startswith(MUTATING_PREFIXES))
+
+
+def _external_id(aws: Aws, connector: dict, region: str) -> str:
+    """A connector's external ID; a secret reference is read from the store now with the
+    runner's own credentials (the connector's cannot read it before its role is assumed)."""
+    from reconciler.aws.secrets import read_values
+    from reconciler.util.secrets import fill, references
+
+    value = connector["external_id"]
+    ids = references(value)
+    if not ids:
+        return value
+    where = f"crossAccountAccess.externalId of connector '{connector.get('identifier')}'"
+    return fill(value, region, read_values(aws, {(region, sid, None): [where] for sid in ids}))
 
 
 def call(what: str, fn, *args, not_found_none: bool | tuple[str, ...] = False, **kwargs):

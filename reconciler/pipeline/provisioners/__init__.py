@@ -184,9 +184,78 @@ def check_step(pipe, s) -> list[ConfigError]:
     spec = s.body.get("spec") or {}
     if not isinstance(spec, dict):
         return []  # the pipeline check says so
-    return step_type(s.type).check(
+    errors = [
+        _no_secret_here(pipe, s, path)
+        for value, path in leaves(spec)
+        if isinstance(value, str) and "secrets.getValue" in value and _field(path) in NO_SECRET
+    ]
+    return errors + step_type(s.type).check(
         spec, lambda path, message, hint=None: pipe.error((*s.path, "spec", *tuple(path)), message, hint)
     )
+
+
+# fields of a provisioner step that name or locate things (a stack, a folder, a workspace, a
+# region, a connector): recorded in the state history and shown in the log, so no secret there
+NO_SECRET = (
+    "provisionerIdentifier",
+    "stackName",
+    "region",
+    "connectorRef",
+    "folderPath",
+    "workspace",
+    "paths",
+    "files",
+    "templateUrl",
+    "type",
+    "identifier",
+    "name",
+)
+
+
+def _field(path: tuple) -> str | None:
+    """The name of the field a value is in (a list's: `paths` for paths[0])."""
+    return next((p for p in reversed(path) if isinstance(p, str)), None)
+
+
+def _no_secret_here(pipe, s, path: tuple) -> ConfigError:
+    return pipe.error(
+        (*s.path, "spec", *path),
+        f"a secret reference cannot be used in {_field(path)}: it names or locates what the step works on, which "
+        "the state history records and the log shows",
+    )
+
+
+def with_secrets(runner, sr, step, spec: Any) -> Any:
+    """A provisioner step's resolved spec with its secret references (a parameter, a var
+    file's content, an environment variable...) replaced by their values, read from the
+    store now with the stage's infrastructure's connector and region; the values are
+    scrubbed from every output of the run from now on."""
+    import json
+
+    from reconciler.aws.secrets import read_values
+    from reconciler.util import secrets as sec
+
+    ids = sec.references(spec)
+    if not ids:
+        return spec
+    for value, path in leaves(spec):
+        if sec.references(value) and _field(path) in NO_SECRET:
+            raise _no_secret_here(runner.pipe, step, path)
+    s = sr.spec
+    conn = json.dumps(s.connector, sort_keys=True) if s.connector else None
+    region = s.region
+    where = f"{step.type} step {step.identifier} ({runner.pipe.file}:{runner.pipe.line(*step.path)})"
+    if DEFERRED in str(region):  # the infrastructure's region is what the provisioner makes: the step's own
+        region = str(((spec.get("configuration") or {}) if isinstance(spec, dict) else {}).get("region") or "")
+        if not region or DEFERRED in region:
+            raise ReconcilerError(
+                f"{where} uses a secret, but the region to read it in is not known yet (the infrastructure's region "
+                "comes from this stage's provisioner)",
+                hint="give the step a configuration.region",
+            )
+    values = read_values(runner.aws, {(region, sid, conn): [where] for sid in ids})
+    runner.masker.add(*values.values())
+    return sec.fill(spec, region, values)
 
 
 def step_strings(s) -> list[tuple[str, tuple]]:
@@ -245,6 +314,7 @@ def run_step(runner, sr, step, timeout: float) -> tuple[dict, str]:
     spec = resolve_tree(sr, step, step.body.get("spec") or {}, (*step.path, "spec"))
     ctx = StepContext(runner, sr, step, spec, timeout, mem)
     try:
+        ctx.spec = with_secrets(runner, sr, step, spec)
         got = step_type(step.type).run(ctx)
     except (StepFailed, ReconcilerError) as exc:
         if isinstance(exc, StepFailed):
