@@ -153,8 +153,6 @@ def stage_values(context: StageContext, given: dict) -> dict[str, Any]:
 def variable_input(v: dict, given: dict) -> Any:
     """A pipeline or stage variable's value: for a runtime input, --var NAME or its .default(...)
     (else `<+input>` stays, and using it is an error naming where)."""
-    from reconciler.util.secrets import outside_value
-
     value = v.get("value")
     secret = v.get("type") == "Secret"
     if is_runtime_input(value):
