@@ -310,8 +310,14 @@ def secret_places(config: dict | None, tags: dict | None, aliases: Iterable[dict
 def seal_places(snap: dict, paths: Iterable[str], sealer: Any) -> dict:
     """A copy of a state entry or a rollback snapshot (`configuration`, `tags`, `aliases`)
     with the values of these places sealed."""
+    if sealer is None:
+        return snap
+    return _map_places(snap, paths, lambda v: seal_value(sealer, v))
+
+
+def _map_places(snap: dict, paths: Iterable[str], change: Any) -> dict:
     paths = list(paths)
-    if not paths or not isinstance(snap, dict) or sealer is None:
+    if not paths or not isinstance(snap, dict):
         return snap
     conf = dict(snap.get("configuration") or {})
     tags = dict(snap.get("tags") or {})
@@ -320,13 +326,13 @@ def seal_places(snap: dict, paths: Iterable[str], sealer: Any) -> dict:
         if p.startswith(TAG_PREFIX):
             key = p[len(TAG_PREFIX) :]
             if key in tags:
-                tags[key] = seal_value(sealer, tags[key])
+                tags[key] = change(tags[key])
         elif p.startswith(ALIAS_PREFIX):
             name = p[len(ALIAS_PREFIX) :].rsplit(".", 1)[0]
             if isinstance(aliases.get(name), dict) and aliases[name].get("description"):
-                aliases[name]["description"] = seal_value(sealer, aliases[name]["description"])
+                aliases[name]["description"] = change(aliases[name]["description"])
         elif p in conf:
-            conf[p] = seal_value(sealer, conf[p])
+            conf[p] = change(conf[p]) if conf[p] is not None else None
     out = {**snap}
     if "configuration" in snap:
         out["configuration"] = conf
@@ -335,6 +341,12 @@ def seal_places(snap: dict, paths: Iterable[str], sealer: Any) -> dict:
     if "aliases" in snap:
         out["aliases"] = aliases
     return out
+
+
+def mask_places(entry: dict) -> dict:
+    """A state entry as shown (`state show`): the value of each place that uses a secret
+    (kept sealed) as (sensitive)."""
+    return _map_places(entry, entry.get("secret_fields") or (), lambda v: MASK)
 
 
 # ---------------------------------------------------------------- reading the store

@@ -131,6 +131,10 @@ def test_description_tag_and_alias_description_use_secrets(places):
         ("plan", "--debug", "-v"),
     ):
         cli(*args, code=None)
+    r = cli("state", "show", FN, "--format", "json")
+    shown = json.loads(r.stdout)
+    assert shown["configuration"]["Description"] == "(sensitive)" and shown["tags"]["billing"] == "(sensitive)"
+    assert shown["aliases"]["live"]["description"] == "(sensitive)"
     cli("apply", "--auto-approve")
     assert p.config(FN)["Description"] == f"ticket {DESC_V2}"
 
