@@ -124,6 +124,10 @@ class Aws:
             aws_session_token=creds["SessionToken"],
         )
 
+    def default_region(self) -> str | None:
+        """The region of the runner's own configuration (AWS_REGION, AWS_DEFAULT_REGION, the profile)."""
+        return self._session.region_name
+
     def credentials(self, region: str, connector: dict | None = None) -> dict[str, str]:
         """The credentials calls for `connector` use (its assumed role, else the default chain),
         as AWS_* environment variables; empty when there are none."""

@@ -10,6 +10,8 @@ import json
 
 import pytest
 from e2e_util import check
+from test_provision_steps import TF_ROLLBACK, TF_STEPS, _path_with_standin, _terraform_workspace, provisioner
+from test_run import smoke  # noqa: F401  (fixture)
 from test_secrets import API, DB_V1, FN, REGION, Payments, _never, payments  # noqa: F401  (fixture)
 
 DESC_V1, DESC_V2 = "desc-s3cr3t-one", "desc-r0tated-two"
@@ -352,3 +354,28 @@ def test_cloudformation_parameter_from_a_secret(places):
     pipe.write_text(PIPELINE.replace("stackName: payments-db", 'stackName: <+secrets.getValue("x")>'))
     r = p.cli("validate", code=1)
     assert "pipeline.yaml:" in r.stderr and "cannot be used in stackName" in r.stderr, r.stderr
+
+
+TF_SECRET = "tf-var-s3cr3t-5"
+
+
+def test_terraform_inline_var_file_from_a_secret(request):
+    """A TerraformPlan's Inline var file uses a secret: terraform gets the value (the stand-in
+    outputs its variables), reconciler never prints nor records it. The infrastructure's
+    region comes from the provisioner, so the secret is read in the runner's region."""
+    p = request.getfixturevalue("smoke")
+    p.aws.client("secretsmanager", REGION).create_secret(Name="tf/db", SecretString=TF_SECRET)
+    d = _terraform_workspace(p)
+    provisioner(
+        p,
+        TF_STEPS.replace('db_password = "hunter2-tf"', 'db_password = "<+secrets.getValue("tf/db")>"'),
+        TF_ROLLBACK,
+    )
+    env = _path_with_standin()
+    outputs: list[str] = []
+    for args in (("validate",), ("run", "smokeDeploy", "--format", "json"), ("history",)):
+        r = p.cli(*args, env_extra=env)
+        outputs += [r.stdout, r.stderr]
+    state = json.loads((d / "terraform.tfstate.d" / "dev" / "terraform.tfstate").read_text())
+    assert state["outputs"]["db_password"]["value"] == TF_SECRET, "terraform got the value"
+    _never((TF_SECRET,), outputs, [p.state_dir])

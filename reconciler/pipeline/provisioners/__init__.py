@@ -245,13 +245,16 @@ def with_secrets(runner, sr, step, spec: Any) -> Any:
     conn = json.dumps(s.connector, sort_keys=True) if s.connector else None
     region = s.region
     where = f"{step.type} step {step.identifier} ({runner.pipe.file}:{runner.pipe.line(*step.path)})"
-    if DEFERRED in str(region):  # the infrastructure's region is what the provisioner makes: the step's own
-        region = str(((spec.get("configuration") or {}) if isinstance(spec, dict) else {}).get("region") or "")
+    if DEFERRED in str(region):
+        # the infrastructure's region is what the provisioner makes: the step's own region,
+        # else the runner's (AWS_REGION)
+        conf = (spec.get("configuration") or {}) if isinstance(spec, dict) else {}
+        region = str(conf.get("region") or runner.aws.default_region() or "")
         if not region or DEFERRED in region:
             raise ReconcilerError(
                 f"{where} uses a secret, but the region to read it in is not known yet (the infrastructure's region "
                 "comes from this stage's provisioner)",
-                hint="give the step a configuration.region",
+                hint="give the step a configuration.region, or set AWS_REGION",
             )
     values = read_values(runner.aws, {(region, sid, conn): [where] for sid in ids})
     runner.masker.add(*values.values())
