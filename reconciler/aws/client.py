@@ -124,6 +124,10 @@ class Aws:
             aws_session_token=creds["SessionToken"],
         )
 
+    def read_secret(self, region: str, connector: dict | None, store: str, name: str) -> str | None:
+        """A secret's string value from the store (read_secret)."""
+        return read_secret(self, region, connector, store, name)
+
     def default_region(self) -> str | None:
         """The region of the runner's own configuration (AWS_REGION, AWS_DEFAULT_REGION, the profile)."""
         return self._session.region_name
