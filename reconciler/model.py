@@ -111,6 +111,9 @@ class FunctionPlan:
     # environment variable → seal (reconciler.secrets) of the secret value planned: an apply
     # that reads the store again refuses the plan if a secret changed since
     secret_seals: dict = field(default_factory=dict)
+    # the same for each place outside the environment that uses a secret (a configuration
+    # field, `Tags.KEY`, `Aliases.NAME.Description`) → seal of its whole value
+    secret_fields: dict = field(default_factory=dict)
     # how an alias moves to the new version under a rollout rule (reconciler.engine.traffic):
     # {"alias", "from", "to", "schedule", "alarms", "errors_alarm", "description", "impossible",
     # "resume", ...}; None: every alias moves at once

@@ -164,3 +164,33 @@ def test_the_stream_scrubs_a_multi_line_secret_printed_whole():
     print(f"key: {pem}", file=s)
     s.flush()
     assert buf.getvalue() == "key: (sensitive)\n"
+
+
+def test_a_value_from_outside_is_data_unless_it_is_one_secret_reference():
+    assert sec.outside_value('<+secrets.getValue("account.db/pw")>') == sec.placeholder("db/pw")
+    assert sec.outside_value(' <+secrets.getValue("db/pw")> ') == sec.placeholder("db/pw")
+    for data in ('x <+secrets.getValue("db/pw")>', "<+serviceVariables.pw>", "plain", 'a<+secrets.getValue("x")><+y>'):
+        assert sec.outside_value(data) == data
+    assert sec.outside_value("org.db/pw", secret_type=True) == sec.placeholder("db/pw"), "a Secret variable names one"
+
+
+def test_places_outside_the_environment_are_sealed_whole_in_the_stored_state():
+    sealer = sec.Sealer(b"k")
+    entry = {
+        "configuration": {"Description": f"ticket {SECRET}", "Layers": [SECRET], "Timeout": 3},
+        "tags": {"billing": SECRET, "team": "pay"},
+        "aliases": {"live": {"version": "1", "description": SECRET, "weights": {}}},
+        "secret_fields": {
+            "Description": "...",
+            "Layers": ["..."],
+            "Tags.billing": "...",
+            "Aliases.live.Description": "...",
+        },
+    }
+    out = sec.seal_entry(entry, sealer)
+    text = json.dumps(out)
+    assert SECRET not in text and entry["tags"]["billing"] == SECRET, "a copy; the entry itself is left as it is"
+    assert out["configuration"]["Description"] == sealer.seal(f"ticket {SECRET}")
+    assert out["configuration"]["Layers"] == sealer.seal(json.dumps([SECRET], separators=(",", ":")))
+    assert out["configuration"]["Timeout"] == 3 and out["tags"]["team"] == "pay"
+    assert sec.seal_entry(out, sealer) == out, "sealing twice changes nothing"

@@ -111,7 +111,7 @@ class Aws:
         sts = self.client("sts", region)
         kwargs = {"RoleArn": connector["role_arn"], "RoleSessionName": "reconciler"}
         if connector.get("external_id"):
-            kwargs["ExternalId"] = connector["external_id"]
+            kwargs["ExternalId"] = _external_id(self, connector, region)
         try:
             creds = sts.assume_role(**kwargs)["Credentials"]
         except (ClientError, BotoCoreError) as exc:
@@ -123,6 +123,14 @@ class Aws:
             aws_secret_access_key=creds["SecretAccessKey"],
             aws_session_token=creds["SessionToken"],
         )
+
+    def read_secret(self, region: str, connector: dict | None, store: str, name: str) -> str | None:
+        """A secret's string value from the store (read_secret)."""
+        return read_secret(self, region, connector, store, name)
+
+    def default_region(self) -> str | None:
+        """The region of the runner's own configuration (AWS_REGION, AWS_DEFAULT_REGION, the profile)."""
+        return self._session.region_name
 
     def credentials(self, region: str, connector: dict | None = None) -> dict[str, str]:
         """The credentials calls for `connector` use (its assumed role, else the default chain),
@@ -141,6 +149,20 @@ class Aws:
 
     def mutating_calls(self) -> int:
         return sum(n for op, n in self.calls.items() if op.split(".", 1)[1].startswith(MUTATING_PREFIXES))
+
+
+def _external_id(aws: Aws, connector: dict, region: str) -> str:
+    """A connector's external ID; a secret reference is read from the store now with the
+    runner's own credentials (the connector's cannot read it before its role is assumed)."""
+    from reconciler.aws.secrets import read_values
+    from reconciler.util.secrets import fill, references
+
+    value = connector["external_id"]
+    ids = references(value)
+    if not ids:
+        return value
+    where = f"crossAccountAccess.externalId of connector '{connector.get('identifier')}'"
+    return fill(value, region, read_values(aws, {(region, sid, None): [where] for sid in ids}))
 
 
 def call(what: str, fn, *args, not_found_none: bool | tuple[str, ...] = False, **kwargs):

@@ -358,13 +358,17 @@ def _check_fresh(
     return {} if writer.shared else {fp.name: live for fp, live in zip(fps, lives, strict=False)}
 
 
-def _with_secrets(fp: FunctionPlan, spec: FunctionSpec, config: dict, writer: StateWriter, aws) -> dict:
+def _with_secrets(
+    fp: FunctionPlan, spec: FunctionSpec, config: dict, writer: StateWriter, aws
+) -> tuple[dict, FunctionSpec]:
+    """The configuration and the spec (tags, aliases) with their secret references filled."""
     from reconciler.aws.secrets import read_values as read_secret_values
+    from reconciler.engine.sealed import filled_spec, plan_view
     from reconciler.store.seals import sealer_for
     from reconciler.util import secrets as sec
 
-    if not any(sec.references(v) for v in sec.env_vars(config).values()):
-        return config
+    if not sec.references(config) and not sec.uses_secrets(spec):
+        return config, spec
     values = fp.secrets
     if values is None:
         values = read_secret_values(aws, sec.wanted_by([spec]))
@@ -375,13 +379,20 @@ def _with_secrets(fp: FunctionPlan, spec: FunctionSpec, config: dict, writer: St
                     f"saved plan is stale: secret {k} of function {spec.name} changed in the store since it was made",
                     hint="run plan again",
                 )
-    return sec.fill(config, spec.region, values)
+        _, _, seals, _ = plan_view(spec, {"exists": False}, None, values, sealer)
+        for path, seal in sorted(seals.items()):
+            if fp.secret_fields.get(path) != seal:
+                raise StaleError(
+                    f"saved plan is stale: the secret in {path} of function {spec.name} changed in the store since it was made",
+                    hint="run plan again",
+                )
+    return sec.fill(config, spec.region, values), filled_spec(spec, values)
 
 
 def _record(
     state: st.State, fp: FunctionPlan, spec: FunctionSpec, snap: dict, version: str | None, config: dict
 ) -> None:
-    from reconciler.util.secrets import env_vars, references, shown
+    from reconciler.util.secrets import env_vars, references, secret_places, shown
 
     state.region = state.region or spec.region
     refs = {k: shown(v) for k, v in env_vars(spec.config).items() if references(v)}
@@ -404,6 +415,9 @@ def _record(
     }
     if refs:  # the references; the state holds only seals of their values (reconciler.secrets)
         state.functions[spec.name]["secrets"] = refs
+    places = secret_places(spec.config, spec.tags, spec.aliases)
+    if places:  # the same for a description, a tag... that uses a secret
+        state.functions[spec.name]["secret_fields"] = places
 
 
 def close_interrupted(state: st.State, name: str, by: dict) -> list[dict]:
@@ -471,7 +485,7 @@ def _apply_function(
     config, _ = desired_config(spec, recorded)
     # secret references are resolved now, in memory: the values the plan read, or (a saved
     # plan) read again, refused if a secret changed in the store since the plan was made
-    config = _with_secrets(fp, spec, config, writer, aws)
+    config, filled = _with_secrets(fp, spec, config, writer, aws)
     # the deployments this apply converges: killed ones, and the last one if its rollback failed
     last = interrupted_deployment(current.history, spec.name)
     stale = (
@@ -513,6 +527,9 @@ def _apply_function(
     secret_keys = sorted(set(fp.secret_seals) | set((recorded or {}).get("secrets") or {}))
     if secret_keys and not killed:
         record["previous"]["secrets"] = secret_keys
+    secret_places = sorted(set(fp.secret_fields) | set((recorded or {}).get("secret_fields") or {}))
+    if secret_places and not killed:
+        record["previous"]["secret_fields"] = secret_places
     if stale:
         record["converges"] = [h["id"] for h in stale]
 
@@ -557,9 +574,9 @@ def _apply_function(
                 "Code": fp.code["params"],
                 "PackageType": spec.package_type,
                 "Publish": False,
-                "Tags": spec.tags,
+                "Tags": filled.tags,
                 **config,
-                **spec.create_only,
+                **filled.create_only,
             }
             if spec.architectures:
                 params["Architectures"] = spec.architectures
@@ -577,7 +594,7 @@ def _apply_function(
                 answered(mine)
             created = True
             image_uri = fp.code["params"].get("ImageUri")
-            tags_now = dict(spec.tags or {})
+            tags_now = dict(filled.tags or {})
             step("created")
         else:
             if any(c.kind == "code" for c in fp.changes):
@@ -624,7 +641,7 @@ def _apply_function(
         live_aliases = (before.get("aliases") or {}) if not created else {}
         revisions = (before.get("alias_revisions") or {}) if not created else {}
         aliases_now = dict(live_aliases)
-        for alias in spec.aliases:
+        for alias in filled.aliases:
             name = alias["Name"]
             if name in live_aliases and _shifted(fp, name):
                 # a rollout: the traffic moves in steps, gated by alarms (reconciler.engine.traffic)
@@ -649,14 +666,20 @@ def _apply_function(
         tag_changes = [c for c in fp.changes if c.kind == "tag"] if not created else []
         if tag_changes:
             arn = before["arn"]
-            lam.tag(arn, {c.path.split(".", 1)[1]: c.new for c in tag_changes if c.action != "delete"})
+            # (a tag whose value uses a secret: the value, not the plan's seal of it)
+            new_tags = {
+                c.path.split(".", 1)[1]: filled.tags.get(c.path.split(".", 1)[1], c.new)
+                for c in tag_changes
+                if c.action != "delete"
+            }
+            lam.tag(arn, new_tags)
             lam.untag(arn, [c.path.split(".", 1)[1] for c in tag_changes if c.action == "delete"])
             for c in tag_changes:
                 key = c.path.split(".", 1)[1]
                 if c.action == "delete":
                     tags_now.pop(key, None)
                 else:
-                    tags_now[key] = c.new
+                    tags_now[key] = new_tags[key]
             log(f"{spec.name}: tags updated")
             step("tags updated")
 
@@ -1021,6 +1044,7 @@ def _restore(
 ) -> None:
     from reconciler.aws.client import Lambda
     from reconciler.engine.refresh import refresh_function
+    from reconciler.engine.sealed import unseal_snapshot
     from reconciler.workspace.schema import update_config_fields
 
     lam = Lambda(aws, region, connector)
@@ -1040,6 +1064,7 @@ def _restore(
     now = refresh_function(aws, region, connector, name)
     if not now.get("exists"):
         raise AwsError(f"{name} no longer exists in Lambda; it cannot be restored")
+    prev = unseal_snapshot(name, lam, prev, now, log)  # places that used a secret: their values found again
     fields = [f for f in RESTORABLE_CONFIG if f in update_config_fields()]
     prev_conf = prev.get("configuration") or {}
     want = {}

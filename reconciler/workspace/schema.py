@@ -157,6 +157,8 @@ def normalise(value: Any, shape, doc: Doc, path: PathT, errors: list[ConfigError
             errors.append(doc.error(path, f"'{here}' must be a string, got {_kind(value)}"))
             return value
         s = value if isinstance(value, str) else str(value)
+        if "\u27e6secret:" in s:
+            return s  # uses a secret: its value is known only when it is read (Lambda checks it then)
         if shape.enum and s not in shape.enum:
             errors.append(
                 doc.error(

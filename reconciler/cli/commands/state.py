@@ -108,6 +108,8 @@ def state_show(
         ]
         if not found:
             raise _not_in_state(name, ctx.state_dir)
+        from reconciler.util.secrets import mask_places
+
         docs: list[dict[str, Any]] = []
         for s, f in found:
             f = json.loads(json.dumps(f))
@@ -116,6 +118,7 @@ def state_show(
                 from reconciler.util.secrets import mask_vars
 
                 f["configuration"]["Environment"]["Variables"] = mask_vars(env_vars, show_values)
+            f = mask_places(f)  # a description, a tag... that uses a secret
             docs.append(
                 {
                     "function": name,

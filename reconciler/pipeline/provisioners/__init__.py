@@ -38,6 +38,7 @@ from reconciler.pipeline.step_base import PROVISION_PHASES, ErrorAt, StepContext
 from reconciler.store import state as st
 from reconciler.workspace.expr import leaves
 from reconciler.workspace.load import Entity
+from reconciler.workspace.schema import DEFERRED
 
 NOT_SUPPORTED = {
     "TerraformCloudRun": "Terraform Cloud runs are not supported: run the configuration with TerraformPlan/TerraformApply "
@@ -75,7 +76,12 @@ class ProvisionerStep:
         self.kind = kind
 
     def check(self, step: StepDef, spec: dict, err: ErrorAt) -> list[ConfigError]:
-        return self.kind.check(spec, err)
+        errors = [
+            err(path, _no_secret_message(path))
+            for value, path in leaves(spec)
+            if isinstance(value, str) and "secrets.getValue" in value and _field(path) in NO_SECRET
+        ]
+        return errors + self.kind.check(spec, err)
 
     def run(self, ctx: StepContext) -> StepOutput:
         outputs, output = run_step(ctx.run, ctx.sr, ctx.step, ctx.timeout)
@@ -129,6 +135,76 @@ def stage_provisioner(
     return steps, rollback
 
 
+# fields of a provisioner step that name or locate things (a stack, a folder, a workspace, a
+# region, a connector): recorded in the state history and shown in the log, so no secret there
+NO_SECRET = (
+    "provisionerIdentifier",
+    "stackName",
+    "region",
+    "connectorRef",
+    "folderPath",
+    "workspace",
+    "paths",
+    "files",
+    "templateUrl",
+    "type",
+    "identifier",
+    "name",
+)
+
+
+def _field(path: tuple) -> str | None:
+    """The name of the field a value is in (a list's: `paths` for paths[0])."""
+    return next((p for p in reversed(path) if isinstance(p, str)), None)
+
+
+def _no_secret_message(path: tuple) -> str:
+    return (
+        f"a secret reference cannot be used in {_field(path)}: it names or locates what the step works on, which "
+        "the state history records and the log shows"
+    )
+
+
+def _no_secret_here(pipe: Entity, s: StepDef, path: tuple) -> ConfigError:
+    return pipe.error((*s.path, "spec", *path), _no_secret_message(path))
+
+
+def with_secrets(runner: RunView, sr: StageRun, step: StepDef, spec: Any) -> Any:
+    """A provisioner step's resolved spec with its secret references (a parameter, a var
+    file's content, an environment variable...) replaced by their values, read from the
+    store now with the stage's infrastructure's connector and region; the values are
+    scrubbed from every output of the run from now on."""
+    import json
+
+    from reconciler.aws.secrets import read_values
+    from reconciler.util import secrets as sec
+
+    ids = sec.references(spec)
+    if not ids:
+        return spec
+    for value, path in leaves(spec):
+        if sec.references(value) and _field(path) in NO_SECRET:
+            raise _no_secret_here(runner.pipe, step, path)
+    s = sr.spec
+    conn = json.dumps(s.connector, sort_keys=True) if s.connector else None
+    region = s.region
+    where = f"{step.type} step {step.identifier} ({runner.pipe.file}:{runner.pipe.line(*step.path)})"
+    if DEFERRED in str(region):
+        # the infrastructure's region is what the provisioner makes: the step's own region,
+        # else the runner's (AWS_REGION)
+        conf = (spec.get("configuration") or {}) if isinstance(spec, dict) else {}
+        region = str(conf.get("region") or runner.aws.default_region() or "")
+        if not region or DEFERRED in region:
+            raise ReconcilerError(
+                f"{where} uses a secret, but the region to read it in is not known yet (the infrastructure's region "
+                "comes from this stage's provisioner)",
+                hint="give the step a configuration.region, or set AWS_REGION",
+            )
+    values = read_values(runner.aws, {(region, sid, conn): [where] for sid in ids})
+    runner.masker.add(*values.values())
+    return sec.fill(spec, region, values)
+
+
 def step_strings(s: StepDef) -> list[tuple[str, tuple]]:
     """Every string with an expression in a provisioner step's spec and timeout, with its path."""
     out = [(v, p) for v, p in leaves(s.body.get("spec"), (*s.path, "spec")) if isinstance(v, str) and "<+" in v]
@@ -157,6 +233,7 @@ def run_step(runner: RunView, sr: StageRun, step: StepDef, timeout: float) -> tu
     spec = resolve_tree(sr, step, step.body.get("spec") or {}, (*step.path, "spec"))
     ctx = ProvisionContext(runner, sr, step, spec, timeout, mem)
     try:
+        ctx.spec = with_secrets(runner, sr, step, spec)
         got = step_type(step.type).run(ctx)
     except (StepFailed, ReconcilerError) as exc:
         if isinstance(exc, StepFailed):
