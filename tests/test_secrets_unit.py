@@ -9,6 +9,7 @@ import json
 import pytest
 
 from reconciler.store import backend as be
+from reconciler.store.config import read_config
 from reconciler.util import secrets as sec
 from reconciler.store import state as st
 from reconciler.store import seals
@@ -143,7 +144,7 @@ def test_s3_fingerprint_key_is_an_encrypted_object_beside_the_state(monkeypatch,
 
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="team-state")
-        be.use(be.make(be.read_config(".", ["type=s3", "bucket=team-state"], environ={})))
+        be.use(be.make(read_config(".", ["type=s3", "bucket=team-state"], environ={})))
         path = st.state_path(tmp_path, "prod", "use1")
         seals._sealers.pop(str(path), None)
         assert seals.sealer_for(path, create=False) is None

@@ -24,7 +24,8 @@ from typing import Any
 
 from reconciler.errors import ReconcilerError
 from reconciler.store import backend as _backend
-from reconciler.store.backend import StateConflictError  # noqa: F401  (re-exported)
+from reconciler.store.base import StateConflictError  # noqa: F401  (re-exported)
+from reconciler.store.local import LocalBackend, LocalVersion
 from reconciler.store.seals import LazySealer, sealer_for
 from reconciler.util import secrets as _secrets
 
@@ -114,7 +115,7 @@ class State:
         kind of disk, more than the append itself): losing them to a power cut leaves the
         record in flight, which the next apply converges."""
         b = self.backend or _backend.current()
-        if not (self.exists and b.journal and isinstance(self.read_version, _backend.LocalVersion)):
+        if not (self.exists and b.journal and isinstance(self.read_version, LocalVersion)):
             self.write()
             return
         recs: list[dict] = []
@@ -145,7 +146,7 @@ class State:
     def compact(self) -> None:
         """Write the state whole if steps are journaled (the journal is then removed)."""
         v = self.read_version
-        if self.exists and isinstance(v, _backend.LocalVersion) and v.journal_size:
+        if self.exists and isinstance(v, LocalVersion) and v.journal_size:
             self.write()
 
     def deployments(self, function: str | None = None) -> list[dict]:
@@ -347,14 +348,14 @@ def stored_text(path: Any, b: Any = None) -> str | None:
     data, version, text = _read(b, path, "", "")
     if data is None:
         return None
-    if isinstance(version, _backend.LocalVersion) and version.serial != version.file_serial:
+    if isinstance(version, LocalVersion) and version.serial != version.file_serial:
         return dumps(from_dict(data, path, "", "").to_dict())
     return text
 
 
 def parse_file(path: Path) -> dict:
     """A local state file parsed, with the steps journaled beside it (`<file>.journal`)."""
-    b = _backend.LocalBackend()
+    b = LocalBackend()
     data, _, _ = _read(b, Path(path), "", "")
     if data is None:
         raise ReconcilerError("cannot read state file: no such file", str(path))

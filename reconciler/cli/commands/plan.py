@@ -106,7 +106,7 @@ def plan(
             context.finish(ctx, None, False)
             context.warn_all(ctx, out)
             if out_file:
-                from reconciler.store.backend import write_private
+                from reconciler.store.files import write_private
 
                 write_private(out_file, json.dumps(the_plan.to_dict(), indent=2) + "\n")
                 out.log(f"Saved the plan to {out_file}; apply it with: reconciler apply {out_file}")
@@ -166,7 +166,7 @@ def plan_pipeline(
         provisioning = the_plan.provisioners
         saved = the_plan.to_dict()
         if out_file:
-            from reconciler.store.backend import write_private
+            from reconciler.store.files import write_private
 
             write_private(out_file, json.dumps(saved, indent=2) + "\n")
             if provisioning:

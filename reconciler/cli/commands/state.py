@@ -27,7 +27,7 @@ from reconciler.errors import ConfigError, ReconcilerError
 
 if TYPE_CHECKING:
     from reconciler.engine.context import Context
-    from reconciler.store.backend import Backend
+    from reconciler.store.base import Backend
 
 FunctionName = Annotated[str, typer.Argument(help="Function name.")]
 FunctionNames = Annotated[list[str], typer.Argument(help="Function names to forget.")]
@@ -232,7 +232,7 @@ def state_pull(
             if text is None:
                 continue
             dst = out_dir / e / f"{i}.json"
-            from reconciler.store.backend import private_mkdir, write_private
+            from reconciler.store.files import private_mkdir, write_private
 
             private_mkdir(dst.parent)
             tmp = dst.with_name(f".{dst.name}.tmp")
