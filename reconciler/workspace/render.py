@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -332,8 +333,9 @@ def target_scope(ws: Workspace, t: Target, opts: Options) -> Scope:
     # variables, lowest precedence first; a later layer replaces the whole value
     service_vars = _variables(svc, ("serviceDefinition", "spec", "variables"), errors)
     env_vars = _variables(env, ("variables",), errors)
-    merged: dict[str, tuple[Any, Entity, tuple]] = dict(service_vars)
-    env_scope: dict[str, tuple[Any, Entity, tuple]] = dict(env_vars)
+    # (value, the entity that defines it, its path there); a --var value has no entity
+    merged: dict[str, tuple[Any, Entity | None, tuple]] = dict(service_vars)
+    env_scope: dict[str, tuple[Any, Entity | None, tuple]] = dict(env_vars)
     for name, v in env_vars.items():
         if name in merged:
             merged[name] = v
@@ -610,7 +612,8 @@ def _manifests(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Sc
     manifests = sd_spec.get("manifests") or []
     if not isinstance(manifests, list):
         raise svc.error((*base, "manifests"), "manifests must be a list")
-    fdefs, aliases = [], []
+    fdefs: list[Doc] = []
+    aliases: list[Doc] = []
     for i, item in enumerate(manifests):
         mp = (*base, "manifests", i, "manifest")
         m = item.get("manifest") if isinstance(item, dict) else None
@@ -624,8 +627,7 @@ def _manifests(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Sc
                 did_you_mean(str(mtype), ["AwsLambdaFunctionDefinition", "AwsLambdaFunctionAliasDefinition"]),
             )
         docs = [
-            ws.read_file(str(resolve_string(ref, scope, lambda p=p: (svc.file, svc.line(*p)))), svc, p)
-            for ref, p in _store_files(svc, m, mp)
+            ws.read_file(str(resolve_string(ref, scope, _at(svc, p))), svc, p) for ref, p in _store_files(svc, m, mp)
         ]
         (fdefs if mtype == "AwsLambdaFunctionDefinition" else aliases).extend(docs)
     if len(fdefs) != 1:
@@ -634,6 +636,11 @@ def _manifests(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Sc
             f"service '{svc.identifier}' needs exactly one AwsLambdaFunctionDefinition manifest file, found {len(fdefs)}",
         )
     return fdefs[0], aliases
+
+
+def _at(ent: Entity, path: tuple) -> Callable[[], tuple[str, int | None]]:
+    """Where `path` of an entity is (file, line), asked only when an error names it."""
+    return lambda: (ent.file, ent.line(*path))
 
 
 def _store_files(svc: Entity, m: dict, mp: tuple) -> list[tuple[str, tuple]]:
