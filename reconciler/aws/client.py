@@ -86,7 +86,7 @@ class Aws:
         self.quota = QuotaStats()
 
     def client(self, service: str, region: str, connector: dict | None = None):
-        role = (connector or {}).get("role_arn")
+        role = connector.get("role_arn") if connector else None
         key = (service, region, role)
         c = self._clients.get(key)
         if c is not None:
@@ -94,7 +94,7 @@ class Aws:
         with self._create_lock:
             c = self._clients.get(key)
             if c is None:
-                session = self._session if not role else self._assumed(connector, region)
+                session = self._assumed(connector, region) if connector and role else self._session
                 c = session.client(service, region_name=region, config=RETRY)
                 c.meta.events.register("before-call", self._count)
                 if service == "lambda":
@@ -135,9 +135,9 @@ class Aws:
     def credentials(self, region: str, connector: dict | None = None) -> dict[str, str]:
         """The credentials calls for `connector` use (its assumed role, else the default chain),
         as AWS_* environment variables; empty when there are none."""
-        role = (connector or {}).get("role_arn")
+        role = connector.get("role_arn") if connector else None
         with self._create_lock:
-            session = self._session if not role else self._assumed(connector, region)
+            session = self._assumed(connector, region) if connector and role else self._session
         got = session.get_credentials()
         if got is None:
             return {}
@@ -275,12 +275,12 @@ class Lambda:
         success acceptors on the same answer); returns that answer's Configuration. A
         failure acceptor (State or LastUpdateStatus `Failed`) raises with Lambda's reason;
         answers no acceptor matches are polled again, as botocore does, for at most the
-        waiter's delay × maxAttempts (or `limit` s, if less). `absent_ok`: waiters whose status field may be absent
+        waiter's delay * maxAttempts (or `limit` s, if less). `absent_ok`: waiters whose status field may be absent
         (a function that was never updated has no LastUpdateStatus)."""
         configs = [self.c.get_waiter(w).config for w in waiters]
         limit = min(max(c.delay * c.max_attempts for c in configs), limit if limit is not None else float("inf"))
         delay_max = max(c.delay for c in configs)
-        kwargs = {"FunctionName": name, **({"Qualifier": qualifier} if qualifier else {})}
+        kwargs: dict[str, Any] = {"FunctionName": name, **({"Qualifier": qualifier} if qualifier else {})}
         deadline = time.monotonic() + limit
         delay = self.POLL_FIRST
         while True:
@@ -606,7 +606,7 @@ def download(url: str) -> bytes:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=120) as r:  # noqa: S310 - a presigned AWS URL
+        with urllib.request.urlopen(url, timeout=120) as r:  # a presigned AWS URL
             return r.read()
     except OSError as exc:
         raise AwsError(f"downloading code package: {exc}") from None

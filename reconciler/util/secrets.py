@@ -213,7 +213,7 @@ def seal_config(config: dict | None, keys: Iterable[str] | None, sealer: Sealer 
     """A copy of a configuration whose environment values of `keys` (None: every sensitive
     one by the policy, and every one equal to a known secret) are sealed."""
     variables = env_vars(config)
-    if not variables or sealer is None:
+    if config is None or not variables or sealer is None:
         return config
     pick = set(keys) if keys is not None else {k for k, v in variables.items() if config_sensitive(k, v)}
     if not any(k in variables and not is_sealed(variables[k]) for k in pick):
@@ -520,7 +520,7 @@ class ScrubbingStream(io.TextIOBase):
         return self.inner.fileno()
 
     @property
-    def encoding(self):
+    def encoding(self) -> str:  # type: ignore[override]  # typeshed has an attribute; io's is a read-only property
         return getattr(self.inner, "encoding", "utf-8")
 
     def writable(self) -> bool:
