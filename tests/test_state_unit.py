@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.store import backend as be
-from reconciler.store.base import _target_of
+from reconciler.store.base import target_of
 from reconciler.store.config import HISTORY_LIMIT, read_config
 from reconciler.store.local import LocalBackend
 from reconciler.store.s3 import RemotePath
@@ -131,6 +131,13 @@ def test_local_lock_reports_its_holder_and_force_unlock(tmp_path):
 
 
 # ---------------------------------------------------------------- configuration
+
+
+def test_every_configurable_backend_type_and_lock_kind_is_registered():
+    from reconciler.store import config, locks
+
+    assert set(be.BACKENDS) == set(config.TYPES)
+    assert set(locks.REMOTE_LOCKS) == set(config.LOCKS)
 
 
 def test_config_defaults_to_local(tmp_path):
@@ -356,9 +363,9 @@ def test_s3_release_leaves_a_lock_taken_over_after_force_unlock(mocked, tmp_path
 def test_remote_path_maps_back_to_its_target():
     p = RemotePath.of("bkt", "pre/fix/env1/infra_1.json")
     assert str(p) == "s3://bkt/pre/fix/env1/infra_1.json" and os.fspath(p) == str(p)
-    assert _target_of(p) == ("env1", "infra_1")
-    assert _target_of(Path(str(p))) == ("env1", "infra_1"), "a saved plan's state_file string works too"
-    assert _target_of("/x/state/env1/infra_1.json") == ("env1", "infra_1")
+    assert target_of(p) == ("env1", "infra_1")
+    assert target_of(Path(str(p))) == ("env1", "infra_1"), "a saved plan's state_file string works too"
+    assert target_of("/x/state/env1/infra_1.json") == ("env1", "infra_1")
 
 
 def test_s3_backend_region_from_the_environment_or_a_clear_error(monkeypatch, tmp_path):

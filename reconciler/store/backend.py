@@ -8,6 +8,7 @@ write and lock. The command line calls configure() once per command.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from reconciler.store.base import Backend
@@ -33,8 +34,16 @@ def use(backend: Backend | None) -> Backend | None:
     return previous
 
 
+# backend.type in the configuration → how to make it (config.TYPES names the same)
+BACKENDS: dict[str, Callable[[BackendConfig], Backend]] = {
+    "local": lambda cfg: LocalBackend(),
+    "s3": S3Backend,
+}
+
+
 def make(cfg: BackendConfig) -> Backend:
-    b = S3Backend(cfg) if cfg.type == "s3" else LocalBackend()
+    """The backend a configuration describes (the configuration is read by the caller)."""
+    b = BACKENDS[cfg.type](cfg)
     b.history_limit = int(cfg.history_limit)
     return b
 

@@ -7,6 +7,7 @@ reconciler.store.backend.make(); no backend reads a configuration file.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,10 @@ KEYS = ("type", "bucket", "key_prefix", "region", "lock", "table", "encryption",
 TYPES = ("local", "s3")
 LOCKS = ("s3", "dynamodb")
 ENCRYPTIONS = ("AES256", "aws:kms")
+NEEDS_BUCKET = (
+    "the s3 backend needs a bucket: backend.bucket in reconciler.yaml, RECONCILER_BACKEND_BUCKET "
+    "or --backend-config bucket=NAME"
+)
 HISTORY_LIMIT = 20  # history records kept per function (backend.history_limit)
 
 
@@ -36,10 +41,10 @@ class BackendConfig:
 
 
 def read_config(
-    workspace: Path | str = ".", overrides: list[str] | tuple = (), environ: dict | None = None
+    workspace: Path | str = ".", overrides: list[str] | tuple = (), environ: Mapping[str, str] | None = None
 ) -> BackendConfig:
     """The backend configuration: defaults < reconciler.yaml < RECONCILER_BACKEND_* < --backend-config."""
-    environ = os.environ if environ is None else environ
+    env = os.environ if environ is None else environ
     values: dict[str, str] = {}
     sources: dict[str, str] = {}
     doc = config_document(workspace)
@@ -61,7 +66,7 @@ def read_config(
             line = doc.line(("backend", k))
             sources[k] = f"{shown}:{line}" if line else shown
     for k in KEYS:
-        v = environ.get(ENV_PREFIX + k.upper())
+        v = env.get(ENV_PREFIX + k.upper())
         if v:
             values[k] = v
             sources[k] = ENV_PREFIX + k.upper()
@@ -94,10 +99,7 @@ def _validated(cfg: BackendConfig) -> BackendConfig:
         raise bad("type", f"backend type must be one of {', '.join(TYPES)}, not '{cfg.type}'")
     if cfg.type == "s3":
         if not cfg.bucket:
-            raise ConfigError(
-                "the s3 backend needs a bucket: backend.bucket in reconciler.yaml, RECONCILER_BACKEND_BUCKET "
-                "or --backend-config bucket=NAME"
-            )
+            raise ConfigError(NEEDS_BUCKET)
         if cfg.lock not in LOCKS:
             raise bad("lock", f"backend lock must be one of {', '.join(LOCKS)}, not '{cfg.lock}'")
         if cfg.lock == "dynamodb" and not cfg.table:

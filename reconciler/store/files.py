@@ -9,7 +9,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from reconciler.errors import ReconcilerError
@@ -84,14 +84,12 @@ def file_lock(lock_path: Path, info: dict, timeout: float, busy: Callable[[dict]
             ) from None
         yield info["id"]
     finally:
-        try:
+        with suppress(OSError):
             info_path.unlink()
-        except OSError:
-            pass
         lock.release()
 
 
-def _sweep_temp_files(path: Path) -> None:
+def sweep_temp_files(path: Path) -> None:
     """Remove the temp files other processes left beside this state file
     (`.<name>.<pid>.tmp`, `.<name>.backup.<pid>.tmp`): a writer killed between creating one
     and renaming it. Every full write runs this while holding the state's lock, and every
@@ -106,13 +104,11 @@ def _sweep_temp_files(path: Path) -> None:
     for name in names:
         m = pattern.match(name)
         if m and int(m.group(1)) != os.getpid():
-            try:
+            with suppress(OSError):
                 os.unlink(path.parent / name)
-            except OSError:
-                pass
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
+def copy_atomic(src: Path, dst: Path) -> None:
     """dst becomes the current content of src, atomically. A hard link shares the file
     without copying it (src is then replaced by a new file, never written in place);
     filesystems without links get a copy."""
@@ -134,7 +130,7 @@ def _copy_atomic(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

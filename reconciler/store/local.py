@@ -6,6 +6,7 @@ was last written whole (state/README.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,17 +19,17 @@ from reconciler.store.base import (
     KEY_SUFFIX,
     Backend,
     StateConflictError,
-    _conflict_message,
-    _part,
+    conflict_message,
+    path_part,
 )
 from reconciler.store.files import (
     PRIVATE,
-    _copy_atomic,
-    _fsync_dir,
-    _sweep_temp_files,
+    copy_atomic,
     file_lock,
+    fsync_dir,
     private_mkdir,
     private_open,
+    sweep_temp_files,
 )
 from reconciler.store.locks import LOCK_HINT, describe_holder, lock_info
 
@@ -63,7 +64,11 @@ class LocalBackend(Backend):
         return f"local ({state_dir})" if state_dir else "local"
 
     def state_path(self, state_dir: Path, environment: str, infrastructure: str) -> Path:
-        return Path(state_dir) / _part(environment, "environment") / f"{_part(infrastructure, 'infrastructure')}.json"
+        return (
+            Path(state_dir)
+            / path_part(environment, "environment")
+            / f"{path_part(infrastructure, 'infrastructure')}.json"
+        )
 
     def read(self, path) -> tuple[str | None, Any]:
         path = Path(path)
@@ -214,8 +219,10 @@ class LocalBackend(Backend):
     def _journal_unchanged(self, fd: int | None, expected: LocalVersion) -> bool:
         """The cheap half of a check: the journal (open as fd, None: absent) is the one this
         run read or left, to the byte count, with the same last line. False: not sure."""
-        stat = os.fstat(fd) if fd is not None else None
-        size = stat.st_size if stat is not None else 0
+        if fd is None:
+            return expected.journal_size == 0
+        stat = os.fstat(fd)
+        size = stat.st_size
         if size == 0 or expected.journal_size == 0:
             return size == expected.journal_size
         if (
@@ -237,7 +244,7 @@ class LocalBackend(Backend):
         if expected is None:
             if head is None:
                 return None
-            raise StateConflictError(_conflict_message(expected, self._stored(path)), str(path), hint=CONFLICT_HINT)
+            raise StateConflictError(conflict_message(expected, self._stored(path)), str(path), hint=CONFLICT_HINT)
         if (
             isinstance(expected, LocalVersion)
             and head == (expected.lineage, expected.file_serial)
@@ -247,7 +254,7 @@ class LocalBackend(Backend):
         now = self._stored(path) if head is not None else None
         if isinstance(now, LocalVersion) and (now.lineage, now.serial) == (expected[0], expected[1]):
             return now
-        raise StateConflictError(_conflict_message(expected, now), str(path), hint=CONFLICT_HINT)
+        raise StateConflictError(conflict_message(expected, now), str(path), hint=CONFLICT_HINT)
 
     @staticmethod
     def _open_journal(path: Path) -> int | None:
@@ -268,21 +275,19 @@ class LocalBackend(Backend):
         finally:
             if fd is not None:
                 os.close(fd)
-        _sweep_temp_files(path)
+        sweep_temp_files(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(private_open(tmp), "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         if path.exists():
-            _copy_atomic(path, path.with_name(path.name + ".backup"))
+            copy_atomic(path, path.with_name(path.name + ".backup"))
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         # a crash before this leaves lines at or below the new serial: replay skips them
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.journal_path(path))
-        except FileNotFoundError:
-            pass
         m = _HEAD_RX.match(text)
         if m:
             return LocalVersion(m.group(1), int(m.group(2)), int(m.group(2)), len(text))
@@ -301,16 +306,16 @@ class LocalBackend(Backend):
             if base is None:
                 raise StateConflictError("cannot append to a state that does not exist", str(path))
             created = fd is None
-            if created:
+            if fd is None:
                 try:
                     fd = private_open(jpath, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL)
                 except FileExistsError:
                     raise StateConflictError(
-                        _conflict_message(expected, self._stored(path)), str(path), hint=CONFLICT_HINT
+                        conflict_message(expected, self._stored(path)), str(path), hint=CONFLICT_HINT
                     ) from None
             elif base is not expected and os.fstat(fd).st_ino != base.journal_ino:
                 # read whole meanwhile, and the journal open is not the one read: replaced
-                raise StateConflictError(_conflict_message(expected, self._stored(path)), str(path), hint=CONFLICT_HINT)
+                raise StateConflictError(conflict_message(expected, self._stored(path)), str(path), hint=CONFLICT_HINT)
             keep = base.journal_end if base.last_at >= 0 else 0
             if os.fstat(fd).st_size != keep:
                 os.ftruncate(fd, keep)  # a torn line, or lines already compacted
@@ -321,7 +326,7 @@ class LocalBackend(Backend):
             if sync:
                 os.fsync(fd)
                 if created:
-                    _fsync_dir(path.parent)
+                    fsync_dir(path.parent)
             ino = os.fstat(fd).st_ino
         finally:
             if fd is not None:

@@ -93,7 +93,7 @@ def _now() -> str:
 LOCK_HINT = "wait with --lock-timeout, or if its runner died: reconciler force-unlock ID"
 
 
-def _code(exc: Exception) -> str:
+def error_code(exc: Exception) -> str:
     resp = getattr(exc, "response", None) or {}
     return str(resp.get("Error", {}).get("Code", ""))
 
@@ -110,7 +110,7 @@ def _lock_holder(body: bytes, etag: str) -> dict:
     return holder
 
 
-class _S3Lock:
+class S3Lock:
     """`<key>.lock` created with If-None-Match: * (fails if it exists); removed with
     If-Match on its own ETag, so a lock taken over after a force-unlock is never removed."""
 
@@ -135,7 +135,7 @@ class _S3Lock:
             self.etag = r["ETag"]
             return None
         except ClientError as exc:
-            if _code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            if error_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
                 raise self.b._aws_error(f"cannot lock the state s3://{self.b.bucket}/{self.key}", exc) from None
         except BotoCoreError as exc:
             raise self.b._aws_error(f"cannot lock the state s3://{self.b.bucket}/{self.key}", exc) from None
@@ -151,7 +151,7 @@ class _S3Lock:
         try:
             self.b.s3.delete_object(Bucket=self.b.bucket, Key=self.key, IfMatch=self.etag)
         except ClientError as exc:
-            if _code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+            if error_code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
                 log(
                     f"warning: the state lock {info['id']} on s3://{self.b.bucket}/{self.key} was removed by someone else "
                     "(force-unlock) while this run held it"
@@ -187,7 +187,7 @@ class _S3Lock:
                     try:  # only the lock object read: not one that replaced it meanwhile
                         b.s3.delete_object(Bucket=b.bucket, Key=obj["Key"], IfMatch=r["ETag"])
                     except ClientError as exc:
-                        if _code(exc) in ("PreconditionFailed", "412", "NoSuchKey"):
+                        if error_code(exc) in ("PreconditionFailed", "412", "NoSuchKey"):
                             return None
                         raise
                     return obj["Key"][: -len(".lock")]
@@ -196,7 +196,7 @@ class _S3Lock:
         return None
 
 
-class _DynamoLock:
+class DynamoLock:
     """An item LockID = "<bucket>/<key>" (Terraform's convention) put with
     attribute_not_exists(LockID); deleted only if its ID is ours."""
 
@@ -225,7 +225,7 @@ class _DynamoLock:
             )
             return None
         except ClientError as exc:
-            if _code(exc) != "ConditionalCheckFailedException":
+            if error_code(exc) != "ConditionalCheckFailedException":
                 raise self.b._aws_error(f"cannot lock the state in DynamoDB table {self.b.cfg.table}", exc) from None
             old = exc.response.get("Item") or {}
         except BotoCoreError as exc:
@@ -250,7 +250,7 @@ class _DynamoLock:
                 ExpressionAttributeValues={":id": {"S": info["id"]}},
             )
         except ClientError as exc:
-            if _code(exc) == "ConditionalCheckFailedException":
+            if error_code(exc) == "ConditionalCheckFailedException":
                 log(
                     f"warning: the state lock {info['id']} ({self.lock_key}) was removed by someone else (force-unlock) "
                     "while this run held it"
@@ -286,10 +286,28 @@ class _DynamoLock:
                             ExpressionAttributeValues={":id": {"S": lock_id}},
                         )
                     except ClientError as exc:
-                        if _code(exc) == "ConditionalCheckFailedException":
+                        if error_code(exc) == "ConditionalCheckFailedException":
                             return None
                         raise
                     return lock_key[len(b.bucket) + 1 :]
         except (ClientError, BotoCoreError) as exc:
             raise b._aws_error("cannot remove the lock", exc) from None
         return None
+
+
+class RemoteLock(Protocol):
+    """One kind of remote lock: taken for one operation (acquire: None, or who holds it),
+    released, or removed by ID (force-unlock: the state's key, None if there is none)."""
+
+    def __init__(self, backend: S3Host, key: str) -> None: ...
+
+    def acquire(self, info: dict) -> dict | None: ...
+
+    def release(self, info: dict) -> None: ...
+
+    @staticmethod
+    def remove(b: S3Host, lock_id: str) -> str | None: ...
+
+
+# backend.lock in the configuration → its kind of lock (config.LOCKS names the same)
+REMOTE_LOCKS: dict[str, type[RemoteLock]] = {"s3": S3Lock, "dynamodb": DynamoLock}

@@ -22,18 +22,17 @@ from reconciler.store.base import (
     KEY_SUFFIX,
     Backend,
     StateConflictError,
-    _conflict_message,
-    _part,
-    _target_of,
+    conflict_message,
+    path_part,
+    target_of,
 )
-from reconciler.store.config import BackendConfig
+from reconciler.store.config import NEEDS_BUCKET, BackendConfig
 from reconciler.store.locks import (
     LOCK_HINT,
     LOCK_POLL_SECONDS,
-    _code,
-    _DynamoLock,
-    _S3Lock,
+    REMOTE_LOCKS,
     describe_holder,
+    error_code,
     lock_info,
     log,
 )
@@ -60,9 +59,11 @@ class S3Backend(Backend):
 
     type = "s3"
 
-    def __init__(self, cfg: BackendConfig, session=None):
+    def __init__(self, cfg: BackendConfig, session: Any = None):
+        if not cfg.bucket:
+            raise ConfigError(NEEDS_BUCKET)
         self.cfg = cfg
-        self.bucket = cfg.bucket
+        self.bucket: str = cfg.bucket
         self.prefix = (cfg.key_prefix or "").strip("/")
         self._session = session
         self._clients: dict[str, Any] = {}
@@ -99,7 +100,7 @@ class S3Backend(Backend):
     def _aws_error(self, what: str, exc: Exception) -> ReconcilerError:
         from reconciler.errors import AwsError
 
-        code = _code(exc)
+        code = error_code(exc)
         if code == "NoSuchBucket":
             return AwsError(
                 f"{what}: the state bucket '{self.bucket}' does not exist", hint="create it, with versioning enabled"
@@ -127,7 +128,11 @@ class S3Backend(Backend):
     def key(self, environment: str, infrastructure: str) -> str:
         return "/".join(
             p
-            for p in (self.prefix, _part(environment, "environment"), f"{_part(infrastructure, 'infrastructure')}.json")
+            for p in (
+                self.prefix,
+                path_part(environment, "environment"),
+                f"{path_part(infrastructure, 'infrastructure')}.json",
+            )
             if p
         )
 
@@ -135,7 +140,7 @@ class S3Backend(Backend):
         return RemotePath.of(self.bucket, self.key(environment, infrastructure))
 
     def _key_of(self, path) -> str:
-        return self.key(*_target_of(path))
+        return self.key(*target_of(path))
 
     def unreadable_hint(self, path) -> str | None:
         return "restore an earlier version of the object (keep versioning enabled on the bucket)"
@@ -147,7 +152,7 @@ class S3Backend(Backend):
         try:
             return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read().strip() or None
         except ClientError as exc:
-            if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+            if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
                 return None
             raise self._aws_error(f"cannot read the state's fingerprint key s3://{self.bucket}/{key}", exc) from None
         except BotoCoreError as exc:
@@ -161,7 +166,7 @@ class S3Backend(Backend):
             self.s3.put_object(Bucket=self.bucket, Key=name, Body=key + b"\n", IfNoneMatch="*", **self.encryption())
             return key
         except ClientError as exc:
-            if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            if error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
                 return self.read_key(path) or key
             raise self._aws_error(f"cannot store the state's fingerprint key s3://{self.bucket}/{name}", exc) from None
         except BotoCoreError as exc:
@@ -175,7 +180,7 @@ class S3Backend(Backend):
             r = self.s3.get_object(Bucket=self.bucket, Key=key)
             return r["Body"].read().decode("utf-8"), r["ETag"]
         except ClientError as exc:
-            if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+            if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
                 return None, None
             raise self._aws_error(f"cannot read the state s3://{self.bucket}/{key}", exc) from None
         except BotoCoreError as exc:
@@ -198,7 +203,7 @@ class S3Backend(Backend):
                 **self.encryption(),
             )
         except ClientError as exc:
-            if _code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "ConditionalRequestConflict", "409"):
+            if error_code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "ConditionalRequestConflict", "409"):
                 now = None
                 try:
                     now_text, _ = self.read(path)
@@ -208,7 +213,7 @@ class S3Backend(Backend):
                 except (ReconcilerError, ValueError):
                     pass
                 raise StateConflictError(
-                    _conflict_message(unbumped, now), f"s3://{self.bucket}/{key}", hint=CONFLICT_HINT
+                    conflict_message(unbumped, now), f"s3://{self.bucket}/{key}", hint=CONFLICT_HINT
                 ) from None
             raise self._aws_error(f"cannot write the state s3://{self.bucket}/{key}", exc) from None
         except BotoCoreError as exc:
@@ -237,7 +242,7 @@ class S3Backend(Backend):
         key = self._key_of(path)
         where = f"s3://{self.bucket}/{key}"
         info = lock_info(operation, where)
-        locker = _DynamoLock(self, key) if self.cfg.lock == "dynamodb" else _S3Lock(self, key)
+        locker = REMOTE_LOCKS[self.cfg.lock](self, key)
         deadline = time.monotonic() + max(0.0, timeout or 0)
         announced = False
         while True:
@@ -256,8 +261,7 @@ class S3Backend(Backend):
             locker.release(info)
 
     def force_unlock(self, state_dir: Path, lock_id: str) -> RemotePath:
-        locker_cls = _DynamoLock if self.cfg.lock == "dynamodb" else _S3Lock
-        key = locker_cls.remove(self, lock_id)
+        key = REMOTE_LOCKS[self.cfg.lock].remove(self, lock_id)
         if key is None:
             raise LockError(f"no lock with ID {lock_id} in {self.describe()}")
         return RemotePath.of(self.bucket, key)

@@ -19,7 +19,7 @@ import os
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from reconciler.errors import ReconcilerError
@@ -47,7 +47,7 @@ def state_dir_default() -> Path:
 class State:
     """The content of one state file."""
 
-    path: Path
+    path: PurePath  # a Path (local) or an s3:// RemotePath
     environment: str
     infrastructure: str
     lineage: str = field(default_factory=lambda: str(uuid.uuid4()))

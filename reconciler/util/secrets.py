@@ -34,7 +34,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from reconciler.errors import ReconcilerError
 
@@ -182,6 +182,12 @@ class Sealer:
         return is_sealed(seal) and seal[len(SEAL_PREFIX) :].split(":", 1)[0] == self.kid
 
 
+class Seals(Protocol):
+    """What sealing a document needs: a Sealer, or one whose key is made on first use."""
+
+    def seal(self, value: Any) -> str: ...
+
+
 def is_sealed(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(SEAL_PREFIX)
 
@@ -209,7 +215,7 @@ def env_vars(config: dict | None) -> dict:
     return v if isinstance(v, dict) else {}
 
 
-def seal_config(config: dict | None, keys: Iterable[str] | None, sealer: Sealer | None) -> dict | None:
+def seal_config(config: dict | None, keys: Iterable[str] | None, sealer: Seals | None) -> dict | None:
     """A copy of a configuration whose environment values of `keys` (None: every sensitive
     one by the policy, and every one equal to a known secret) are sealed."""
     variables = env_vars(config)
@@ -226,7 +232,7 @@ def config_sensitive(name: str, value: Any) -> bool:
     return _config.sensitive(name) or (isinstance(value, str) and value in _known_secrets) or bool(references(value))
 
 
-def seal_entry(entry: dict | None, sealer: Sealer | None) -> dict | None:
+def seal_entry(entry: dict | None, sealer: Seals | None) -> dict | None:
     """A state function entry with its sensitive environment values sealed (its own
     `secrets` keys, and the policy's), and the values of its other places that use a
     secret (`secret_fields`: configuration fields, tags, alias descriptions)."""
@@ -239,7 +245,7 @@ def seal_entry(entry: dict | None, sealer: Sealer | None) -> dict | None:
     return seal_places(out, entry.get("secret_fields") or (), sealer)
 
 
-def seal_record(record: dict, sealer: Sealer | None) -> dict:
+def seal_record(record: dict, sealer: Seals | None) -> dict:
     """A history record with its `previous` snapshot's sensitive values sealed."""
     prev = record.get("previous") if isinstance(record, dict) else None
     if not isinstance(prev, dict) or sealer is None:
