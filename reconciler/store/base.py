@@ -6,6 +6,8 @@ the error a conditional write raises when another writer moved the state
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
@@ -63,8 +65,16 @@ class Storage:
         """(text, version token) of one state, (None, None) when there is none."""
         raise NotImplementedError
 
-    def write(self, path: StatePath, text: str, expected: Any, unbumped: tuple[str, int] | None) -> Any:
-        """Replace the state if it is still at `expected` (None: must not exist); returns the new token."""
+    # a backend that keeps the previous version as a backup (local) rather than relying on
+    # the store's own versions (s3)
+    keeps_backup = False
+
+    def write(
+        self, path: StatePath, text: str, expected: Any, unbumped: tuple[str, int] | None, backup: str | None = None
+    ) -> Any:
+        """Replace the state if it is still at `expected` (None: must not exist); returns the
+        new token. `backup`: with keeps_backup, the text to keep the previous version as,
+        instead of the stored file as it is."""
         raise NotImplementedError
 
     def replay(self, path: StatePath, data: dict, text: str, token: Any) -> Any:
@@ -111,6 +121,30 @@ class Backend(Storage, Locker):
 
 
 KEY_SUFFIX = ".key"
+# how long a run waits for a fingerprint key another run is creating to be readable whole
+KEY_WAIT_SECONDS = 5.0
+KEY_POLL_SECONDS = 0.1
+
+
+def keep_one_key(key: bytes, create: Callable[[], bool], read: Callable[[], bytes | None], where: str) -> bytes:
+    """The fingerprint key a state keeps: `key` if `create` stores it (True; False: a key is
+    there already), else the stored one, read once it can be read whole (another run may be
+    writing it), up to KEY_WAIT_SECONDS. Never a key that is not stored."""
+    deadline = time.monotonic() + KEY_WAIT_SECONDS
+    while True:
+        if create():
+            return key
+        stored = read()
+        if stored is not None:
+            return stored
+        if time.monotonic() >= deadline:
+            raise ReconcilerError(
+                "the state's fingerprint key is there but stays empty",
+                where,
+                hint="a run was killed while creating it; remove it (nothing sealed under it can be checked) "
+                "and run again",
+            )
+        time.sleep(KEY_POLL_SECONDS)
 
 
 CONFLICT_HINT = "another writer changed it without holding the lock; look at `reconciler history` and run again"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -128,6 +129,51 @@ def copy_atomic(src: Path, dst: Path) -> None:
         w.flush()
         os.fsync(w.fileno())
     os.replace(tmp, dst)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create `path` (0600, it must not exist) holding `data`, fsync'ed."""
+    fd = private_open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_whole(path: Path, data: bytes) -> bool:
+    """Create `path` holding `data`, never to be seen empty or partly written: written to a
+    temp file and hard-linked into place (a link fails if `path` exists). False: `path`
+    exists, nothing changed. A filesystem without hard links gets `path` created
+    exclusively and then written (a reader may then see it empty for a moment)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    _write_new(tmp, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here
+        try:
+            _write_new(path, data)
+        except FileExistsError:
+            return False
+    finally:
+        with suppress(OSError):
+            os.unlink(tmp)
+    fsync_dir(path.parent)
+    return True
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically (a temp file `.<name>.<pid>.tmp`, 0600, fsync,
+    rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with suppress(FileNotFoundError):
+        tmp.unlink()
+    _write_new(tmp, data)
+    os.replace(tmp, path)
 
 
 def fsync_dir(path: Path) -> None:

@@ -20,16 +20,19 @@ from reconciler.store.base import (
     Backend,
     StateConflictError,
     conflict_message,
+    keep_one_key,
     path_part,
 )
 from reconciler.store.files import (
     PRIVATE,
     copy_atomic,
+    create_whole,
     file_lock,
     fsync_dir,
     private_mkdir,
     private_open,
     sweep_temp_files,
+    write_atomic,
 )
 from reconciler.store.locks import LOCK_HINT, describe_holder, lock_info
 
@@ -59,6 +62,7 @@ class LocalBackend(Backend):
 
     type = "local"
     journal = True
+    keeps_backup = True
 
     def describe(self, state_dir: Path | None = None) -> str:
         return f"local ({state_dir})" if state_dir else "local"
@@ -84,18 +88,11 @@ class LocalBackend(Backend):
             return None
 
     def create_key(self, path, key: bytes) -> bytes:
+        """Store `key` as `<state>.key` unless it exists, linked into place whole (never
+        seen empty); when another run made it first, its key, once readable whole."""
         kp = Path(str(path) + KEY_SUFFIX)
         private_mkdir(kp.parent)
-        try:
-            fd = private_open(kp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        except FileExistsError:
-            return self.read_key(path) or key
-        try:
-            os.write(fd, key + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return key
+        return keep_one_key(key, lambda: create_whole(kp, key + b"\n"), lambda: self.read_key(path), str(kp))
 
     def unreadable_hint(self, path) -> str | None:
         path = Path(path)
@@ -263,9 +260,9 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             return None
 
-    def write(self, path, text: str, expected: Any, unbumped: tuple[str, int] | None) -> Any:
-        """Atomic replace (temp file, fsync, rename) keeping the previous copy as .backup,
-        after checking that the state is still the one this run read (lineage + serial of
+    def write(self, path, text: str, expected: Any, unbumped: tuple[str, int] | None, backup: str | None = None) -> Any:
+        """Atomic replace (temp file, fsync, rename) keeping the previous copy as .backup
+        (the file as it is, or `backup` when given: the state sealed), after checking that the state is still the one this run read (lineage + serial of
         the file, and its journal); then the journal, now compacted into it, is removed."""
         path = Path(path)
         private_mkdir(path.parent)
@@ -282,7 +279,10 @@ class LocalBackend(Backend):
             f.flush()
             os.fsync(f.fileno())
         if path.exists():
-            copy_atomic(path, path.with_name(path.name + ".backup"))
+            if backup is None:
+                copy_atomic(path, path.with_name(path.name + ".backup"))
+            else:
+                write_atomic(path.with_name(path.name + ".backup"), backup.encode("utf-8"))
         os.replace(tmp, path)
         fsync_dir(path.parent)
         # a crash before this leaves lines at or below the new serial: replay skips them

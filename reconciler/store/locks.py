@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from reconciler.errors import ReconcilerError
+from reconciler.util.secrets import scrub
 
 
 class S3Host(Protocol):
@@ -93,6 +94,11 @@ def _now() -> str:
 LOCK_HINT = "wait with --lock-timeout, or if its runner died: reconciler force-unlock ID"
 
 
+# S3's answers to a conditional request whose condition failed: 412, or 409 while another
+# conditional request on the same key is in flight
+CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+
+
 def error_code(exc: Exception) -> str:
     resp = getattr(exc, "response", None) or {}
     return str(resp.get("Error", {}).get("Code", ""))
@@ -158,12 +164,12 @@ class S3Lock:
                 )
                 return
             log(
-                f"warning: could not release the state lock s3://{self.b.bucket}/{self.key}: {exc} "
+                f"warning: could not release the state lock s3://{self.b.bucket}/{self.key}: {scrub(str(exc), errors=True)} "
                 f"(remove it with: reconciler force-unlock {info['id']})"
             )
         except BotoCoreError as exc:
             log(
-                f"warning: could not release the state lock s3://{self.b.bucket}/{self.key}: {exc} "
+                f"warning: could not release the state lock s3://{self.b.bucket}/{self.key}: {scrub(str(exc), errors=True)} "
                 f"(remove it with: reconciler force-unlock {info['id']})"
             )
 
@@ -257,11 +263,11 @@ class DynamoLock:
                 )
                 return
             log(
-                f"warning: could not release the state lock {self.lock_key}: {exc} (remove it with: reconciler force-unlock {info['id']})"
+                f"warning: could not release the state lock {self.lock_key}: {scrub(str(exc), errors=True)} (remove it with: reconciler force-unlock {info['id']})"
             )
         except BotoCoreError as exc:
             log(
-                f"warning: could not release the state lock {self.lock_key}: {exc} (remove it with: reconciler force-unlock {info['id']})"
+                f"warning: could not release the state lock {self.lock_key}: {scrub(str(exc), errors=True)} (remove it with: reconciler force-unlock {info['id']})"
             )
 
     @staticmethod

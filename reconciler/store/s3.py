@@ -16,18 +16,20 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from reconciler.errors import ConfigError, LockError, ReconcilerError
+from reconciler.errors import AwsError, ConfigError, LockError, ReconcilerError
 from reconciler.store.base import (
     CONFLICT_HINT,
     KEY_SUFFIX,
     Backend,
     StateConflictError,
     conflict_message,
+    keep_one_key,
     path_part,
     target_of,
 )
 from reconciler.store.config import NEEDS_BUCKET, BackendConfig
 from reconciler.store.locks import (
+    CONDITION_FAILED,
     LOCK_HINT,
     LOCK_POLL_SECONDS,
     REMOTE_LOCKS,
@@ -36,6 +38,7 @@ from reconciler.store.locks import (
     lock_info,
     log,
 )
+from reconciler.util.secrets import scrub
 
 
 class RemotePath(PurePosixPath):
@@ -98,8 +101,8 @@ class S3Backend(Backend):
         return self.client("s3")
 
     def _aws_error(self, what: str, exc: Exception) -> ReconcilerError:
-        from reconciler.errors import AwsError
-
+        """What failed, with AWS's error text scrubbed of every known secret and environment
+        value (it can echo a request), as reconciler.aws.client.call does."""
         code = error_code(exc)
         if code == "NoSuchBucket":
             return AwsError(
@@ -110,7 +113,7 @@ class S3Backend(Backend):
                 f"{what}: the lock table '{self.cfg.table}' does not exist",
                 hint="create it with the string hash key LockID",
             )
-        return AwsError(f"{what}: {exc}")
+        return AwsError(scrub(f"{what}: {exc}", errors=True))
 
     def encryption(self) -> dict:
         """The server-side encryption every object reconciler puts is written with."""
@@ -162,15 +165,21 @@ class S3Backend(Backend):
         from botocore.exceptions import BotoCoreError, ClientError
 
         name = self._key_of(path) + KEY_SUFFIX
-        try:
-            self.s3.put_object(Bucket=self.bucket, Key=name, Body=key + b"\n", IfNoneMatch="*", **self.encryption())
-            return key
-        except ClientError as exc:
-            if error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-                return self.read_key(path) or key
-            raise self._aws_error(f"cannot store the state's fingerprint key s3://{self.bucket}/{name}", exc) from None
-        except BotoCoreError as exc:
-            raise self._aws_error(f"cannot store the state's fingerprint key s3://{self.bucket}/{name}", exc) from None
+        where = f"s3://{self.bucket}/{name}"
+
+        def put_if_none() -> bool:
+            """False: a key object is there, or another run's put of it is in flight (409)."""
+            try:
+                self.s3.put_object(Bucket=self.bucket, Key=name, Body=key + b"\n", IfNoneMatch="*", **self.encryption())
+                return True
+            except ClientError as exc:
+                if error_code(exc) in CONDITION_FAILED:
+                    return False
+                raise self._aws_error(f"cannot store the state's fingerprint key {where}", exc) from None
+            except BotoCoreError as exc:
+                raise self._aws_error(f"cannot store the state's fingerprint key {where}", exc) from None
+
+        return keep_one_key(key, put_if_none, lambda: self.read_key(path), where)
 
     def read(self, path) -> tuple[str | None, Any]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -186,9 +195,10 @@ class S3Backend(Backend):
         except BotoCoreError as exc:
             raise self._aws_error(f"cannot read the state s3://{self.bucket}/{key}", exc) from None
 
-    def write(self, path, text: str, expected: Any, unbumped: tuple[str, int] | None) -> Any:
+    def write(self, path, text: str, expected: Any, unbumped: tuple[str, int] | None, backup: str | None = None) -> Any:
         """PutObject conditional on the ETag read (If-Match), or on there being no object
-        (If-None-Match: *): a concurrent writer makes S3 refuse the put."""
+        (If-None-Match: *): a concurrent writer makes S3 refuse the put. No backup object:
+        the bucket's versioning keeps the earlier versions."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         key = self._key_of(path)

@@ -61,21 +61,26 @@ class State:
     # write is conditional on it (local: (lineage, serial); s3: the object's ETag)
     read_version: Any = field(default=None, repr=False, compare=False)
     backend: Any = field(default=None, repr=False, compare=False)
+    # the stored file was checked to hold no value in clear that this version seals (its
+    # backup may be kept as it is)
+    backup_checked: bool = field(default=False, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         """The stored document: every sensitive environment value sealed (never in clear)."""
-        sealer = LazySealer(self.path)
-        return {
-            "format_version": FORMAT_VERSION,
-            "lineage": self.lineage,
-            "serial": self.serial,
-            "environment": self.environment,
-            "infrastructure": self.infrastructure,
-            "region": self.region,
-            "functions": {k: _secrets.seal_entry(v, sealer) for k, v in sorted(self.functions.items())},
-            "artifacts": self.artifacts,
-            "history": [_secrets.seal_record(h, sealer) for h in self.history],
-        }
+        return sealed(
+            {
+                "format_version": FORMAT_VERSION,
+                "lineage": self.lineage,
+                "serial": self.serial,
+                "environment": self.environment,
+                "infrastructure": self.infrastructure,
+                "region": self.region,
+                "functions": dict(sorted(self.functions.items())),
+                "artifacts": self.artifacts,
+                "history": self.history,
+            },
+            LazySealer(self.path),
+        )
 
     @property
     def ref(self) -> dict:
@@ -91,7 +96,8 @@ class State:
             self.serial += 1
         text = dumps(self.to_dict())
         try:
-            token = b.write(self.path, text, self.read_version, before)
+            backup = self._sealed_backup(b)
+            token = b.write(self.path, text, self.read_version, before, backup)
         except BaseException:
             if bump:
                 self.serial -= 1
@@ -99,6 +105,24 @@ class State:
         self.read_version = token if token is not None else (self.lineage, self.serial)
         self.backend = b
         self.exists = True
+        self.backup_checked = True  # the stored file is now this version's, sealed
+
+    def _sealed_backup(self, b: Any) -> str | None:
+        """What the backup of the stored file must hold when that file holds a value in
+        clear that this version seals (it was written before sealing existed, or before
+        the policy counted the value sensitive): the file's document sealed. None: keep
+        the file as it is. Checked once: after a write, the stored file is sealed."""
+        if not self.exists or not b.keeps_backup or self.backup_checked:
+            return None
+        text, _ = b.read(self.path)
+        try:
+            data = json.loads(text) if text is not None else None
+        except ValueError:
+            return None  # an unreadable file is kept as it is (restoring it is what a backup is for)
+        if not isinstance(data, dict):
+            return None
+        out = sealed(data, LazySealer(self.path))
+        return dumps(out) if out != data else None
 
     def append(self, functions: Iterable[str] = (), records: Iterable[dict] = (), *, sync: bool | None = None) -> None:
         """Record one step without rewriting the state: bump the serial and append one line
@@ -151,6 +175,18 @@ class State:
 
     def deployments(self, function: str | None = None) -> list[dict]:
         return [h for h in self.history if function is None or h.get("function") == function]
+
+
+def sealed(doc: dict, sealer: _secrets.Seals) -> dict:
+    """A state document with every sensitive environment value of its functions and of its
+    history's snapshots sealed (the document itself is not changed)."""
+    out = dict(doc)
+    functions, history = doc.get("functions"), doc.get("history")
+    if isinstance(functions, dict):
+        out["functions"] = {k: _secrets.seal_entry(v, sealer) for k, v in functions.items()}
+    if isinstance(history, list):
+        out["history"] = [_secrets.seal_record(h, sealer) if isinstance(h, dict) else h for h in history]
+    return out
 
 
 def prune_history(history: list[dict], keep: int) -> list[dict]:
