@@ -66,9 +66,9 @@ def file_lock(lock_path: Path, info: dict, timeout: float, busy: Callable[[dict]
         except (OSError, ValueError):
             holder = {}
         raise busy(holder) from None
-    except (
-        OSError
-    ) as exc:  # (Timeout is one too, above) a read-only or full state directory: nothing has been changed yet
+    # (Timeout is an OSError too, caught above) a read-only or full state directory: nothing
+    # has been changed yet
+    except OSError as exc:
         raise ReconcilerError(
             f"cannot take the lock {lock_path.name}: {exc.strerror or exc}",
             str(lock_path.parent),

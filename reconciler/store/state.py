@@ -1,8 +1,9 @@
 """The state: one JSON document per infrastructure definition, read, written and locked
-through the configured backend (reconciler.backend).
+through the current backend (reconciler.store.backend).
 
 The local backend (the default) keeps `<state-dir>/<environment>/<infrastructure>.json`,
-written atomically (temp file, fsync, rename) with the previous copy kept as `.backup`,
+written atomically (temp file, fsync, rename) with the previous copy kept as `.backup`
+(sealed, if that copy held a value in clear that this version seals),
 and locked with filelock while an apply or rollback is writing it. An apply records each
 step by appending one line to `<infrastructure>.json.journal` (State.append) instead of
 rewriting the file; every read replays it, and a full write compacts it away. The s3 backend keeps
