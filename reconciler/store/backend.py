@@ -13,8 +13,30 @@ from pathlib import Path
 
 from reconciler.store.base import Backend
 from reconciler.store.config import BackendConfig, read_config
+from reconciler.store.files import file_lock, private_mkdir, write_private
 from reconciler.store.local import LocalBackend
+from reconciler.store.locks import lock_info
 from reconciler.store.s3 import S3Backend
+
+# file_lock, private_mkdir, write_private and lock_info lived here before the store was split
+# into modules: code not yet moved to import them from reconciler.store.files / .locks finds
+# them here meanwhile
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendConfig",
+    "LocalBackend",
+    "S3Backend",
+    "configure",
+    "current",
+    "file_lock",
+    "lock_info",
+    "make",
+    "private_mkdir",
+    "read_config",
+    "use",
+    "write_private",
+]
 
 _current: Backend | None = None
 
