@@ -242,7 +242,7 @@ def _variables(entity: Entity, path: tuple, errors: list) -> dict[str, tuple[Any
     return out
 
 
-def _declared_secret(entry: tuple[Any, Entity, tuple] | None) -> bool:
+def _declared_secret(entry: tuple[Any, Entity | None, tuple] | None) -> bool:
     """Is a variable (an entry of _variables) declared `type: Secret`?"""
     if entry is None or entry[1] is None or not entry[2]:
         return False
