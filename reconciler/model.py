@@ -111,6 +111,9 @@ class FunctionPlan:
     # environment variable → seal (reconciler.secrets) of the secret value planned: an apply
     # that reads the store again refuses the plan if a secret changed since
     secret_seals: dict = field(default_factory=dict)
+    # the same for each place outside the environment that uses a secret (a configuration
+    # field, `Tags.KEY`, `Aliases.NAME.Description`) → seal of its whole value
+    secret_fields: dict = field(default_factory=dict)
     # how an alias moves to the new version under a rollout rule (reconciler.engine.traffic):
     # {"alias", "from", "to", "schedule", "alarms", "errors_alarm", "description", "impossible",
     # "resume", ...}; None: every alias moves at once
@@ -151,6 +154,10 @@ class Plan:
     # state files whose lock this process has held since the plan read what is live (in
     # memory only): their functions' `live` snapshots are current
     locked: set[str] = field(default_factory=set, repr=False, compare=False)
+    # plan --pipeline: the stages whose provisioner steps only `run` runs ({pipeline, stage,
+    # service, environment, infrastructure, function, region, steps, rollback_steps,
+    # waiting_for, known_from_stacks}); `apply` refuses a saved plan that has any
+    provisioners: list[dict] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         out = {"create": 0, "update": 0, "delete": 0, "noop": 0, "orphan": 0}
@@ -172,6 +179,7 @@ class Plan:
             "state_refs": self.state_refs,
             "summary": self.counts(),
             "functions": [f.to_dict() for f in self.functions],
+            **({"provisioners": self.provisioners} if self.provisioners else {}),
         }
 
     @classmethod
@@ -183,6 +191,7 @@ class Plan:
             created_at=data.get("created_at", ""),
             prune=bool(data.get("prune", False)),
             format_version=int(data.get("format_version", 0)),
+            provisioners=list(data.get("provisioners") or []),
         )
 
 

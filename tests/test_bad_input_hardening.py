@@ -37,7 +37,7 @@ def test_a_state_path_never_leaves_the_state_directory(run_cli, ws, tmp_path):
         "state", "pull", "-w", str(ws), "--state-dir", str(tmp_path / "state"), "-e", "..", "-i", "x", cwd=tmp_path
     )
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    from reconciler.store.backend import LocalBackend
+    from reconciler.store.local import LocalBackend
     from reconciler.errors import ReconcilerError
 
     for env, infra in [("../../../tmp", "x"), ("a/b", "c"), ("dev", "../x"), ("dev", "")]:

@@ -4,7 +4,6 @@ files of the wrong shape, and odd files."""
 
 from __future__ import annotations
 
-
 import pytest
 from test_load_render import basic, fdef, one
 
@@ -74,7 +73,7 @@ def test_a_var_value_holding_expression_syntax_reaches_the_function_as_it_is(tmp
 
 
 def test_a_non_ascii_literal_in_a_condition_matches():
-    from reconciler.pipeline.runner import evaluate_condition
+    from reconciler.pipeline.conditions import evaluate_condition
 
     assert evaluate_condition('<+v> == "café ✓"', lambda e: "café ✓") is True
     assert evaluate_condition("<+v> == 'a\\'b\\\\c'", lambda e: "a'b\\c") is True

@@ -77,15 +77,7 @@ def _circles(graph) -> list[list[str]]:
 
 
 # circles being taken apart: each entry goes when its package is split
-KNOWN: list[list[str]] = [
-    [
-        "reconciler.pipeline.provisioners",
-        "reconciler.pipeline.provisioners.cloudformation",
-        "reconciler.pipeline.provisioners.shell",
-        "reconciler.pipeline.provisioners.terraform",
-        "reconciler.pipeline.runner",
-    ],
-]
+KNOWN: list[list[str]] = []
 
 
 def test_no_import_circles():

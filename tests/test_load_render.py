@@ -831,7 +831,8 @@ def test_sample_secrets(tmp_path):
 
 
 def test_secret_references_are_checked(tmp_path):
-    """A malformed reference, or a reference outside an environment value, is an error with file and line."""
+    """A malformed reference, or a reference where a secret cannot be (a function's name), is an
+    error with file and line; elsewhere in the definition it renders to a placeholder."""
     root = _sample(tmp_path, "secrets")
     d = root / "lambda-definition.json"
     good = d.read_text()
@@ -839,9 +840,11 @@ def test_secret_references_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="a secret reference is <\\+secrets.getValue"):
         one(root)
     d.write_text(good.replace('"handler": "handler.handle"', '"handler": "<+secrets.getValue(\\"h\\")>"'))
-    with pytest.raises(ConfigError, match="secret reference is used in Handler") as exc:
+    assert one(root).config["Handler"] == "\u27e6secret:h\u27e7"
+    d.write_text(good.replace('"functionName": "payments"', '"functionName": "<+secrets.getValue(\\"f\\")>"'))
+    with pytest.raises(ConfigError, match="cannot be used in FunctionName: the name is part of") as exc:
         one(root)
-    assert exc.value.file == "lambda-definition.json" and exc.value.line == 4
+    assert exc.value.file == "lambda-definition.json" and exc.value.line == 2
     (root / "reconciler.yaml").write_text("secrets:\n  store: vault\n")
     from reconciler.util.settings import config_document
     from reconciler.util.secrets import read_config

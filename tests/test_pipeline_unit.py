@@ -12,19 +12,15 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import ConfigError, ErrorList
+from reconciler.pipeline.checks import check_pipeline, check_workspace
+from reconciler.pipeline.conditions import evaluate_condition, parse_duration
+from reconciler.pipeline.inputs import overlay
+from reconciler.pipeline.model import RunSettings
+from reconciler.pipeline.runner import Runner
 from reconciler.workspace.load import load_workspace
-from reconciler.pipeline.runner import (
-    Runner,
-    RunSettings,
-    check_pipeline,
-    check_workspace,
-    evaluate_condition,
-    overlay,
-    parse_duration,
-    run_script,
-)
 from reconciler.workspace.provision import parse_outputs, resolver
 from reconciler.workspace.render import Options, render, stage_targets
+from reconciler.workspace.shell import run_script
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 

@@ -441,7 +441,7 @@ def canary_ws(tmp_path):
 
 
 def pipeline_errors(ws) -> list[str]:
-    from reconciler.pipeline.runner import check_workspace
+    from reconciler.pipeline.checks import check_workspace
     from reconciler.workspace.load import load_workspace
 
     return [str(e) for e in check_workspace(load_workspace(ws))]
@@ -475,7 +475,8 @@ def test_a_shift_before_the_deploy_is_an_error(canary_ws):
 
 
 def test_approve_must_name_an_approval_step(canary_ws):
-    from reconciler.pipeline.runner import Runner, RunSettings
+    from reconciler.pipeline.model import RunSettings
+    from reconciler.pipeline.runner import Runner
 
     settings = RunSettings(
         workspace=canary_ws, state_dir=canary_ws / "state", pipeline="canaryDeploy", approve=("aproval",)

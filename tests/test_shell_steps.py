@@ -17,8 +17,9 @@ import pytest
 from ruamel.yaml import YAML
 
 from reconciler.errors import ConfigError
+from reconciler.pipeline.model import RunSettings
+from reconciler.pipeline.runner import Runner
 from reconciler.util.secrets import MASK
-from reconciler.pipeline.runner import Runner, RunSettings
 from reconciler.workspace.shell import base_environment, prepare_script, run_script
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"

@@ -222,7 +222,7 @@ def test_only_a_record_starting_in_flight_is_fsynced(tmp_path, monkeypatch):
     s = _new(tmp_path)
     synced = []
     real = os.fsync
-    monkeypatch.setattr(be.os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
     rec = {"id": "r", "status": "in_progress", "steps": []}
     s.history.append(rec)
     s.append(records=[rec])

@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 
 from reconciler.store import backend as be
+from reconciler.store.base import target_of
+from reconciler.store.config import HISTORY_LIMIT, read_config
+from reconciler.store.local import LocalBackend
+from reconciler.store.s3 import RemotePath
 from reconciler.store import state as st
 from reconciler.errors import ConfigError, LockError
 
@@ -129,17 +133,24 @@ def test_local_lock_reports_its_holder_and_force_unlock(tmp_path):
 # ---------------------------------------------------------------- configuration
 
 
+def test_every_configurable_backend_type_and_lock_kind_is_registered():
+    from reconciler.store import config, locks
+
+    assert set(be.BACKENDS) == set(config.TYPES)
+    assert set(locks.REMOTE_LOCKS) == set(config.LOCKS)
+
+
 def test_config_defaults_to_local(tmp_path):
-    cfg = be.read_config(tmp_path, environ={})
+    cfg = read_config(tmp_path, environ={})
     assert cfg.type == "local"
-    assert isinstance(be.configure(tmp_path), be.LocalBackend)
+    assert isinstance(be.configure(tmp_path), LocalBackend)
 
 
 def test_config_file_env_and_flags(tmp_path):
     (tmp_path / "reconciler.yaml").write_text(
         "backend:\n  type: s3\n  bucket: team-state\n  key_prefix: lambda/prod\n  region: eu-west-1\n  lock: dynamodb\n  table: locks\n"
     )
-    cfg = be.read_config(tmp_path, environ={})
+    cfg = read_config(tmp_path, environ={})
     assert (cfg.type, cfg.bucket, cfg.key_prefix, cfg.region, cfg.lock, cfg.table) == (
         "s3",
         "team-state",
@@ -148,15 +159,13 @@ def test_config_file_env_and_flags(tmp_path):
         "dynamodb",
         "locks",
     )
-    cfg = be.read_config(tmp_path, environ={"RECONCILER_BACKEND_BUCKET": "from-env", "RECONCILER_BACKEND_LOCK": "s3"})
+    cfg = read_config(tmp_path, environ={"RECONCILER_BACKEND_BUCKET": "from-env", "RECONCILER_BACKEND_LOCK": "s3"})
     assert (cfg.bucket, cfg.lock) == ("from-env", "s3")
-    cfg = be.read_config(
-        tmp_path, ["bucket=from-flag", "key-prefix=x"], environ={"RECONCILER_BACKEND_BUCKET": "from-env"}
-    )
+    cfg = read_config(tmp_path, ["bucket=from-flag", "key-prefix=x"], environ={"RECONCILER_BACKEND_BUCKET": "from-env"})
     assert (cfg.bucket, cfg.key_prefix) == ("from-flag", "x")
-    cfg = be.read_config(tmp_path, ["type=local"], environ={})
+    cfg = read_config(tmp_path, ["type=local"], environ={})
     assert cfg.type == "local"
-    b = be.make(be.read_config(tmp_path, environ={}))
+    b = be.make(read_config(tmp_path, environ={}))
     assert str(b.state_path(tmp_path, "prod", "use1")) == "s3://team-state/lambda/prod/prod/use1.json"
 
 
@@ -179,7 +188,7 @@ def test_config_file_env_and_flags(tmp_path):
 def test_config_errors(tmp_path, text, overrides, message):
     (tmp_path / "reconciler.yaml").write_text(text)
     with pytest.raises(ConfigError) as ei:
-        be.read_config(tmp_path, overrides, environ={})
+        read_config(tmp_path, overrides, environ={})
     assert message in str(ei.value)
 
 
@@ -238,7 +247,7 @@ def mocked(monkeypatch):
 
 
 def _s3(lock="s3", prefix="reconciler"):
-    cfg = be.read_config(
+    cfg = read_config(
         ".", [f"type=s3", f"bucket={BUCKET}", f"key_prefix={prefix}", f"lock={lock}", f"table={TABLE}"], environ={}
     )
     return be.use(be.make(cfg)) or be.current()
@@ -352,18 +361,18 @@ def test_s3_release_leaves_a_lock_taken_over_after_force_unlock(mocked, tmp_path
 
 
 def test_remote_path_maps_back_to_its_target():
-    p = be.RemotePath.of("bkt", "pre/fix/env1/infra_1.json")
+    p = RemotePath.of("bkt", "pre/fix/env1/infra_1.json")
     assert str(p) == "s3://bkt/pre/fix/env1/infra_1.json" and os.fspath(p) == str(p)
-    assert be._target_of(p) == ("env1", "infra_1")
-    assert be._target_of(Path(str(p))) == ("env1", "infra_1"), "a saved plan's state_file string works too"
-    assert be._target_of("/x/state/env1/infra_1.json") == ("env1", "infra_1")
+    assert target_of(p) == ("env1", "infra_1")
+    assert target_of(Path(str(p))) == ("env1", "infra_1"), "a saved plan's state_file string works too"
+    assert target_of("/x/state/env1/infra_1.json") == ("env1", "infra_1")
 
 
 def test_s3_backend_region_from_the_environment_or_a_clear_error(monkeypatch, tmp_path):
     for k in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    b = be.make(be.read_config(".", ["type=s3", "bucket=b-state"], environ={}))
+    b = be.make(read_config(".", ["type=s3", "bucket=b-state"], environ={}))
     with pytest.raises(ConfigError, match="the s3 backend needs a region"):
         b.client("s3")
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
@@ -438,20 +447,20 @@ def test_history_keeps_the_newest_records_of_each_function(tmp_path):
         s.history.insert(0, {"id": "a-killed", "function": "a", "status": "in_progress"})
         s.write()
     finally:
-        be.current().history_limit = be.HISTORY_LIMIT
+        be.current().history_limit = HISTORY_LIMIT
     ids = [h["id"] for h in json.loads(s.path.read_text())["history"]]
     assert ids == ["a-killed", "a2", "b2", "a3", "b3", "a4", "b4"]
 
 
 def test_history_limit_is_configured_and_checked(tmp_path):
     (tmp_path / "reconciler.yaml").write_text("backend:\n  history_limit: 5\n")
-    assert be.make(be.read_config(tmp_path, environ={})).history_limit == 5
-    assert be.LocalBackend().history_limit == 20
+    assert be.make(read_config(tmp_path, environ={})).history_limit == 5
+    assert LocalBackend().history_limit == 20
     (tmp_path / "reconciler.yaml").write_text("backend:\n  history_limit: none\n")
     with pytest.raises(ConfigError, match=r"reconciler.yaml:2: backend history_limit must be a whole number"):
-        be.read_config(tmp_path, environ={})
+        read_config(tmp_path, environ={})
     with pytest.raises(ConfigError, match="encryption must be one of AES256, aws:kms"):
-        be.read_config(tmp_path, ["encryption=rot13", "history_limit=3"], environ={})
+        read_config(tmp_path, ["encryption=rot13", "history_limit=3"], environ={})
 
 
 @pytest.mark.parametrize(
@@ -459,7 +468,7 @@ def test_history_limit_is_configured_and_checked(tmp_path):
     [((), ("AES256", None)), (("encryption=aws:kms", "kms_key_id=alias/state"), ("aws:kms", "alias/state"))],
 )
 def test_s3_state_and_lock_objects_are_encrypted_at_rest(mocked, tmp_path, extra, want):
-    cfg = be.read_config(".", ["type=s3", f"bucket={BUCKET}", "lock=s3", *extra], environ={})
+    cfg = read_config(".", ["type=s3", f"bucket={BUCKET}", "lock=s3", *extra], environ={})
     be.use(be.make(cfg))
     if want[1]:
         import boto3

@@ -86,7 +86,7 @@ class Aws:
         self.quota = QuotaStats()
 
     def client(self, service: str, region: str, connector: dict | None = None):
-        role = (connector or {}).get("role_arn")
+        role = connector.get("role_arn") if connector else None
         key = (service, region, role)
         c = self._clients.get(key)
         if c is not None:
@@ -94,7 +94,7 @@ class Aws:
         with self._create_lock:
             c = self._clients.get(key)
             if c is None:
-                session = self._session if not role else self._assumed(connector, region)
+                session = self._assumed(connector, region) if connector and role else self._session
                 c = session.client(service, region_name=region, config=RETRY)
                 c.meta.events.register("before-call", self._count)
                 if service == "lambda":
@@ -111,7 +111,7 @@ class Aws:
         sts = self.client("sts", region)
         kwargs = {"RoleArn": connector["role_arn"], "RoleSessionName": "reconciler"}
         if connector.get("external_id"):
-            kwargs["ExternalId"] = connector["external_id"]
+            kwargs["ExternalId"] = _external_id(self, connector, region)
         try:
             creds = sts.assume_role(**kwargs)["Credentials"]
         except (ClientError, BotoCoreError) as exc:
@@ -124,12 +124,20 @@ class Aws:
             aws_session_token=creds["SessionToken"],
         )
 
+    def read_secret(self, region: str, connector: dict | None, store: str, name: str) -> str | None:
+        """A secret's string value from the store (read_secret)."""
+        return read_secret(self, region, connector, store, name)
+
+    def default_region(self) -> str | None:
+        """The region of the runner's own configuration (AWS_REGION, AWS_DEFAULT_REGION, the profile)."""
+        return self._session.region_name
+
     def credentials(self, region: str, connector: dict | None = None) -> dict[str, str]:
         """The credentials calls for `connector` use (its assumed role, else the default chain),
         as AWS_* environment variables; empty when there are none."""
-        role = (connector or {}).get("role_arn")
+        role = connector.get("role_arn") if connector else None
         with self._create_lock:
-            session = self._session if not role else self._assumed(connector, region)
+            session = self._assumed(connector, region) if connector and role else self._session
         got = session.get_credentials()
         if got is None:
             return {}
@@ -141,6 +149,20 @@ class Aws:
 
     def mutating_calls(self) -> int:
         return sum(n for op, n in self.calls.items() if op.split(".", 1)[1].startswith(MUTATING_PREFIXES))
+
+
+def _external_id(aws: Aws, connector: dict, region: str) -> str:
+    """A connector's external ID; a secret reference is read from the store now with the
+    runner's own credentials (the connector's cannot read it before its role is assumed)."""
+    from reconciler.aws.secrets import read_values
+    from reconciler.util.secrets import fill, references
+
+    value = connector["external_id"]
+    ids = references(value)
+    if not ids:
+        return value
+    where = f"crossAccountAccess.externalId of connector '{connector.get('identifier')}'"
+    return fill(value, region, read_values(aws, {(region, sid, None): [where] for sid in ids}))
 
 
 def call(what: str, fn, *args, not_found_none: bool | tuple[str, ...] = False, **kwargs):
@@ -253,12 +275,12 @@ class Lambda:
         success acceptors on the same answer); returns that answer's Configuration. A
         failure acceptor (State or LastUpdateStatus `Failed`) raises with Lambda's reason;
         answers no acceptor matches are polled again, as botocore does, for at most the
-        waiter's delay × maxAttempts (or `limit` s, if less). `absent_ok`: waiters whose status field may be absent
+        waiter's delay * maxAttempts (or `limit` s, if less). `absent_ok`: waiters whose status field may be absent
         (a function that was never updated has no LastUpdateStatus)."""
         configs = [self.c.get_waiter(w).config for w in waiters]
         limit = min(max(c.delay * c.max_attempts for c in configs), limit if limit is not None else float("inf"))
         delay_max = max(c.delay for c in configs)
-        kwargs = {"FunctionName": name, **({"Qualifier": qualifier} if qualifier else {})}
+        kwargs: dict[str, Any] = {"FunctionName": name, **({"Qualifier": qualifier} if qualifier else {})}
         deadline = time.monotonic() + limit
         delay = self.POLL_FIRST
         while True:
@@ -584,7 +606,7 @@ def download(url: str) -> bytes:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=120) as r:  # noqa: S310 - a presigned AWS URL
+        with urllib.request.urlopen(url, timeout=120) as r:  # a presigned AWS URL
             return r.read()
     except OSError as exc:
         raise AwsError(f"downloading code package: {exc}") from None

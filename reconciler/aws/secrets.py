@@ -14,7 +14,6 @@ from reconciler.util.secrets import SecretError, expression, remember
 def read_values(aws, wanted: dict[tuple[str, str, Any], list[str]]) -> dict[tuple[str, str], str]:
     """Read each distinct (region, secret id, connector) once: {(region, id): value}.
     `wanted` maps each to the places that use it (for the error, which never holds a value)."""
-    from reconciler.aws.client import read_secret
     from reconciler.errors import AwsError
 
     cfg = _secrets.config()
@@ -25,7 +24,7 @@ def read_values(aws, wanted: dict[tuple[str, str, Any], list[str]]) -> dict[tupl
         store = "SSM Parameter Store" if cfg.store == "ssm" else "Secrets Manager"
         used = f"used by {', '.join(sorted(set(where)))}"
         try:
-            value = read_secret(aws, region, json.loads(conn) if conn else None, cfg.store, name)
+            value = aws.read_secret(region, json.loads(conn) if conn else None, cfg.store, name)
         except AwsError as exc:
             why = {
                 "ResourceNotFoundException": "not found",

@@ -22,7 +22,7 @@ from reconciler.errors import ReconcilerError
 if TYPE_CHECKING:
     from reconciler.aws.client import Aws
     from reconciler.engine.context import Context
-    from reconciler.pipeline.runner import RunSettings
+    from reconciler.pipeline.model import RunSettings
 
 
 def make_context(
@@ -142,7 +142,7 @@ def run_settings(
     out: Out,
 ) -> RunSettings:
     """What `run PIPELINE` and `plan --pipeline` hand the pipeline runner."""
-    from reconciler.pipeline.runner import RunSettings
+    from reconciler.pipeline.model import RunSettings
 
     ctx = make_context(workspace, None, None, None, var, artifact, state_dir, out)
     return RunSettings(

@@ -44,7 +44,7 @@ Vars = Annotated[
     list[str] | None,
     typer.Option(
         "--var",
-        help="Set a variable: NAME=VALUE (repeatable; highest precedence). artifact.FIELD=VALUE gives an artifact source's <+input> FIELD.",
+        help="Set a variable: NAME=VALUE (repeatable; highest precedence). artifact.FIELD=VALUE gives an artifact source's <+input> FIELD. A value is data, except exactly one <+secrets.getValue(\"ID\")>, and a type: Secret variable's value, which name a secret.",
     ),
 ]
 Artifact = Annotated[

@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from reconciler.model import Change, FunctionPlan, Plan
-from reconciler.util.secrets import CHANGED, MASK, hidden_value, mask_vars
+from reconciler.util.secrets import CHANGED, MASK, hidden_value, is_sealed, mask_vars
 
 if TYPE_CHECKING:
     from reconciler.engine.drift import DriftReport
@@ -28,6 +28,10 @@ def _hide_env(v: Any, show_values: bool) -> Any:
 def masked(change: Change, show_values: bool) -> Change:
     """The change as it may be shown: values of secrets and of sensitive variables masked;
     a masked value that changed says so."""
+    if is_sealed(change.old) or is_sealed(change.new):  # a place that uses a secret (a description, a tag...)
+        old = None if change.old is None else MASK
+        new = None if change.new is None else (CHANGED if change.old is not None else MASK)
+        return Change(change.kind, change.path, old, new, change.action)
     if change.kind != "config":
         return change
     if change.path.startswith(ENV_PREFIX):
@@ -78,6 +82,7 @@ def plan_dict(plan: Plan, show_values: bool = False) -> dict:
         f["drift"] = [masked(c, show_values).to_dict() for c in fp.drift]
         f.pop("desired", None)
         f.pop("secret_seals", None)
+        f.pop("secret_fields", None)
         if isinstance(f.get("code"), dict):
             f["code"] = {k: v for k, v in f["code"].items() if k in ("sha256", "source")}
     return d

@@ -96,7 +96,7 @@ def _record(
     """The function recorded in `state` as it is live, with an `import` history entry."""
     from reconciler.engine.diff import desired_config
     from reconciler.engine.live import project
-    from reconciler.util.secrets import env_vars, references, shown
+    from reconciler.util.secrets import env_vars, references, secret_places, shown
 
     config, _ = desired_config(spec, None)
     code_source, code_params = code
@@ -122,6 +122,9 @@ def _record(
     refs = {k: shown(v) for k, v in env_vars(spec.config).items() if references(v)}
     if refs:  # kept as seals in the state, like an apply's (reconciler.secrets)
         state.functions[spec.name]["secrets"] = refs
+    places = secret_places(spec.config, spec.tags, spec.aliases)
+    if places:  # a description, a tag... that uses a secret: the same
+        state.functions[spec.name]["secret_fields"] = places
     state.history.append(
         {
             "id": str(uuid.uuid4()),

@@ -29,6 +29,7 @@ class Interrupted(BaseException):
 class Deployment:
     fp: FunctionPlan
     spec: FunctionSpec
+    filled: FunctionSpec  # the spec with its secret references filled in (tags, aliases; memory only)
     config: dict[str, Any]  # the configuration to deploy, secret references filled in (memory only)
     recorded: dict | None  # the function's entry in the state before this apply
     before: dict[str, Any]  # what ran before any change: the rollback snapshot's source

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from reconciler.engine.live import DEFAULTS, RESET, alias_view, canonical, fingerprint, project, user_tags
+from reconciler.engine.sealed import like_recorded, plan_view
 from reconciler.errors import ReconcilerError
 from reconciler.model import (  # noqa: F401  (IN_FLIGHT re-exported)
     IN_FLIGHT,
@@ -248,7 +249,10 @@ def plan_function(
         live_fingerprint=fingerprint(live),
         state_file=state_file,
     )
+    # secrets outside the environment (a description, a tag...): compared seal to seal
+    spec, live, fp.secret_fields, place_notes = plan_view(spec, live, recorded, secrets, sealer)
     config, live_cmp = _desired(fp, spec, recorded, live, secrets, sealer)
+    fp.notes += place_notes
     if interrupted:
         fp.notes.insert(0, interrupted_note(interrupted))
     fp.drift = _drift_since_recorded(spec, recorded, live, interrupted)
@@ -485,6 +489,7 @@ def source_location(source: str) -> tuple[str | None, int | None]:
 def drift(recorded: dict, live: dict) -> list[Change]:
     """What changed in Lambda since reconciler last recorded this function: its
     configuration, code, tags and the aliases reconciler manages."""
+    live = like_recorded(recorded, live)
     applied = recorded.get("configuration", {})
     out = diff_values("config", applied, _sealed_like(applied, project(live["configuration"], applied)))
     if recorded.get("code_sha256") and recorded["code_sha256"] != live.get("code_sha256"):

@@ -84,7 +84,7 @@ def start(
     config, _ = desired_config(spec, recorded)
     # secret references are resolved now, in memory: the values the plan read, or (a saved
     # plan) read again, refused if a secret changed in the store since the plan was made
-    config = _with_secrets(fp, spec, config, writer, aws)
+    config, filled = _with_secrets(fp, spec, config, writer, aws)
     stale = _converged(writer, current, spec.name)
     if before is None:
         before = refresh_function(aws, spec.region, spec.connector, spec.name)
@@ -98,6 +98,9 @@ def start(
     secret_keys = sorted(set(fp.secret_seals) | set((recorded or {}).get("secrets") or {}))
     if secret_keys and not _killed_apply(stale):
         record["previous"]["secrets"] = secret_keys
+    secret_places = sorted(set(fp.secret_fields) | set((recorded or {}).get("secret_fields") or {}))
+    if secret_places and not _killed_apply(stale):
+        record["previous"]["secret_fields"] = secret_places
     if stale:
         record["converges"] = [h["id"] for h in stale]
 
@@ -108,7 +111,7 @@ def start(
         upsert(state, record)
 
     writer.update(begin, records=[record], closing=spec.name)
-    return Deployment(fp, spec, config, recorded, before, record, lam, aws, writer, log, abort)
+    return Deployment(fp, spec, filled, config, recorded, before, record, lam, aws, writer, log, abort)
 
 
 def _desired(fp: FunctionPlan) -> dict:
@@ -184,13 +187,17 @@ def _new_record(fp: FunctionPlan, spec: FunctionSpec, previous: dict, stale: lis
     }
 
 
-def _with_secrets(fp: FunctionPlan, spec: FunctionSpec, config: dict, writer: StateWriter, aws) -> dict:
+def _with_secrets(
+    fp: FunctionPlan, spec: FunctionSpec, config: dict, writer: StateWriter, aws
+) -> tuple[dict, FunctionSpec]:
+    """The configuration and the spec (tags, aliases) with their secret references filled."""
     from reconciler.aws.secrets import read_values as read_secret_values
+    from reconciler.engine.sealed import filled_spec, plan_view
     from reconciler.store.seals import sealer_for
     from reconciler.util import secrets as sec
 
-    if not any(sec.references(v) for v in sec.env_vars(config).values()):
-        return config
+    if not sec.references(config) and not sec.uses_secrets(spec):
+        return config, spec
     values = fp.secrets
     if values is None:
         values = read_secret_values(aws, sec.wanted_by([spec]))
@@ -202,7 +209,14 @@ def _with_secrets(fp: FunctionPlan, spec: FunctionSpec, config: dict, writer: St
                     f"saved plan is stale: secret {k} of function {spec.name} changed in the store since it was made",
                     hint="run plan again",
                 )
-    return sec.fill(config, spec.region, values)
+        _, _, seals, _ = plan_view(spec, {"exists": False}, None, values, sealer)
+        for path, seal in sorted(seals.items()):
+            if fp.secret_fields.get(path) != seal:
+                raise StaleError(
+                    f"saved plan is stale: the secret in {path} of function {spec.name} changed in the store since it was made",
+                    hint="run plan again",
+                )
+    return sec.fill(config, spec.region, values), filled_spec(spec, values)
 
 
 # ---------------------------------------------------------------- 2-3. create, or update code then configuration
@@ -216,9 +230,9 @@ def create(d: Deployment) -> None:
         "Code": fp.code["params"],
         "PackageType": spec.package_type,
         "Publish": False,
-        "Tags": spec.tags,
+        "Tags": d.filled.tags,
         **d.config,
-        **spec.create_only,
+        **d.filled.create_only,
     }
     if spec.architectures:
         params["Architectures"] = spec.architectures
@@ -236,7 +250,7 @@ def create(d: Deployment) -> None:
         d.answered(mine)
     d.created = True
     d.image_uri = fp.code["params"].get("ImageUri")
-    d.tags = dict(spec.tags or {})
+    d.tags = dict(d.filled.tags or {})
     d.step("created")
 
 
@@ -326,7 +340,7 @@ def move_aliases(d: Deployment) -> None:
     live = (d.before.get("aliases") or {}) if not d.created else {}
     revisions = (d.before.get("alias_revisions") or {}) if not d.created else {}
     d.aliases = dict(live)
-    for alias in d.spec.aliases:
+    for alias in d.filled.aliases:
         name = alias["Name"]
         if name in live and _shifted(d.fp, name):
             d.aliases[name] = shift_alias(d, alias, live[name])
@@ -394,14 +408,20 @@ def tag(d: Deployment) -> None:
     if not changes:
         return
     arn = d.before["arn"]
-    d.lam.tag(arn, {c.path.split(".", 1)[1]: c.new for c in changes if c.action != "delete"})
+    # (a tag whose value uses a secret: the value, not the plan's seal of it)
+    new_tags = {
+        c.path.split(".", 1)[1]: d.filled.tags.get(c.path.split(".", 1)[1], c.new)
+        for c in changes
+        if c.action != "delete"
+    }
+    d.lam.tag(arn, new_tags)
     d.lam.untag(arn, [c.path.split(".", 1)[1] for c in changes if c.action == "delete"])
     for c in changes:
         key = c.path.split(".", 1)[1]
         if c.action == "delete":
             d.tags.pop(key, None)
         else:
-            d.tags[key] = c.new
+            d.tags[key] = new_tags[key]
     d.log(f"{d.name}: tags updated")
     d.step("tags updated")
 

@@ -12,6 +12,8 @@ import hashlib
 import json
 from typing import Any
 
+from reconciler.util.secrets import is_sealed
+
 # Lambda's own defaults for the fields every function has: a definition that does not
 # give one of them wants the default (as lambroll's fillDefaultValues), so a hand change
 # to, say, the memory size is seen and undone.
@@ -55,6 +57,8 @@ UNORDERED = {("VpcConfig", "SubnetIds"), ("VpcConfig", "SecurityGroupIds")}
 
 
 def _live_field(conf: dict, key: str) -> Any:
+    if is_sealed(conf.get(key)):
+        return conf[key]  # a value that uses a secret, sealed (reconciler.util.secrets.seal_places)
     if key == "Environment":
         return {"Variables": dict((conf.get("Environment") or {}).get("Variables") or {})}
     if key == "Layers":

@@ -20,7 +20,8 @@ def function_lock_path(state_path: Path, name: str) -> Path:
 @contextmanager
 def function_lock(state_path: Path, name: str, operation: str, timeout: float = 0) -> Iterator[str]:
     """Hold one function's deployment lock (`<state>.<function>.lock`, with `.info` beside it)."""
-    from reconciler.store.backend import file_lock, lock_info
+    from reconciler.store.files import file_lock
+    from reconciler.store.locks import lock_info
 
     if not isinstance(state_path, Path):
         # a remote backend: its state lock, held for the whole deployment, serialises them

@@ -153,7 +153,7 @@ def _read_secrets(ctx: Context, aws, specs: list[FunctionSpec], by_key: dict[Sta
     sealers = {
         key: sealer_for(
             st.state_path(ctx.state_dir, *key),
-            create=any(sec.references(sec.env_vars(s.config)) for s in by_key[key]),
+            create=any(sec.uses_secrets(s) for s in by_key[key]),
         )
         for key in by_key
     }

@@ -123,7 +123,7 @@ class StateWriter:
 def record_function(
     state: st.State, fp: FunctionPlan, spec: FunctionSpec, snap: dict, version: str | None, config: dict
 ) -> None:
-    from reconciler.util.secrets import env_vars, references, shown
+    from reconciler.util.secrets import env_vars, references, secret_places, shown
 
     state.region = state.region or spec.region
     refs = {k: shown(v) for k, v in env_vars(spec.config).items() if references(v)}
@@ -146,6 +146,9 @@ def record_function(
     }
     if refs:  # the references; the state holds only seals of their values (reconciler.secrets)
         state.functions[spec.name]["secrets"] = refs
+    places = secret_places(spec.config, spec.tags, spec.aliases)
+    if places:  # the same for a description, a tag... that uses a secret
+        state.functions[spec.name]["secret_fields"] = places
 
 
 def close_interrupted(state: st.State, name: str, by: dict) -> list[dict]:

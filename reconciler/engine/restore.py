@@ -63,6 +63,7 @@ def _restore(
 ) -> None:
     from reconciler.aws.client import Lambda
     from reconciler.engine.refresh import refresh_function
+    from reconciler.engine.sealed import unseal_snapshot
 
     lam = Lambda(aws, region, connector)
     if not prev.get("exists"):
@@ -71,6 +72,7 @@ def _restore(
     now = refresh_function(aws, region, connector, name)
     if not now.get("exists"):
         raise AwsError(f"{name} no longer exists in Lambda; it cannot be restored")
+    prev = unseal_snapshot(name, lam, prev, now, log)  # places that used a secret: their values found again
     want = _configuration_to_restore(name, lam, prev, now)
     # the configuration first, then the code: the reverse of the apply's order, so a
     # configuration Lambda could not apply (its update Failed) is gone before the code

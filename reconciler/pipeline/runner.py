@@ -1,875 +1,61 @@
-"""`reconciler run PIPELINE`: execute a Harness pipeline's Deployment stages, steps and
+"""`reconciler run PIPELINE`: the runner of a Harness pipeline's Deployment stages, steps and
 rollback steps.
 
-A stage deploys to its targets (service × environment × each infrastructure definition, or
+A stage deploys to its targets (service x environment x each infrastructure definition, or
 every infrastructure of the environment with `deployToAll: true`); with several targets the
-stage runs once per target, like Harness's multi-infrastructure stages. Steps run in order:
-
-- `AwsLambdaDeploy`: plan + apply (SPEC §5) of the stage's target, auto-approved — running
-  the pipeline is the approval;
-- `AwsLambdaRollback`: put back what ran before this stage's deploy (the `previous`
-  snapshot the apply recorded in the state history), recorded as a rollback;
-- `ShellScript`: `spec.source.spec.script` (Inline) with bash on this machine, expressions
-  resolved, deployment facts exported as RECONCILER_* variables, `environmentVariables`
-  exported and `outputVariables` read back from the script's shell variables;
-- `Wait`: sleep `spec.duration`.
+stage runs once per target, like Harness's multi-infrastructure stages. Its steps run in
+order, each through its type's module in `step_types.STEP_TYPES` (AwsLambdaDeploy,
+AwsLambdaRollback, ShellScript, Wait and the provisioner kinds).
 
 A stage's `environment.provisioner` steps run before its execution steps, and their outputs
 are the target's `<+provisioner.NAME>` values; its rollbackSteps run after the execution's
-rollback steps (reconciler.provisioners, hooked in here).
+rollback steps (reconciler.pipeline.provisioners, hooked in here).
 
 `when` (stageStatus Success|Failure|All and a condition), `timeout`, `failureStrategies`
-(StageRollback, PipelineRollback, Abort, MarkAsFailure, Ignore, MarkAsSuccess, Retry,
-ManualIntervention → its onTimeout action) and step groups (flattened) are honoured.
+(`strategies`: StageRollback, PipelineRollback, Abort, MarkAsFailure, Ignore, MarkAsSuccess,
+Retry, ManualIntervention -> its onTimeout action) and step groups (flattened) are honoured.
 Runtime inputs come from an input set file (`--inputs FILE`), `--var` and `--artifact`.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import os
-import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
-from reconciler.model import IDENTIFIER, IDENTIFIER_RULE, FunctionSpec, Plan, Target
-from reconciler.pipeline import shift
+from reconciler.model import FunctionSpec, Target
+from reconciler.pipeline import provisioners, shift
+from reconciler.pipeline.checks import check_pipeline
+from reconciler.pipeline.conditions import evaluate_condition, parse_duration
+from reconciler.pipeline.inputs import load_inputs, overlay, unresolved_inputs
+from reconciler.pipeline.model import RunSettings, StageDef, StageResult, StepDef, StepFailed, StepResult
+from reconciler.pipeline.stage import StageRun, stage_options
+from reconciler.pipeline.step_base import StepContext
+from reconciler.pipeline.step_types import STEP_TYPES
+from reconciler.pipeline.strategies import GOES_ON, ROLLS_BACK, STOPS, decide, strategy_for
 from reconciler.store import state as st
 from reconciler.util import secrets as sec
-from reconciler.util.yamlsrc import Doc, load_data_file
-from reconciler.workspace.expr import Scope, input_default, is_runtime_input, leaves, resolve_expr, resolve_string
-from reconciler.workspace.load import (
-    Entity,
-    Workspace,
-    load_workspace,
-    pipe_skipped_stages,
-    pipeline_stages,
-    stage_skipped,
-)
+from reconciler.workspace.expr import Scope
+from reconciler.workspace.load import Entity, Workspace, load_workspace, pipe_skipped_stages
 from reconciler.workspace.render import Options, render_target, stage_targets, target_scope, variable_input
-from reconciler.workspace.shell import ScriptResult, base_environment, prepare_script, run_script  # noqa: F401  (ScriptResult re-exported)
 
-SUPPORTED_STEPS = (
-    "AwsLambdaDeploy",
-    "AwsLambdaRollback",
-    "ShellScript",
-    "Wait",
-    "AwsLambdaTrafficShift",
-    "HarnessApproval",
-)
-REJECTED_STEPS = dict.fromkeys(
-    ("JiraApproval", "ServiceNowApproval", "CustomApproval"),
-    "an approval in another service: approve it there, then run the pipeline (HarnessApproval steps are supported)",
-)
-ERROR_TYPES = (
-    "AllErrors",
-    "Unknown",
-    "Timeout",
-    "Authentication",
-    "Authorization",
-    "Connectivity",
-    "Verification",
-    "DelegateProvisioning",
-    "PolicyEvaluationFailure",
-    "InputTimeoutError",
-    "ApprovalRejection",
-    "DelegateRestart",
-    "UserMarkedFailure",
-)
-ACTIONS = (
-    "StageRollback",
-    "PipelineRollback",
-    "StepGroupRollback",
-    "Abort",
-    "MarkAsFailure",
-    "Ignore",
-    "MarkAsSuccess",
-    "Retry",
-    "ManualIntervention",
-)
-STAGE_STATUSES = ("Success", "Failure", "All")
-DURATION = re.compile(r"^(?:\d+(?:w|d|h|m|s|ms))+$")
-DURATION_PART = re.compile(r"(\d+)(ms|w|d|h|m|s)")
-UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
-SHELL_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # fullmatch: "$" would let a trailing newline through
 DEFAULT_TIMEOUT = "10m"
-OUTPUT_TAIL = 16000  # characters of a script's output kept for the summary
 
-# serviceInputs leaves the service itself decides when they stay runtime inputs
-SERVICE_DECIDES = ("primaryArtifactRef", "sources")
-
-
-# ---------------------------------------------------------------- small parsers
-
-
-def parse_duration(text: Any) -> float:
-    """Seconds in a Harness duration: 10m, 30s, 1h, 1m30s, 1d, 500ms. ValueError otherwise."""
-    t = str(text).strip().replace(" ", "")
-    if isinstance(text, bool) or not DURATION.match(t):
-        raise ValueError(f"'{text}' is not a duration like 10m, 30s, 1h or 1m30s")
-    return sum(int(n) * UNIT_SECONDS[u] for n, u in DURATION_PART.findall(t))
-
-
-_TOKEN = re.compile(
-    r"""\s*(?:(?P<expr><\+)|(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<num>-?\d+(?:\.\d+)?(?![\w.]))|(?P<op>==|!=|<=|>=|&&|\|\||[!()<>])|(?P<word>[A-Za-z_][\w.\-]*))"""
-)
-
-
-def _tokens(text: str, value_of: Callable[[str], Any]) -> list[tuple[str, Any]]:
-    out, i = [], 0
-    while i < len(text):
-        if text[i:].strip() == "":
-            break
-        m = _TOKEN.match(text, i)
-        if not m:
-            raise ValueError(f"cannot read the condition at '{text[i:].strip()[:30]}'")
-        if m.group("expr"):
-            start, depth, j = m.start("expr"), 0, m.start("expr")
-            while j < len(text):  # the whole <+...>, nested ones included
-                if text.startswith("<+", j):
-                    depth += 1
-                    j += 2
-                    continue
-                if text[j] == ">":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                j += 1
-            if depth:
-                raise ValueError("an expression <+... is not closed")
-            out.append(("val", value_of(text[start : j + 1])))
-            i = j + 1
-            continue
-        i = m.end()
-        if m.group("str"):
-            out.append(("val", _unescape(m.group("str")[1:-1])))
-        elif m.group("num"):
-            out.append(("val", m.group("num")))
-        elif m.group("op"):
-            out.append(("op", m.group("op")))
-        else:
-            w = m.group("word")
-            out.append(("val", {"true": True, "false": False, "null": None}.get(w, w)))
-    return out
-
-
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
-_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
-
-
-def _unescape(text: str) -> str:
-    """A quoted literal's text: \\n, \\t, \\r and \\0 are characters, a backslash before
-    anything else stands for that character; everything else (non-ASCII included) is as written."""
-    return _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(1)), text)
-
-
-def evaluate_condition(text: Any, value_of: Callable[[str], Any]) -> bool:
-    """A `when.condition`: true/false, or a JEXL-like comparison of expressions and literals
-    with == != < > <= >= && || ! and parentheses. `value_of` resolves one `<+...>`."""
-    if isinstance(text, bool):
-        return text
-    toks = _tokens(str(text), value_of)
-    pos = 0
-
-    def peek():
-        return toks[pos] if pos < len(toks) else ("end", None)
-
-    def take():
-        nonlocal pos
-        pos += 1
-        return toks[pos - 1] if pos <= len(toks) else ("end", None)
-
-    def atom():
-        kind, v = take()
-        if kind == "op" and v == "!":
-            return not _truth(atom())
-        if kind == "op" and v == "(":
-            got = disj()
-            if take() != ("op", ")"):
-                raise ValueError("a '(' is not closed")
-            return got
-        if kind != "val":
-            raise ValueError(f"unexpected {v or 'end of condition'}")
-        return v
-
-    def comparison():
-        left = atom()
-        kind, op = peek()
-        if kind == "op" and op in ("==", "!=", "<", ">", "<=", ">="):
-            take()
-            return _compare(left, op, atom())
-        return left
-
-    def conj():
-        v = comparison()
-        while peek() == ("op", "&&"):
-            take()
-            right = comparison()
-            v = _truth(v) and _truth(right)
-        return v
-
-    def disj():
-        v = conj()
-        while peek() == ("op", "||"):
-            take()
-            right = conj()
-            v = _truth(v) or _truth(right)
-        return v
-
-    result = disj()
-    if pos != len(toks):
-        raise ValueError(f"unexpected {toks[pos][1]!r}")
-    return _truth(result)
-
-
-def _truth(v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.strip().lower() in ("true", "false"):
-        return v.strip().lower() == "true"
-    raise ValueError(f"{v!r} is not true or false")
-
-
-def _compare(a: Any, op: str, b: Any) -> bool:
-    def num(x):
-        try:
-            return float(x)
-        except (TypeError, ValueError):
-            return None
-
-    if op in ("==", "!="):
-        same = (num(a) == num(b)) if num(a) is not None and num(b) is not None else _s(a) == _s(b)
-        return same if op == "==" else not same
-    x, y = num(a), num(b)
-    if x is None or y is None:
-        x, y = _s(a), _s(b)
-    return {"<": x < y, ">": x > y, "<=": x <= y, ">=": x >= y}[op]
-
-
-def _s(v: Any) -> str:
-    return "true" if v is True else "false" if v is False else "" if v is None else str(v)
-
-
-# ---------------------------------------------------------------- input sets
-
-
-def load_inputs(path: Path, pipeline_id: str) -> tuple[dict, Doc]:
-    """The pipeline part of a Harness input set file: `inputSet: {pipeline: {...}}`, or a
-    runtime-input YAML `pipeline: {...}`."""
-    if not path.is_file():
-        raise ConfigError(f"--inputs file '{path}' not found")
-    doc = load_data_file(path, str(path))
-    data = doc.data if isinstance(doc.data, dict) else {}
-    if isinstance(data.get("inputSet"), dict):
-        pipe, base = data["inputSet"].get("pipeline"), ("inputSet", "pipeline")
-    else:
-        pipe, base = data.get("pipeline"), ("pipeline",)
-    if not isinstance(pipe, dict):
-        raise doc.error(
-            (), "an inputs file needs inputSet.pipeline (a Harness input set) or pipeline: {identifier, stages: [...]}"
-        )
-    ident = pipe.get("identifier")
-    if ident is not None and ident != pipeline_id:
-        raise doc.error((*base, "identifier"), f"the input set is for pipeline '{ident}', not '{pipeline_id}'")
-    return pipe, doc
-
-
-def overlay(base: Any, over: Any) -> Any:
-    """`over` (an input set) laid over `base` (the pipeline): mappings merge, lists of
-    stages/steps match by identifier and variables by name, anything else is replaced."""
-    if isinstance(base, dict) and isinstance(over, dict):
-        out = dict(base)
-        for k, v in over.items():
-            out[k] = overlay(base[k], v) if k in base else copy.deepcopy(v)
-        return out
-    if isinstance(base, list) and isinstance(over, list):
-        out = list(base)
-        for item in over:
-            i = _match(out, item)
-            if i is None:
-                continue  # nothing in the pipeline to give a value to
-            out[i] = overlay(out[i], item)
-        return out
-    return copy.deepcopy(over)
-
-
-def _key_of(item: Any) -> tuple | None:
-    if not isinstance(item, dict):
-        return None
-    for wrapper in ("stage", "step", "stepGroup"):
-        if len(item) == 1 and isinstance(item.get(wrapper), dict):
-            return (wrapper, item[wrapper].get("identifier"))
-    if "parallel" in item and len(item) == 1:
-        return ("parallel", None)
-    if "name" in item:
-        return ("name", item["name"])
-    if "identifier" in item:
-        return ("identifier", item["identifier"])
-    return None
-
-
-def _match(items: list, item: Any) -> int | None:
-    key = _key_of(item)
-    if key is None:
-        return None
-    if key[0] == "parallel":  # a parallel group: match by the identifiers inside
-        inner = {_key_of(x) for x in item["parallel"]}
-        for i, cand in enumerate(items):
-            if (
-                isinstance(cand, dict)
-                and isinstance(cand.get("parallel"), list)
-                and inner & {_key_of(x) for x in cand["parallel"]}
-            ):
-                return i
-        return None
-    for i, cand in enumerate(items):
-        if _key_of(cand) == key:
-            return i
-    # a step given by identifier that sits in a parallel group or step group of the pipeline
-    return None
-
-
-# ---------------------------------------------------------------- the pipeline, checked
-
-
-@dataclass
-class StepDef:
-    body: dict
-    path: tuple  # in the pipeline document
-    phase: str  # execution | rollback
-    group_when: list = field(default_factory=list)
-    group_strategies: list | None = None
-    group: str | None = None  # the step group identifier, if any
-
-    @property
-    def identifier(self) -> str:
-        return str(self.body.get("identifier", ""))
-
-    @property
-    def name(self) -> str:
-        return str(self.body.get("name") or self.identifier)
-
-    @property
-    def type(self) -> str:
-        return str(self.body.get("type", ""))
-
-
-@dataclass
-class StageDef:
-    body: dict
-    path: tuple
-    steps: list[StepDef]
-    rollback_steps: list[StepDef]
-    # environment.provisioner: steps before the execution, rollbackSteps after its rollback (reconciler.provisioners)
-    provision_steps: list[StepDef] = field(default_factory=list)
-    provision_rollback_steps: list[StepDef] = field(default_factory=list)
-
-    @property
-    def identifier(self) -> str:
-        return str(self.body.get("identifier", ""))
-
-    @property
-    def name(self) -> str:
-        return str(self.body.get("name") or self.identifier)
-
-
-def flatten_steps(
-    pipe: Entity, items: Any, path: tuple, phase: str, errors: list, group_when=None, strategies=None, group=None
-) -> list[StepDef]:
-    out: list[StepDef] = []
-    if items is None:
-        return out
-    if not isinstance(items, list):
-        errors.append(pipe.error(path, "steps must be a list of {step: ...}"))
-        return out
-    for i, item in enumerate(items):
-        p = (*path, i)
-        if not isinstance(item, dict):
-            errors.append(pipe.error(p, "each entry needs 'step', 'stepGroup' or 'parallel'"))
-        elif isinstance(item.get("step"), dict):
-            out.append(StepDef(item["step"], (*p, "step"), phase, list(group_when or []), strategies, group))
-        elif isinstance(item.get("stepGroup"), dict):
-            g = item["stepGroup"]
-            when = list(group_when or []) + ([(g["when"], (*p, "stepGroup", "when"))] if g.get("when") else [])
-            out += flatten_steps(
-                pipe,
-                g.get("steps"),
-                (*p, "stepGroup", "steps"),
-                phase,
-                errors,
-                when,
-                g.get("failureStrategies") or strategies,
-                g.get("identifier"),
-            )
-        elif isinstance(item.get("parallel"), list):  # run one after the other
-            out += flatten_steps(pipe, item["parallel"], (*p, "parallel"), phase, errors, group_when, strategies, group)
-        else:
-            errors.append(pipe.error(p, "each entry needs 'step', 'stepGroup' or 'parallel'"))
-    return out
-
-
-def check_pipeline(pipe: Entity, ws: Workspace, strict: bool = False) -> tuple[list[StageDef], list[ConfigError]]:
-    """The pipeline's AwsLambda Deployment stages with their flattened steps, and every
-    problem found without running anything. Other stages (CI, Custom, Approval, other
-    deployment types) are not reconciler's: skipped (load.skipped_stages says why).
-    `strict` (run) also refuses a pipeline with nothing to run."""
-    errors: list[ConfigError] = []
-    stages: list[StageDef] = []
-    try:
-        deploy_stages = pipeline_stages(pipe)
-    except ConfigError as exc:
-        return [], [exc]
-    for path, stage in deploy_stages:
-        sid = stage.get("identifier")
-        if stage_skipped(ws, stage):
-            continue
-        if not isinstance(sid, str) or not IDENTIFIER.fullmatch(sid):
-            errors.append(
-                pipe.error(
-                    (*path, "identifier"),
-                    f"stage identifier {str(sid)[:60]!r} is not a Harness identifier ({IDENTIFIER_RULE})",
-                )
-            )
-        ex = (*path, "spec", "execution")
-        execution = (stage.get("spec") or {}).get("execution") or {}
-        steps = flatten_steps(pipe, execution.get("steps"), (*ex, "steps"), "execution", errors)
-        rb = flatten_steps(pipe, execution.get("rollbackSteps"), (*ex, "rollbackSteps"), "rollback", errors)
-        from reconciler.pipeline.provisioners import stage_provisioner
-
-        psteps, prb = stage_provisioner(pipe, stage, path, errors, flatten_steps)
-        for s in steps + rb + psteps + prb:
-            errors += _check_step(pipe, s)
-        for i, s in enumerate(steps + rb):
-            if s.type in (shift.SHIFT, shift.APPROVAL):
-                errors += shift.check_step(pipe, s, (steps + rb)[:i])
-        errors += _check_strategies(pipe, stage.get("failureStrategies"), (*path, "failureStrategies"))
-        errors += _check_when(pipe, stage.get("when"), (*path, "when"), "pipelineStatus")
-        seen: dict[str, tuple] = {}
-        for s in steps + rb:
-            if s.identifier in seen and s.phase == "execution":
-                errors.append(
-                    pipe.error(
-                        (*s.path, "identifier"), f"step identifier '{s.identifier}' is used twice in stage '{sid}'"
-                    )
-                )
-            seen.setdefault(s.identifier, s.path)
-        stages.append(StageDef(stage, path, steps, rb, psteps, prb))
-    if strict and not stages:
-        errors.append(
-            pipe.error(("stages",), f"pipeline '{pipe.identifier}' has no Deployment stage of deploymentType AwsLambda")
-        )
-    return stages, errors
-
-
-def _check_step(pipe: Entity, s: StepDef) -> list[ConfigError]:
-    errs: list[ConfigError] = []
-    p, b = s.path, s.body
-    if not s.identifier:
-        errs.append(pipe.error(p, "a step needs an 'identifier'"))
-    elif not IDENTIFIER.fullmatch(s.identifier):
-        errs.append(
-            pipe.error(
-                (*p, "identifier"),
-                f"step identifier {s.identifier[:60]!r} is not a Harness identifier ({IDENTIFIER_RULE})",
-            )
-        )
-    t = b.get("type")
-    from reconciler.pipeline import provisioners
-
-    supported = provisioners.supported(s.phase, SUPPORTED_STEPS)
-    if t not in supported:
-        hint = REJECTED_STEPS.get(t) or provisioners.rejected(t, s.phase) or did_you_mean(str(t), supported)
-        errs.append(
-            pipe.error(
-                (*p, "type"),
-                f"step '{s.identifier}' has type '{t}', which reconciler run does not support "
-                f"{provisioners.where(s.phase)}; supported: {', '.join(supported)}",
-                hint if hint and not hint.startswith("valid:") else None,
-            )
-        )
-        return errs
-    timeout = b.get("timeout")
-    if timeout is not None and not (isinstance(timeout, str) and "<+" in timeout):
-        try:
-            parse_duration(timeout)
-        except ValueError as exc:
-            errs.append(pipe.error((*p, "timeout"), f"step '{s.identifier}': timeout {exc}"))
-    spec = b.get("spec") or {}
-    if not isinstance(spec, dict):
-        errs.append(pipe.error((*p, "spec"), f"step '{s.identifier}': spec must be a mapping"))
-        return errs
-    if t == "ShellScript":
-        shell = spec.get("shell", "Bash")
-        if shell not in ("Bash", "Sh"):
-            errs.append(
-                pipe.error((*p, "spec", "shell"), f"step '{s.identifier}': shell '{shell}' is not supported; use Bash")
-            )
-        src = spec.get("source") or {}
-        if not isinstance(src, dict) or src.get("type", "Inline") != "Inline":
-            errs.append(
-                pipe.error(
-                    (*p, "spec", "source", "type"),
-                    f"step '{s.identifier}': only Inline scripts are supported (source.type: Inline)",
-                )
-            )
-        elif not isinstance((src.get("spec") or {}).get("script"), str):
-            errs.append(pipe.error((*p, "spec", "source"), f"step '{s.identifier}' has no source.spec.script"))
-        target = spec.get("executionTarget") or {}
-        if isinstance(target, dict) and target.get("host"):
-            errs.append(
-                pipe.error(
-                    (*p, "spec", "executionTarget"),
-                    f"step '{s.identifier}': scripts run on this machine; executionTarget.host is not supported",
-                )
-            )
-        for key in ("environmentVariables", "outputVariables"):
-            items = spec.get(key) or []
-            if not isinstance(items, list):
-                errs.append(
-                    pipe.error(
-                        (*p, "spec", key), f"step '{s.identifier}': {key} must be a list of {{name, type, value}}"
-                    )
-                )
-                continue
-            for i, v in enumerate(items):
-                vp = (*p, "spec", key, i)
-                if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not SHELL_VAR.fullmatch(v["name"]):
-                    errs.append(
-                        pipe.error(
-                            vp, f"step '{s.identifier}': each of {key} needs a 'name' that is a shell variable name"
-                        )
-                    )
-                elif (
-                    key == "outputVariables"
-                    and v.get("value") not in (None, "")
-                    and not SHELL_VAR.fullmatch(str(v.get("value")))
-                ):
-                    errs.append(
-                        pipe.error(
-                            (*vp, "value"),
-                            f"output variable '{v['name']}': value names the script's shell variable to read, "
-                            f"and '{v.get('value')}' is not a shell variable name",
-                        )
-                    )
-    if s.phase in provisioners.PROVISION_PHASES:
-        errs += provisioners.check_step(pipe, s)
-    if t == "Wait":
-        try:
-            parse_duration(spec.get("duration"))
-        except ValueError as exc:
-            errs.append(pipe.error((*p, "spec", "duration"), f"Wait step '{s.identifier}': duration {exc}"))
-    errs += _check_when(pipe, b.get("when"), (*p, "when"), "stageStatus")
-    errs += _check_strategies(pipe, b.get("failureStrategies"), (*p, "failureStrategies"))
-    return errs
-
-
-def _check_when(pipe: Entity, when: Any, path: tuple, status_key: str) -> list[ConfigError]:
-    if when is None:
-        return []
-    if not isinstance(when, dict):
-        return [pipe.error(path, f"when must be a mapping {{{status_key}, condition}}")]
-    errs = []
-    if when.get(status_key, "Success") not in STAGE_STATUSES:
-        errs.append(
-            pipe.error(
-                (*path, status_key),
-                f"when.{status_key} must be one of {', '.join(STAGE_STATUSES)}",
-                did_you_mean(str(when.get(status_key)), STAGE_STATUSES),
-            )
-        )
-    cond = when.get("condition")
-    if cond is not None:
-        try:
-            evaluate_condition(cond, lambda e: "true")
-        except ValueError as exc:
-            if "is not true or false" not in str(exc):
-                errs.append(pipe.error((*path, "condition"), f"when.condition: {exc}"))
-    return errs
-
-
-def _check_strategies(pipe: Entity, items: Any, path: tuple) -> list[ConfigError]:
-    if items is None:
-        return []
-    if not isinstance(items, list):
-        return [pipe.error(path, "failureStrategies must be a list of {onFailure: {errors, action}}")]
-    errs = []
-    for i, item in enumerate(items):
-        of = (item or {}).get("onFailure") if isinstance(item, dict) else None
-        p = (*path, i, "onFailure")
-        if not isinstance(of, dict):
-            errs.append(pipe.error((*path, i), "each failure strategy needs onFailure: {errors, action}"))
-            continue
-        for j, e in enumerate(of.get("errors") or []):
-            if e not in ERROR_TYPES:
-                errs.append(
-                    pipe.error(
-                        (*p, "errors", j),
-                        f"error type '{e}' is not one of {', '.join(ERROR_TYPES)}",
-                        did_you_mean(str(e), ERROR_TYPES),
-                    )
-                )
-        errs += _check_action(pipe, of.get("action"), (*p, "action"))
-    return errs
-
-
-def _check_action(pipe: Entity, action: Any, path: tuple) -> list[ConfigError]:
-    t = action.get("type") if isinstance(action, dict) else None
-    if t not in ACTIONS:
-        return [
-            pipe.error(
-                (*path, "type"),
-                f"failure action '{t}' is not supported; use one of {', '.join(ACTIONS)}",
-                did_you_mean(str(t), ACTIONS),
-            )
-        ]
-    spec = action.get("spec") or {}
-    if t == "Retry":
-        errs = []
-        count = spec.get("retryCount")
-        if (
-            count is not None
-            and not (isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= 100)
-            and not (isinstance(count, str) and count.isdigit() and int(count) <= 100)
-        ):
-            errs.append(
-                pipe.error(
-                    (*path, "spec", "retryCount"),
-                    f"retryCount must be a whole number from 0 to 100, got {str(count)[:40]!r}",
-                )
-            )
-        for j, d in enumerate(spec.get("retryIntervals") or []):
-            try:
-                parse_duration(d)
-            except ValueError as exc:
-                errs.append(pipe.error((*path, "spec", "retryIntervals", j), f"retry interval {exc}"))
-        sub = (spec.get("onRetryFailure") or {}).get("action")
-        if sub is not None:
-            errs += _check_action(pipe, sub, (*path, "spec", "onRetryFailure", "action"))
-        return errs
-    if t == "ManualIntervention":
-        sub = (spec.get("onTimeout") or {}).get("action")
-        return _check_action(pipe, sub, (*path, "spec", "onTimeout", "action")) if sub is not None else []
-    return []
-
-
-def check_workspace(ws: Workspace) -> list[ConfigError]:
-    """validate: every pipeline's stages and steps, and every infrastructure's provisioner shape."""
-    from reconciler.workspace.provision import check_shape
-
-    errors: list[ConfigError] = []
-    for pipe in ws.pipelines.values():
-        errors += check_pipeline(pipe, ws)[1]
-    for infra in ws.infrastructures.values():
-        errors += check_shape(infra)
-    return list({str(e): e for e in errors}.values())  # a loop's iterations share their lines
-
-
-# ---------------------------------------------------------------- the run
-
-
-@dataclass
-class StepResult:
-    stage: str
-    stage_name: str
-    target: Target
-    step: str
-    name: str
-    type: str
-    phase: str
-    status: str = "Skipped"  # Success | Failed | Skipped | IgnoreFailed
-    started_at: str | None = None
-    duration: float = 0.0
-    outputs: dict = field(default_factory=dict)
-    output: str = ""
-    error: str | None = None
-    error_type: str | None = None
-    reason: str | None = None  # why skipped, or the failure action taken
-
-    def to_dict(self) -> dict:
-        return {
-            "stage": self.stage,
-            "stage_name": self.stage_name,
-            "service": self.target.service,
-            "environment": self.target.environment,
-            "infrastructure": self.target.infrastructure,
-            "step": self.step,
-            "name": self.name,
-            "type": self.type,
-            "phase": self.phase,
-            "status": self.status,
-            "started_at": self.started_at,
-            "duration": round(self.duration, 3),
-            "outputs": self.outputs,
-            "output": self.output,
-            "error": self.error,
-            "reason": self.reason,
-        }
-
-
-@dataclass
-class StageResult:
-    stage: str
-    name: str
-    target: Target | None
-    status: str = "Skipped"  # Success | Failed | Aborted | Skipped
-    rolled_back: bool = False
-    reason: str | None = None
-
-    def to_dict(self) -> dict:
-        t = self.target
-        return {
-            "stage": self.stage,
-            "name": self.name,
-            "service": t.service if t else None,
-            "environment": t.environment if t else None,
-            "infrastructure": t.infrastructure if t else None,
-            "status": self.status,
-            "rolled_back": self.rolled_back,
-            "reason": self.reason,
-        }
-
-
-class StepFailed(Exception):
-    def __init__(self, message: str, error_type: str = "Unknown", outputs: dict | None = None, output: str = ""):
-        super().__init__(message)
-        self.error_type = error_type
-        self.outputs = outputs or {}
-        self.output = output
-
-
-@dataclass
-class RunSettings:
-    workspace: Path
-    state_dir: Path
-    pipeline: str
-    variables: dict = field(default_factory=dict)  # --var
-    artifact: str | None = None  # --artifact
-    inputs_file: Path | None = None
-    provisioner: dict | None = None  # Options.provisioner
-    show_values: bool = False
-    lock_timeout: float = 0.0
-    rollout_rules: list = field(default_factory=list)  # reconciler.engine.rollout.Rule, from reconciler.yaml
-    approve: tuple[str, ...] = ()  # --approve: HarnessApproval steps approved in advance
-
-
-class StageRun:
-    """One stage for one target: its steps, its scope and what its deploys changed."""
-
-    def __init__(
-        self, runner: Runner, stage: StageDef, target: Target, opts: Options, spec: FunctionSpec, scope: Scope
-    ):
-        self.runner, self.stage, self.target, self.opts, self.spec, self.base_scope = (
-            runner,
-            stage,
-            target,
-            opts,
-            spec,
-            scope,
-        )
-        self.failed = False
-        self.deployed: list[str] = []  # apply history record ids, in order
-        self.outputs: dict[str, dict] = {}  # step identifier → outputs
-        self.result = StageResult(stage.identifier, stage.name, target)
-
-    # ------------------------------------------------------------ expressions
-    def scope(self, step: StepDef | None) -> Scope:
-        r = self.runner
-        fixed = dict(self.base_scope.fixed)
-        fixed.update(r.pipeline_fixed)
-        fixed.update(
-            {
-                "stage.name": self.stage.name,
-                "stage.identifier": self.stage.identifier,
-                "stage.description": self.stage.body.get("description", ""),
-            }
-        )
-        for v in self.stage.body.get("variables") or []:
-            if isinstance(v, dict) and "name" in v:
-                fixed[f"stage.variables.{v['name']}"] = r.variable_value(v, self.stage.path)
-        art = self.spec.artifact or {}
-        fixed.update(
-            {
-                f"artifact.{k}": v
-                for k, v in {
-                    "identifier": art.get("id"),
-                    "type": {"S3": "AmazonS3", "ECR": "Ecr"}.get(art.get("type"), art.get("type")),
-                    "bucketName": art.get("bucket"),
-                    "filePath": art.get("key"),
-                    "region": art.get("region"),
-                    "imagePath": art.get("repository"),
-                    "tag": art.get("tag"),
-                    "digest": art.get("digest"),
-                }.items()
-                if v is not None
-            }
-        )
-        if step is not None:
-            fixed.update({"step.name": step.name, "step.identifier": step.identifier, "step.type": step.type})
-        fixed.update(r.outputs_fixed)
-        own = f"pipeline.stages.{self.stage.identifier}.spec.execution.steps."
-        for k, v in r.outputs_fixed.items():  # this stage's own steps, relative forms
-            if k.startswith(own):
-                fixed["execution.steps." + k[len(own) :]] = v
-                fixed["steps." + k[len(own) :]] = v
-        b = self.base_scope
-        return Scope(
-            fixed=fixed,
-            service_variables=b.service_variables,
-            env_variables=b.env_variables,
-            resolve_variable=b.resolve_variable,
-            provisioner=b.provisioner,
-            in_pipeline=True,
-        )
-
-    def resolve(self, value: Any, path: tuple, step: StepDef | None = None) -> Any:
-        if not isinstance(value, str) or "<+" not in value:
-            return value
-        pipe = self.runner.pipe
-        return resolve_string(value, self.scope(step), lambda: (pipe.file, pipe.line(*path)))
-
-    def script(self, step: StepDef) -> tuple[str, dict[str, str]]:
-        """A ShellScript step's script with its expressions as environment variable references, and their values."""
-        path = (*step.path, "spec", "source", "spec", "script")
-        text = (((step.body.get("spec") or {}).get("source") or {}).get("spec") or {}).get("script") or ""
-        pipe = self.runner.pipe
-
-        def where():
-            return pipe.file, pipe.line(*path)
-
-        scope = self.scope(step)
-        return prepare_script(str(text), lambda e: resolve_expr(e, scope, where), where)
-
-    def facts(self) -> dict:
-        """The deployment facts exported to scripts: from the state, as recorded now."""
-        s = self.spec
-        state = st.load(self.runner.settings.state_dir, s.environment, s.infrastructure)
-        rec = state.functions.get(s.name) or {}
-        aliases = [a["Name"] for a in s.aliases] or sorted(rec.get("aliases") or {})
-        arn = rec.get("arn") or ""
-        version = rec.get("version") or ""
-        return {
-            "RECONCILER_FUNCTION_NAME": s.name,
-            "RECONCILER_FUNCTION_ARN": arn,
-            "RECONCILER_VERSION": version,
-            "RECONCILER_VERSION_ARN": f"{arn}:{version}" if arn and version else "",
-            "RECONCILER_ALIAS": aliases[0] if aliases else "",
-            "RECONCILER_ALIASES": ",".join(aliases),
-            "RECONCILER_REGION": s.region,
-            "RECONCILER_SERVICE": s.service,
-            "RECONCILER_ENVIRONMENT": s.environment,
-            "RECONCILER_INFRASTRUCTURE": s.infrastructure,
-            "RECONCILER_PIPELINE": self.runner.pipe.identifier,
-            "RECONCILER_STAGE": self.stage.identifier,
-        }
+# what prepare() gives: each stage with its targets, rendered
+Prepared = list[tuple[StageDef, list[tuple[Target, Options, FunctionSpec, Scope]]]]
 
 
 class Runner:
+    """One run of one pipeline: prepare (load, check, render every stage target), then run
+    its stages and steps; `summary()` and `summary_text()` report what ran."""
+
+    ws: Workspace
+    pipe: Entity
+
     def __init__(self, settings: RunSettings, aws_factory: Callable[[], Any], log: Callable[[str], None]):
         self.settings = settings
         self.aws_factory = aws_factory
@@ -881,6 +67,10 @@ class Runner:
         self.pipeline_fixed: dict[str, Any] = {}
         self.warnings: list[str] = []
         self.skipped: list[tuple[tuple, dict, str]] = []  # stages that are not reconciler's: (path, stage, why)
+        # (stage identifier, target) -> what the stage run's provisioner steps did (reconciler.pipeline.provisioners)
+        self.provisioning: dict[tuple, dict] = {}
+        self.status = "Failed"  # until run() says otherwise
+        self.duration = 0.0
         # scrubs every output (step output and output variables included) of secret values, the
         # runner's credentials among them; add() what else must not be shown
         self.masker = sec.Masker()
@@ -893,11 +83,36 @@ class Runner:
         return self._aws
 
     # ------------------------------------------------------------ preparing
-    def prepare(self) -> list[tuple[StageDef, list[tuple[Target, Options, FunctionSpec, Scope]]]]:
+    def prepare(self) -> Prepared:
         """Load, apply the inputs, check the pipeline and render every stage target: all
         before anything runs, every problem reported together."""
         s = self.settings
         self.ws = load_workspace(s.workspace, s.state_dir)
+        self.pipe = self._pipeline()
+        stages, errors = check_pipeline(self.pipe, self.ws, strict=True)
+        errors += unresolved_inputs(self.pipe, stages, s.variables)
+        errors += shift.check_approvals(self.pipe, [st_ for stage in stages for st_ in stage.steps], tuple(s.approve))
+        self.skipped = pipe_skipped_stages(self.ws, self.pipe)
+        if errors:  # (each as found: not folded like the render errors below)
+            raise errors[0] if len(errors) == 1 else ErrorList(list[ReconcilerError](errors))
+        self.pipeline_fixed = self._pipeline_values()
+        plan: Prepared = []
+        render_errors: list[ReconcilerError] = []
+        for stage in stages:
+            items = self._render_stage(stage, render_errors)
+            if items is not None:
+                plan.append((stage, items))
+        _raise_all(render_errors)
+        # every script and condition must resolve (output variables of earlier steps stand in as "")
+        for stage, items in plan:
+            for t, opts, spec, scope in items:
+                errors += self._check_expressions(stage, t, opts, spec, scope)
+        _raise_all(errors)
+        return plan
+
+    def _pipeline(self) -> Entity:
+        """The pipeline to run, with the input set laid over it."""
+        s = self.settings
         if s.pipeline not in self.ws.pipelines:
             hint = did_you_mean(s.pipeline, self.ws.pipelines)
             raise ConfigError(
@@ -905,18 +120,15 @@ class Runner:
                 hint=hint if hint and hint.startswith("did you mean") else None,
             )
         pipe = self.ws.pipelines[s.pipeline]
-        inputs_doc = None
         if s.inputs_file:
-            over, inputs_doc = load_inputs(Path(s.inputs_file), pipe.identifier)
+            over, _ = load_inputs(Path(s.inputs_file), pipe.identifier)
             pipe = Entity(pipe.kind, pipe.identifier, pipe.name, overlay(pipe.body, over), pipe.doc)
-        self.pipe = pipe
-        stages, errors = check_pipeline(pipe, self.ws, strict=True)
-        errors += self._unresolved_inputs(pipe, inputs_doc, stages)
-        errors += shift.check_approvals(pipe, [st_ for stage in stages for st_ in stage.steps], tuple(s.approve))
-        self.skipped = pipe_skipped_stages(self.ws, pipe)
-        if errors:
-            raise errors[0] if len(errors) == 1 else ErrorList(errors)
-        self.pipeline_fixed = {
+        return pipe
+
+    def _pipeline_values(self) -> dict[str, Any]:
+        """The <+pipeline.*> values of this run."""
+        pipe = self.pipe
+        fixed: dict[str, Any] = {
             "pipeline.name": pipe.name,
             "pipeline.identifier": pipe.identifier,
             "pipeline.executionId": str(uuid.uuid4()),
@@ -925,173 +137,60 @@ class Runner:
         }
         for v in pipe.body.get("variables") or []:
             if isinstance(v, dict) and "name" in v:
-                self.pipeline_fixed[f"pipeline.variables.{v['name']}"] = self.variable_value(v, ("variables",))
-        plan: list = []
-        for stage in stages:
-            items = []
-            base = Options(
-                services=[],
-                environments=[],
-                infrastructures=[],
-                variables=dict(s.variables),
-                artifact=s.artifact,
-                **({"provisioner": s.provisioner} if s.provisioner is not None else {}),
-            )
+                fixed[f"pipeline.variables.{v['name']}"] = variable_input(v, self.settings.variables)
+        return fixed
+
+    def _render_stage(
+        self, stage: StageDef, errors: list[ReconcilerError]
+    ) -> list[tuple[Target, Options, FunctionSpec, Scope]] | None:
+        """Each target of the stage rendered (None when its targets cannot be known); the problems join `errors`."""
+        s = self.settings
+        given: dict[str, Any] = {"provisioner": s.provisioner} if s.provisioner is not None else {}
+        base = Options(
+            services=[], environments=[], infrastructures=[], variables=dict(s.variables), artifact=s.artifact, **given
+        )
+        try:
+            tgts = stage_targets(self.ws, self.pipe, stage.path, stage.body, base)
+        except ReconcilerError as exc:
+            errors.append(exc)
+            return None
+        if not tgts:
+            errors.append(self.pipe.error(stage.path, f"stage '{stage.identifier}' deploys to no infrastructure"))
+        items = []
+        for t in tgts:
+            opts = stage_options(s, stage, t)
+            if stage.provision_steps:  # its outputs are known once the steps have run
+                opts.provisioner = provisioners.pending_settings(opts.provisioner)
             try:
-                tgts = stage_targets(self.ws, pipe, stage.path, stage.body, base)
+                warnings: list[str] = []
+                spec = render_target(self.ws, t, opts, warnings)
+                self.warnings += warnings
+                items.append((t, opts, spec, target_scope(self.ws, t, opts)))
+            except ErrorList as exc:
+                errors.extend(exc.errors)
             except ReconcilerError as exc:
                 errors.append(exc)
-                continue
-            if not tgts:
-                errors.append(pipe.error(stage.path, f"stage '{stage.identifier}' deploys to no infrastructure"))
-            for t in tgts:
-                opts = self.stage_options(stage, t)
-                if stage.provision_steps:  # its outputs are known once the steps have run
-                    from reconciler.pipeline.provisioners import pending_settings
-
-                    opts.provisioner = pending_settings(opts.provisioner)
-                try:
-                    warnings: list[str] = []
-                    spec = render_target(self.ws, t, opts, warnings)
-                    self.warnings += warnings
-                    items.append((t, opts, spec, target_scope(self.ws, t, opts)))
-                except ErrorList as exc:
-                    errors.extend(exc.errors)
-                except ReconcilerError as exc:
-                    errors.append(exc)
-            plan.append((stage, items))
-        if errors:
-            uniq = list({str(e): e for e in errors}.values())
-            raise uniq[0] if len(uniq) == 1 else ErrorList(uniq)
-        # every script and condition must resolve (output variables of earlier steps stand in as "")
-        for stage, items in plan:
-            for t, opts, spec, scope in items:
-                errors += self._check_expressions(stage, t, opts, spec, scope)
-        if errors:
-            uniq = list({str(e): e for e in errors}.values())
-            raise uniq[0] if len(uniq) == 1 else ErrorList(uniq)
-        return plan
-
-    def variable_value(self, v: dict, where: tuple) -> Any:
-        return variable_input(v, self.settings.variables)
-
-    def stage_options(self, stage: StageDef, t: Target) -> Options:
-        s = self.settings
-        variables = {}
-        si = ((stage.body.get("spec") or {}).get("service") or {}).get("serviceInputs") or {}
-        sd_spec = ((si.get("serviceDefinition") or {}).get("spec") or {}) if isinstance(si, dict) else {}
-        env_inputs = (((stage.body.get("spec") or {}).get("environment") or {}).get("environmentInputs") or {}).get(
-            "variables"
-        ) or []
-        for v in list(env_inputs) + list(sd_spec.get("variables") or []):
-            if (
-                isinstance(v, dict)
-                and "name" in v
-                and not is_runtime_input(v.get("value"))
-                and v.get("value") is not None
-            ):
-                variables[str(v["name"])] = v["value"]
-        variables.update(s.variables)  # --var wins over the input set
-        artifact = s.artifact
-        ref = ((sd_spec.get("artifacts") or {}).get("primary") or {}).get("primaryArtifactRef")
-        if artifact is None and isinstance(ref, str) and ref and "<+" not in ref:
-            artifact = ref
-        kw = {"provisioner": s.provisioner} if s.provisioner is not None else {}
-        return Options(
-            services=[t.service],
-            environments=[t.environment],
-            infrastructures=[t.infrastructure],
-            variables=variables,
-            artifact=artifact,
-            only=[t],
-            **kw,
-        )
-
-    def _unresolved_inputs(self, pipe: Entity, inputs_doc: Doc | None, stages: list[StageDef]) -> list[ConfigError]:
-        """Every `<+input>` without a default that nothing gives a value to."""
-        errs: list[ConfigError] = []
-        given = self.settings.variables
-
-        def check(node: Any, path: tuple) -> None:
-            if not is_runtime_input(node) or input_default(node)[0]:
-                return
-            if path and (path[-1] in SERVICE_DECIDES or "artifacts" in path) and "serviceInputs" in path:
-                return  # the service's own sources and artifact choice apply (--artifact, --var artifact.FIELD)
-            if (
-                path[-1:] in (("serviceRef",), ("environmentRef",), ("infrastructureDefinitions",))
-                or path[-2:-1] == ("infrastructureDefinitions",)
-                or "infrastructureDefinitions" in path
-            ):
-                return  # chosen with -s/-e/-i: rendering says so when missing
-            if path[-1] == "value" and len(path) >= 3 and path[-3] == "variables":
-                holder = _at(pipe.body, path[:-1])
-                if isinstance(holder, dict) and holder.get("name") in given:
-                    return
-                what = f"variable '{(holder or {}).get('name')}'"
-                hint = f"give it with --var {(holder or {}).get('name')}=VALUE or in an --inputs file"
-            else:
-                what = _dotted(path)
-                hint = "give it in an --inputs FILE (a Harness input set)"
-            errs.append(pipe.error(path, f"runtime input {what} (<+input>) has no value", hint))
-
-        # only what the run uses: the pipeline's variables and its AwsLambda stages (a CI stage's
-        # inputs or properties.ci.codebase are not reconciler's to ask for)
-        for value, path in leaves(pipe.body.get("variables"), ("variables",)):
-            check(value, path)
-        for at in dict.fromkeys(s.path for s in stages):
-            for value, path in leaves(_at(pipe.body, at), at):
-                check(value, path)
-        return errs
+        return items
 
     def _check_expressions(
         self, stage: StageDef, t: Target, opts: Options, spec: FunctionSpec, scope: Scope
     ) -> list[ConfigError]:
+        """Every expression of the stage's steps resolves for this target; each ShellScript
+        step's output variables stand as "" for the steps after it."""
         sr = StageRun(self, stage, t, opts, spec, scope)
         errs: list[ConfigError] = []
-        declared: dict[str, Any] = {}
         for s in stage.provision_steps + stage.provision_rollback_steps:
-            from reconciler.pipeline.provisioners import step_strings
-
-            for value, path in step_strings(s):
-                errs += self._try(lambda v=value, p=path, st=s: sr.resolve(v, p, st))
+            for value, path in provisioners.step_strings(s):
+                errs += _try(partial(sr.resolve, value, path, s))
         for s in stage.steps + stage.rollback_steps:
-            sp = s.body.get("spec") or {}
-            for k in ("timeout",):
-                if isinstance(s.body.get(k), str) and "<+" in s.body[k]:
-                    errs += self._try(lambda: sr.resolve(s.body[k], (*s.path, k), s))
+            errs += _step_expressions(sr, s)
             if s.type == "ShellScript":
-                errs += self._try(lambda: sr.script(s))
-                for i, v in enumerate(sp.get("environmentVariables") or []):
-                    errs += self._try(
-                        lambda: sr.resolve(v.get("value"), (*s.path, "spec", "environmentVariables", i, "value"), s)
-                    )
-                for v in sp.get("outputVariables") or []:
-                    declared[f"{s.identifier}"] = {**declared.get(s.identifier, {}), v["name"]: ""}
-            when = s.body.get("when") or {}
-            if isinstance(when, dict) and isinstance(when.get("condition"), str) and "<+" in when["condition"]:
-                errs += self._try(
-                    lambda: evaluate_condition(
-                        when["condition"], lambda e: sr.resolve(e, (*s.path, "when", "condition"), s)
-                    ),
-                    ignore_value_errors=True,
-                )
-            for sid, outs in declared.items():
-                for k in outs:
+                for v in (s.body.get("spec") or {}).get("outputVariables") or []:
                     self.outputs_fixed[
-                        f"pipeline.stages.{stage.identifier}.spec.execution.steps.{sid}.output.outputVariables.{k}"
+                        f"pipeline.stages.{stage.identifier}.spec.execution.steps.{s.identifier}"
+                        f".output.outputVariables.{v['name']}"
                     ] = ""
         return errs
-
-    @staticmethod
-    def _try(fn: Callable[[], Any], ignore_value_errors: bool = False) -> list[ConfigError]:
-        try:
-            fn()
-        except ConfigError as exc:
-            return [exc]
-        except ValueError:
-            if not ignore_value_errors:
-                raise
-        return []
 
     # ------------------------------------------------------------ running
     def run(self) -> str:
@@ -1101,29 +200,13 @@ class Runner:
         for w in self.warnings:
             self.log(f"warning: {w}")
         self.log(f"Pipeline {self.pipe.identifier} ({self.pipe.name}): {sum(len(i) for _, i in plan)} stage run(s)")
-        for _path, stage, why in self.skipped:
-            self.stage_results.append(
-                StageResult(
-                    str(stage.get("identifier")),
-                    str(stage.get("name") or stage.get("identifier")),
-                    None,
-                    status="Skipped",
-                    reason=why,
-                )
-            )
-            self.log(f"== stage {stage.get('name') or stage.get('identifier')}: skipped ({why})")
+        self._report_skipped_stages()
         status = "Success"
         done: list[StageRun] = []
         for stage, items in plan:
             for t, opts, spec, scope in items:
                 sr = StageRun(self, stage, t, opts, spec, scope)
-                skip = self._stage_skipped(sr, status)
-                if skip:
-                    sr.result.status, sr.result.reason = "Skipped", skip
-                    self.stage_results.append(sr.result)
-                    self.log(f"\n== stage {stage.name} [{t}]: skipped ({skip})")
-                    for s in stage.steps:
-                        self._record_skip(sr, s, f"stage skipped: {skip}")
+                if self._skip_stage(sr, status):
                     continue
                 outcome = self._run_stage(sr)
                 self.stage_results.append(sr.result)
@@ -1142,6 +225,32 @@ class Runner:
         self.duration = time.monotonic() - t0
         self.log(f"\nPipeline {self.pipe.identifier}: {status} ({self.duration:.1f}s)")
         return status
+
+    def _report_skipped_stages(self) -> None:
+        """The stages that are not reconciler's (CI, Custom, Approval, ...), as skipped."""
+        for _path, stage, why in self.skipped:
+            self.stage_results.append(
+                StageResult(
+                    str(stage.get("identifier")),
+                    str(stage.get("name") or stage.get("identifier")),
+                    None,
+                    status="Skipped",
+                    reason=why,
+                )
+            )
+            self.log(f"== stage {stage.get('name') or stage.get('identifier')}: skipped ({why})")
+
+    def _skip_stage(self, sr: StageRun, pipeline_status: str) -> bool:
+        """Whether the stage's `when` skips it; if so, it and its steps are recorded as skipped."""
+        skip = self._stage_skipped(sr, pipeline_status)
+        if not skip:
+            return False
+        sr.result.status, sr.result.reason = "Skipped", skip
+        self.stage_results.append(sr.result)
+        self.log(f"\n== stage {sr.stage.name} [{sr.target}]: skipped ({skip})")
+        for s in sr.stage.steps:
+            self.record_skip(sr, s, f"stage skipped: {skip}")
+        return True
 
     def _stage_skipped(self, sr: StageRun, pipeline_status: str) -> str | None:
         when = sr.stage.body.get("when") or {}
@@ -1162,31 +271,11 @@ class Runner:
             raise self.pipe.error(path, f"when.condition {cond!r}: {exc}") from None
 
     def _run_stage(self, sr: StageRun) -> str | None:
+        """The stage's provisioner and execution steps; rolled back when a failure strategy
+        says so. The action a failure took, if it stopped the stage."""
         stage = sr.stage
         self.log(f"\n== stage {stage.name} [{sr.target}, {sr.spec.region}]")
-        action_taken = None
-        for step in stage.provision_steps + stage.steps:
-            if step is (stage.steps or [None])[0] and stage.provision_steps and not sr.failed:
-                from reconciler.pipeline.provisioners import provisioned
-
-                failed = provisioned(self, sr)  # the stage's target rendered again with the provisioner outputs
-                if failed is not None:
-                    self.steps.append(failed)
-                    sr.failed, action_taken = True, "StageRollback"
-                    break
-            try:
-                skip, early = self._step_skipped(sr, step), None
-            except ReconcilerError as exc:  # a condition that cannot be evaluated fails the step
-                skip, early = None, exc
-            if skip:
-                self._record_skip(sr, step, skip)
-                continue
-            res = self._run_step_with_strategy(sr, step, early)
-            if res.status == "Failed":
-                action = res.reason
-                if action in ("StageRollback", "StepGroupRollback", "PipelineRollback", "Abort"):
-                    action_taken = action
-                    break
+        action_taken = self._run_steps(sr)
         if sr.failed:
             sr.result.status = "Aborted" if action_taken == "Abort" else "Failed"
         else:
@@ -1195,11 +284,32 @@ class Runner:
         ran = {(r.step, r.phase) for r in self.steps if r.stage == stage.identifier and r.target == sr.target}
         for step in stage.provision_steps + stage.steps:
             if (step.identifier, step.phase) not in ran:
-                self._record_skip(sr, step, f"the stage stopped ({action_taken})")
-        if action_taken in ("StageRollback", "StepGroupRollback", "PipelineRollback"):
+                self.record_skip(sr, step, f"the stage stopped ({action_taken})")
+        if action_taken in ROLLS_BACK:
             self._rollback(sr, f"step failed in stage '{stage.identifier}' ({action_taken})")
-            return action_taken
         return action_taken
+
+    def _run_steps(self, sr: StageRun) -> str | None:
+        """Run the steps in order until one's failure stops the stage: that action, else None."""
+        stage = sr.stage
+        for step in stage.provision_steps + stage.steps:
+            if stage.steps and step is stage.steps[0] and stage.provision_steps and not sr.failed:
+                failed = provisioners.provisioned(self, sr)  # the target rendered again with the provisioner outputs
+                if failed is not None:
+                    self.steps.append(failed)
+                    sr.failed = True
+                    return "StageRollback"
+            try:
+                skip, early = self._step_skipped(sr, step), None
+            except ReconcilerError as exc:  # a condition that cannot be evaluated fails the step
+                skip, early = None, exc
+            if skip:
+                self.record_skip(sr, step, skip)
+                continue
+            res = self._run_step_with_strategy(sr, step, early)
+            if res.status == "Failed" and res.reason in STOPS:
+                return res.reason
+        return None
 
     def _step_skipped(self, sr: StageRun, step: StepDef) -> str | None:
         whens = list(step.group_when) + ([(step.body["when"], (*step.path, "when"))] if step.body.get("when") else [])
@@ -1218,82 +328,38 @@ class Runner:
                 return f"when.condition {cond!r} evaluated to false"
         return None
 
-    def _record_skip(self, sr: StageRun, step: StepDef, reason: str) -> None:
-        r = StepResult(
-            sr.stage.identifier,
-            sr.stage.name,
-            sr.target,
-            step.identifier,
-            step.name,
-            step.type,
-            step.phase,
-            status="Skipped",
-            reason=reason,
-        )
+    def record_skip(self, sr: StageRun, step: StepDef, reason: str) -> None:
+        """The step is reported as skipped, and why."""
+        r = StepResult.of(sr.stage, sr.target, step, status="Skipped", reason=reason)
         self.steps.append(r)
         self.log(f"-- step {step.name} ({step.type}): skipped: {reason}")
 
-    def _strategy(self, sr: StageRun, step: StepDef, error_type: str) -> dict:
-        for items in (
-            step.body.get("failureStrategies"),
-            step.group_strategies,
-            sr.stage.body.get("failureStrategies"),
-            self.pipe.body.get("failureStrategies"),
-        ):
-            for item in items or []:
-                of = item.get("onFailure") or {}
-                errors = of.get("errors") or []
-                if "AllErrors" in errors or error_type in errors:
-                    return of.get("action") or {}
-        return {"type": "StageRollback"}  # no strategy matches: the stage rolls back (SPEC §5 spirit)
-
     def _run_step_with_strategy(self, sr: StageRun, step: StepDef, early: ReconcilerError | None = None) -> StepResult:
+        """Run the step; on failure, take the action its failure strategy gives."""
         attempt = 0
         while True:
             res = self._run_step(sr, step, early)
             if res.status != "Failed":
                 return res
-            action = self._strategy(sr, step, res.error_type or "Unknown")
-            kind = action.get("type", "StageRollback")
-            spec = action.get("spec") or {}
-            if kind == "ManualIntervention":
-                sub = (spec.get("onTimeout") or {}).get("action") or {"type": "Abort"}
-                self.log(
-                    f"   ManualIntervention needs a person; reconciler run is unattended: taking its onTimeout action {sub.get('type')}"
-                )
-                action, kind, spec = sub, sub.get("type"), sub.get("spec") or {}
-            if kind == "Retry" and attempt < int(spec.get("retryCount") or 1):
-                intervals = spec.get("retryIntervals") or ["1s"]
-                wait = parse_duration(intervals[min(attempt, len(intervals) - 1)])
+            action = strategy_for(step, sr.stage.body, self.pipe.body, res.error_type or "Unknown")
+            decision = decide(action, attempt, self.log)
+            if decision.retry_in is not None:
                 attempt += 1
-                self.log(f"   retry {attempt}/{spec.get('retryCount') or 1} in {wait:g}s")
                 self.steps.remove(res)
-                time.sleep(wait)
+                time.sleep(decision.retry_in)
                 continue
-            if kind == "Retry":
-                sub = (spec.get("onRetryFailure") or {}).get("action") or {"type": "StageRollback"}
-                kind = sub.get("type", "StageRollback")
-            if kind in ("Ignore", "MarkAsSuccess"):
-                res.status = "IgnoreFailed" if kind == "Ignore" else "Success"
-                res.reason = kind
-                self.log(f"   failure strategy {kind}: the stage goes on")
+            res.reason = decision.kind
+            if decision.kind in GOES_ON:
+                res.status = "IgnoreFailed" if decision.kind == "Ignore" else "Success"
+                self.log(f"   failure strategy {decision.kind}: the stage goes on")
                 return res
             sr.failed = True
-            res.reason = kind
-            self.log(f"   failure strategy: {kind}")
+            self.log(f"   failure strategy: {decision.kind}")
             return res
 
     def _run_step(self, sr: StageRun, step: StepDef, early: ReconcilerError | None = None) -> StepResult:
-        r = StepResult(
-            sr.stage.identifier,
-            sr.stage.name,
-            sr.target,
-            step.identifier,
-            step.name,
-            step.type,
-            step.phase,
-            started_at=st.now(),
-        )
+        """Run one step through its type (`early`: the error that fails it before it runs)."""
+        r = StepResult.of(sr.stage, sr.target, step, started_at=st.now())
         self.steps.append(r)
         self.log(f"-- step {step.name} ({step.type})")
         t0 = time.monotonic()
@@ -1305,27 +371,8 @@ class Runner:
             )
             if step.phase == "execution" and step.type != "AwsLambdaDeploy":
                 shift.check_alarms(self, sr)  # the stage holds its alias back: the rule's alarms gate every step
-            if step.type == "AwsLambdaDeploy":
-                r.outputs = self._deploy(sr, step)
-            elif step.type == shift.SHIFT:
-                r.outputs = shift.run_shift(self, sr, step)
-            elif step.type == shift.APPROVAL:
-                r.outputs = shift.run_approval(self, sr, step, timeout)
-            elif step.type == "AwsLambdaRollback":
-                r.outputs = self._rollback_step(sr, step)
-            elif step.type == "ShellScript":
-                r.outputs, r.output = self._script(sr, step, timeout)
-            elif step.phase in ("provision", "provision_rollback"):
-                from reconciler.pipeline.provisioners import run_step
-
-                r.outputs, r.output = run_step(self, sr, step, timeout)
-            elif step.type == "Wait":
-                d = parse_duration((step.body.get("spec") or {}).get("duration"))
-                if d > timeout:
-                    time.sleep(timeout)
-                    raise StepFailed(f"timed out after {timeout:g}s (Wait {d:g}s)", "Timeout")
-                self.log(f"   waiting {d:g}s")
-                time.sleep(d)
+            got = STEP_TYPES[step.type].run(StepContext(self, sr, step, timeout))
+            r.outputs, r.output = got.outputs, got.output
             r.status = "Success"
         except StepFailed as exc:
             r.status, r.error, r.error_type = "Failed", str(exc), exc.error_type
@@ -1348,227 +395,19 @@ class Runner:
                 self.outputs_fixed[f"{prefix}.output.outputVariables.{k}"] = v
                 self.outputs_fixed[f"{prefix}.output.{k}"] = v
 
-    # ------------------------------------------------------------ AwsLambdaDeploy
-    def _deploy(self, sr: StageRun, step: StepDef) -> dict:
-        from reconciler.engine.apply import ApplyFailed, apply_plan
-        from reconciler.engine.context import Context
-        from reconciler.engine.planner import make_plan
-
-        s, spec = self.settings, sr.spec
-        log = self.log
-        # a stage with traffic-shift steps moves its alias with them; else a rollout rule applies
-        shifts = any(x.type == shift.SHIFT for x in sr.stage.steps)
-        ctx = Context(
-            workspace=s.workspace,
-            state_dir=s.state_dir,
-            options=copy.deepcopy(sr.opts),
-            log=lambda m: None,
-            rollout_rules=[] if shifts else list(s.rollout_rules),
-        )
-        log("Deploying..\n")
-        log("Aws Lambda Manifest Content")
-        log(json.dumps({"FunctionName": spec.name, **_masked_config(spec.config, s.show_values)}, indent=3))
-        plan = make_plan(ctx, self.aws)
-        plan.functions = [fp for fp in plan.functions if fp.name == spec.name and fp.action != "orphan"]
-        for w in ctx.warnings:
-            log(f"warning: {w}")
-        fp = plan.functions[0] if plan.functions else None
-        if fp is None:
-            raise StepFailed(f"the plan has no function {spec.name}")
-        held = None
-        if shifts:
-            from reconciler.aws.client import Lambda
-
-            held = shift.hold(
-                fp, spec, s.rollout_rules, sr.stage.steps, Lambda(self.aws, spec.region, spec.connector), log
-            )
-            if held:
-                log(
-                    f"Alias [{held}] stays on its version; the traffic-shift steps move it ({fp.rollout['description']})."
-                )
-        code_change = next((c for c in fp.changes if c.kind == "code" and c.path == "CodeSha256"), None)
-        if fp.action == "create":
-            log(f"Function: [{spec.name}] does not exist. Create and Publish.")
-        elif fp.action == "update":
-            log(f"Function: [{spec.name}] already exists. Update and Publish.")
-        else:
-            log(f"Function: [{spec.name}] already exists and matches the definition: nothing to deploy.")
-        if code_change is not None and code_change.old:
-            log(f"Existing Lambda Function Code Sha256: [{code_change.old}].")
-        art = spec.artifact
-        kind = {"S3": "AmazonS3", "ECR": "Ecr"}.get(art.get("type"), art.get("type"))
-        log(
-            f"Artifact: {kind} with identifier: {art.get('id')}: {(fp.code.get('source') or {}).get('uri')} (Code Sha256 [{fp.code.get('sha256')}])"
-        )
-        for c in fp.changes if fp.action == "update" else []:
-            if c.kind in ("config", "tag"):
-                log(
-                    f"  ~ {c.path}"
-                    + (
-                        ""
-                        if c.kind == "config" and c.path.startswith("Environment") and not s.show_values
-                        else f": {c.old!r} → {c.new!r}"
-                    )
-                )
-        before_ids = {h.get("id") for h in st.load(s.state_dir, spec.environment, spec.infrastructure).history}
-        try:
-            if fp.has_changes:
-                apply_plan(plan, self.aws, s.state_dir, lambda m: log(f"  {m}"), lock_timeout=s.lock_timeout)
-        except ApplyFailed as exc:
-            raise StepFailed(str(exc)) from None
-        finally:
-            state = st.load(s.state_dir, spec.environment, spec.infrastructure)
-            sr.deployed += [
-                h["id"]
-                for h in state.history
-                if h.get("id") not in before_ids and h.get("function") == spec.name and h.get("operation") == "apply"
-            ]
-        facts = sr.facts()
-        if fp.has_changes:
-            from reconciler.engine.refresh import refresh_function
-
-            live = refresh_function(self.aws, spec.region, spec.connector, spec.name)
-            log("Verifying if status of function to be Successful")
-            log(
-                f"function: [{spec.name}], state: [{live.get('state')}], last update status: [{live.get('last_update_status')}]"
-            )
-            if fp.publish:
-                log(f"Published new version: [{facts['RECONCILER_VERSION']}]")
-                log(f"Published function ARN: [{facts['RECONCILER_VERSION_ARN']}]")
-            log(f"Successfully deployed lambda function: [{spec.name}]")
-            for a in [a for a in spec.aliases if a["Name"] != held]:
-                log("\nAws Lambda Alias Manifest Content")
-                log(json.dumps({k[:1].lower() + k[1:]: v for k, v in a.items()}, indent=3))
-                log(f"Alias [{a['Name']}] of function {spec.name} → version {facts['RECONCILER_VERSION']}")
-        log("Done")
-        return {
-            "functionName": spec.name,
-            "functionArn": facts["RECONCILER_FUNCTION_ARN"],
-            "version": facts["RECONCILER_VERSION"],
-            "alias": facts["RECONCILER_ALIAS"],
-            "region": spec.region,
-            "action": fp.action,
-        }
-
-    # ------------------------------------------------------------ AwsLambdaRollback
-    def _rollback_step(self, sr: StageRun, step: StepDef) -> dict:
-        if not sr.deployed:
-            self.log("   nothing was deployed in this stage: nothing to roll back")
-            return {"rolledBack": "false"}
-        done = self.restore_stage(
-            sr, f"pipeline {self.pipe.identifier}, stage {sr.stage.identifier}: step {step.identifier}"
-        )
-        return {
-            "rolledBack": "true" if done else "false",
-            "functionName": sr.spec.name,
-            "version": sr.facts()["RECONCILER_VERSION"],
-        }
-
-    def restore_stage(self, sr: StageRun, reason: str) -> int:
-        """Put back what ran before this stage's deploys, latest deploy first; recorded in the state history."""
-        from reconciler.engine.apply import restore
-        from reconciler.engine.live import project
-        from reconciler.engine.refresh import refresh_function
-
-        s, spec = self.settings, sr.spec
-        restored = 0
-        with st.locked(
-            st.state_path(s.state_dir, spec.environment, spec.infrastructure), "rollback", timeout=s.lock_timeout
-        ):
-            for rec_id in reversed(sr.deployed):
-                state = st.load(s.state_dir, spec.environment, spec.infrastructure)
-                applied = next((h for h in state.history if h.get("id") == rec_id), None)
-                if applied is None:
-                    continue
-                if applied.get("status") in ("rolled_back", "rollback_failed"):
-                    self.log(f"   {spec.name}: this deploy was already rolled back ({applied.get('status')})")
-                    continue
-                prev = applied.get("previous") or {"exists": False}
-                rec = state.functions.get(spec.name) or {}
-                record = {
-                    "id": str(uuid.uuid4()),
-                    "function": spec.name,
-                    "service": spec.service,
-                    "operation": "rollback",
-                    "status": "in_progress",
-                    "started_at": st.now(),
-                    "finished_at": None,
-                    "version": prev.get("version"),
-                    "code_sha256": prev.get("code_sha256"),
-                    "reason": reason,
-                    "pipeline": self.pipe.identifier,
-                    "stage": sr.stage.identifier,
-                    "rolls_back": rec_id,
-                    "previous": {"exists": bool(rec), **{k: rec.get(k) for k in ("version", "code_sha256", "aliases")}},
-                }
-                state.history.append(record)
-                state.write()
-                self.log(
-                    f"   {spec.name}: rolling back to "
-                    + (
-                        f"version {prev.get('version')} (code {prev.get('code_sha256')})"
-                        if prev.get("exists")
-                        else "no function (this stage created it)"
-                    )
-                )
-                try:
-                    restore(
-                        self.aws,
-                        spec.name,
-                        spec.region,
-                        spec.connector,
-                        prev,
-                        lambda m: self.log(f"   {m}"),
-                        owner=spec.tags,
-                    )
-                except ReconcilerError as exc:
-                    record.update(status="failed", finished_at=st.now(), error=str(exc))
-                    state.write()
-                    raise StepFailed(f"rollback of {spec.name} failed: {exc}") from None
-                if prev.get("exists"):
-                    live = refresh_function(self.aws, spec.region, spec.connector, spec.name)
-                    rec.update(
-                        version=prev.get("version"),
-                        code_sha256=live.get("code_sha256"),
-                        aliases=live.get("aliases", {}),
-                        configuration=project(live.get("configuration") or {}, rec.get("configuration") or {}),
-                        updated_at=st.now(),
-                    )
-                    if prev.get("code_params"):
-                        rec.update(code_params=prev.get("code_params"), code_source=prev.get("code_source"))
-                    state.functions[spec.name] = rec
-                else:
-                    state.functions.pop(spec.name, None)
-                applied.update(status="rolled_back", rolled_back_by=record["id"])
-                if (applied.get("rollout") or {}).get("status") == "shifting":
-                    applied["rollout"]["status"] = "stopped"
-                record.update(status="succeeded", finished_at=st.now())
-                state.write()
-                restored += 1
-                self.log(f"   {spec.name}: rolled back")
-        return restored
-
+    # ------------------------------------------------------------ rollback
     def _rollback(self, sr: StageRun, reason: str) -> None:
+        """The stage's rollback steps: the execution's, then the provisioner's."""
         sr.result.rolled_back = True
         self.log(f"\n== rollback of stage {sr.stage.name} [{sr.target}]: {reason}")
         rb_failed = False
-        from reconciler.pipeline.provisioners import rollback_steps
-
-        for step in rollback_steps(self, sr):  # the execution's, then the provisioner's
-            if step.body.get("when"):
-                skip = None
-                when = step.body["when"]
-                if (
-                    isinstance(when, dict)
-                    and when.get("condition") is not None
-                    and not self._condition(sr, step, when["condition"], (*step.path, "when", "condition"))
-                ):
-                    skip = f"when.condition {when['condition']!r} evaluated to false"
-                if skip:
-                    self._record_skip(sr, step, skip)
-                    continue
+        for step in provisioners.rollback_steps(self, sr):
+            skip = self._rollback_step_skipped(sr, step)
+            if skip:
+                self.record_skip(sr, step, skip)
+                continue
             if rb_failed:
-                self._record_skip(sr, step, "an earlier rollback step failed")
+                self.record_skip(sr, step, "an earlier rollback step failed")
                 continue
             res = self._run_step(sr, step)
             if res.status == "Failed":
@@ -1578,66 +417,16 @@ class Runner:
         elif not sr.stage.rollback_steps:
             self.log("   the stage has no rollbackSteps")
 
-    # ------------------------------------------------------------ ShellScript
-    def _script(self, sr: StageRun, step: StepDef, timeout: float, extra_env: dict | None = None) -> tuple[dict, str]:
-        """A ShellScript step (and the script of a ShellScriptProvision step, with `extra_env`)."""
-        spec = step.body.get("spec") or {}
-        sp = (*step.path, "spec")
-        script, env = sr.script(step)
-        env.update(base_environment())
-        env.update(sr.facts())
-        env.update(extra_env or {})
-        if spec.get("includeInfraSelectors") is True:  # the step asks for the infrastructure connector's credentials
-            env.update(self._credentials(sr))
-        for i, v in enumerate(spec.get("environmentVariables") or []):
-            value = sr.resolve(v.get("value"), (*sp, "environmentVariables", i, "value"), step)
-            env[v["name"]] = _s(value)
-        outs = [(v["name"], str(v.get("value") or v["name"])) for v in spec.get("outputVariables") or []]
-        script, env = self._with_secrets(sr, step, str(script), env)
-        result = run_script(script, env, self.settings.workspace, timeout, outs, self.log, self.masker.mask)
-        if result.timed_out:
-            raise StepFailed(
-                f"timed out after {timeout:g}s; the script's processes were killed",
-                "Timeout",
-                result.outputs,
-                result.output[-OUTPUT_TAIL:],
-            )
-        if result.exit_code != 0:
-            raise StepFailed(
-                f"the script exited {result.exit_code}", "Unknown", result.outputs, result.output[-OUTPUT_TAIL:]
-            )
-        missing = [n for n, var in outs if n not in result.outputs]
-        for n in missing:
-            self.log(f"   warning: output variable '{n}': the script did not set ${dict(outs)[n]}")
-            result.outputs[n] = ""
-        return result.outputs, result.output[-OUTPUT_TAIL:]
-
-    def _with_secrets(self, sr: StageRun, step: StepDef, script: str, env: dict) -> tuple[str, dict]:
-        """The script and its environment with secret references replaced by their values,
-        read from the store now (with the stage's infrastructure's connector and region);
-        every line of output that holds one is scrubbed before it is shown or kept."""
-        from reconciler.aws.secrets import read_values as read_secret_values
-        from reconciler.util import secrets as sec
-
-        ids = sec.references(script) + sec.references(env)
-        if not ids:
-            return script, env
-        s = sr.spec
-        conn = json.dumps(s.connector, sort_keys=True) if s.connector else None
-        where = f"ShellScript step {step.identifier} ({self.pipe.file}:{self.pipe.line(*step.path)})"
-        values = read_secret_values(self.aws, {(s.region, sid, conn): [where] for sid in ids})
-        self.masker.add(*values.values())
-        return sec.fill(script, s.region, values), sec.fill(env, s.region, values)
-
-    def _credentials(self, sr: StageRun) -> dict[str, str]:
-        """The AWS credentials of the stage target's connector (or the runner's default chain)
-        as environment variables; their values are masked in every step's output from now on."""
-        spec = sr.spec
-        creds = self.aws.credentials(spec.region, spec.connector)
-        sec.remember_credentials(creds)
-        env = {"AWS_REGION": spec.region, "AWS_DEFAULT_REGION": spec.region, **creds}
-        env.update({k: v for k, v in os.environ.items() if k.startswith("AWS_ENDPOINT_URL") or k == "AWS_CA_BUNDLE"})
-        return env
+    def _rollback_step_skipped(self, sr: StageRun, step: StepDef) -> str | None:
+        """A rollback step runs unless its own when.condition is false."""
+        when = step.body.get("when")
+        if (
+            isinstance(when, dict)
+            and when.get("condition") is not None
+            and not self._condition(sr, step, when["condition"], (*step.path, "when", "condition"))
+        ):
+            return f"when.condition {when['condition']!r} evaluated to false"
+        return None
 
     # ------------------------------------------------------------ reports
     def summary(self) -> dict:
@@ -1647,8 +436,8 @@ class Runner:
         return {
             "pipeline": self.pipe.identifier,
             "name": self.pipe.name,
-            "status": getattr(self, "status", "Failed"),
-            "duration": round(getattr(self, "duration", 0.0), 3),
+            "status": self.status,
+            "duration": round(self.duration, 3),
             "counts": counts,
             "stages": [s.to_dict() for s in self.stage_results],
             "steps": [r.to_dict() for r in self.steps],
@@ -1681,71 +470,38 @@ class Runner:
         return "\n".join(lines) + "\n"
 
 
-def _masked_config(config: dict, show_values: bool) -> dict:
-    from reconciler.util.secrets import mask_vars
-
-    out = copy.deepcopy(config)
-    variables = (out.get("Environment") or {}).get("Variables")
-    if isinstance(variables, dict):
-        out["Environment"]["Variables"] = mask_vars(variables, show_values)
-    return out
+def _raise_all(errors: list) -> None:
+    """Raise the problems found, each once (a loop's iterations share their lines)."""
+    if errors:
+        uniq = list({str(e): e for e in errors}.values())
+        raise uniq[0] if len(uniq) == 1 else ErrorList(uniq)
 
 
-def _at(data: Any, path: tuple) -> Any:
-    for p in path:
-        try:
-            data = data[p]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return data
+def _try(fn: Callable[[], Any], ignore_value_errors: bool = False) -> list[ConfigError]:
+    try:
+        fn()
+    except ConfigError as exc:
+        return [exc]
+    except ValueError:
+        if not ignore_value_errors:
+            raise
+    return []
 
 
-def _dotted(path: tuple) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
-
-
-# ---------------------------------------------------------------- plan --pipeline
-
-
-def pipeline_plan(settings: RunSettings, aws, log: Callable[[str], None]) -> tuple[Plan, list[str]]:
-    """What the pipeline's stages would change: one plan over every stage target."""
-    from reconciler.engine.context import Context
-    from reconciler.engine.planner import make_plan
-
-    runner = Runner(settings, lambda: aws, log)
-    prepared = runner.prepare()
-    merged: Plan | None = None
-    seen: set[tuple[str, str]] = set()
-    warnings = list(runner.warnings) + [
-        f"stage '{stage.get('identifier')}' is skipped: {why}" for _, stage, why in runner.skipped
-    ]
-    provisioning: list[dict] = []  # stages whose provisioner steps `run` would run first
-    for stage, items in prepared:
-        if not any(s.type == "AwsLambdaDeploy" for s in stage.steps):
-            continue
-        for t, opts, spec, scope in items:
-            if stage.provision_steps:
-                from reconciler.pipeline.provisioners import plan_provisioning
-
-                opts = plan_provisioning(runner, StageRun(runner, stage, t, opts, spec, scope), provisioning)
-                if opts is None:
-                    continue  # its values wait for the provisioner steps: planned when the pipeline runs
-            ctx = Context(
-                workspace=settings.workspace, state_dir=settings.state_dir, options=copy.deepcopy(opts), log=log
-            )
-            p = make_plan(ctx, aws)
-            warnings += ctx.warnings
-            if merged is None:
-                merged = Plan(functions=[], state_refs={}, workspace=p.workspace, created_at=p.created_at)
-            merged.state_refs.update(p.state_refs)
-            for fp in p.functions:
-                key = (fp.state_file, fp.name)
-                if key not in seen:
-                    seen.add(key)
-                    merged.functions.append(fp)
-    if merged is None and provisioning:
-        merged = Plan(functions=[], state_refs={}, workspace=str(settings.workspace), created_at=st.now())
-    if merged is None:
-        raise ReconcilerError(f"pipeline '{settings.pipeline}' has no AwsLambdaDeploy step: it deploys nothing")
-    merged.provisioners = provisioning  # type: ignore[attr-defined]  (shown and saved by cli_run)
-    return merged, list(dict.fromkeys(warnings))
+def _step_expressions(sr: StageRun, s: StepDef) -> list[ConfigError]:
+    """The problems in resolving one execution or rollback step's expressions."""
+    errs: list[ConfigError] = []
+    timeout = s.body.get("timeout")
+    if isinstance(timeout, str) and "<+" in timeout:
+        errs += _try(partial(sr.resolve, timeout, (*s.path, "timeout"), s))
+    if s.type == "ShellScript":
+        errs += _try(partial(sr.script, s))
+        for i, v in enumerate((s.body.get("spec") or {}).get("environmentVariables") or []):
+            errs += _try(partial(sr.resolve, v.get("value"), (*s.path, "spec", "environmentVariables", i, "value"), s))
+    when = s.body.get("when") or {}
+    if isinstance(when, dict) and isinstance(when.get("condition"), str) and "<+" in when["condition"]:
+        path = (*s.path, "when", "condition")
+        errs += _try(
+            partial(evaluate_condition, when["condition"], lambda e: sr.resolve(e, path, s)), ignore_value_errors=True
+        )
+    return errs

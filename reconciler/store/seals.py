@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from typing import Any, Literal, overload
 
 from reconciler.store import backend as _backend
 from reconciler.util.secrets import Sealer, register
 
 _sealers: dict[str, Sealer] = {}  # str(state path) → its sealer
 _sealers_lock = threading.Lock()
+
+
+@overload
+def sealer_for(path: Any, create: Literal[True] = True) -> Sealer: ...
+
+
+@overload
+def sealer_for(path: Any, create: bool) -> Sealer | None: ...
 
 
 def sealer_for(path: Any, create: bool = True) -> Sealer | None:

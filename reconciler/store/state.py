@@ -1,8 +1,9 @@
 """The state: one JSON document per infrastructure definition, read, written and locked
-through the configured backend (reconciler.backend).
+through the current backend (reconciler.store.backend).
 
 The local backend (the default) keeps `<state-dir>/<environment>/<infrastructure>.json`,
-written atomically (temp file, fsync, rename) with the previous copy kept as `.backup`,
+written atomically (temp file, fsync, rename) with the previous copy kept as `.backup`
+(sealed, if that copy held a value in clear that this version seals),
 and locked with filelock while an apply or rollback is writing it. An apply records each
 step by appending one line to `<infrastructure>.json.journal` (State.append) instead of
 rewriting the file; every read replays it, and a full write compacts it away. The s3 backend keeps
@@ -19,12 +20,13 @@ import os
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from reconciler.errors import ReconcilerError
 from reconciler.store import backend as _backend
-from reconciler.store.backend import StateConflictError  # noqa: F401  (re-exported)
+from reconciler.store.base import StateConflictError  # noqa: F401  (re-exported)
+from reconciler.store.local import LocalBackend, LocalVersion
 from reconciler.store.seals import LazySealer, sealer_for
 from reconciler.util import secrets as _secrets
 
@@ -46,7 +48,7 @@ def state_dir_default() -> Path:
 class State:
     """The content of one state file."""
 
-    path: Path
+    path: PurePath  # a Path (local) or an s3:// RemotePath
     environment: str
     infrastructure: str
     lineage: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -60,21 +62,26 @@ class State:
     # write is conditional on it (local: (lineage, serial); s3: the object's ETag)
     read_version: Any = field(default=None, repr=False, compare=False)
     backend: Any = field(default=None, repr=False, compare=False)
+    # the stored file was checked to hold no value in clear that this version seals (its
+    # backup may be kept as it is)
+    backup_checked: bool = field(default=False, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         """The stored document: every sensitive environment value sealed (never in clear)."""
-        sealer = LazySealer(self.path)
-        return {
-            "format_version": FORMAT_VERSION,
-            "lineage": self.lineage,
-            "serial": self.serial,
-            "environment": self.environment,
-            "infrastructure": self.infrastructure,
-            "region": self.region,
-            "functions": {k: _secrets.seal_entry(v, sealer) for k, v in sorted(self.functions.items())},
-            "artifacts": self.artifacts,
-            "history": [_secrets.seal_record(h, sealer) for h in self.history],
-        }
+        return sealed(
+            {
+                "format_version": FORMAT_VERSION,
+                "lineage": self.lineage,
+                "serial": self.serial,
+                "environment": self.environment,
+                "infrastructure": self.infrastructure,
+                "region": self.region,
+                "functions": dict(sorted(self.functions.items())),
+                "artifacts": self.artifacts,
+                "history": self.history,
+            },
+            LazySealer(self.path),
+        )
 
     @property
     def ref(self) -> dict:
@@ -90,7 +97,8 @@ class State:
             self.serial += 1
         text = dumps(self.to_dict())
         try:
-            token = b.write(self.path, text, self.read_version, before)
+            backup = self._sealed_backup(b)
+            token = b.write(self.path, text, self.read_version, before, backup)
         except BaseException:
             if bump:
                 self.serial -= 1
@@ -98,6 +106,24 @@ class State:
         self.read_version = token if token is not None else (self.lineage, self.serial)
         self.backend = b
         self.exists = True
+        self.backup_checked = True  # the stored file is now this version's, sealed
+
+    def _sealed_backup(self, b: Any) -> str | None:
+        """What the backup of the stored file must hold when that file holds a value in
+        clear that this version seals (it was written before sealing existed, or before
+        the policy counted the value sensitive): the file's document sealed. None: keep
+        the file as it is. Checked once: after a write, the stored file is sealed."""
+        if not self.exists or not b.keeps_backup or self.backup_checked:
+            return None
+        text, _ = b.read(self.path)
+        try:
+            data = json.loads(text) if text is not None else None
+        except ValueError:
+            return None  # an unreadable file is kept as it is (restoring it is what a backup is for)
+        if not isinstance(data, dict):
+            return None
+        out = sealed(data, LazySealer(self.path))
+        return dumps(out) if out != data else None
 
     def append(self, functions: Iterable[str] = (), records: Iterable[dict] = (), *, sync: bool | None = None) -> None:
         """Record one step without rewriting the state: bump the serial and append one line
@@ -114,7 +140,7 @@ class State:
         kind of disk, more than the append itself): losing them to a power cut leaves the
         record in flight, which the next apply converges."""
         b = self.backend or _backend.current()
-        if not (self.exists and b.journal and isinstance(self.read_version, _backend.LocalVersion)):
+        if not (self.exists and b.journal and isinstance(self.read_version, LocalVersion)):
             self.write()
             return
         recs: list[dict] = []
@@ -145,11 +171,23 @@ class State:
     def compact(self) -> None:
         """Write the state whole if steps are journaled (the journal is then removed)."""
         v = self.read_version
-        if self.exists and isinstance(v, _backend.LocalVersion) and v.journal_size:
+        if self.exists and isinstance(v, LocalVersion) and v.journal_size:
             self.write()
 
     def deployments(self, function: str | None = None) -> list[dict]:
         return [h for h in self.history if function is None or h.get("function") == function]
+
+
+def sealed(doc: dict, sealer: _secrets.Seals) -> dict:
+    """A state document with every sensitive environment value of its functions and of its
+    history's snapshots sealed (the document itself is not changed)."""
+    out = dict(doc)
+    functions, history = doc.get("functions"), doc.get("history")
+    if isinstance(functions, dict):
+        out["functions"] = {k: _secrets.seal_entry(v, sealer) for k, v in functions.items()}
+    if isinstance(history, list):
+        out["history"] = [_secrets.seal_record(h, sealer) if isinstance(h, dict) else h for h in history]
+    return out
 
 
 def prune_history(history: list[dict], keep: int) -> list[dict]:
@@ -347,14 +385,14 @@ def stored_text(path: Any, b: Any = None) -> str | None:
     data, version, text = _read(b, path, "", "")
     if data is None:
         return None
-    if isinstance(version, _backend.LocalVersion) and version.serial != version.file_serial:
+    if isinstance(version, LocalVersion) and version.serial != version.file_serial:
         return dumps(from_dict(data, path, "", "").to_dict())
     return text
 
 
 def parse_file(path: Path) -> dict:
     """A local state file parsed, with the steps journaled beside it (`<file>.journal`)."""
-    b = _backend.LocalBackend()
+    b = LocalBackend()
     data, _, _ = _read(b, Path(path), "", "")
     if data is None:
         raise ReconcilerError("cannot read state file: no such file", str(path))

@@ -34,7 +34,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from reconciler.errors import ReconcilerError
 
@@ -182,6 +182,12 @@ class Sealer:
         return is_sealed(seal) and seal[len(SEAL_PREFIX) :].split(":", 1)[0] == self.kid
 
 
+class Seals(Protocol):
+    """What sealing a document needs: a Sealer, or one whose key is made on first use."""
+
+    def seal(self, value: Any) -> str: ...
+
+
 def is_sealed(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(SEAL_PREFIX)
 
@@ -196,7 +202,7 @@ def register(sealer: Sealer) -> None:
         _by_kid[sealer.kid] = sealer
 
 
-def sealer_by_kid(seal: str) -> Sealer | None:
+def sealer_by_kid(seal: Any) -> Sealer | None:
     """The sealer (loaded in this process) a seal was made with."""
     if not is_sealed(seal):
         return None
@@ -209,11 +215,11 @@ def env_vars(config: dict | None) -> dict:
     return v if isinstance(v, dict) else {}
 
 
-def seal_config(config: dict | None, keys: Iterable[str] | None, sealer: Sealer | None) -> dict | None:
+def seal_config(config: dict | None, keys: Iterable[str] | None, sealer: Seals | None) -> dict | None:
     """A copy of a configuration whose environment values of `keys` (None: every sensitive
     one by the policy, and every one equal to a known secret) are sealed."""
     variables = env_vars(config)
-    if not variables or sealer is None:
+    if config is None or not variables or sealer is None:
         return config
     pick = set(keys) if keys is not None else {k for k, v in variables.items() if config_sensitive(k, v)}
     if not any(k in variables and not is_sealed(variables[k]) for k in pick):
@@ -226,18 +232,20 @@ def config_sensitive(name: str, value: Any) -> bool:
     return _config.sensitive(name) or (isinstance(value, str) and value in _known_secrets) or bool(references(value))
 
 
-def seal_entry(entry: dict | None, sealer: Sealer | None) -> dict | None:
+def seal_entry(entry: dict | None, sealer: Seals | None) -> dict | None:
     """A state function entry with its sensitive environment values sealed (its own
-    `secrets` keys, and the policy's)."""
+    `secrets` keys, and the policy's), and the values of its other places that use a
+    secret (`secret_fields`: configuration fields, tags, alias descriptions)."""
     if not isinstance(entry, dict) or sealer is None:
         return entry
     conf = entry.get("configuration")
     keys = {k for k in env_vars(conf) if config_sensitive(k, env_vars(conf)[k])} | set(entry.get("secrets") or {})
     sealed = seal_config(conf, keys, sealer)
-    return entry if sealed is conf else {**entry, "configuration": sealed}
+    out = entry if sealed is conf else {**entry, "configuration": sealed}
+    return seal_places(out, entry.get("secret_fields") or (), sealer)
 
 
-def seal_record(record: dict, sealer: Sealer | None) -> dict:
+def seal_record(record: dict, sealer: Seals | None) -> dict:
     """A history record with its `previous` snapshot's sensitive values sealed."""
     prev = record.get("previous") if isinstance(record, dict) else None
     if not isinstance(prev, dict) or sealer is None:
@@ -246,9 +254,105 @@ def seal_record(record: dict, sealer: Sealer | None) -> dict:
     keys = {k for k, v in env_vars(conf).items() if config_sensitive(k, v)} | set(prev.get("secrets") or {})
     sealed = seal_config(conf, keys, sealer)
     out = record if sealed is conf else {**record, "previous": {**prev, "configuration": sealed}}
+    if prev.get("secret_fields"):
+        out = {**out, "previous": seal_places(out["previous"], prev["secret_fields"], sealer)}
     if out.get("error"):
         out = {**out, "error": scrub(str(out["error"]), errors=True)}
     return out
+
+
+# ---------------------------------------------------------------- places outside the environment
+
+# A secret may also stand in a function's other configuration fields (Description, Layers...),
+# a tag's value or an alias's description. Each such place has a path: the field's name,
+# `Tags.KEY`, or `Aliases.NAME.Description`. The whole value of the place is sealed.
+TAG_PREFIX = "Tags."
+ALIAS_PREFIX = "Aliases."
+
+
+def field_text(value: Any) -> str:
+    """The text a place's value is sealed as: a string as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def seal_value(sealer: Any, value: Any) -> Any:
+    """The seal of a place's whole value (None stays None, a seal stays as it is)."""
+    if value is None or is_sealed(value):
+        return value
+    return sealer.seal(field_text(value))
+
+
+def shown_tree(value: Any) -> Any:
+    """A rendered value with every placeholder written back as its expression."""
+    if isinstance(value, str):
+        return shown(value)
+    if isinstance(value, dict):
+        return {k: shown_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shown_tree(v) for v in value]
+    return value
+
+
+def alias_place(name: str) -> str:
+    return f"{ALIAS_PREFIX}{name}.Description"
+
+
+def secret_places(config: dict | None, tags: dict | None, aliases: Iterable[dict] = ()) -> dict[str, Any]:
+    """path → the value as written (references as expressions) of every place outside the
+    environment whose value uses a secret."""
+    out: dict[str, Any] = {}
+    for k, v in (config or {}).items():
+        if k != "Environment" and references(v):
+            out[str(k)] = shown_tree(v)
+    for k, v in (tags or {}).items():
+        if references(v):
+            out[TAG_PREFIX + str(k)] = shown_tree(v)
+    for a in aliases:
+        if references(a.get("Description")):
+            out[alias_place(str(a.get("Name")))] = shown_tree(a["Description"])
+    return out
+
+
+def seal_places(snap: dict, paths: Iterable[str], sealer: Any) -> dict:
+    """A copy of a state entry or a rollback snapshot (`configuration`, `tags`, `aliases`)
+    with the values of these places sealed."""
+    if sealer is None:
+        return snap
+    return _map_places(snap, paths, lambda v: seal_value(sealer, v))
+
+
+def _map_places(snap: dict, paths: Iterable[str], change: Any) -> dict:
+    paths = list(paths)
+    if not paths or not isinstance(snap, dict):
+        return snap
+    conf = dict(snap.get("configuration") or {})
+    tags = dict(snap.get("tags") or {})
+    aliases = {k: dict(v) if isinstance(v, dict) else v for k, v in (snap.get("aliases") or {}).items()}
+    for p in paths:
+        if p.startswith(TAG_PREFIX):
+            key = p[len(TAG_PREFIX) :]
+            if key in tags:
+                tags[key] = change(tags[key])
+        elif p.startswith(ALIAS_PREFIX):
+            name = p[len(ALIAS_PREFIX) :].rsplit(".", 1)[0]
+            if isinstance(aliases.get(name), dict) and aliases[name].get("description"):
+                aliases[name]["description"] = change(aliases[name]["description"])
+        elif p in conf:
+            conf[p] = change(conf[p]) if conf[p] is not None else None
+    out = {**snap}
+    if "configuration" in snap:
+        out["configuration"] = conf
+    if "tags" in snap:
+        out["tags"] = tags
+    if "aliases" in snap:
+        out["aliases"] = aliases
+    return out
+
+
+def mask_places(entry: dict) -> dict:
+    """A state entry as shown (`state show`): the value of each place that uses a secret
+    (kept sealed) as (sensitive)."""
+    return _map_places(entry, entry.get("secret_fields") or (), lambda v: MASK)
 
 
 # ---------------------------------------------------------------- reading the store
@@ -270,16 +374,41 @@ def fill(value: Any, region: str, values: dict[tuple[str, str], str]) -> Any:
 
 
 def wanted_by(specs: Iterable) -> dict[tuple[str, str, Any], list[str]]:
-    """(region, secret id, connector as JSON) → the places that use it, for FunctionSpecs."""
+    """(region, secret id, connector as JSON) → the places that use it, for FunctionSpecs:
+    environment values, other configuration fields, tags and alias descriptions."""
     out: dict[tuple[str, str, Any], list[str]] = {}
     for s in specs:
-        for k, v in env_vars(s.config).items():
+        conn = json.dumps(s.connector, sort_keys=True) if s.connector else None
+        places = [(f"Environment.Variables.{k}", v) for k, v in env_vars(s.config).items()]
+        places += [(str(k), v) for k, v in s.config.items() if k != "Environment"]
+        places += [(TAG_PREFIX + str(k), v) for k, v in (s.tags or {}).items()]
+        places += [(alias_place(str(a.get("Name"))), a.get("Description")) for a in s.aliases or ()]
+        for where, v in places:
             for sid in references(v):
-                conn = json.dumps(s.connector, sort_keys=True) if s.connector else None
-                out.setdefault((s.region, sid, conn), []).append(
-                    f"Environment.Variables.{k} of function {s.name} ({s.source})"
-                )
+                out.setdefault((s.region, sid, conn), []).append(f"{where} of function {s.name} ({s.source})")
     return out
+
+
+def uses_secrets(spec: Any) -> bool:
+    """Does a FunctionSpec refer to a secret anywhere (its state then needs a fingerprint key)?"""
+    return bool(references(spec.config) or references(spec.tags) or references(list(spec.aliases or ())))
+
+
+def outside_value(value: Any, secret_type: bool = False) -> Any:
+    """A value given from outside the workspace (--var, an input set): data, never read for
+    expressions, except that a value that is exactly one secret reference
+    (`<+secrets.getValue("id")>`), or any value of a `type: Secret` variable (which names
+    a secret, as in Harness), refers to that secret."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("<+") and text.endswith(">") and text.count("<+") == 1:
+        sid = reference_id(text[2:-1])
+        if sid:
+            return placeholder(sid)
+    if secret_type and text and "<+" not in text:
+        return placeholder(reference_id(expression(text)[2:-1]) or text)
+    return value
 
 
 # ---------------------------------------------------------------- scrubbing
@@ -397,7 +526,7 @@ class ScrubbingStream(io.TextIOBase):
         return self.inner.fileno()
 
     @property
-    def encoding(self):
+    def encoding(self) -> str:  # type: ignore[override]  # typeshed has an attribute; io's is a read-only property
         return getattr(self.inner, "encoding", "utf-8")
 
     def writable(self) -> bool:

@@ -11,6 +11,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as Bar
+    from rich.progress import TaskID
 
 PHASES = ("load/render", "refresh", "plan", "apply")
 
@@ -97,8 +102,8 @@ class Progress:
         self.tty = sys.stderr.isatty() if tty is None else tty
         self.color = color
         self._lock = threading.Lock()
-        self._bar = None
-        self._tasks: dict[str, int] = {}
+        self._bar: Bar | None = None
+        self._tasks: dict[str, TaskID] = {}
 
     def __call__(self, phase: str, done: int, total: int, item: str = "") -> None:
         with self._lock:
@@ -134,4 +139,8 @@ class Progress:
                 self._tasks.clear()
 
 
-NO_PROGRESS: Callable[[str, int, int, str], None] = lambda phase, done, total, item="": None  # noqa: E731
+def _no_progress(phase: str, done: int, total: int, item: str = "") -> None:
+    """A progress callback that shows nothing."""
+
+
+NO_PROGRESS: Callable[[str, int, int, str], None] = _no_progress

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,12 @@ def _convert(node: Any, file: str, base_line: int) -> tuple[Any, dict[PathT, int
                 try:
                     ln = n.lc.value(k)[0] + 1 if isinstance(n[k], (str, int, float, bool)) or n[k] is None else None
                     kl = n.lc.key(k)[0] + 1
-                except Exception:  # pragma: no cover - ruamel always has lc on rt data
+                except (
+                    AttributeError,
+                    KeyError,
+                    IndexError,
+                    TypeError,
+                ):  # pragma: no cover - ruamel always has lc on rt data
                     ln, kl = None, None
                 key = _plain_scalar(k)
                 sub = (*path, key)
@@ -110,12 +116,12 @@ def _convert(node: Any, file: str, base_line: int) -> tuple[Any, dict[PathT, int
                 out[key] = walk(child, sub)
             return out
         if isinstance(n, CommentedSeq):
-            out_l = []
+            out_l: list[Any] = []
             for i, item in enumerate(n):
                 sub = (*path, i)
                 try:
                     lines[sub] = n.lc.item(i)[0] + 1
-                except Exception:  # pragma: no cover
+                except (AttributeError, KeyError, IndexError, TypeError):  # pragma: no cover
                     lines[sub] = lines.get(path, base_line)
                 out_l.append(walk(item, sub))
             return out_l
@@ -170,7 +176,8 @@ _PLAIN_CACHE: dict[str, Any] = {}  # plain scalar text → its value (or _FALLBA
 _FALLBACK = object()
 
 
-def _fast_parser():
+def _fast_parser() -> Callable[[str], Any] | None:
+    """libyaml's C parser (a class called with the text), None without libyaml."""
     try:
         from yaml._yaml import CParser
     except ImportError:  # pragma: no cover - moto brings PyYAML, with libyaml in its wheels
@@ -194,6 +201,7 @@ def _classify(v: str) -> Any:
     otherwise (yes/no, 0o17, 1:30...) or the text needs ruamel (1e3, dates, .inf)."""
     if v == "":
         return _FALLBACK  # an empty value: ruamel places its line differently
+    out: Any
     if v in _NULLS:
         want, out = "null", None
     elif v in _TRUE or v in _FALSE:
@@ -236,11 +244,14 @@ class _Lines:
     __slots__ = ("file", "tables", "text")
 
     def __init__(self, text: str, file: str) -> None:
-        self.text, self.file, self.tables = text, file, None
+        self.text: str | None = text  # until the tables are made
+        self.file = file
+        self.tables: list[dict[PathT, int]] | None = None
 
     def table(self, index: int) -> dict[PathT, int]:
         if self.tables is None:
-            docs = _fast_docs(self.text, self.file, track=True) or _load_yaml_documents_rt(self.text, self.file)
+            text = self.text or ""
+            docs = _fast_docs(text, self.file, track=True) or _load_yaml_documents_rt(text, self.file)
             self.tables = [d.lines for d in docs]
             self.text = None
         return self.tables[index]
@@ -283,7 +294,7 @@ def _fast_docs(text: str, file: str, track: bool = False) -> list[Doc] | None:
 
     get = parser(text).get_event
 
-    def node(ev, path: PathT, lines: dict, budget: list) -> Any:
+    def node(ev: Any, path: PathT, lines: dict[PathT, int] | None, budget: list[int]) -> Any:
         budget[0] -= 1
         if budget[0] < 0:
             raise _TooBig(ev.start_mark.line + 1)
@@ -293,7 +304,7 @@ def _fast_docs(text: str, file: str, track: bool = False) -> list[Doc] | None:
         if cls is AliasEvent or ev.tag is not None or ev.anchor is not None:
             raise _Fallback  # aliases, explicit tags and anchors: ruamel
         if cls is MappingStartEvent:
-            out = {}
+            out: dict[Any, Any] = {}
             while True:
                 k = get()
                 if k.__class__ is not ScalarEvent:
@@ -310,10 +321,11 @@ def _fast_docs(text: str, file: str, track: bool = False) -> list[Doc] | None:
                     out[key] = node(v, path, lines, budget)
                     continue
                 sub = (*path, key)
-                lines[sub] = (v.start_mark.line if v.__class__ is ScalarEvent else k.start_mark.line) + 1
+                # (libyaml gives every event its marks; the stubs type an event's marks as optional)
+                lines[sub] = (v.start_mark.line if v.__class__ is ScalarEvent else k.start_mark.line) + 1  # type: ignore[union-attr]
                 out[key] = node(v, sub, lines, budget)
         if cls is SequenceStartEvent:
-            out_l = []
+            out_l: list[Any] = []
             i = 0
             while True:
                 item = get()
@@ -400,10 +412,13 @@ def _measure(text: str, file: str) -> None:
                 anchors.clear()
                 continue
             is_key = False
-            if cls is ScalarEvent or cls is AliasEvent or issubclass(cls, CollectionStartEvent):
-                if open_ and open_[-1][3]:
-                    is_key = open_[-1][4]
-                    open_[-1][4] = not is_key
+            if (
+                (cls is ScalarEvent or cls is AliasEvent or issubclass(cls, CollectionStartEvent))
+                and open_
+                and open_[-1][3]
+            ):
+                is_key = open_[-1][4]
+                open_[-1][4] = not is_key
             if cls is ScalarEvent:
                 nodes += 0 if is_key else 1  # values are counted as ruamel's conversion counts them
                 chars += len(ev.value)

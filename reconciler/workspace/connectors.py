@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from reconciler.util.secrets import outside_value, references
+from reconciler.workspace.expr import leaves
 from reconciler.workspace.load import Workspace
 
 
@@ -17,6 +19,22 @@ def aws_connector(ws: Workspace, ref: Any) -> dict | None:
             ("type",), f"connector '{ref}' has type '{c.body.get('type')}'; only Aws connectors are supported"
         )
     cross = c.get("spec", "credential", "crossAccountAccess", default={})
+    base = ("spec", "credential", "crossAccountAccess")
+    for value, path in leaves(c.body):
+        if isinstance(value, str) and "secrets.getValue" in value and path != (*base, "externalId"):
+            raise c.error(
+                path,
+                "a secret reference can be used in a connector only as crossAccountAccess.externalId: the role ARN "
+                "names the role, and the connector is recorded in the state and in plans",
+            )
     if not cross.get("crossAccountRoleArn"):
         return None
-    return {"identifier": ref, "role_arn": cross["crossAccountRoleArn"], "external_id": cross.get("externalId")}
+    external_id = cross.get("externalId")
+    if isinstance(external_id, str) and "<+" in external_id:
+        # the external ID from the secret store, read when the role is assumed (never kept)
+        external_id = outside_value(external_id)
+        if not references(external_id):
+            raise c.error(
+                (*base, "externalId"), 'externalId can be a value or one secret reference <+secrets.getValue("ID")>'
+            )
+    return {"identifier": ref, "role_arn": cross["crossAccountRoleArn"], "external_id": external_id}

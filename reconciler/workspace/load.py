@@ -30,9 +30,9 @@ OVERRIDE_TYPES = ("ENV_GLOBAL_OVERRIDE", "ENV_SERVICE_OVERRIDE", "INFRA_GLOBAL_O
 SKIP_DIRS = {"node_modules", "__pycache__"}
 # a file that may hold an entity: one of the kinds as a top-level key (quoted or not)
 # (or an indented `identifier:`, so that a misspelt kind is reported as skipped, not ignored)
+_KINDS_RX = "|".join(KINDS)
 ENTITY_LINE = re.compile(
-    r"""^(?:---[ \t]*)?["']?(?:%s)["']?[ \t]*:|^\s*\{\s*["']?(?:%s)["']?\s*:|^[ \t]+["']?identifier["']?[ \t]*:"""
-    % ("|".join(KINDS), "|".join(KINDS)),
+    rf"""^(?:---[ \t]*)?["']?(?:{_KINDS_RX})["']?[ \t]*:|^\s*\{{\s*["']?(?:{_KINDS_RX})["']?\s*:|^[ \t]+["']?identifier["']?[ \t]*:""",
     re.M,
 )
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -301,13 +301,14 @@ def _load_workspace(root: Path, state_dir: Path | None) -> Workspace:
                 )
                 continue
             seen[(kind, key)] = ent
-            {
+            by_kind: dict[str, dict[Any, Entity]] = {
                 "service": ws.services,
                 "environment": ws.environments,
                 "infrastructureDefinition": ws.infrastructures,
                 "pipeline": ws.pipelines,
                 "connector": ws.connectors,
-            }[kind][key] = ent
+            }
+            by_kind[kind][key] = ent
     if not incomplete:  # else a reference may name an entity of the file that could not be read
         errors.extend(_check_references(ws))
     if errors:
@@ -480,13 +481,13 @@ def _check_references(ws: Workspace) -> list[ReconcilerError]:
                 )
             )
     for ov in ws.overrides:
-        env_ref = ov.body.get("environmentRef")
-        if env_ref and env_ref not in ws.environments:
+        ov_env = ov.body.get("environmentRef")
+        if ov_env and ov_env not in ws.environments:
             errs.append(
                 ov.error(
                     ("environmentRef",),
-                    f"overrides reference environment '{env_ref}', which is not defined",
-                    did_you_mean(str(env_ref), ws.environments),
+                    f"overrides reference environment '{ov_env}', which is not defined",
+                    did_you_mean(str(ov_env), ws.environments),
                 )
             )
         svc = ov.body.get("serviceRef")
@@ -503,13 +504,13 @@ def _check_references(ws: Workspace) -> list[ReconcilerError]:
                     did_you_mean(str(svc), ws.services),
                 )
             )
-        infra = ov.body.get("infraIdentifier")
-        if infra and env_ref and (env_ref, infra) not in ws.infrastructures:
+        ov_infra = ov.body.get("infraIdentifier")
+        if ov_infra and ov_env and (ov_env, ov_infra) not in ws.infrastructures:
             errs.append(
                 ov.error(
                     ("infraIdentifier",),
-                    f"overrides reference infrastructure '{infra}' of environment '{env_ref}', which is not defined",
-                    did_you_mean(str(infra), [i for (e, i) in ws.infrastructures if e == env_ref]),
+                    f"overrides reference infrastructure '{ov_infra}' of environment '{ov_env}', which is not defined",
+                    did_you_mean(str(ov_infra), [i for (e, i) in ws.infrastructures if e == ov_env]),
                 )
             )
     for pipe in ws.pipelines.values():
@@ -528,7 +529,7 @@ def _check_references(ws: Workspace) -> list[ReconcilerError]:
 
 def all_stages(pipe: Entity) -> list[tuple[PathT, dict]]:
     """Every stage of the pipeline, whatever its type (parallel groups flattened in order), with its path."""
-    out = []
+    out: list[tuple[PathT, dict]] = []
     stages = pipe.body.get("stages") or []
     for i, item in enumerate(stages if isinstance(stages, list) else []):
         if not isinstance(item, dict):
@@ -548,7 +549,7 @@ LOOP_EXPR = re.compile(r"<\+\s*(repeat\.item|strategy\.iteration|strategy\.itera
 def pipeline_stages(pipe: Entity) -> list[tuple[PathT, dict]]:
     """The Deployment stages of a pipeline (parallel groups flattened), with their paths; a
     looping stage (strategy.repeat, strategy.parallelism) once per iteration."""
-    out = []
+    out: list[tuple[PathT, dict]] = []
     for p, s in all_stages(pipe):
         if s.get("type") == "Deployment":
             out.extend((p, it) for it in stage_iterations(pipe, p, s))
@@ -578,8 +579,8 @@ def stage_iterations(pipe: Entity, path: PathT, stage: dict) -> list[dict]:
         items, times = rep.get("items"), rep.get("times")
         if isinstance(items, list) and items:
             values = list(items)
-        elif items is None and _count(times) is not None:
-            values = list(range(_count(times)))
+        elif items is None and (count := _count(times)) is not None:
+            values = list(range(count))
         else:
             raise pipe.error(
                 (*sp, "repeat"),
@@ -707,7 +708,7 @@ def _check_stage(ws: Workspace, pipe: Entity, path: PathT, stage: dict) -> list[
             (*path, "spec", "environment", "infrastructureDefinitions"),
             "infrastructureDefinitions must be a list of {identifier: ...} or <+input>",
         )
-    for k, ref in enumerate(infras):
+    for k in range(len(infras)):
         ident = _ref(pipe.get(*path, "spec", "environment", "infrastructureDefinitions", k, "identifier", want=str))
         if ident and not _is_runtime(ident) and (env_ref, ident) not in ws.infrastructures:
             errs.append(
@@ -723,14 +724,18 @@ def _check_stage(ws: Workspace, pipe: Entity, path: PathT, stage: dict) -> list[
 def stage_skipped(ws: Workspace, stage: dict) -> str | None:
     """Why a Deployment stage is not reconciler's (another deployment type, or a service or
     infrastructure of one), else None."""
-    spec = stage.get("spec") if isinstance(stage.get("spec"), dict) else {}
+    spec = stage.get("spec")
+    if not isinstance(spec, dict):
+        spec = {}
     dtype = spec.get("deploymentType")
     if dtype not in (None, "AwsLambda"):
         return f"deploymentType {dtype}"
     svc = _ref((spec.get("service") or {}).get("serviceRef")) if isinstance(spec.get("service"), dict) else None
     if isinstance(svc, str) and ("service", svc) in ws.skipped_entities:
         return ws.skipped_entities[("service", svc)]
-    env_spec = spec.get("environment") if isinstance(spec.get("environment"), dict) else {}
+    env_spec = spec.get("environment")
+    if not isinstance(env_spec, dict):
+        env_spec = {}
     infras = env_spec.get("infrastructureDefinitions")
     refs = [_ref(i.get("identifier")) for i in infras if isinstance(i, dict)] if isinstance(infras, list) else []
     skipped = [

@@ -93,7 +93,8 @@ def check_shape(infra) -> list[ConfigError]:
     need = {"CloudFormation": ("stackName",), "Script": ("script",)}[ptype]
     errs = []
     for key in need:
-        if not isinstance(prov.get(key), str) or not prov.get(key).strip():
+        value = prov.get(key)
+        if not isinstance(value, str) or not value.strip():
             errs.append(infra.error(path, f"a {ptype} provisioner needs spec.provisioner.{key} (a string)"))
     if ptype == "CloudFormation" and prov.get("region") is not None and not isinstance(prov.get("region"), str):
         errs.append(infra.error((*path, "region"), "spec.provisioner.region must be a string"))
@@ -192,7 +193,7 @@ def _provisioner_outputs(ws, infra, prov: dict) -> tuple[dict, str]:
             )
         stack = prov["stackName"]
         where = f"CloudFormation stack '{stack}' outputs in {region}"
-        key = ("cfn", stack, region, (infra.body.get("spec") or {}).get("connectorRef"))
+        key: tuple = ("cfn", stack, region, (infra.body.get("spec") or {}).get("connectorRef"))
         if key not in _CACHE:
             _CACHE[key] = _stack_outputs(ws, infra, stack, region)
         return _CACHE[key], where

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.errors import ConfigError, ErrorList, ReconcilerError, did_you_mean
 from reconciler.model import OWNER_ENVIRONMENT, OWNER_INFRASTRUCTURE, OWNER_SERVICE, FunctionSpec, Target
-from reconciler.util.secrets import references
+from reconciler.util.secrets import outside_value, references
 from reconciler.util.yamlsrc import Doc
 from reconciler.workspace.connectors import aws_connector
 from reconciler.workspace.expr import Scope, input_default, is_runtime_input, resolve_string, resolve_tree
@@ -154,17 +155,15 @@ def variable_input(v: dict, given: dict) -> Any:
     """A pipeline or stage variable's value: for a runtime input, --var NAME or its .default(...)
     (else `<+input>` stays, and using it is an error naming where)."""
     value = v.get("value")
+    secret = v.get("type") == "Secret"
     if is_runtime_input(value):
         if str(v["name"]) in given:
-            return given[str(v["name"])]
+            # data; a secret reference, or the name of a secret for a Secret variable, refers to it
+            return outside_value(given[str(v["name"])], secret)
         has, default = input_default(value)
         return default if has else value
-    if v.get("type") == "Secret" and isinstance(value, str) and value.strip() and "<+" not in value:
-        # its value names a secret (as in Harness): a reference, read where it is used
-        from reconciler.util.secrets import expression, placeholder, reference_id
-
-        return placeholder(reference_id(expression(value.strip()).strip("<+>")) or value.strip())
-    return value
+    # a Secret variable's value names a secret (as in Harness): a reference, read where it is used
+    return outside_value(value, secret)
 
 
 def _check_selectors(ws: Workspace, opts: Options) -> None:
@@ -241,6 +240,13 @@ def _variables(entity: Entity, path: tuple, errors: list) -> dict[str, tuple[Any
             value = expression(value.strip())
         out[str(var["name"])] = (value, entity, (*vp, "value"))
     return out
+
+
+def _declared_secret(entry: tuple[Any, Entity | None, tuple] | None) -> bool:
+    """Is a variable (an entry of _variables) declared `type: Secret`?"""
+    if entry is None or entry[1] is None or not entry[2]:
+        return False
+    return entry[1].get(*entry[2][:-1], "type", want=str, default=None) == "Secret"
 
 
 def _override_layers(ws: Workspace, t: Target) -> list[Entity]:
@@ -327,8 +333,9 @@ def target_scope(ws: Workspace, t: Target, opts: Options) -> Scope:
     # variables, lowest precedence first; a later layer replaces the whole value
     service_vars = _variables(svc, ("serviceDefinition", "spec", "variables"), errors)
     env_vars = _variables(env, ("variables",), errors)
-    merged: dict[str, tuple[Any, Entity, tuple]] = dict(service_vars)
-    env_scope: dict[str, tuple[Any, Entity, tuple]] = dict(env_vars)
+    # (value, the entity that defines it, its path there); a --var value has no entity
+    merged: dict[str, tuple[Any, Entity | None, tuple]] = dict(service_vars)
+    env_scope: dict[str, tuple[Any, Entity | None, tuple]] = dict(env_vars)
     for name, v in env_vars.items():
         if name in merged:
             merged[name] = v
@@ -337,7 +344,10 @@ def target_scope(ws: Workspace, t: Target, opts: Options) -> Scope:
         merged.update(layer)
         if "SERVICE" not in ov.body["type"]:
             env_scope.update(layer)
-    for name, value in opts.variables.items():
+    for name, given in opts.variables.items():
+        # data, never read for expressions; but a value that is one secret reference, or any
+        # value of a variable declared `type: Secret` (it names the secret), refers to a secret
+        value = outside_value(given, _declared_secret(merged.get(name)))
         merged[name] = (value, None, ())
         if name in env_scope:
             env_scope[name] = (value, None, ())
@@ -391,6 +401,12 @@ def target_scope(ws: Workspace, t: Target, opts: Options) -> Scope:
         in_pipeline=t.context is not None,
     )
     region = resolve_string(str(region_raw), scope, lambda: (infra.file, infra.line("spec", "region")))
+    if references(region):
+        raise infra.error(
+            ("spec", "region"),
+            "a secret reference cannot be used in the region: it chooses where the functions are deployed, "
+            "and names the state, the ARNs and every plan",
+        )
     problem = region_problem(region)
     if problem:
         raise infra.error(("spec", "region"), f"infrastructureDefinition '{infra.identifier}': spec.region {problem}")
@@ -419,6 +435,7 @@ def _function_spec(
     if norm_errors:
         raise norm_errors[0] if len(norm_errors) == 1 else ErrorList(list(norm_errors))
     where = f"{fdef_doc.file}:{fdef_doc.line()}"
+    _secret_places(fdef, fdef_doc, fdata, warnings)
 
     for required in ("FunctionName", "Role"):
         if not fdef.get(required):
@@ -465,7 +482,6 @@ def _function_spec(
         for required in ("Runtime", "Handler"):
             if not fdef.get(required):
                 raise fdef_doc.error((), f"function definition has no '{required}' (required for a Zip function)")
-    _secrets_only_in_environment(fdef, fdef_doc, fdata)
     variables = (fdef.get("Environment") or {}).get("Variables")
     if isinstance(variables, dict):
         size = len(json.dumps(variables, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
@@ -495,10 +511,15 @@ def _function_spec(
                 )
         if not alias.get("Name"):
             raise adoc.error((), "alias definition has no 'name'")
-        if references(alias):
-            raise adoc.error(
-                (), "a secret reference can only be used in an environment variable of the function definition"
-            )
+        for k, v in alias.items():
+            if k != "Description" and references(v):
+                raise adoc.error(
+                    _key(adata, k),
+                    f"a secret reference cannot be used in an alias's {k}: the name identifies the alias, and the "
+                    "routing names versions and their weights (a secret can be used in its Description)",
+                )
+        if references(alias.get("Description")):
+            warnings.append(_in_clear(f"{adoc.file}:{adoc.line(_key(adata, 'Description'))}", "alias Description"))
         if alias["Name"] in seen_alias:
             raise adoc.error(
                 _key(adata, "Name"), f"alias '{alias['Name']}' is defined twice (also in {seen_alias[alias['Name']]})"
@@ -533,21 +554,50 @@ def _function_spec(
     )
 
 
-def _secrets_only_in_environment(fdef: dict, doc: Doc, fdata: dict) -> None:
-    """Secret values go to Lambda as environment variables only: anywhere else in the
-    definition (a description, a tag, a name) they would be shown and stored in clear."""
+# fields of a function definition that cannot take a secret, and why
+NO_SECRET = {
+    "FunctionName": "the name is part of the function's ARN, of the state and of every plan",
+    "PackageType": "it is compared with the artifact to choose how the code is deployed",
+    "Architectures": "they are compared with the code's",
+    "Code": "the code comes from the service's artifact",
+    "Publish": "reconciler publishes versions itself",
+}
+
+
+def _in_clear(where: str, place: str) -> str:
+    return (
+        f"{where}: {place} uses a secret: Lambda keeps {place} in clear (whoever can read the function's "
+        "configuration sees the value); reconciler deploys it, masks it in every output and stores only its fingerprint"
+    )
+
+
+def _secret_places(fdef: dict, doc: Doc, fdata: dict, warnings: list[str]) -> None:
+    """Secrets in a function definition: environment values as they are (Lambda encrypts
+    them); any other updatable field and a tag's value with a warning naming it (Lambda
+    keeps them in clear); an identifier or a field given only at creation
+    (never compared, so a rotation could not be seen) is an error naming the file and line."""
+    updatable = update_config_fields()
     for k, v in fdef.items():
-        if k == "Environment" and isinstance(v, dict):
-            inner = {kk: vv for kk, vv in v.items() if kk != "Variables"}
-            if not references(inner):
-                continue
-        elif not references(v):
+        if k == "Environment":
+            inner = {kk: vv for kk, vv in v.items() if kk != "Variables"} if isinstance(v, dict) else v
+            if references(inner):
+                raise doc.error(_key(fdata, k), "a secret reference in Environment can only be a variable's value")
             continue
-        raise doc.error(
-            _key(fdata, k),
-            f"a secret reference is used in {k}: secrets can only be used as environment variable values "
-            "(they are masked and never stored there)",
+        if not references(v):
+            continue
+        at = f"{doc.file}:{doc.line(_key(fdata, k))}"
+        if k == "Tags" and isinstance(v, dict):
+            # (a key is not an expression: `<+...>` there is refused as not a tag key)
+            warnings.extend(_in_clear(at, f"Tags.{tk}") for tk, tv in v.items() if references(tv))
+            continue
+        why = NO_SECRET.get(k) or (
+            None
+            if k in updatable
+            else "it is given only when the function is created and never compared, so a rotation could not be seen"
         )
+        if why:
+            raise doc.error(_key(fdata, k), f"a secret reference cannot be used in {k}: {why}")
+        warnings.append(_in_clear(at, k))
 
 
 def _key(data: dict, canon: str) -> tuple:
@@ -562,7 +612,8 @@ def _manifests(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Sc
     manifests = sd_spec.get("manifests") or []
     if not isinstance(manifests, list):
         raise svc.error((*base, "manifests"), "manifests must be a list")
-    fdefs, aliases = [], []
+    fdefs: list[Doc] = []
+    aliases: list[Doc] = []
     for i, item in enumerate(manifests):
         mp = (*base, "manifests", i, "manifest")
         m = item.get("manifest") if isinstance(item, dict) else None
@@ -576,8 +627,7 @@ def _manifests(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Sc
                 did_you_mean(str(mtype), ["AwsLambdaFunctionDefinition", "AwsLambdaFunctionAliasDefinition"]),
             )
         docs = [
-            ws.read_file(str(resolve_string(ref, scope, lambda p=p: (svc.file, svc.line(*p)))), svc, p)
-            for ref, p in _store_files(svc, m, mp)
+            ws.read_file(str(resolve_string(ref, scope, _at(svc, p))), svc, p) for ref, p in _store_files(svc, m, mp)
         ]
         (fdefs if mtype == "AwsLambdaFunctionDefinition" else aliases).extend(docs)
     if len(fdefs) != 1:
@@ -586,6 +636,11 @@ def _manifests(ws: Workspace, svc: Entity, sd_spec: dict, base: tuple, scope: Sc
             f"service '{svc.identifier}' needs exactly one AwsLambdaFunctionDefinition manifest file, found {len(fdefs)}",
         )
     return fdefs[0], aliases
+
+
+def _at(ent: Entity, path: tuple) -> Callable[[], tuple[str, int | None]]:
+    """Where `path` of an entity is (file, line), asked only when an error names it."""
+    return lambda: (ent.file, ent.line(*path))
 
 
 def _store_files(svc: Entity, m: dict, mp: tuple) -> list[tuple[str, tuple]]:
@@ -661,7 +716,9 @@ def _artifact(
     spec = resolve_tree(raw, scope, svc.doc, ("service", *sp, "spec"))
     if references(spec):
         raise svc.error(
-            (*sp, "spec"), "a secret reference can only be used in an environment variable of the function definition"
+            (*sp, "spec"),
+            "a secret reference cannot be used in an artifact source: it locates the code, and the plan, the "
+            "state and the history record that location",
         )
 
     def need(key: str) -> Any:

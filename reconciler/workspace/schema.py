@@ -76,7 +76,7 @@ def _compiled(pattern: str):
         return re.compile(pattern)
     except re.error:
         try:
-            import regex  # type: ignore[import-not-found]
+            import regex
 
             return regex.compile(pattern)
         except Exception:  # noqa: BLE001 - not installed, or a pattern it cannot read either
@@ -153,10 +153,12 @@ def normalise(value: Any, shape, doc: Doc, path: PathT, errors: list[ConfigError
             return value
         return [normalise(v, shape.member, doc, (*path, i), errors, f"{label}[{i}]") for i, v in enumerate(value)]
     if t == "string":
-        if isinstance(value, bool) or isinstance(value, (dict, list)) or value is None:
+        if isinstance(value, (bool, dict, list)) or value is None:
             errors.append(doc.error(path, f"'{here}' must be a string, got {_kind(value)}"))
             return value
         s = value if isinstance(value, str) else str(value)
+        if "\u27e6secret:" in s:
+            return s  # uses a secret: its value is known only when it is read (Lambda checks it then)
         if shape.enum and s not in shape.enum:
             errors.append(
                 doc.error(

@@ -174,6 +174,10 @@ def test_an_alarm_mid_bake_puts_the_old_version_back(canary):
         and rec["rollout"]["stopped_by"] == ALARM
     )
     assert "billing-5xx" in rec["error"]
+    r = canary.cli("history")
+    assert "rolled_back (rollout of live stopped at 10% by billing-5xx)" in r.stdout, r.stdout
+    rows = json.loads(canary.cli("history", "--format", "json").stdout)
+    assert rows[-1]["rollout"]["stopped_by"] == ALARM
 
 
 def test_sigterm_mid_bake_puts_the_old_version_back(canary):

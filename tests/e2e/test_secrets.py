@@ -187,13 +187,13 @@ def test_ssm_parameter_store_and_a_json_key_that_is_not_there(payments):
     _never((DB_V1, API), [r.stdout, r.stderr], [p.state_dir])
 
 
-def test_secret_reference_outside_the_environment_is_refused(payments):
+def test_secret_reference_in_an_artifact_source_is_refused(payments):
+    """(a description, a tag... can use a secret: tests/e2e/test_secrets_places.py)"""
     p = payments
-    p.edit_json("lambda-definition.json", lambda d: d.update(description='<+secrets.getValue("x")>'))
+    svc = p.ws / ".harness" / "service.yaml"
+    svc.write_text(svc.read_text().replace("bucketName: payments-artifacts", 'bucketName: <+secrets.getValue("x")>'))
     r = p.cli("validate", code=1)
-    assert (
-        "lambda-definition.json" in r.stderr and "secrets can only be used as environment variable values" in r.stderr
-    )
+    assert "service.yaml:" in r.stderr and "cannot be used in an artifact source: it locates the code" in r.stderr
 
 
 PIPELINE = """

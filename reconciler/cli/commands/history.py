@@ -54,6 +54,7 @@ def history(
                             if h.get("operation") == "provision"
                             else {}
                         ),
+                        **({"rollout": h["rollout"]} if isinstance(h.get("rollout"), dict) else {}),
                     }
                 )
         rows.sort(key=lambda r: r["time"] or "")
@@ -73,7 +74,7 @@ def history(
                             r["operation"],
                             r["version"] or "-",
                             r["code_sha256"] or "-",
-                            r["status"],
+                            r["status"] + _rollout_note(r.get("rollout")),
                         ]
                         for r in rows
                     ],
@@ -86,3 +87,15 @@ def history(
             raise unreadable[0] if len(unreadable) == 1 else ErrorList(unreadable)
     except ReconcilerError as exc:
         fail(exc, debug)
+
+
+def _rollout_note(rollout: dict | None) -> str:
+    """` (rollout of live stopped at 10% by billing-5xx)`, ` (rollout of live completed)`."""
+    if not rollout:
+        return ""
+    status = rollout.get("status")
+    if status == "stopped":
+        by = f" by {rollout['stopped_by']}" if rollout.get("stopped_by") else ""
+        at = f" at {rollout['stopped_at']:g}%" if isinstance(rollout.get("stopped_at"), (int, float)) else ""
+        return f" (rollout of {rollout.get('alias')} stopped{at}{by})"
+    return f" (rollout of {rollout.get('alias')} {status})"

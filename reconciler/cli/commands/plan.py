@@ -106,7 +106,7 @@ def plan(
             context.finish(ctx, None, False)
             context.warn_all(ctx, out)
             if out_file:
-                from reconciler.store.backend import write_private
+                from reconciler.store.files import write_private
 
                 write_private(out_file, json.dumps(the_plan.to_dict(), indent=2) + "\n")
                 out.log(f"Saved the plan to {out_file}; apply it with: reconciler apply {out_file}")
@@ -146,8 +146,8 @@ def plan_pipeline(
         import json
 
         from reconciler.cli.views import render_plan
+        from reconciler.pipeline.plan import pipeline_plan
         from reconciler.pipeline.provisioners import plan_text
-        from reconciler.pipeline.runner import pipeline_plan
 
         fmt = check_format(format)
         for opt, given in targets.items():
@@ -163,10 +163,10 @@ def plan_pipeline(
         the_plan, warnings = pipeline_plan(settings, context.aws(), out.debug)
         for w in warnings:
             out.warn(w)
-        provisioning = getattr(the_plan, "provisioners", [])
-        saved = the_plan.to_dict() | ({"provisioners": provisioning} if provisioning else {})
+        provisioning = the_plan.provisioners
+        saved = the_plan.to_dict()
         if out_file:
-            from reconciler.store.backend import write_private
+            from reconciler.store.files import write_private
 
             write_private(out_file, json.dumps(saved, indent=2) + "\n")
             if provisioning:
@@ -177,9 +177,7 @@ def plan_pipeline(
             else:
                 out.log(f"Saved the plan to {out_file}; apply it with: reconciler apply {out_file}")
         shown = render_plan(the_plan, fmt, show_values)
-        if fmt == "json" and provisioning:
-            shown = json.dumps(json.loads(shown) | {"provisioners": provisioning}, indent=2) + "\n"
-        elif fmt != "json":
+        if fmt != "json":  # (the JSON view has them as "provisioners")
             shown = plan_text(provisioning) + shown
         out.result(shown)
     except ReconcilerError as exc:

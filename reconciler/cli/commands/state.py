@@ -27,7 +27,7 @@ from reconciler.errors import ConfigError, ReconcilerError
 
 if TYPE_CHECKING:
     from reconciler.engine.context import Context
-    from reconciler.store.backend import Backend
+    from reconciler.store.base import Backend
 
 FunctionName = Annotated[str, typer.Argument(help="Function name.")]
 FunctionNames = Annotated[list[str], typer.Argument(help="Function names to forget.")]
@@ -108,6 +108,8 @@ def state_show(
         ]
         if not found:
             raise _not_in_state(name, ctx.state_dir)
+        from reconciler.util.secrets import mask_places
+
         docs: list[dict[str, Any]] = []
         for s, f in found:
             f = json.loads(json.dumps(f))
@@ -116,6 +118,7 @@ def state_show(
                 from reconciler.util.secrets import mask_vars
 
                 f["configuration"]["Environment"]["Variables"] = mask_vars(env_vars, show_values)
+            f = mask_places(f)  # a description, a tag... that uses a secret
             docs.append(
                 {
                     "function": name,
@@ -229,7 +232,7 @@ def state_pull(
             if text is None:
                 continue
             dst = out_dir / e / f"{i}.json"
-            from reconciler.store.backend import private_mkdir, write_private
+            from reconciler.store.files import private_mkdir, write_private
 
             private_mkdir(dst.parent)
             tmp = dst.with_name(f".{dst.name}.tmp")

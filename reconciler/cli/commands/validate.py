@@ -65,7 +65,7 @@ def check_pipelines(workspace: Path, state_dir: Path | None) -> None:
     shape of every infrastructure provisioner. Still no AWS call. A workspace that does not
     load is left to the render that follows, which reports it."""
     from reconciler.errors import ErrorList
-    from reconciler.pipeline.runner import check_workspace
+    from reconciler.pipeline.checks import check_workspace
     from reconciler.workspace.load import load_workspace
 
     ctx = context.make_context(workspace, None, None, None, None, None, state_dir, Out())

@@ -24,6 +24,8 @@ import json
 from collections.abc import Callable
 
 from reconciler.errors import ConfigError, ReconcilerError
+from reconciler.pipeline.model import StepFailed
+from reconciler.pipeline.provisioners.base import Kind, Provisioned
 
 TEMPLATE_TYPES = ("Inline", "Remote", "S3URL")
 GIT_STORES = ("Github", "GitLab", "Bitbucket", "Git", "AzureRepo", "CodeCommit")
@@ -53,6 +55,94 @@ def _store_paths(store, err: Callable[..., ConfigError], path: tuple) -> tuple[l
     return [(f, (*path, "spec", key, i)) for i, f in enumerate(files)], []
 
 
+def _check_template(conf: dict, err) -> list[ConfigError]:
+    """CloudformationCreateStack: its templateFile and parameter files."""
+    errs: list[ConfigError] = []
+    tf = conf.get("templateFile")
+    ttype = tf.get("type") if isinstance(tf, dict) else None
+    tspec = (tf.get("spec") or {}) if isinstance(tf, dict) else {}
+    tp = ("configuration", "templateFile")
+    if ttype not in TEMPLATE_TYPES:
+        errs.append(err(tp, f"configuration.templateFile.type must be one of {', '.join(TEMPLATE_TYPES)}"))
+    elif ttype == "Inline" and not _text(tspec.get("templateBody")):
+        errs.append(err((*tp, "spec"), "an Inline template needs templateFile.spec.templateBody"))
+    elif ttype == "S3URL" and not _text(tspec.get("templateUrl")):
+        errs.append(err((*tp, "spec"), "an S3URL template needs templateFile.spec.templateUrl"))
+    elif ttype == "Remote":
+        errs += _store_paths(tspec.get("store"), err, (*tp, "spec", "store"))[1]
+    for i, p in enumerate(conf.get("parameters") or []):
+        errs += _store_paths(
+            (p or {}).get("store") if isinstance(p, dict) else None,
+            err,
+            ("configuration", "parameters", i, "store"),
+        )[1]
+    for i, o in enumerate(conf.get("parameterOverrides") or []):
+        if not isinstance(o, dict) or not _text(o.get("name")):
+            errs.append(
+                err(("configuration", "parameterOverrides", i), "each parameter override needs a name and a value")
+            )
+    return errs
+
+
+def _check_options(conf: dict, err) -> list[ConfigError]:
+    """CloudformationCreateStack: its capabilities and tags."""
+    errs: list[ConfigError] = []
+    caps = conf.get("capabilities") or []
+    for i, c in enumerate(caps if isinstance(caps, list) else [caps]):
+        if c not in CAPABILITIES and not (isinstance(c, str) and "<+" in c):
+            errs.append(
+                err(
+                    ("configuration", "capabilities", i),
+                    f"capability '{c}' is not one of {', '.join(CAPABILITIES)}",
+                )
+            )
+    tags = conf.get("tags")
+    if tags is not None and (
+        not isinstance(tags, dict)
+        or tags.get("type", "Inline") != "Inline"
+        or not isinstance((tags.get("spec") or {}).get("content"), str)
+    ):
+        errs.append(
+            err(
+                ("configuration", "tags"),
+                'tags must be {type: Inline, spec: {content: \'[{"key": ..., "value": ...}]\'}}',
+            )
+        )
+    return errs
+
+
+def _create(ctx, cfn, params: dict, mem: dict, pid: str, what: dict) -> str:
+    """Create the stack and wait for it; `mem[pid]` says so before the wait (a rollback deletes it)."""
+    name = params["StackName"]
+    ctx.log(f"   creating CloudFormation stack {name} in {cfn.region}")
+    stack_id = cfn.create(params)
+    mem[pid] = {**what, "created": True, "stack_id": stack_id}
+    _wait(ctx, cfn, "stack_create_complete", name)
+    return "created"
+
+
+def _update(ctx, cfn, params: dict, stack: dict, mem: dict, pid: str, what: dict) -> str:
+    """Update the stack and wait for it; `mem[pid]` keeps what it was before (a rollback puts it back)."""
+    name = params["StackName"]
+    previous = {
+        "TemplateBody": cfn.template(name),
+        "Parameters": [
+            {"ParameterKey": p["ParameterKey"], "ParameterValue": p.get("ParameterValue", "")}
+            for p in stack.get("Parameters") or []
+        ],
+        "Capabilities": list(stack.get("Capabilities") or []),
+        "Tags": list(stack.get("Tags") or []),
+    }
+    ctx.log(f"   updating CloudFormation stack {name} in {cfn.region}")
+    changed = cfn.update(params)
+    mem[pid] = {**what, "created": False, "stack_id": stack.get("StackId"), "previous": previous if changed else None}
+    if not changed:
+        ctx.log("   no updates are to be performed")
+        return "unchanged"
+    _wait(ctx, cfn, "stack_update_complete", name)
+    return "updated"
+
+
 class CreateStack:
     def check(self, spec: dict, err) -> list[ConfigError]:
         errs = []
@@ -72,55 +162,10 @@ class CreateStack:
         for key in ("stackName", "region"):
             if not _text(conf.get(key)):
                 errs.append(err(("configuration",), f"a CloudformationCreateStack step needs configuration.{key}"))
-        tf = conf.get("templateFile")
-        ttype = tf.get("type") if isinstance(tf, dict) else None
-        tspec = (tf.get("spec") or {}) if isinstance(tf, dict) else {}
-        tp = ("configuration", "templateFile")
-        if ttype not in TEMPLATE_TYPES:
-            errs.append(err(tp, f"configuration.templateFile.type must be one of {', '.join(TEMPLATE_TYPES)}"))
-        elif ttype == "Inline" and not _text(tspec.get("templateBody")):
-            errs.append(err((*tp, "spec"), "an Inline template needs templateFile.spec.templateBody"))
-        elif ttype == "S3URL" and not _text(tspec.get("templateUrl")):
-            errs.append(err((*tp, "spec"), "an S3URL template needs templateFile.spec.templateUrl"))
-        elif ttype == "Remote":
-            errs += _store_paths(tspec.get("store"), err, (*tp, "spec", "store"))[1]
-        for i, p in enumerate(conf.get("parameters") or []):
-            errs += _store_paths(
-                (p or {}).get("store") if isinstance(p, dict) else None,
-                err,
-                ("configuration", "parameters", i, "store"),
-            )[1]
-        for i, o in enumerate(conf.get("parameterOverrides") or []):
-            if not isinstance(o, dict) or not _text(o.get("name")):
-                errs.append(
-                    err(("configuration", "parameterOverrides", i), "each parameter override needs a name and a value")
-                )
-        caps = conf.get("capabilities") or []
-        for i, c in enumerate(caps if isinstance(caps, list) else [caps]):
-            if c not in CAPABILITIES and not (isinstance(c, str) and "<+" in c):
-                errs.append(
-                    err(
-                        ("configuration", "capabilities", i),
-                        f"capability '{c}' is not one of {', '.join(CAPABILITIES)}",
-                    )
-                )
-        tags = conf.get("tags")
-        if tags is not None and (
-            not isinstance(tags, dict)
-            or tags.get("type", "Inline") != "Inline"
-            or not isinstance((tags.get("spec") or {}).get("content"), str)
-        ):
-            errs.append(
-                err(
-                    ("configuration", "tags"),
-                    'tags must be {type: Inline, spec: {content: \'[{"key": ..., "value": ...}]\'}}',
-                )
-            )
-        return errs
+        return errs + _check_template(conf, err) + _check_options(conf, err)
 
     def run(self, ctx):
         from reconciler.aws.client import CloudFormation
-        from reconciler.pipeline.provisioners import Provisioned
 
         conf = ctx.spec["configuration"]
         pid, name, region = ctx.spec["provisionerIdentifier"], conf["stackName"], conf["region"]
@@ -142,46 +187,11 @@ class CreateStack:
             cfn.delete(name)
             _wait(ctx, cfn, "stack_delete_complete", name)
             stack = None
+        what = {"kind": "cloudformation", "stack": name, "region": region, "connector": connector}
         if stack is None:
-            ctx.log(f"   creating CloudFormation stack {name} in {region}")
-            stack_id = cfn.create(params)
-            mem[pid] = {
-                "kind": "cloudformation",
-                "stack": name,
-                "region": region,
-                "connector": connector,
-                "created": True,
-                "stack_id": stack_id,
-            }
-            _wait(ctx, cfn, "stack_create_complete", name)
-            action = "created"
+            action = _create(ctx, cfn, params, mem, pid, what)
         else:
-            previous = {
-                "TemplateBody": cfn.template(name),
-                "Parameters": [
-                    {"ParameterKey": p["ParameterKey"], "ParameterValue": p.get("ParameterValue", "")}
-                    for p in stack.get("Parameters") or []
-                ],
-                "Capabilities": list(stack.get("Capabilities") or []),
-                "Tags": list(stack.get("Tags") or []),
-            }
-            ctx.log(f"   updating CloudFormation stack {name} in {region}")
-            changed = cfn.update(params)
-            mem[pid] = {
-                "kind": "cloudformation",
-                "stack": name,
-                "region": region,
-                "connector": connector,
-                "created": False,
-                "stack_id": stack.get("StackId"),
-                "previous": previous if changed else None,
-            }
-            if changed:
-                _wait(ctx, cfn, "stack_update_complete", name)
-                action = "updated"
-            else:
-                ctx.log("   no updates are to be performed")
-                action = "unchanged"
+            action = _update(ctx, cfn, params, stack, mem, pid, what)
         stack = cfn.describe(name) or {}
         outputs = {o["OutputKey"]: o.get("OutputValue") for o in stack.get("Outputs") or []}
         ctx.log(f"   stack {name}: {stack.get('StackStatus')} ({action})")
@@ -222,7 +232,6 @@ class DeleteStack:
 
     def run(self, ctx):
         from reconciler.aws.client import CloudFormation
-        from reconciler.pipeline.provisioners import Provisioned
 
         conf = ctx.spec["configuration"]
         cspec = conf.get("spec") or {}
@@ -261,7 +270,6 @@ class RollbackStack:
 
     def run(self, ctx):
         from reconciler.aws.client import CloudFormation
-        from reconciler.pipeline.provisioners import Provisioned
 
         pid = ctx.spec["configuration"]["provisionerIdentifier"]
         mem = ctx.by_identifier().get(pid)
@@ -292,7 +300,6 @@ class RollbackStack:
 
 
 def _wait(ctx, cfn, waiter: str, name: str) -> None:
-    from reconciler.pipeline.runner import StepFailed
 
     try:
         cfn.wait(waiter, name, ctx.timeout)
@@ -371,7 +378,7 @@ def _known_stack(ctx, pid: str) -> dict | None:
     return None
 
 
-STEP_TYPES = {
+KINDS: dict[str, Kind] = {
     "CloudformationCreateStack": CreateStack(),
     "CloudformationDeleteStack": DeleteStack(),
     "CloudformationRollbackStack": RollbackStack(),

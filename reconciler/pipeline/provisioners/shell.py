@@ -15,13 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reconciler.errors import ConfigError
+from reconciler.pipeline.model import SHELL_VAR, StepDef, StepFailed
+from reconciler.pipeline.provisioners.base import Kind, Provisioned
+from reconciler.pipeline.scripts import run_shell
 
 FILE_SOURCES = ("Harness", "File", "Local")
 
 
 class ShellScriptProvision:
     def check(self, spec: dict, err: Callable[..., ConfigError]) -> list[ConfigError]:
-        from reconciler.pipeline.runner import SHELL_VAR
 
         errs = []
         shell = spec.get("shell", "Bash")
@@ -60,8 +62,6 @@ class ShellScriptProvision:
         return errs
 
     def run(self, ctx):
-        from reconciler.pipeline.provisioners import Provisioned
-        from reconciler.pipeline.runner import StepDef, StepFailed
 
         spec = ctx.step.body.get("spec") or {}
         src = spec.get("source") or {}
@@ -76,7 +76,7 @@ class ShellScriptProvision:
         )
         with tempfile.TemporaryDirectory(prefix="reconciler-provision-") as tmp:
             out_path = Path(tmp) / "provisioner-output.json"
-            _, output = ctx.runner._script(ctx.sr, step, ctx.timeout, {"PROVISIONER_OUTPUT_PATH": str(out_path)})
+            _, output = run_shell(ctx.runner, ctx.sr, step, ctx.timeout, {"PROVISIONER_OUTPUT_PATH": str(out_path)})
             text = out_path.read_text(encoding="utf-8", errors="replace") if out_path.exists() else ""
         if not text.strip():
             ctx.log("   the script wrote nothing to $PROVISIONER_OUTPUT_PATH: no outputs")
@@ -101,4 +101,4 @@ class ShellScriptProvision:
         return Provisioned(outputs=outputs, output=output)
 
 
-STEP_TYPES = {"ShellScriptProvision": ShellScriptProvision()}
+KINDS: dict[str, Kind] = {"ShellScriptProvision": ShellScriptProvision()}

@@ -37,7 +37,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reconciler.errors import ConfigError
-from reconciler.pipeline.provisioners import workspace_file
+from reconciler.pipeline.model import StepFailed
+from reconciler.pipeline.provisioners.base import Kind, Provisioned, workspace_file
 
 GIT_STORES = ("Github", "GitLab", "Bitbucket", "Git", "AzureRepo", "CodeCommit")
 
@@ -116,8 +117,6 @@ class Terraform:
 
     # ------------------------------------------------------------ run
     def run(self, ctx):
-        from reconciler.pipeline.provisioners import Provisioned
-        from reconciler.pipeline.runner import StepFailed
 
         pid = ctx.spec["provisionerIdentifier"]
         mem = ctx.by_identifier()
@@ -143,25 +142,7 @@ class Terraform:
             **({"workspace": cfg["workspace"]} if cfg.get("workspace") else {}),
         }
         if self.kind == "Plan":
-            plan_file = run.private("tfplan")
-            destroy = cfg.get("command") == "Destroy"
-            run.go(
-                [
-                    run.init(),
-                    *run.select(),
-                    run.cmd(
-                        "plan",
-                        "-input=false",
-                        "-no-color",
-                        f"-out={plan_file}",
-                        *run.var_args(),
-                        *(["-destroy"] if destroy else []),
-                        *run.target_args(),
-                    ),
-                ]
-            )
-            mem[pid] = {"kind": self.tool, "cfg": cfg, "plan_file": plan_file, "destroy": destroy}
-            return Provisioned(output=run.output, record={**record, "action": "planned"})
+            return self._plan(run, cfg, mem, pid, record)
         if self.kind == "Destroy":
             run.go(
                 [
@@ -173,12 +154,38 @@ class Terraform:
                 ]
             )
             return Provisioned(output=run.output, record={**record, "action": "destroyed"})
-        # Apply
+        return self._apply(ctx, run, cfg, mem, pid, prev, conf["type"] == "InheritFromPlan", record)
+
+    def _plan(self, run: _Run, cfg: dict, mem: dict, pid: str, record: dict) -> Provisioned:
+        """TerraformPlan: a plan file the apply (InheritFromPlan) of the same provisioner uses."""
+        plan_file = run.private("tfplan")
+        destroy = cfg.get("command") == "Destroy"
+        run.go(
+            [
+                run.init(),
+                *run.select(),
+                run.cmd(
+                    "plan",
+                    "-input=false",
+                    "-no-color",
+                    f"-out={plan_file}",
+                    *run.var_args(),
+                    *(["-destroy"] if destroy else []),
+                    *run.target_args(),
+                ),
+            ]
+        )
+        mem[pid] = {"kind": self.tool, "cfg": cfg, "plan_file": plan_file, "destroy": destroy}
+        return Provisioned(output=run.output, record={**record, "action": "planned"})
+
+    def _apply(
+        self, ctx, run: _Run, cfg: dict, mem: dict, pid: str, prev: dict | None, inherit: bool, record: dict
+    ) -> Provisioned:
+        """TerraformApply: the state before it kept (for a rollback), its outputs read with `output -json`."""
         previous = run.private("previous.tfstate")
         outputs_file = run.private("outputs.json")
-        inherit = conf["type"] == "InheritFromPlan"
         apply = (
-            run.cmd("apply", "-input=false", "-no-color", "-auto-approve", prev["plan_file"])
+            run.cmd("apply", "-input=false", "-no-color", "-auto-approve", (prev or {})["plan_file"])
             if inherit
             else run.cmd("apply", "-input=false", "-no-color", "-auto-approve", *run.var_args(), *run.target_args())
         )
@@ -187,6 +194,17 @@ class Terraform:
         mem[pid]["previous_empty"] = _empty_state(previous)
         mem[pid]["applied"] = True
         run.go([apply, run.cmd("output", "-json") + f" > {shlex.quote(outputs_file)}"])
+        outputs, sensitive = self._outputs(run, outputs_file)
+        action = "destroyed" if inherit and (prev or {}).get("destroy") else "applied"
+        return Provisioned(
+            outputs=outputs,
+            sensitive=sensitive,
+            output=run.output,
+            record={**record, "action": action, "tool": self.tool, **_revision(ctx, run)},
+        )
+
+    def _outputs(self, run: _Run, outputs_file: str) -> tuple[dict, set]:
+        """The outputs `output -json` wrote, and the names of the sensitive ones."""
         try:
             data = json.loads(Path(outputs_file).read_text(encoding="utf-8") or "{}")
         except json.JSONDecodeError as exc:
@@ -199,17 +217,9 @@ class Terraform:
             outputs[str(k)] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
             if isinstance(v, dict) and v.get("sensitive"):
                 sensitive.add(str(k))
-        action = "destroyed" if inherit and prev.get("destroy") else "applied"
-        return Provisioned(
-            outputs=outputs,
-            sensitive=sensitive,
-            output=run.output,
-            record={**record, "action": action, "tool": self.tool, **_revision(ctx, run)},
-        )
+        return outputs, sensitive
 
     def _rollback(self, ctx, pid: str, prev: dict | None):
-        from reconciler.pipeline.provisioners import Provisioned
-        from reconciler.pipeline.runner import StepFailed
 
         if not prev or not prev.get("applied"):
             ctx.log(f"   no {self.tool} apply of provisioner '{pid}' ran in this run: nothing to roll back")
@@ -242,8 +252,6 @@ class Terraform:
         """Apply the configuration the last successful apply of `pid` recorded: its folder and
         Remote var files as they were at its git commit (a copy, with this folder's local
         state files copied in and back), the Inline var files and backend config of now."""
-        from reconciler.pipeline.provisioners import Provisioned
-        from reconciler.pipeline.runner import StepFailed
 
         commit, folder_rel = earlier["commit"], earlier["folder"]
         ctx.log(
@@ -396,11 +404,10 @@ class _Run:
     def __init__(self, ctx, tool: str, cfg: dict, mem: dict, root: Path | None = None):
         self.ctx, self.tool, self.cfg = ctx, tool, cfg
         self.root = root or ctx.workspace
-        self.exe = shutil.which(tool)
-        from reconciler.pipeline.runner import StepFailed
-
-        if self.exe is None:
+        exe = shutil.which(tool)
+        if exe is None:
             raise StepFailed(f"the {tool} executable is not on PATH")
+        self.exe: str = exe
         base = ("configuration",) if ctx.step.type.endswith("Plan") else ("configuration", "spec")
         folder_rel = cfg["configFiles"]["store"]["spec"]["folderPath"]
         mc = cfg.get("moduleConfig") or {}
@@ -464,7 +471,7 @@ class _Run:
         return " ".join(shlex.quote(a) for a in (self.exe, *args))
 
     def go(self, commands: list[str]) -> None:
-        from reconciler.pipeline.runner import StepFailed, run_script
+        from reconciler.workspace.shell import run_script
 
         env = dict(os.environ)
         env.update({"TF_IN_AUTOMATION": "1", "TF_INPUT": "0", "CHECKPOINT_DISABLE": "1"})
@@ -483,7 +490,7 @@ class _Run:
             raise StepFailed(f"{self.tool} exited {result.exit_code}", "Unknown", {}, self.output)
 
 
-STEP_TYPES = {
+KINDS: dict[str, Kind] = {
     t.type_name: t
     for t in (
         Terraform(tool, kind)
