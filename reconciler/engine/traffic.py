@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from reconciler.engine import rollout as ro
 from reconciler.engine.live import alias_view
@@ -45,6 +47,73 @@ def rollout_alias(rule: ro.Rule, spec: FunctionSpec) -> str | None:
     return names[0]
 
 
+@dataclass
+class _Source:
+    """What a planned rollout follows: an interrupted rollout's record, else a rule."""
+
+    alias: str
+    schedule: ro.Schedule
+    alarms: list[str]
+    errors_alarm: dict | None
+    source: str
+
+
+def _source_of(rule: ro.Rule | None, killed: dict | None, spec: FunctionSpec) -> _Source | None:
+    if killed is not None:
+        return _Source(
+            alias=str(killed.get("alias")),
+            schedule=ro.Schedule.from_dict(killed.get("schedule") or {}),
+            alarms=list(killed.get("alarms") or []),
+            errors_alarm=rule.errors_alarm if rule is not None else None,
+            source=rule.source if rule is not None else "",
+        )
+    assert rule is not None
+    found = rollout_alias(rule, spec)
+    if found is None:
+        return None
+    return _Source(found, rule.schedule, list(rule.alarms), rule.errors_alarm, rule.source)
+
+
+def _why_not_gradual(
+    src: _Source, spec: FunctionSpec, old: str, new: str, rule: ro.Rule | None, lam, cloudwatch
+) -> str | None:
+    """Lambda's rules for a weighted alias, checked against the old version's configuration;
+    then that the rule's alarms exist (a missing alarm is an error at the rule)."""
+    definition = next((a for a in spec.aliases if a["Name"] == src.alias), {})
+    old_conf = None
+    if old.isdigit():
+        got = lam.get_function(spec.name, old)
+        old_conf = (got or {}).get("Configuration")
+    why = ro.gradual_impossible(
+        src.alias,
+        {"version": old},
+        old_conf,
+        spec.config,
+        new.isdigit(),  # the alias moves to a published version
+        (definition.get("RoutingConfig") or {}).get("AdditionalVersionWeights"),
+    )
+    if src.alarms and why is None:
+        missing = cloudwatch(spec.region, spec.connector).missing(src.alarms)
+        if missing:
+            raise ConfigError(
+                f"rollout alarm '{missing[0]}' does not exist in CloudWatch in {spec.region}",
+                *(_source(rule) if rule is not None else (None, None)),
+            )
+    return why
+
+
+def _describe(schedule: ro.Schedule, src: _Source, rule: ro.Rule | None, resume: dict | None, why: str | None) -> str:
+    description = schedule.describe()
+    if rule is not None and schedule.gradual:
+        stops = ro.Rule(match={}, schedule=schedule, alarms=tuple(src.alarms), errors_alarm=src.errors_alarm).stops_on()
+        description += f", stops on {stops}" if stops else ""
+    if resume is not None:
+        description = f"resuming at {ro.pct(float(resume['weight']))}: " + description
+    if why is not None:
+        description += f" (no gradual shift: {why})"
+    return description
+
+
 def plan_rollout(
     fp: FunctionPlan,
     spec: FunctionSpec,
@@ -63,77 +132,30 @@ def plan_rollout(
     rule = ro.rule_for(rules, spec.service, spec.environment, spec.infrastructure)
     if rule is None and killed is None:
         return
-    if killed is not None:
-        alias_name = str(killed.get("alias"))
-        schedule = ro.Schedule.from_dict(killed.get("schedule") or {})
-        alarms = list(killed.get("alarms") or [])
-        errors_alarm = rule.errors_alarm if rule is not None else None
-        source = rule.source if rule is not None else ""
-    else:
-        assert rule is not None
-        found = rollout_alias(rule, spec)
-        if found is None:
-            return
-        alias_name, schedule, alarms, errors_alarm, source = (
-            found,
-            rule.schedule,
-            list(rule.alarms),
-            rule.errors_alarm,
-            rule.source,
-        )
-    moves = next((c for c in fp.changes if c.kind == "alias" and c.path == alias_name and c.action == "update"), None)
+    src = _source_of(rule, killed, spec)
+    if src is None:
+        return
+    moves = next((c for c in fp.changes if c.kind == "alias" and c.path == src.alias and c.action == "update"), None)
     if moves is None:
         return  # the alias does not change version: nothing to shift
-    current = (live.get("aliases") or {}).get(alias_name)
+    current = (live.get("aliases") or {}).get(src.alias)
     old = str(killed["from"]) if killed is not None else str((current or {}).get("version"))
     new = str(moves.new)  # the version being published, or the recorded one the alias is behind
     resume = None
     if killed is not None and str(killed.get("to")) == new:
         resume = ro.resume_point(killed, current)
-    elif killed is not None:
-        killed = None  # a newer version: a new rollout from the version the alias ran before
-    definition = next((a for a in spec.aliases if a["Name"] == alias_name), {})
-    why = None
-    if schedule.gradual:
-        old_conf = None
-        if old.isdigit():
-            got = lam.get_function(spec.name, old)
-            old_conf = (got or {}).get("Configuration")
-        publishes = new.isdigit()  # the alias moves to a published version
-        why = ro.gradual_impossible(
-            alias_name,
-            {"version": old},
-            old_conf,
-            spec.config,
-            publishes,
-            (definition.get("RoutingConfig") or {}).get("AdditionalVersionWeights"),
-        )
-        if alarms and why is None:
-            missing = cloudwatch(spec.region, spec.connector).missing(alarms)
-            if missing:
-                raise ConfigError(
-                    f"rollout alarm '{missing[0]}' does not exist in CloudWatch in {spec.region}",
-                    *(_source(rule) if rule is not None else (None, None)),
-                )
-    if why is not None:
-        schedule = ro.ALL_AT_ONCE
-    description = schedule.describe()
-    if rule is not None and schedule.gradual:
-        stops = ro.Rule(match={}, schedule=schedule, alarms=tuple(alarms), errors_alarm=errors_alarm).stops_on()
-        description += f", stops on {stops}" if stops else ""
-    if resume is not None:
-        description = f"resuming at {ro.pct(float(resume['weight']))}: " + description
-    if why is not None:
-        description += f" (no gradual shift: {why})"
+    # else: a newer version (or no interrupted rollout): a new rollout from the version the alias runs
+    why = _why_not_gradual(src, spec, old, new, rule, lam, cloudwatch) if src.schedule.gradual else None
+    schedule = ro.ALL_AT_ONCE if why is not None else src.schedule
     fp.rollout = {
-        "alias": alias_name,
+        "alias": src.alias,
         "from": old,
         "to": new,
         "schedule": schedule.to_dict(),
-        "alarms": alarms,
-        "errors_alarm": errors_alarm if schedule.gradual else None,
-        "source": source,
-        "description": description,
+        "alarms": src.alarms,
+        "errors_alarm": src.errors_alarm if schedule.gradual else None,
+        "source": src.source,
+        "description": _describe(schedule, src, rule, resume, why),
         "impossible": why,
         "resume": resume,
         "resumes": (interrupted or {}).get("id") if resume is not None else None,
@@ -143,6 +165,68 @@ def plan_rollout(
 def gradual(planned: dict | None) -> bool:
     """Does this plan's rollout move its alias in more than one step?"""
     return planned is not None and ro.Schedule.from_dict(planned.get("schedule") or {}).gradual
+
+
+@dataclass
+class _Shift:
+    """The driver's callbacks for one alias: set a weight through UpdateAlias, journal each
+    step in the rollout record, and show progress on stderr at most every PROGRESS_EVERY
+    seconds at one weight."""
+
+    lam: Any
+    fn: str
+    alias: dict
+    old: str
+    new: str
+    rec: dict
+    step: Callable[[str], None]
+    log: Callable[[str], None]
+    clock: Callable[[], float]
+    last: dict = field(default_factory=dict)
+    shown: dict = field(default_factory=lambda: {"weight": -1.0, "at": 0.0})
+
+    def set_weight(self, weight: float) -> None:
+        self.last["view"] = put_weight(self.lam, self.fn, self.alias, self.old, self.new, weight)
+
+    def record_step(self, s: dict) -> None:
+        self.rec["steps"].append(s)
+        self.step(f"alias {self.alias['Name']}: {ro.pct(s['weight'])} on version {self.new}")
+
+    def progress(self, weight: float, left: float) -> None:
+        now = self.clock()
+        if self.shown["weight"] == weight and now - self.shown["at"] < PROGRESS_EVERY and left > 0:
+            return
+        self.shown.update(weight=weight, at=now)
+        self.log(
+            f"{self.fn}: alias {self.alias['Name']} {ro.pct(weight)} on version {self.new}"
+            + (f", {ro.fmt_seconds(left)} left" if left > 0 else "")
+        )
+
+
+def _start_record(planned: dict, name: str, old: str, new: str, schedule: ro.Schedule, record: dict) -> dict:
+    rec = ro.new_record(name, old, new, schedule, planned.get("alarms") or [])
+    if planned.get("resume"):
+        rec["steps"].append(dict(planned["resume"]))
+        rec["resumes"] = planned.get("resumes")
+    record["rollout"] = rec
+    return rec
+
+
+def _create_errors_alarm(
+    planned: dict, cw, fn: str, alias: str, new: str, rec: dict, log: Callable[[str], None]
+) -> str:
+    request = ro.errors_alarm_request(fn, alias, new, planned["errors_alarm"])
+    cw.put_alarm(request)
+    created = rec["created_alarm"] = request["AlarmName"]
+    log(f"{fn}: alarm {created} created on the Errors of version {new}")
+    return created
+
+
+def _delete_alarm(cw, fn: str, created: str, log: Callable[[str], None]) -> None:
+    try:
+        cw.delete_alarms([created])
+    except Exception as exc:  # noqa: BLE001 - the rollout's outcome stands; the alarm is named in the record
+        log(f"{fn}: warning: alarm {created} could not be deleted ({exc}); delete it by hand")
 
 
 def roll_out(
@@ -165,54 +249,24 @@ def roll_out(
     name, fn = alias["Name"], spec.name
     schedule = ro.Schedule.from_dict(planned["schedule"])
     old, new = str(planned["from"]), str(version)
-    rec = ro.new_record(name, old, new, schedule, planned.get("alarms") or [])
-    if planned.get("resume"):
-        rec["steps"].append(dict(planned["resume"]))
-        rec["resumes"] = planned.get("resumes")
-    record["rollout"] = rec
+    rec = _start_record(planned, name, old, new, schedule, record)
     created = None
     alarms = list(planned.get("alarms") or [])
+    shift = _Shift(lam, fn, alias, old, new, rec, step, log, clock)
     try:
         if planned.get("errors_alarm"):
-            request = ro.errors_alarm_request(fn, name, new, planned["errors_alarm"])
-            cw.put_alarm(request)
-            created = rec["created_alarm"] = request["AlarmName"]
+            created = _create_errors_alarm(planned, cw, fn, name, new, rec, log)
             alarms.append(created)
-            log(f"{fn}: alarm {created} created on the Errors of version {new}")
         step(f"rollout of alias {name} to version {new}: {planned.get('description')}")
-        last: dict = {}
-        shown: dict[str, float] = {"weight": -1.0, "at": 0.0}
-
-        def set_weight(weight: float) -> None:
-            last["view"] = put_weight(lam, fn, alias, old, new, weight)
-
-        def record_step(s: dict) -> None:
-            rec["steps"].append(s)
-            step(f"alias {name}: {ro.pct(s['weight'])} on version {new}")
-
-        def progress(weight: float, left: float) -> None:
-            now = clock()
-            if shown["weight"] == weight and now - shown["at"] < PROGRESS_EVERY and left > 0:
-                return
-            shown.update(weight=weight, at=now)
-            log(
-                f"{fn}: alias {name} {ro.pct(weight)} on version {new}"
-                + (f", {ro.fmt_seconds(left)} left" if left > 0 else "")
-            )
-
-        ro.drive(
-            schedule,
-            ro.Driver(
-                set_weight=set_weight,
-                check=lambda: cw.first_in_alarm(alarms),
-                record_step=record_step,
-                progress=progress,
-                sleep=sleep,
-                clock=clock,
-            ),
-            name,
-            resume=planned.get("resume"),
+        driver = ro.Driver(
+            set_weight=shift.set_weight,
+            check=lambda: cw.first_in_alarm(alarms),
+            record_step=shift.record_step,
+            progress=shift.progress,
+            sleep=sleep,
+            clock=clock,
         )
+        ro.drive(schedule, driver, name, resume=planned.get("resume"))
     except ro.RolloutStopped as exc:
         rec.update(status="stopped", stopped_by=exc.alarm, stopped_at=exc.weight)
         raise
@@ -221,13 +275,10 @@ def roll_out(
         raise
     finally:
         if created:
-            try:
-                cw.delete_alarms([created])
-            except Exception as exc:  # noqa: BLE001 - the rollout's outcome stands; the alarm is named in the record
-                log(f"{fn}: warning: alarm {created} could not be deleted ({exc}); delete it by hand")
+            _delete_alarm(cw, fn, created, log)
     rec["status"] = "completed"
     log(f"{fn}: alias {name} → {new} (rollout completed)")
-    return last.get("view") or {"version": new, "description": alias.get("Description", "") or "", "weights": {}}
+    return shift.last.get("view") or {"version": new, "description": alias.get("Description", "") or "", "weights": {}}
 
 
 def held(planned: dict, version: str) -> dict:
