@@ -70,14 +70,17 @@ class Watcher:
         self.p, self.seen, self._stop = project, [], threading.Event()
         self.t = threading.Thread(target=self._run, daemon=True)
 
+    def _read(self) -> None:
+        try:
+            got = self.p.alias()
+        except Exception:  # noqa: BLE001 - the alias may not exist yet
+            got = None
+        if got is not None and (not self.seen or self.seen[-1] != got):
+            self.seen.append(got)
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                got = self.p.alias()
-            except Exception:  # noqa: BLE001 - the alias may not exist yet
-                got = None
-            if got is not None and (not self.seen or self.seen[-1] != got):
-                self.seen.append(got)
+            self._read()
             self._stop.wait(0.2)
 
     def __enter__(self) -> Watcher:
@@ -87,6 +90,7 @@ class Watcher:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self.t.join()
+        self._read()  # the command has ended: what the alias holds now (a poll may have missed the last change)
 
     def wait_for(self, routing: tuple[str, dict], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
