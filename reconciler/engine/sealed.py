@@ -151,6 +151,69 @@ def filled_spec(spec: FunctionSpec, values: dict) -> FunctionSpec:
     )
 
 
+def _unseal_tag(name: str, key: str, tags: dict, now: dict, log: Callable[[str], None]) -> None:
+    """A tag's earlier value is not kept by a version: what Lambda holds now, said so
+    unless it is the sealed value."""
+    seal, cur = tags.get(key), (now.get("tags") or {}).get(key)
+    if not sec.is_sealed(seal):
+        return
+    sealer = sec.sealer_by_kid(seal)
+    if cur is None or sealer is None or sec.seal_value(sealer, cur) != seal:
+        log(f"{name}: tag {key} used a secret whose earlier value is not kept; it is left as it is")
+    tags[key] = cur
+    if cur is None:
+        tags.pop(key)
+
+
+def _unseal_alias_description(name: str, alias: str, aliases: dict, now: dict, log: Callable[[str], None]) -> None:
+    a, cur_a = aliases.get(alias), (now.get("aliases") or {}).get(alias) or {}
+    if not a or not sec.is_sealed(a.get("description")):
+        return
+    sealer = sec.sealer_by_kid(a["description"])
+    cur = cur_a.get("description") or ""
+    if sealer is None or sec.seal_value(sealer, cur) != a["description"]:
+        log(
+            f"{name}: the description of alias {alias} used a secret whose earlier value is not kept; it is left as it is"
+        )
+    a["description"] = cur
+
+
+class _VersionConf:
+    """The configuration of the version a snapshot ran, read once and only when needed."""
+
+    def __init__(self, lam: Any, name: str, version: str | None):
+        self.lam, self.name, self.version = lam, name, version
+        self._conf: dict | None = None
+
+    def get(self, path: str) -> Any:
+        if not self.version:
+            return None
+        if self._conf is None:
+            got = self.lam.get_function(self.name, self.version)
+            self._conf = (got or {}).get("Configuration") or {}
+        return self._conf.get(path)
+
+
+def _unseal_field(name: str, path: str, seal: str, prev: dict, now: dict, version: _VersionConf, log) -> Any:
+    """A configuration field's earlier value: $LATEST's or the snapshot's version's, whichever
+    has the seal; the Description (a version keeps its own) as it is now; else an error."""
+    sealer = sec.sealer_by_kid(seal)
+    if sealer is not None:
+        # $LATEST first; the version is read only when $LATEST does not have it
+        for read in (lambda: (now.get("configuration") or {}).get(path), lambda: version.get(path)):
+            cand = read()
+            if cand is not None and sec.seal_value(sealer, cand) == seal:
+                return cand
+    if path == "Description":
+        # a published version's description is its own (PublishVersion's), not the function's
+        log(f"{name}: Description used a secret whose earlier value is not kept; it is left as it is")
+        return (now.get("configuration") or {}).get(path, "")
+    raise AwsError(
+        f"{name}: the earlier value of {path} used a secret and is not kept in the state, and neither "
+        f"$LATEST nor version {prev.get('version') or '(none)'} holds it; set it by hand"
+    )
+
+
 def unseal_snapshot(name: str, lam: Any, prev: dict, now: dict, log: Callable[[str], None]) -> dict:
     """A rollback snapshot with each sealed place found again: a configuration field from
     what $LATEST holds now or from the version the snapshot ran (whichever has that seal;
@@ -163,52 +226,12 @@ def unseal_snapshot(name: str, lam: Any, prev: dict, now: dict, log: Callable[[s
     conf = dict(prev.get("configuration") or {})
     tags = dict(prev.get("tags") or {})
     aliases = {k: dict(v) for k, v in (prev.get("aliases") or {}).items()}
-    version_conf: dict | None = None
+    version = _VersionConf(lam, name, prev.get("version"))
     for path in places:
         if path.startswith(sec.TAG_PREFIX):
-            key = path[len(sec.TAG_PREFIX) :]
-            seal, cur = tags.get(key), (now.get("tags") or {}).get(key)
-            if sec.is_sealed(seal):
-                sealer = sec.sealer_by_kid(seal)
-                if cur is None or sealer is None or sec.seal_value(sealer, cur) != seal:
-                    log(f"{name}: tag {key} used a secret whose earlier value is not kept; it is left as it is")
-                tags[key] = cur
-                if cur is None:
-                    tags.pop(key)
+            _unseal_tag(name, path[len(sec.TAG_PREFIX) :], tags, now, log)
         elif path.startswith(sec.ALIAS_PREFIX):
-            alias = _alias_name(path)
-            a, cur_a = aliases.get(alias), (now.get("aliases") or {}).get(alias) or {}
-            if a and sec.is_sealed(a.get("description")):
-                sealer = sec.sealer_by_kid(a["description"])
-                cur = cur_a.get("description") or ""
-                if sealer is None or sec.seal_value(sealer, cur) != a["description"]:
-                    log(
-                        f"{name}: the description of alias {alias} used a secret whose earlier value is not kept; it is left as it is"
-                    )
-                a["description"] = cur
+            _unseal_alias_description(name, _alias_name(path), aliases, now, log)
         elif sec.is_sealed(conf.get(path)):
-            seal = conf[path]
-            sealer = sec.sealer_by_kid(seal)
-            found = None
-            if sealer is not None:
-                cur = (now.get("configuration") or {}).get(path)
-                if cur is not None and sec.seal_value(sealer, cur) == seal:
-                    found = cur
-                elif prev.get("version"):
-                    if version_conf is None:
-                        got = lam.get_function(name, prev["version"])
-                        version_conf = (got or {}).get("Configuration") or {}
-                    cand = version_conf.get(path)
-                    if cand is not None and sec.seal_value(sealer, cand) == seal:
-                        found = cand
-            if found is None and path == "Description":
-                # a published version's description is its own (PublishVersion's), not the function's
-                log(f"{name}: Description used a secret whose earlier value is not kept; it is left as it is")
-                found = (now.get("configuration") or {}).get(path, "")
-            if found is None:
-                raise AwsError(
-                    f"{name}: the earlier value of {path} used a secret and is not kept in the state, and neither "
-                    f"$LATEST nor version {prev.get('version') or '(none)'} holds it; set it by hand"
-                )
-            conf[path] = found
+            conf[path] = _unseal_field(name, path, conf[path], prev, now, version, log)
     return {**prev, "configuration": conf, "tags": tags, "aliases": aliases}
