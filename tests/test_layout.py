@@ -1,6 +1,7 @@
 """The package layout holds: imports point one way along the data flow (the import-linter
 contracts of pyproject.toml: layers, typer only in the command line, boto3 only in the AWS
-package and the state backends), and no module of reconciler is part of an import circle."""
+package and the state backends), no module of reconciler is part of an import circle, and no
+function of the engine or the pipeline is longer than 60 lines."""
 
 from __future__ import annotations
 
@@ -112,3 +113,27 @@ def test_demo_without_the_emulator_says_how_to_install_it(tmp_path):
     assert "pip install 'reconciler[demo]'" in r.stderr
     assert "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) <= 2, r.stderr
+
+
+def _long_functions(root: Path, limit: int) -> list[str]:
+    import ast
+
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno is not None:
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    found.append(f"{path}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_each_step_of_the_engine_and_the_pipeline_is_a_short_function():
+    """No function of reconciler/engine or reconciler/pipeline is longer than 60 lines."""
+    pkg = ROOT / "reconciler"
+    assert _long_functions(pkg / "engine", 60) + _long_functions(pkg / "pipeline", 60) == []
+
+
+def test_the_length_check_sees_a_long_function(tmp_path):
+    (tmp_path / "m.py").write_text("def f():\n" + "    x = 1\n" * 61 + "\n\ndef g():\n    return 1\n")
+    assert [s.split(" ", 1)[1] for s in _long_functions(tmp_path, 60)] == ["f (62 lines)"]
